@@ -1,0 +1,98 @@
+"""Asking many nodes at once under one deadline, with grpc.aio.
+
+Only transient failures (UNAVAILABLE) are retried, and only within the
+deadline; retrying the identical envelope is safe because nodes answer a
+retried nonce from their store instead of running it twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+
+import grpc
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception,
+    stop_after_attempt,
+    stop_after_delay,
+    wait_exponential,
+)
+
+from liaison.envelope import Envelope
+from liaison.keys import VerifyingKey
+from liaison.serving import CHANNEL_OPTIONS
+from liaison.wire import envelope_from_proto, envelope_to_proto
+from proto.liaison.v1 import node_pb2 as pb_node
+from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLink:
+    node_id: str
+    address: str
+    key: VerifyingKey
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    """What came back from one node: an envelope or a gRPC failure."""
+
+    node_id: str
+    latency_ms: float
+    envelope: Envelope | None = None
+    code: grpc.StatusCode | None = None
+    detail: str = ""
+
+
+def _transient(exc: BaseException) -> bool:
+    return isinstance(exc, grpc.aio.AioRpcError) and exc.code() == grpc.StatusCode.UNAVAILABLE
+
+
+class FanOut:
+    """Long-lived channels to every node of the federation."""
+
+    def __init__(self, links: tuple[NodeLink, ...]) -> None:
+        self.links = {link.node_id: link for link in links}
+        self._channels = {
+            link.node_id: grpc.aio.insecure_channel(link.address, options=CHANNEL_OPTIONS)
+            for link in links
+        }
+        self._stubs = {
+            node_id: pb_node_grpc.NodeServiceStub(channel)
+            for node_id, channel in self._channels.items()
+        }
+
+    async def ask_all(
+        self, node_ids: tuple[str, ...], envelope: Envelope, deadline_s: float
+    ) -> list[Reply]:
+        request = pb_node.AnswerRequest(request=envelope_to_proto(envelope))
+        until = time.monotonic() + deadline_s
+        return list(await asyncio.gather(*(self._ask(n, request, until) for n in node_ids)))
+
+    async def _ask(self, node_id: str, request: pb_node.AnswerRequest, until: float) -> Reply:
+        started = time.monotonic()
+        stub = self._stubs[node_id]
+
+        def elapsed() -> float:
+            return (time.monotonic() - started) * 1000
+
+        try:
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                wait=wait_exponential(multiplier=0.02, max=0.5),
+                stop=stop_after_attempt(4) | stop_after_delay(max(0.0, until - started)),
+                reraise=True,
+            ):
+                with attempt:
+                    remaining = until - time.monotonic()
+                    if remaining <= 0:
+                        return Reply(node_id, elapsed(), code=grpc.StatusCode.DEADLINE_EXCEEDED)
+                    response = await stub.Answer(request, timeout=remaining)
+        except grpc.aio.AioRpcError as exc:
+            return Reply(node_id, elapsed(), code=exc.code(), detail=exc.details() or "")
+        return Reply(node_id, elapsed(), envelope=envelope_from_proto(response.answer))
+
+    async def close(self) -> None:
+        await asyncio.gather(*(c.close(grace=None) for c in self._channels.values()))

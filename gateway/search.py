@@ -1,0 +1,159 @@
+"""One federated search: validate, build and sign the request once, fan out, merge."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+import uuid
+
+import grpc
+
+from gateway.answers import reduce_to_query, verify_answer
+from gateway.fanout import FanOut, Reply
+from liaison.catalog import Catalog
+from liaison.envelope import REQUEST_TYPE, seal
+from liaison.errors import CatalogError, EnvelopeError, InvalidQuery
+from liaison.keys import SigningKey
+from liaison.messages import (
+    AnswerStatus,
+    NodeResult,
+    NodeStatus,
+    QueryRequest,
+    Requester,
+    SearchInput,
+    SearchResult,
+)
+from liaison.query import validate_case_ref, validate_query
+from liaison.wire import request_to_bytes
+
+log = logging.getLogger("liaison.gateway")
+
+# Nodes accept a request until its expiry; a small margin past the fan-out
+# deadline lets a retry that started in time still be answered.
+EXPIRY_MARGIN_MS = 1000
+
+
+class GatewayCore:
+    def __init__(
+        self,
+        *,
+        gateway_id: str,
+        signing_key: SigningKey,
+        catalog: Catalog,
+        fanout: FanOut,
+        default_deadline_ms: int,
+        max_deadline_ms: int,
+    ) -> None:
+        self.gateway_id = gateway_id
+        self.signing_key = signing_key
+        self.catalog = catalog
+        self.fanout = fanout
+        self.default_deadline_ms = default_deadline_ms
+        self.max_deadline_ms = max_deadline_ms
+
+    def build_request(self, requester: Requester, search: SearchInput) -> QueryRequest:
+        """Validate ``search`` and turn it into the request every target node will verify."""
+        query = validate_query(search.query, self.catalog)
+        if not search.purpose:
+            raise InvalidQuery(
+                f"a purpose is required (--purpose); one of: {', '.join(self.catalog.purposes)}"
+            )
+        try:
+            self.catalog.check_purpose(search.purpose)
+        except CatalogError as exc:
+            raise InvalidQuery(str(exc)) from exc
+        case_ref = validate_case_ref(search.case_ref)
+        known = self.fanout.links
+        targets = tuple(dict.fromkeys(search.nodes)) if search.nodes else tuple(sorted(known))
+        unknown = [n for n in targets if n not in known]
+        if unknown:
+            raise InvalidQuery(
+                f"unknown node(s) {', '.join(unknown)}; this federation has: "
+                f"{', '.join(sorted(known))}"
+            )
+        if not targets:
+            raise InvalidQuery("this gateway knows no nodes; add [[node]] entries to its config")
+        deadline = search.deadline_ms or self.default_deadline_ms
+        if not 1 <= deadline <= self.max_deadline_ms:
+            raise InvalidQuery(f"deadline must be between 1 and {self.max_deadline_ms} ms")
+        issued = time.time_ns() // 1_000_000
+        return QueryRequest(
+            query_id=str(uuid.uuid4()),
+            gateway_id=self.gateway_id,
+            issued_at_ms=issued,
+            expires_at_ms=issued + deadline + EXPIRY_MARGIN_MS,
+            nonce=os.urandom(16),
+            audience=targets,
+            requester=requester,
+            purpose=search.purpose,
+            case_ref=case_ref,
+            catalog_version=self.catalog.version,
+            query=query,
+        )
+
+    async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
+        request = self.build_request(requester, search)
+        payload = request_to_bytes(request)
+        digest = hashlib.sha256(payload).digest()
+        envelope = seal(self.signing_key, REQUEST_TYPE, payload)
+        deadline_ms = request.expires_at_ms - request.issued_at_ms - EXPIRY_MARGIN_MS
+        replies = await self.fanout.ask_all(request.audience, envelope, deadline_ms / 1000)
+        results = tuple(self._result(r, request, digest) for r in replies)
+        log.info(
+            "search",
+            extra={
+                "query_id": request.query_id,
+                "agency": requester.agency,
+                "subject": requester.subject,
+                "purpose": request.purpose,
+                "dataset": request.query.dataset,
+                "operation": request.query.operation.value,
+                "outcome": {r.node_id: r.status.value for r in results},
+            },
+        )
+        return SearchResult(request.query_id, request.query, results)
+
+    def _result(self, reply: Reply, request: QueryRequest, digest: bytes) -> NodeResult:
+        latency = round(reply.latency_ms, 2)
+        if reply.envelope is None:
+            status = _status_of(reply.code)
+            detail = reply.detail
+            if status is NodeStatus.TIMED_OUT:
+                detail = f"no answer within the {latency:.0f} ms deadline (not a 'no hit')"
+            return NodeResult(reply.node_id, status, detail, latency)
+        link = self.fanout.links[reply.node_id]
+        try:
+            answer, answer_digest = verify_answer(
+                reply.envelope,
+                node_id=reply.node_id,
+                node_key=link.key,
+                query_id=request.query_id,
+                request_digest=digest,
+            )
+        except EnvelopeError as exc:
+            log.warning("answer discarded", extra={"node_id": reply.node_id, "error": str(exc)})
+            return NodeResult(reply.node_id, NodeStatus.ERROR, f"answer discarded: {exc}", latency)
+        reduced = reduce_to_query(answer, request.query)
+        if answer.status is AnswerStatus.DENIED:
+            detail = answer.decision.reason or "denied"
+            return NodeResult(
+                reply.node_id, NodeStatus.DENIED, detail, latency, reduced, answer_digest
+            )
+        return NodeResult(
+            reply.node_id,
+            NodeStatus.ANSWERED,
+            answer.decision.reason,
+            latency,
+            reduced,
+            answer_digest,
+        )
+
+
+def _status_of(code: grpc.StatusCode | None) -> NodeStatus:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return NodeStatus.TIMED_OUT
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return NodeStatus.UNREACHABLE
+    return NodeStatus.ERROR

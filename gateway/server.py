@@ -1,0 +1,88 @@
+"""Building a gateway from its config and serving it with grpc.aio."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from pathlib import Path
+
+import grpc
+
+from gateway.auth import TokenVerifier
+from gateway.fanout import FanOut, NodeLink
+from gateway.search import GatewayCore
+from gateway.service import GatewayServicer
+from liaison.catalog import CATALOG_V1, Catalog
+from liaison.config import GatewayConfig, load_gateway_config
+from liaison.keys import SigningKey, VerifyingKey
+from liaison.serving import (
+    SERVER_OPTIONS,
+    add_health_and_reflection_aio,
+    bind,
+    host_of,
+    write_port_file,
+)
+from proto.liaison.v1 import gateway_pb2 as pb_gateway
+from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
+
+log = logging.getLogger("liaison.gateway")
+SERVICE_NAME = pb_gateway.DESCRIPTOR.services_by_name["GatewayService"].full_name
+
+
+def build_gateway(
+    config: GatewayConfig, catalog: Catalog = CATALOG_V1
+) -> tuple[GatewayCore, TokenVerifier]:
+    """Load keys and trust; must run inside the event loop that will serve."""
+    links = tuple(
+        NodeLink(n.id, n.address, VerifyingKey.from_pem_file(n.public_key)) for n in config.nodes
+    )
+    core = GatewayCore(
+        gateway_id=config.gateway_id,
+        signing_key=SigningKey.from_pem_file(config.signing_key),
+        catalog=catalog,
+        fanout=FanOut(links),
+        default_deadline_ms=config.default_deadline_ms,
+        max_deadline_ms=config.max_deadline_ms,
+    )
+    return core, TokenVerifier(config.issuers, config.audience)
+
+
+async def start_gateway_server(
+    core: GatewayCore, verifier: TokenVerifier, listen: str
+) -> tuple[grpc.aio.Server, int]:
+    server = grpc.aio.server(options=SERVER_OPTIONS)
+    pb_gateway_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(core, verifier), server)
+    await add_health_and_reflection_aio(server, [SERVICE_NAME])
+    port = bind(server, listen)
+    await server.start()
+    return server, port
+
+
+async def _serve(config: GatewayConfig, port_file: Path | None) -> None:
+    core, verifier = build_gateway(config)
+    server, port = await start_gateway_server(core, verifier, config.listen)
+    host = host_of(config.listen)
+    write_port_file(port_file, host, port)
+    log.info(
+        "gateway serving",
+        extra={
+            "gateway_id": core.gateway_id,
+            "address": f"{host}:{port}",
+            "nodes": sorted(core.fanout.links),
+        },
+    )
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("gateway stopping", extra={"gateway_id": core.gateway_id})
+    await server.stop(grace=5)
+    await core.fanout.close()
+
+
+def serve(config_path: Path, port_file: Path | None = None) -> None:
+    """Run a gateway until SIGTERM or SIGINT."""
+    config = load_gateway_config(config_path)
+    asyncio.run(_serve(config, port_file))

@@ -1,0 +1,63 @@
+"""The gateway's gRPC servicer: authenticate, convert, delegate, map errors."""
+
+from __future__ import annotations
+
+import logging
+
+import grpc
+
+from gateway.auth import TokenVerifier
+from gateway.search import GatewayCore
+from liaison.grpc_errors import status_for
+from liaison.wire import search_from_proto, search_result_to_proto
+from proto.liaison.v1 import gateway_pb2 as pb_gateway
+from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
+
+log = logging.getLogger("liaison.gateway")
+
+
+def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | None:
+    for key, value in context.invocation_metadata() or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip() or None
+    return None
+
+
+class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[misc]  # generated base is untyped
+    def __init__(self, core: GatewayCore, verifier: TokenVerifier) -> None:
+        self.core = core
+        self.verifier = verifier
+
+    async def Search(
+        self,
+        request: pb_gateway.SearchRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb_gateway.SearchResponse:
+        try:
+            requester = self.verifier.verify(bearer_token(context))
+            result = await self.core.search(requester, search_from_proto(request))
+        except Exception as exc:
+            code, message = status_for(exc, log)
+            await context.abort(code, message)
+        return search_result_to_proto(result)
+
+    async def ListNodes(
+        self,
+        request: pb_gateway.ListNodesRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb_gateway.ListNodesResponse:
+        try:
+            self.verifier.verify(bearer_token(context))
+        except Exception as exc:
+            code, message = status_for(exc, log)
+            await context.abort(code, message)
+        return pb_gateway.ListNodesResponse(
+            nodes=[
+                pb_gateway.NodeInfo(
+                    node_id=link.node_id, address=link.address, key_id=link.key.key_id
+                )
+                for link in sorted(self.core.fanout.links.values(), key=lambda x: x.node_id)
+            ]
+        )

@@ -1,0 +1,292 @@
+"""The `liaison` command line.
+
+This module is the composition root: it is the one place in the shared core
+that reaches into ``node`` and ``gateway``, and it does so lazily, inside the
+commands that need them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from liaison import __version__
+from liaison.errors import LiaisonError
+from liaison.query import Comparator, Operation, Predicate, Query
+
+EXIT_USAGE = 2
+EXIT_ERROR = 1
+
+
+def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser], role: str) -> None:
+    p = sub.add_parser(role, help=f"run a {role}")
+    inner = p.add_subparsers(dest="action", required=True)
+    s = inner.add_parser("serve", help=f"serve the {role} until SIGTERM or Ctrl-C")
+    s.add_argument("--config", type=Path, required=True, help=f"{role} config file (TOML)")
+    s.add_argument(
+        "--port-file", type=Path, help="write HOST:PORT here once listening (useful with port 0)"
+    )
+    s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="liaison",
+        description="Federated, policy-filtered, signed queries between agencies.",
+    )
+    parser.add_argument("--version", action="version", version=f"liaison {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("init", help="create keys and configs for a new federation in a folder")
+    p.add_argument("folder", type=Path)
+    p.add_argument(
+        "--node",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="an agency node to create (repeat for several)",
+    )
+    p.add_argument(
+        "--agency",
+        action="append",
+        default=[],
+        metavar="ID",
+        help="an investigators' agency with a development identity provider",
+    )
+    p.add_argument(
+        "--base-port",
+        type=int,
+        default=50060,
+        help="gateway port; nodes take the following ports (default 50060)",
+    )
+
+    _add_serve(sub, "node")
+    _add_serve(sub, "gateway")
+
+    p = sub.add_parser("token", help="development identity provider (demos and tests only)")
+    inner = p.add_subparsers(dest="action", required=True)
+    t = inner.add_parser(
+        "issue",
+        help="sign a JWT with a development identity provider key; NOT for production",
+    )
+    t.add_argument("--key", type=Path, required=True, help="development IdP private key (PEM)")
+    t.add_argument("--agency", required=True)
+    t.add_argument("--subject", required=True, help="the investigator's id")
+    t.add_argument("--roles", default="investigator", help="comma-separated roles")
+    t.add_argument("--issuer", help="issuer URL (default: the dev IdP URL of the agency)")
+    t.add_argument("--audience", default="liaison-gateway")
+    t.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+
+    p = sub.add_parser("query", help="ask the federation through a gateway")
+    p.add_argument("dataset", help="media, accounts or cases")
+    ops = p.add_mutually_exclusive_group(required=True)
+    ops.add_argument("--match", action="store_true", help="hit/no-hit only")
+    ops.add_argument("--count", action="store_true", help="number of matching records")
+    ops.add_argument("--count-by", metavar="FIELD", help="number of records per value of FIELD")
+    ops.add_argument("--fields", help="comma-separated fields to return")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="FIELD=VALUE, FIELD>=VALUE or FIELD<=VALUE (repeat to AND)",
+    )
+    p.add_argument(
+        "--any",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="FIELD is one of the comma-separated values",
+    )
+    p.add_argument("--limit", type=int, default=0, help="maximum records per agency")
+    p.add_argument("--purpose", required=True, help="e.g. csam-investigation")
+    p.add_argument("--case-ref", required=True, help="your case reference")
+    p.add_argument("--nodes", help="comma-separated agencies to ask (default: all)")
+    p.add_argument("--deadline-ms", type=int, default=0, help="overall deadline")
+    p.add_argument("--gateway", help="gateway address HOST:PORT")
+    p.add_argument("--token", help="bearer JWT (or --token-file)")
+    p.add_argument("--token-file", type=Path)
+    p.add_argument(
+        "--federation", type=Path, help="a demo folder: take gateway address and token from it"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+
+    p = sub.add_parser("demo", help="run a whole federation on this machine and query it")
+    p.add_argument("--workdir", type=Path, help="keep the federation in this folder")
+    p.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave nodes and gateway running for `liaison query`",
+    )
+    p.add_argument(
+        "--stop", action="store_true", help="stop a federation left running in --workdir"
+    )
+    p.add_argument("--json", action="store_true", help="print JSON")
+    return parser
+
+
+def parse_predicates(where: list[str], any_of: list[str]) -> tuple[Predicate, ...]:
+    out = []
+    for cond in where:
+        for symbol, comparator in (
+            (">=", Comparator.GTE),
+            ("<=", Comparator.LTE),
+            ("=", Comparator.EQ),
+        ):
+            field, sep, value = cond.partition(symbol)
+            if sep and field.strip():
+                out.append(Predicate(field.strip(), comparator, (value.strip(),)))
+                break
+        else:
+            raise LiaisonError(f"--where {cond!r}: write FIELD=VALUE, FIELD>=VALUE or FIELD<=VALUE")
+    for cond in any_of:
+        field, sep, values = cond.partition("=")
+        if not sep or not field.strip() or not values:
+            raise LiaisonError(f"--any {cond!r}: write FIELD=V1,V2,...")
+        out.append(
+            Predicate(field.strip(), Comparator.IN, tuple(v.strip() for v in values.split(",")))
+        )
+    return tuple(out)
+
+
+def _query_from_args(args: argparse.Namespace) -> Query:
+    if args.match:
+        op, fields, group = Operation.MATCH, (), None
+    elif args.count:
+        op, fields, group = Operation.COUNT, (), None
+    elif args.count_by:
+        op, fields, group = Operation.COUNT_BY, (), args.count_by
+    else:
+        op, fields, group = (
+            Operation.RECORDS,
+            tuple(f.strip() for f in args.fields.split(",") if f.strip()),
+            None,
+        )
+    return Query(
+        args.dataset, op, parse_predicates(args.where, args.any), fields, group, args.limit
+    )
+
+
+def _cmd_query(args: argparse.Namespace) -> int:
+    from liaison import client, render
+    from liaison.messages import SearchInput
+
+    gateway, token = args.gateway, args.token
+    if args.token_file:
+        token = args.token_file.read_text().strip()
+    if args.federation:
+        fed = args.federation
+        addr = fed / "run" / "gateway.addr"
+        if gateway is None and addr.exists():
+            gateway = addr.read_text().strip()
+        if token is None and (fed / "investigator.jwt").exists():
+            token = (fed / "investigator.jwt").read_text().strip()
+    if not gateway:
+        raise LiaisonError("name the gateway with --gateway HOST:PORT (or --federation DIR)")
+    if not token:
+        raise LiaisonError("give a bearer token with --token, --token-file or --federation")
+    search_input = SearchInput(
+        query=_query_from_args(args),
+        purpose=args.purpose,
+        case_ref=args.case_ref,
+        nodes=tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip()),
+        deadline_ms=args.deadline_ms,
+    )
+    result = client.search(gateway, token, search_input)
+    if args.json:
+        print(render.to_json(render.result_to_dict(result)))
+    else:
+        print(render.render_result(result, args.purpose, args.case_ref))
+    return 0
+
+
+def _cmd_token(args: argparse.Namespace) -> int:
+    from liaison.keys import SigningKey
+    from liaison.tokens import dev_issuer, issue_dev_token
+
+    roles = tuple(r.strip() for r in args.roles.split(",") if r.strip())
+    if not roles:
+        raise LiaisonError("--roles needs at least one role")
+    if not 1 <= args.ttl <= 12 * 3600:
+        raise LiaisonError("--ttl must be between 1 and 43200 seconds")
+    key = SigningKey.from_pem_file(args.key)
+    print(
+        issue_dev_token(
+            key,
+            issuer=args.issuer or dev_issuer(args.agency),
+            audience=args.audience,
+            agency=args.agency,
+            subject=args.subject,
+            roles=roles,
+            ttl_s=args.ttl,
+        )
+    )
+    return 0
+
+
+def _cmd_init(args: argparse.Namespace) -> int:
+    from liaison.federation import init_federation
+
+    agencies = args.agency or ["investigators"]
+    init_federation(args.folder, args.node, agencies, args.base_port)
+    print(
+        f"federation written to {args.folder}: gateway, {len(args.node)} node(s), "
+        f"development identity provider(s) for {', '.join(agencies)}"
+    )
+    print(
+        "next: load each node's data, edit its policy.toml, then `liaison node serve "
+        "--config <folder>/nodes/<id>/node.toml`"
+    )
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from liaison.demo import run_demo
+    from liaison.processes import stop_run_dir
+
+    if args.stop:
+        if args.workdir is None:
+            raise LiaisonError("--stop needs the --workdir of the running federation")
+        stopped = stop_run_dir(args.workdir / "run")
+        print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        return 0
+    if args.keep_running and args.workdir is None:
+        raise LiaisonError("--keep-running needs --workdir, so you can find the federation")
+    return run_demo(args.workdir, keep_running=args.keep_running, as_json=args.json)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from liaison import logs
+
+    logs.configure(args.log_level)
+    if args.command == "node":
+        from node.server import serve as serve_node
+
+        serve_node(args.config, args.port_file)
+    else:
+        from gateway.server import serve as serve_gateway
+
+        serve_gateway(args.config, args.port_file)
+    return 0
+
+
+COMMANDS = {
+    "init": _cmd_init,
+    "node": _cmd_serve,
+    "gateway": _cmd_serve,
+    "token": _cmd_token,
+    "query": _cmd_query,
+    "demo": _cmd_demo,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except LiaisonError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+    except KeyboardInterrupt:
+        return 130

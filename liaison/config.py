@@ -1,0 +1,281 @@
+"""Loading node and gateway config files (TOML) into checked dataclasses.
+
+Relative paths in a config file are relative to the file itself, so a
+federation folder can be moved or copied as a whole.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from liaison.catalog import Catalog
+from liaison.errors import CatalogError, ConfigError
+
+DEFAULT_MAX_REQUEST_AGE_S = 300
+DEFAULT_CLOCK_SKEW_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetMapping:
+    """Where a catalog dataset lives in the agency's own schema."""
+
+    dataset: str
+    table: str
+    columns: Mapping[str, str]  # catalog field -> local column
+
+
+@dataclass(frozen=True, slots=True)
+class TrustedKey:
+    id: str
+    public_key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class NodeConfig:
+    path: Path
+    node_id: str
+    listen: str
+    database_url: str
+    policy: Path
+    signing_key: Path
+    state_dir: Path
+    trusted_gateways: tuple[TrustedKey, ...]
+    datasets: tuple[DatasetMapping, ...]
+    max_request_age_s: int = DEFAULT_MAX_REQUEST_AGE_S
+    clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
+    default_limit: int = 100
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    issuer: str
+    agencies: frozenset[str]
+    public_keys: tuple[Path, ...]
+    algorithms: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeEndpoint:
+    id: str
+    address: str
+    public_key: Path
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayConfig:
+    path: Path
+    gateway_id: str
+    listen: str
+    signing_key: Path
+    audience: str
+    issuers: tuple[Issuer, ...]
+    nodes: tuple[NodeEndpoint, ...]
+    default_deadline_ms: int = 2000
+    max_deadline_ms: int = 30_000
+
+
+ALLOWED_JWT_ALGORITHMS = ("EdDSA", "ES256", "RS256")
+
+
+class _Reader:
+    """Typed access to a TOML table that names the file and key in every error."""
+
+    def __init__(self, table: Mapping[str, Any], where: str, base: Path) -> None:
+        self.table = table
+        self.where = where
+        self.base = base
+
+    def _get(self, key: str, default: object = ...) -> object:
+        if key not in self.table:
+            if default is ...:
+                raise ConfigError(f"{self.where}: `{key}` is required")
+            return default
+        return self.table[key]
+
+    def text(self, key: str, default: object = ...) -> str:
+        value = self._get(key, default)
+        if not isinstance(value, str) or not value:
+            raise ConfigError(f"{self.where}: `{key}` must be a non-empty string")
+        return value
+
+    def integer(self, key: str, default: int, lo: int, hi: int) -> int:
+        value = self._get(key, default)
+        if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
+            raise ConfigError(f"{self.where}: `{key}` must be a whole number in {lo}..{hi}")
+        return value
+
+    def path(self, key: str, default: object = ...) -> Path:
+        p = Path(self.text(key, default))
+        return p if p.is_absolute() else (self.base / p)
+
+    def str_list(self, key: str) -> tuple[str, ...]:
+        value = self._get(key)
+        if (
+            not isinstance(value, list)
+            or not value
+            or not all(isinstance(v, str) and v for v in value)
+        ):
+            raise ConfigError(f"{self.where}: `{key}` must be a non-empty list of strings")
+        return tuple(value)
+
+    def tables(self, key: str) -> list[Mapping[str, Any]]:
+        value = self._get(key, [])
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise ConfigError(f"{self.where}: `{key}` must be an array of tables ([[{key}]])")
+        return value
+
+    def check_keys(self, allowed: set[str]) -> None:
+        unknown = set(self.table) - allowed
+        if unknown:
+            raise ConfigError(
+                f"{self.where}: unknown keys {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
+
+
+def resolve_database_url(url: str, base: Path) -> str:
+    """Make a relative SQLite path relative to the config file, not the cwd."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise ConfigError(f"database_url {url!r} is not a SQLAlchemy URL ({exc})") from exc
+    if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+        db = Path(parsed.database or "")
+        if not db.is_absolute():
+            return parsed.set(database=str(base / db)).render_as_string(hide_password=False)
+    return url
+
+
+def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
+    path = path.resolve()
+    doc = _read_toml(path)
+    base = path.parent
+    top = _Reader(doc, str(path), base)
+    top.check_keys({"node", "trusted_gateway", "datasets"})
+    node = _Reader(doc.get("node", {}), f"{path} [node]", base)
+    node.check_keys(
+        {
+            "id",
+            "listen",
+            "database_url",
+            "policy",
+            "signing_key",
+            "state_dir",
+            "max_request_age_s",
+            "clock_skew_s",
+            "default_limit",
+        }
+    )
+    trusted = []
+    for i, t in enumerate(top.tables("trusted_gateway"), start=1):
+        r = _Reader(t, f"{path} [[trusted_gateway]] #{i}", base)
+        r.check_keys({"id", "public_key"})
+        trusted.append(TrustedKey(r.text("id"), r.path("public_key")))
+    if not trusted:
+        raise ConfigError(f"{path}: at least one [[trusted_gateway]] with a public_key is needed")
+    raw_datasets = doc.get("datasets", {})
+    if not isinstance(raw_datasets, dict) or not raw_datasets:
+        raise ConfigError(f"{path}: map at least one catalog dataset under [datasets.<name>]")
+    mappings = []
+    for name, table in raw_datasets.items():
+        where = f"{path} [datasets.{name}]"
+        try:
+            dataset = catalog.dataset(name)
+        except CatalogError as exc:
+            raise ConfigError(f"{where}: {exc}") from exc
+        r = _Reader(table, where, base)
+        r.check_keys({"table", "fields"})
+        fields = table.get("fields", {})
+        if not isinstance(fields, dict) or not fields:
+            raise ConfigError(f"{where}: map catalog fields to columns under `fields`")
+        for field_name, column in fields.items():
+            try:
+                dataset.field(field_name)
+            except CatalogError as exc:
+                raise ConfigError(f"{where}: {exc}") from exc
+            if not isinstance(column, str) or not column:
+                raise ConfigError(f"{where}: field {field_name!r} must map to a column name")
+        mappings.append(DatasetMapping(name, r.text("table"), dict(fields)))
+    return NodeConfig(
+        path=path,
+        node_id=node.text("id"),
+        listen=node.text("listen", "127.0.0.1:0"),
+        database_url=resolve_database_url(node.text("database_url"), base),
+        policy=node.path("policy"),
+        signing_key=node.path("signing_key"),
+        state_dir=node.path("state_dir", "state"),
+        trusted_gateways=tuple(trusted),
+        datasets=tuple(mappings),
+        max_request_age_s=node.integer("max_request_age_s", DEFAULT_MAX_REQUEST_AGE_S, 1, 3600),
+        clock_skew_s=node.integer("clock_skew_s", DEFAULT_CLOCK_SKEW_S, 0, 600),
+        default_limit=node.integer("default_limit", 100, 1, 10_000),
+    )
+
+
+def load_gateway_config(path: Path) -> GatewayConfig:
+    path = path.resolve()
+    doc = _read_toml(path)
+    base = path.parent
+    top = _Reader(doc, str(path), base)
+    top.check_keys({"gateway", "issuer", "node"})
+    gw = _Reader(doc.get("gateway", {}), f"{path} [gateway]", base)
+    gw.check_keys(
+        {"id", "listen", "signing_key", "audience", "default_deadline_ms", "max_deadline_ms"}
+    )
+    issuers = []
+    for i, t in enumerate(top.tables("issuer"), start=1):
+        r = _Reader(t, f"{path} [[issuer]] #{i}", base)
+        r.check_keys({"issuer", "agencies", "public_keys", "algorithms"})
+        algorithms = r.str_list("algorithms")
+        bad = [a for a in algorithms if a not in ALLOWED_JWT_ALGORITHMS]
+        if bad:
+            raise ConfigError(
+                f"{r.where}: algorithms {bad} are not allowed; use {list(ALLOWED_JWT_ALGORITHMS)}"
+            )
+        keys = tuple(p if Path(p).is_absolute() else base / p for p in r.str_list("public_keys"))
+        issuers.append(
+            Issuer(
+                r.text("issuer"),
+                frozenset(r.str_list("agencies")),
+                tuple(map(Path, keys)),
+                algorithms,
+            )
+        )
+    if not issuers:
+        raise ConfigError(f"{path}: trust at least one identity provider with [[issuer]]")
+    nodes = []
+    for i, t in enumerate(top.tables("node"), start=1):
+        r = _Reader(t, f"{path} [[node]] #{i}", base)
+        r.check_keys({"id", "address", "public_key"})
+        nodes.append(NodeEndpoint(r.text("id"), r.text("address"), r.path("public_key")))
+    ids = [n.id for n in nodes]
+    if len(set(ids)) != len(ids):
+        raise ConfigError(f"{path}: node ids must be unique, got {ids}")
+    default_deadline = gw.integer("default_deadline_ms", 2000, 50, 600_000)
+    return GatewayConfig(
+        path=path,
+        gateway_id=gw.text("id"),
+        listen=gw.text("listen", "127.0.0.1:0"),
+        signing_key=gw.path("signing_key"),
+        audience=gw.text("audience", "liaison-gateway"),
+        issuers=tuple(issuers),
+        nodes=tuple(nodes),
+        default_deadline_ms=default_deadline,
+        max_deadline_ms=gw.integer("max_deadline_ms", 30_000, default_deadline, 600_000),
+    )

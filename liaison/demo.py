@@ -1,0 +1,243 @@
+"""`liaison demo`: a whole federation on this machine, queried as an investigator.
+
+Three fictional agencies (their own schemas, policies and synthetic data), a
+gateway, and an investigator of a fourth agency who asks representative
+questions. Everything runs on loopback as real processes.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import sqlalchemy as sa
+
+from liaison import client, render
+from liaison.demo_data import INVESTIGATOR_AGENCY, Probes, demo_agencies, populate, probes
+from liaison.federation import (
+    AUDIENCE,
+    NodeLayout,
+    write_dev_idp,
+    write_gateway_config,
+    write_gateway_keys,
+    write_node,
+)
+from liaison.keys import SigningKey
+from liaison.messages import SearchInput
+from liaison.processes import Service, start_service, stop_service
+from liaison.query import Comparator, Operation, Predicate, Query
+from liaison.tokens import dev_issuer, issue_dev_token
+
+POLICY_DIR = Path(__file__).resolve().parent.parent / "policies" / "demo"
+CASE_REF = "GEN-2026-0142"
+
+
+@dataclass(frozen=True, slots=True)
+class DemoQuery:
+    title: str
+    search: SearchInput
+
+
+def demo_queries(p: Probes) -> list[DemoQuery]:
+    def q(**kw: Any) -> Query:
+        return Query(**kw)
+
+    def eq(field: str, value: str) -> Predicate:
+        return Predicate(field, Comparator.EQ, (value,))
+
+    return [
+        DemoQuery(
+            "1. Does any agency hold this file? (exact SHA-256, hit/no-hit)",
+            SearchInput(
+                q(
+                    dataset="media",
+                    operation=Operation.MATCH,
+                    predicates=(eq("sha256", p.shared_sha256),),
+                ),
+                "csam-investigation",
+                CASE_REF,
+            ),
+        ),
+        DemoQuery(
+            "2. What may each agency tell us about that file?",
+            SearchInput(
+                q(
+                    dataset="media",
+                    operation=Operation.RECORDS,
+                    predicates=(eq("sha256", p.shared_sha256),),
+                    fields=("category", "first_seen", "case_ref"),
+                ),
+                "victim-identification",
+                CASE_REF,
+            ),
+        ),
+        DemoQuery(
+            "3. Who knows this e-mail address? (account lookup)",
+            SearchInput(
+                q(
+                    dataset="accounts",
+                    operation=Operation.RECORDS,
+                    predicates=(eq("email", p.shared_email),),
+                    fields=("platform", "handle", "last_seen", "ip"),
+                ),
+                "offender-identification",
+                CASE_REF,
+            ),
+        ),
+        DemoQuery(
+            "4. How many known files per category? (statistics, small groups hidden)",
+            SearchInput(
+                q(dataset="media", operation=Operation.COUNT_BY, group_by="category"),
+                "statistics",
+                "GEN-STATS-2026",
+            ),
+        ),
+        DemoQuery(
+            "5. How many accounts per platform? (denied: account statistics)",
+            SearchInput(
+                q(dataset="accounts", operation=Operation.COUNT_BY, group_by="platform"),
+                "statistics",
+                "GEN-STATS-2026",
+            ),
+        ),
+    ]
+
+
+def build_federation(
+    root: Path, *, media: int = 4000, accounts: int = 1500, progress: TextIO = sys.stderr
+) -> None:
+    """Write keys, configs, policies and synthetic databases for the demo agencies."""
+    gateway_pub = write_gateway_keys(root)
+    write_dev_idp(root, INVESTIGATOR_AGENCY)
+    for agency in demo_agencies():
+        folder = root / "nodes" / agency.agency_id
+        folder.mkdir(parents=True, exist_ok=True)
+        print(
+            f"  {agency.name}: generating {media} media, {accounts} accounts records", file=progress
+        )
+        db = folder / f"{agency.agency_id}.sqlite3"
+        engine = sa.create_engine(f"sqlite:///{db}")
+        populate(agency, engine, media=media, accounts=accounts)
+        engine.dispose()
+        write_node(
+            NodeLayout(
+                node_id=agency.agency_id,
+                folder=folder,
+                database_url=f"sqlite:///{db.name}",
+                mapping=agency.mapping,
+                policy_text=(POLICY_DIR / f"{agency.agency_id}.toml").read_text(),
+            ),
+            gateway_pub,
+        )
+
+
+@contextmanager
+def running_federation(
+    root: Path, *, detach: bool = False, progress: TextIO = sys.stderr
+) -> Iterator[str]:
+    """Start every node, then the gateway; yield the gateway address; stop all on exit."""
+    run = root / "run"
+    services: list[Service] = []
+    try:
+        addresses = {}
+        for agency in demo_agencies():
+            svc = start_service(
+                agency.agency_id,
+                "node",
+                root / "nodes" / agency.agency_id / "node.toml",
+                run,
+                detach=detach,
+            )
+            services.append(svc)
+            addresses[agency.agency_id] = svc.address
+            print(f"  node {agency.agency_id} listening on {svc.address}", file=progress)
+        write_gateway_config(root, [INVESTIGATOR_AGENCY], addresses)
+        gw = start_service(
+            "gateway", "gateway", root / "gateway" / "gateway.toml", run, detach=detach
+        )
+        services.append(gw)
+        print(f"  gateway listening on {gw.address}", file=progress)
+        yield gw.address
+    finally:
+        if not detach:
+            for svc in reversed(services):
+                stop_service(svc)
+
+
+def investigator_token(
+    root: Path, subject: str = "inv.alice", roles: tuple[str, ...] = ("investigator",)
+) -> str:
+    key = SigningKey.from_pem_file(root / "idp" / f"{INVESTIGATOR_AGENCY}.key")
+    return issue_dev_token(
+        key,
+        issuer=dev_issuer(INVESTIGATOR_AGENCY),
+        audience=AUDIENCE,
+        agency=INVESTIGATOR_AGENCY,
+        subject=subject,
+        roles=roles,
+        ttl_s=8 * 3600,
+    )
+
+
+def run_demo(
+    workdir: Path | None,
+    *,
+    keep_running: bool = False,
+    as_json: bool = False,
+    out: TextIO = sys.stdout,
+    progress: TextIO = sys.stderr,
+) -> int:
+    root = workdir or Path(tempfile.mkdtemp(prefix="liaison-demo-"))
+    if root.exists() and any(root.iterdir()):
+        if not (root / "gateway" / "gateway.toml").exists():
+            print(
+                f"error: {root} is not empty and not a demo folder; choose another --workdir",
+                file=progress,
+            )
+            return 2
+        print(f"reusing the federation in {root}", file=progress)
+    else:
+        print(f"[1/3] building a federation of three agencies in {root}", file=progress)
+        build_federation(root, progress=progress)
+    print("[2/3] starting nodes and gateway on loopback", file=progress)
+    token = investigator_token(root)
+    (root / "investigator.jwt").write_text(token + "\n")
+    results = []
+    try:
+        with running_federation(root, detach=keep_running, progress=progress) as address:
+            print(f"[3/3] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
+            for dq in demo_queries(probes()):
+                result = client.search(address, token, dq.search)
+                if as_json:
+                    results.append({"title": dq.title, **render.result_to_dict(result)})
+                else:
+                    print(f"\n{dq.title}", file=out)
+                    print(
+                        render.render_result(result, dq.search.purpose, dq.search.case_ref),
+                        file=out,
+                    )
+    finally:
+        if workdir is None and not keep_running:
+            shutil.rmtree(root, ignore_errors=True)
+    if as_json:
+        print(
+            render.to_json(
+                {"workdir": str(root) if workdir or keep_running else None, "queries": results}
+            ),
+            file=out,
+        )
+    if keep_running:
+        print(
+            f"\nThe federation is still running (folder {root}). Try:\n"
+            f"  liaison query --federation {root} media --match --where sha256=<hex> "
+            "--purpose csam-investigation --case-ref GEN-1\n"
+            f"Stop it with:\n  liaison demo --stop --workdir {root}",
+            file=progress,
+        )
+    return 0

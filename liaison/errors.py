@@ -1,0 +1,74 @@
+"""One exception tree for Liaison; every message says what to do about it.
+
+LiaisonError
+├── ConfigError            a config, key or mapping file is wrong
+├── CatalogError           a query or policy names what the catalog lacks
+│   └── InvalidValue       a value does not parse as its field's type
+├── InvalidQuery           a query is malformed (shape, missing purpose, ...)
+├── PolicyError            a policy document fails to load
+├── AuthenticationError    an investigator's token is not acceptable
+├── EnvelopeError          a signed envelope does not verify or parse
+│   ├── BadSignature       wrong key, forged or tampered bytes
+│   └── RequestRejected    valid signature but stale, early, misaddressed
+│       └── ReplayDetected the nonce was already used with other bytes
+├── PolicyDenied           the node's policy does not permit the query
+└── BackendError           the agency's database cannot be used
+"""
+
+from __future__ import annotations
+
+
+class LiaisonError(Exception):
+    """Root of every error Liaison raises on purpose."""
+
+
+class ConfigError(LiaisonError):
+    """A config, key or mapping file is missing, malformed or inconsistent."""
+
+
+class CatalogError(LiaisonError):
+    """A name (dataset, field, purpose) is not in the federation catalog."""
+
+
+class InvalidValue(CatalogError):
+    """A value does not parse as the type its catalog field declares."""
+
+
+class InvalidQuery(LiaisonError):
+    """A query is malformed: wrong shape for its operation, missing purpose, ..."""
+
+
+class PolicyError(LiaisonError):
+    """A policy document fails to load; the message names the rule and key."""
+
+
+class AuthenticationError(LiaisonError):
+    """An investigator's token is missing, expired, forged or not trusted."""
+
+
+class EnvelopeError(LiaisonError):
+    """A signed envelope fails verification or does not parse."""
+
+
+class BadSignature(EnvelopeError):
+    """The signature does not verify under a trusted key."""
+
+
+class RequestRejected(EnvelopeError):
+    """The request verified but may not be answered (expired, misaddressed, ...)."""
+
+
+class ReplayDetected(RequestRejected):
+    """The request's nonce was already answered for different bytes."""
+
+
+class PolicyDenied(LiaisonError):
+    """The node's policy denies the query; ``rules`` names the deciding rules."""
+
+    def __init__(self, message: str, rules: tuple[str, ...]) -> None:
+        super().__init__(message)
+        self.rules = rules
+
+
+class BackendError(LiaisonError):
+    """The agency's database is unreachable or rejected the compiled query."""

@@ -1,0 +1,220 @@
+"""Laying out a federation in a folder: keys, node configs, gateway config.
+
+Layout (every path inside the configs is relative, so the folder can move):
+
+    DIR/gateway/gateway.toml  gateway.key  gateway.pub
+    DIR/idp/<agency>.key .pub         development identity providers
+    DIR/nodes/<id>/node.toml  node.key  node.pub  policy.toml  <data>
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+from pathlib import Path
+
+from liaison.errors import ConfigError
+from liaison.keys import SigningKey
+from liaison.tokens import dev_issuer
+
+GATEWAY_ID = "gateway"
+AUDIENCE = "liaison-gateway"
+
+
+def _toml_str(value: str) -> str:
+    return json.dumps(value)  # a JSON string is a valid TOML basic string
+
+
+def _toml_list(values: Sequence[str]) -> str:
+    return "[" + ", ".join(_toml_str(v) for v in values) + "]"
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLayout:
+    node_id: str
+    folder: Path
+    database_url: str
+    # dataset -> (table, {catalog field: local column})
+    mapping: Mapping[str, tuple[str, Mapping[str, str]]]
+    policy_text: str
+    listen: str = "127.0.0.1:0"
+
+    @property
+    def config(self) -> Path:
+        return self.folder / "node.toml"
+
+    @property
+    def public_key(self) -> Path:
+        return self.folder / "node.pub"
+
+
+def write_node(layout: NodeLayout, gateway_public_key: Path) -> None:
+    folder = layout.folder
+    folder.mkdir(parents=True, exist_ok=True)
+    SigningKey.generate().write(folder / "node.key", folder / "node.pub")
+    (folder / "policy.toml").write_text(layout.policy_text)
+    gw_rel = Path("..", "..", gateway_public_key.relative_to(folder.parent.parent))
+    lines = [
+        f"# Node of agency {layout.node_id}: written by `liaison init`; edit freely.",
+        "[node]",
+        f"id = {_toml_str(layout.node_id)}",
+        f"listen = {_toml_str(layout.listen)}",
+        f"database_url = {_toml_str(layout.database_url)}",
+        'policy = "policy.toml"',
+        'signing_key = "node.key"',
+        'state_dir = "state"',
+        "",
+        "[[trusted_gateway]]",
+        f"id = {_toml_str(GATEWAY_ID)}",
+        f"public_key = {_toml_str(gw_rel.as_posix())}",
+    ]
+    for dataset, (table, columns) in layout.mapping.items():
+        lines += [
+            "",
+            f"[datasets.{dataset}]",
+            f"table = {_toml_str(table)}",
+            f"[datasets.{dataset}.fields]",
+        ]
+        lines += [f"{field} = {_toml_str(column)}" for field, column in columns.items()]
+    layout.config.write_text("\n".join(lines) + "\n")
+
+
+def write_gateway_keys(root: Path) -> Path:
+    folder = root / "gateway"
+    folder.mkdir(parents=True, exist_ok=True)
+    SigningKey.generate().write(folder / "gateway.key", folder / "gateway.pub")
+    return folder / "gateway.pub"
+
+
+def write_dev_idp(root: Path, agency: str) -> Path:
+    """Create a development identity provider key for ``agency``; return its private key path."""
+    folder = root / "idp"
+    SigningKey.generate().write(folder / f"{agency}.key", folder / f"{agency}.pub")
+    return folder / f"{agency}.key"
+
+
+def write_gateway_config(
+    root: Path,
+    agencies: Sequence[str],
+    nodes: Mapping[str, str],
+    listen: str = "127.0.0.1:0",
+) -> Path:
+    """Write gateway.toml trusting the dev IdPs of ``agencies`` and knowing ``nodes``.
+
+    ``nodes`` maps node id to address.
+    """
+    folder = root / "gateway"
+    lines = [
+        "# Federation gateway: written by `liaison init`; edit freely.",
+        "[gateway]",
+        f"id = {_toml_str(GATEWAY_ID)}",
+        f"listen = {_toml_str(listen)}",
+        'signing_key = "gateway.key"',
+        f"audience = {_toml_str(AUDIENCE)}",
+        "default_deadline_ms = 2000",
+    ]
+    for agency in agencies:
+        lines += [
+            "",
+            "# Development identity provider: replace with the agency's real one.",
+            "[[issuer]]",
+            f"issuer = {_toml_str(dev_issuer(agency))}",
+            f"agencies = {_toml_list([agency])}",
+            f"public_keys = {_toml_list([f'../idp/{agency}.pub'])}",
+            'algorithms = ["EdDSA"]',
+        ]
+    for node_id, address in nodes.items():
+        lines += [
+            "",
+            "[[node]]",
+            f"id = {_toml_str(node_id)}",
+            f"address = {_toml_str(address)}",
+            f"public_key = {_toml_str(f'../nodes/{node_id}/node.pub')}",
+        ]
+    path = folder / "gateway.toml"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+STARTER_POLICY = """\
+# Policy of node {node_id}. Default deny: nothing is released until a rule
+# permits it. See the README, "Writing a policy".
+version = 1
+agency = {node_id_toml}
+
+[[rule]]
+id = "hash-hits"
+effect = "permit"
+description = "Any agency may learn whether we hold a file hash (hit/no-hit)."
+agencies = ["*"]
+roles = ["investigator"]
+purposes = ["csam-investigation", "victim-identification"]
+datasets = ["media"]
+operations = ["match"]
+match_fields = ["sha256", "md5"]
+"""
+
+
+def create_catalog_schema(database_url: str) -> None:
+    """Create empty tables named and shaped exactly as the catalog, for a new node."""
+    import sqlalchemy as sa
+
+    from liaison.catalog import CATALOG_V1, FieldType
+
+    types: dict[FieldType, sa.types.TypeEngine[Any]] = {
+        FieldType.DATE: sa.Date(),
+        FieldType.BOOL: sa.Boolean(),
+        FieldType.INT: sa.BigInteger(),
+    }
+    metadata = sa.MetaData()
+    for d in CATALOG_V1.datasets:
+        sa.Table(
+            d.name,
+            metadata,
+            sa.Column("id", sa.Integer, primary_key=True),
+            *(
+                sa.Column(f.name, types.get(f.type, sa.String(256)), index=f.selector)
+                for f in d.fields
+            ),
+        )
+    engine = sa.create_engine(database_url)
+    metadata.create_all(engine)
+    engine.dispose()
+
+
+def init_federation(
+    root: Path, node_ids: Sequence[str], agencies: Sequence[str], base_port: int = 50060
+) -> None:
+    """Create a new federation folder with catalog-shaped, empty SQLite nodes.
+
+    The gateway listens on ``base_port`` and node ``i`` on ``base_port + 1 + i``.
+    """
+    from liaison.catalog import CATALOG_V1
+
+    if root.exists() and any(root.iterdir()):
+        raise ConfigError(f"{root} is not empty; choose a new folder for the federation")
+    if not node_ids:
+        raise ConfigError("name at least one node (--node ID)")
+    gateway_pub = write_gateway_keys(root)
+    for agency in agencies:
+        write_dev_idp(root, agency)
+    addresses = {}
+    for i, node_id in enumerate(node_ids, start=1):
+        mapping = {d.name: (d.name, {f: f for f in d.field_names}) for d in CATALOG_V1.datasets}
+        folder = root / "nodes" / node_id
+        addresses[node_id] = f"127.0.0.1:{base_port + i}"
+        write_node(
+            NodeLayout(
+                node_id=node_id,
+                folder=folder,
+                database_url="sqlite:///data.sqlite3",
+                mapping=mapping,
+                policy_text=STARTER_POLICY.format(node_id=node_id, node_id_toml=_toml_str(node_id)),
+                listen=addresses[node_id],
+            ),
+            gateway_pub,
+        )
+        create_catalog_schema(f"sqlite:///{folder / 'data.sqlite3'}")
+    write_gateway_config(root, agencies, addresses, listen=f"127.0.0.1:{base_port}")

@@ -1,0 +1,117 @@
+"""Plain domain types for requests and answers; protobuf lives in ``wire``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from liaison.query import Query
+
+
+@dataclass(frozen=True, slots=True)
+class Requester:
+    agency: str
+    subject: str
+    roles: tuple[str, ...]
+    issuer: str
+
+
+@dataclass(frozen=True, slots=True)
+class QueryRequest:
+    query_id: str
+    gateway_id: str
+    issued_at_ms: int
+    expires_at_ms: int
+    nonce: bytes
+    audience: tuple[str, ...]
+    requester: Requester
+    purpose: str
+    case_ref: str
+    catalog_version: str
+    query: Query
+
+
+class AnswerStatus(StrEnum):
+    ANSWERED = "answered"
+    DENIED = "denied"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    permitted: bool
+    rules: tuple[str, ...]
+    reason: str = ""
+    obligations: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Count:
+    value: int
+    below_minimum: bool = False
+    minimum: int = 0
+
+    def __str__(self) -> str:
+        return f"fewer than {self.minimum}" if self.below_minimum else str(self.value)
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    key: str | None
+    count: int
+
+
+@dataclass(frozen=True, slots=True)
+class QueryAnswer:
+    query_id: str
+    node_id: str
+    request_digest: bytes
+    answered_at_ms: int
+    status: AnswerStatus
+    decision: Decision
+    hit: bool = False
+    count: Count | None = None
+    buckets: tuple[Bucket, ...] = ()
+    buckets_suppressed: bool = False
+    bucket_minimum: int = 0
+    fields: tuple[str, ...] = ()
+    rows: tuple[tuple[str | None, ...], ...] = field(default=())
+    withheld_fields: tuple[str, ...] = ()
+    truncated: bool = False
+
+
+class NodeStatus(StrEnum):
+    """What became of one node's part of a federated search."""
+
+    ANSWERED = "answered"
+    DENIED = "denied"
+    TIMED_OUT = "timed out"
+    UNREACHABLE = "unreachable"
+    ERROR = "error"
+
+
+@dataclass(frozen=True, slots=True)
+class SearchInput:
+    """An investigator's federated search, before the gateway signs it."""
+
+    query: Query
+    purpose: str
+    case_ref: str
+    nodes: tuple[str, ...] = ()
+    deadline_ms: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class NodeResult:
+    node_id: str
+    status: NodeStatus
+    detail: str = ""
+    latency_ms: float = 0.0
+    answer: QueryAnswer | None = None
+    answer_digest: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class SearchResult:
+    query_id: str
+    query: Query
+    results: tuple[NodeResult, ...]

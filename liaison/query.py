@@ -1,0 +1,115 @@
+"""The structured query and its validation against the catalog.
+
+A query is data, never SQL. Gateways validate it to fail fast with a clear
+message; nodes validate it again because they trust no one with their schema.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from enum import StrEnum
+
+from liaison.catalog import Catalog, Dataset
+from liaison.errors import InvalidQuery
+
+MAX_IN_VALUES = 1000
+MAX_PREDICATES = 32
+MAX_LIMIT = 10_000
+DEFAULT_LIMIT = 100
+MAX_CASE_REF_LENGTH = 128
+
+
+class Operation(StrEnum):
+    MATCH = "match"
+    COUNT = "count"
+    COUNT_BY = "count_by"
+    RECORDS = "records"
+
+
+class Comparator(StrEnum):
+    EQ = "eq"
+    IN = "in"
+    GTE = "gte"
+    LTE = "lte"
+
+
+@dataclass(frozen=True, slots=True)
+class Predicate:
+    field: str
+    comparator: Comparator
+    values: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Query:
+    dataset: str
+    operation: Operation
+    predicates: tuple[Predicate, ...] = ()
+    fields: tuple[str, ...] = ()
+    group_by: str | None = None
+    limit: int = 0
+
+    @property
+    def predicate_fields(self) -> frozenset[str]:
+        return frozenset(p.field for p in self.predicates)
+
+
+def validate_query(query: Query, catalog: Catalog) -> Query:
+    """Check ``query`` against ``catalog``; return it with canonical values.
+
+    Raises CatalogError for unknown names, InvalidValue for values that do not
+    parse, and InvalidQuery for shapes that do not fit the operation.
+    """
+    dataset = catalog.dataset(query.dataset)
+    if len(query.predicates) > MAX_PREDICATES:
+        raise InvalidQuery(f"a query takes at most {MAX_PREDICATES} predicates")
+    predicates = tuple(_validate_predicate(p, dataset) for p in query.predicates)
+    op = query.operation
+    if op is Operation.RECORDS:
+        if not query.fields:
+            raise InvalidQuery("a records query must select at least one field (--fields)")
+        if len(set(query.fields)) != len(query.fields):
+            raise InvalidQuery("a records query selects each field once")
+        for name in query.fields:
+            dataset.field(name)
+    elif query.fields:
+        raise InvalidQuery(f"a {op.value} query selects no fields; use a records query")
+    if op is Operation.COUNT_BY:
+        if not query.group_by:
+            raise InvalidQuery("a count_by query needs a field to group by")
+        dataset.field(query.group_by)
+    elif query.group_by:
+        raise InvalidQuery(f"only count_by groups; a {op.value} query has no group_by")
+    if op is Operation.MATCH and not predicates:
+        raise InvalidQuery("a match query needs at least one predicate to match on")
+    if not 0 <= query.limit <= MAX_LIMIT:
+        raise InvalidQuery(f"limit must be between 1 and {MAX_LIMIT} (0 for the default)")
+    return replace(query, predicates=predicates)
+
+
+def _validate_predicate(predicate: Predicate, dataset: Dataset) -> Predicate:
+    field = dataset.field(predicate.field)
+    n = len(predicate.values)
+    cmp = predicate.comparator
+    if cmp is Comparator.IN:
+        if not 1 <= n <= MAX_IN_VALUES:
+            raise InvalidQuery(f"'in' on {field.name!r} takes 1 to {MAX_IN_VALUES} values, got {n}")
+    elif n != 1:
+        raise InvalidQuery(f"{cmp.value!r} on {field.name!r} takes exactly one value, got {n}")
+    if cmp in (Comparator.GTE, Comparator.LTE) and not field.type.orderable:
+        raise InvalidQuery(
+            f"{field.name!r} is {field.type.value}; ranges work only on dates and numbers"
+        )
+    canonical = tuple(field.canonical(v) for v in predicate.values)
+    return Predicate(field.name, cmp, canonical)
+
+
+def validate_case_ref(case_ref: str) -> str:
+    stripped = case_ref.strip()
+    if not stripped:
+        raise InvalidQuery("a case reference is required (--case-ref)")
+    if len(stripped) > MAX_CASE_REF_LENGTH or any(ord(c) < 32 for c in stripped):
+        raise InvalidQuery(
+            f"case reference must be printable and at most {MAX_CASE_REF_LENGTH} characters"
+        )
+    return stripped

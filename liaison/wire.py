@@ -1,0 +1,283 @@
+"""Conversion between protobuf wire types and domain types, in one place.
+
+Generated classes are imported with a ``pb`` prefix so that they are never
+mistaken for the domain types of the same name.
+"""
+
+from __future__ import annotations
+
+from liaison.envelope import Envelope
+from liaison.errors import InvalidQuery
+from liaison.keys import KeyId
+from liaison.messages import (
+    AnswerStatus,
+    Bucket,
+    Count,
+    Decision,
+    NodeResult,
+    NodeStatus,
+    QueryAnswer,
+    QueryRequest,
+    Requester,
+    SearchInput,
+    SearchResult,
+)
+from liaison.query import Comparator, Operation, Predicate, Query
+from proto.liaison.v1 import envelope_pb2 as pb_envelope
+from proto.liaison.v1 import gateway_pb2 as pb_gateway
+from proto.liaison.v1 import query_pb2 as pb_query
+
+_OPERATIONS = {
+    Operation.MATCH: pb_query.OPERATION_MATCH,
+    Operation.COUNT: pb_query.OPERATION_COUNT,
+    Operation.COUNT_BY: pb_query.OPERATION_COUNT_BY,
+    Operation.RECORDS: pb_query.OPERATION_RECORDS,
+}
+_OPERATIONS_BACK = {v: k for k, v in _OPERATIONS.items()}
+_COMPARATORS = {
+    Comparator.EQ: pb_query.COMPARATOR_EQ,
+    Comparator.IN: pb_query.COMPARATOR_IN,
+    Comparator.GTE: pb_query.COMPARATOR_GTE,
+    Comparator.LTE: pb_query.COMPARATOR_LTE,
+}
+_COMPARATORS_BACK = {v: k for k, v in _COMPARATORS.items()}
+_STATUS = {
+    AnswerStatus.ANSWERED: pb_query.ANSWER_STATUS_ANSWERED,
+    AnswerStatus.DENIED: pb_query.ANSWER_STATUS_DENIED,
+}
+_STATUS_BACK = {v: k for k, v in _STATUS.items()}
+
+
+def envelope_to_proto(envelope: Envelope) -> pb_envelope.Envelope:
+    return pb_envelope.Envelope(
+        payload=envelope.payload,
+        payload_type=envelope.payload_type,
+        key_id=envelope.key_id,
+        signature=envelope.signature,
+    )
+
+
+def envelope_from_proto(message: pb_envelope.Envelope) -> Envelope:
+    return Envelope(
+        payload=message.payload,
+        payload_type=message.payload_type,
+        key_id=KeyId(message.key_id),
+        signature=message.signature,
+    )
+
+
+def query_to_proto(query: Query) -> pb_query.Query:
+    return pb_query.Query(
+        dataset=query.dataset,
+        operation=_OPERATIONS[query.operation],
+        predicates=[
+            pb_query.Predicate(
+                field=p.field, comparator=_COMPARATORS[p.comparator], values=list(p.values)
+            )
+            for p in query.predicates
+        ],
+        fields=list(query.fields),
+        group_by=query.group_by or "",
+        limit=query.limit,
+    )
+
+
+def query_from_proto(message: pb_query.Query) -> Query:
+    """Shape-level conversion; catalog checks happen in ``validate_query``."""
+    operation = _OPERATIONS_BACK.get(message.operation)
+    if operation is None:
+        raise InvalidQuery("the query names no operation (match, count, count_by or records)")
+    predicates = []
+    for p in message.predicates:
+        comparator = _COMPARATORS_BACK.get(p.comparator)
+        if comparator is None:
+            raise InvalidQuery(f"predicate on {p.field!r} names no comparator (eq, in, gte, lte)")
+        predicates.append(Predicate(p.field, comparator, tuple(p.values)))
+    return Query(
+        dataset=message.dataset,
+        operation=operation,
+        predicates=tuple(predicates),
+        fields=tuple(message.fields),
+        group_by=message.group_by or None,
+        limit=message.limit,
+    )
+
+
+def request_to_bytes(request: QueryRequest) -> bytes:
+    message = pb_query.QueryRequest(
+        query_id=request.query_id,
+        gateway_id=request.gateway_id,
+        issued_at_ms=request.issued_at_ms,
+        expires_at_ms=request.expires_at_ms,
+        nonce=request.nonce,
+        audience=list(request.audience),
+        requester=pb_query.Requester(
+            agency=request.requester.agency,
+            subject=request.requester.subject,
+            roles=list(request.requester.roles),
+            issuer=request.requester.issuer,
+        ),
+        purpose=request.purpose,
+        case_ref=request.case_ref,
+        catalog_version=request.catalog_version,
+        query=query_to_proto(request.query),
+    )
+    return message.SerializeToString(deterministic=True)
+
+
+def request_from_bytes(payload: bytes) -> QueryRequest:
+    message = pb_query.QueryRequest.FromString(payload)
+    r = message.requester
+    return QueryRequest(
+        query_id=message.query_id,
+        gateway_id=message.gateway_id,
+        issued_at_ms=message.issued_at_ms,
+        expires_at_ms=message.expires_at_ms,
+        nonce=message.nonce,
+        audience=tuple(message.audience),
+        requester=Requester(r.agency, r.subject, tuple(r.roles), r.issuer),
+        purpose=message.purpose,
+        case_ref=message.case_ref,
+        catalog_version=message.catalog_version,
+        query=query_from_proto(message.query),
+    )
+
+
+def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
+    message = pb_query.QueryAnswer(
+        query_id=answer.query_id,
+        node_id=answer.node_id,
+        request_digest=answer.request_digest,
+        answered_at_ms=answer.answered_at_ms,
+        status=_STATUS[answer.status],
+        decision=pb_query.Decision(
+            permitted=answer.decision.permitted,
+            rules=list(answer.decision.rules),
+            reason=answer.decision.reason,
+            obligations=list(answer.decision.obligations),
+        ),
+        hit=answer.hit,
+        buckets=[
+            pb_query.Bucket(key=b.key or "", key_present=b.key is not None, count=b.count)
+            for b in answer.buckets
+        ],
+        buckets_suppressed=answer.buckets_suppressed,
+        bucket_minimum=answer.bucket_minimum,
+        fields=list(answer.fields),
+        rows=[
+            pb_query.Row(cells=[pb_query.Cell(present=c is not None, value=c or "") for c in row])
+            for row in answer.rows
+        ],
+        withheld_fields=list(answer.withheld_fields),
+        truncated=answer.truncated,
+    )
+    if answer.count is not None:
+        message.count.CopyFrom(
+            pb_query.Count(
+                value=answer.count.value,
+                below_minimum=answer.count.below_minimum,
+                minimum=answer.count.minimum,
+            )
+        )
+    return message
+
+
+def answer_to_bytes(answer: QueryAnswer) -> bytes:
+    return answer_to_proto(answer).SerializeToString(deterministic=True)
+
+
+def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
+    status = _STATUS_BACK.get(message.status)
+    if status is None:
+        raise InvalidQuery("answer carries no status")
+    d = message.decision
+    return QueryAnswer(
+        query_id=message.query_id,
+        node_id=message.node_id,
+        request_digest=message.request_digest,
+        answered_at_ms=message.answered_at_ms,
+        status=status,
+        decision=Decision(d.permitted, tuple(d.rules), d.reason, tuple(d.obligations)),
+        hit=message.hit,
+        count=(
+            Count(message.count.value, message.count.below_minimum, message.count.minimum)
+            if message.HasField("count")
+            else None
+        ),
+        buckets=tuple(Bucket(b.key if b.key_present else None, b.count) for b in message.buckets),
+        buckets_suppressed=message.buckets_suppressed,
+        bucket_minimum=message.bucket_minimum,
+        fields=tuple(message.fields),
+        rows=tuple(
+            tuple(c.value if c.present else None for c in row.cells) for row in message.rows
+        ),
+        withheld_fields=tuple(message.withheld_fields),
+        truncated=message.truncated,
+    )
+
+
+def answer_from_bytes(payload: bytes) -> QueryAnswer:
+    return answer_from_proto(pb_query.QueryAnswer.FromString(payload))
+
+
+_NODE_STATUS = {
+    NodeStatus.ANSWERED: pb_gateway.NODE_STATUS_ANSWERED,
+    NodeStatus.DENIED: pb_gateway.NODE_STATUS_DENIED,
+    NodeStatus.TIMED_OUT: pb_gateway.NODE_STATUS_TIMED_OUT,
+    NodeStatus.UNREACHABLE: pb_gateway.NODE_STATUS_UNREACHABLE,
+    NodeStatus.ERROR: pb_gateway.NODE_STATUS_ERROR,
+}
+_NODE_STATUS_BACK = {v: k for k, v in _NODE_STATUS.items()}
+
+
+def search_to_proto(search: SearchInput) -> pb_gateway.SearchRequest:
+    return pb_gateway.SearchRequest(
+        query=query_to_proto(search.query),
+        purpose=search.purpose,
+        case_ref=search.case_ref,
+        nodes=list(search.nodes),
+        deadline_ms=search.deadline_ms,
+    )
+
+
+def search_from_proto(message: pb_gateway.SearchRequest) -> SearchInput:
+    return SearchInput(
+        query=query_from_proto(message.query),
+        purpose=message.purpose,
+        case_ref=message.case_ref,
+        nodes=tuple(message.nodes),
+        deadline_ms=message.deadline_ms,
+    )
+
+
+def search_result_to_proto(result: SearchResult) -> pb_gateway.SearchResponse:
+    out = pb_gateway.SearchResponse(query_id=result.query_id)
+    for r in result.results:
+        item = out.results.add(
+            node_id=r.node_id,
+            status=_NODE_STATUS[r.status],
+            detail=r.detail,
+            latency_ms=r.latency_ms,
+            answer_digest=r.answer_digest,
+        )
+        if r.answer is not None:
+            item.answer.CopyFrom(answer_to_proto(r.answer))
+    return out
+
+
+def search_result_from_proto(message: pb_gateway.SearchResponse, query: Query) -> SearchResult:
+    return SearchResult(
+        query_id=message.query_id,
+        query=query,
+        results=tuple(
+            NodeResult(
+                node_id=r.node_id,
+                status=_NODE_STATUS_BACK.get(r.status, NodeStatus.ERROR),
+                detail=r.detail,
+                latency_ms=r.latency_ms,
+                answer=answer_from_proto(r.answer) if r.HasField("answer") else None,
+                answer_digest=r.answer_digest,
+            )
+            for r in message.results
+        ),
+    )

@@ -1,0 +1,83 @@
+"""Compiling a permitted query into a SQLAlchemy Core select over local tables.
+
+Only bound parameters and reflected column objects appear in the statement:
+no string is ever pasted into SQL, and no ``*`` is ever selected.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.sql.elements import ColumnElement
+
+from liaison.catalog import FieldType, SqlValue
+from liaison.errors import InvalidQuery
+from liaison.query import Comparator, Operation, Predicate, Query
+from node.database import MappedDataset
+from policies import Grant
+
+
+def _bind(column: sa.Column[Any], ftype: FieldType, value: SqlValue) -> Any:
+    # A date compared with a text column must be bound as ISO text, or the
+    # driver would compare it in its own (locale or adapter) format.
+    if isinstance(value, dt.date) and not isinstance(column.type, sa.Date | sa.DateTime):
+        return value.isoformat()
+    if isinstance(value, bool) and not isinstance(column.type, sa.Boolean):
+        return int(value)
+    return value
+
+
+def _condition(mapped: MappedDataset, predicate: Predicate) -> ColumnElement[bool]:
+    field = mapped.dataset.field(predicate.field)
+    column = mapped.columns.get(predicate.field)
+    if column is None:
+        raise InvalidQuery(f"this node does not hold field {predicate.field!r}")
+    values = [_bind(column, field.type, field.parse(v)) for v in predicate.values]
+    if predicate.comparator is Comparator.EQ:
+        return column == values[0]  # type: ignore[no-any-return]  # Column[Any] comparisons are Any
+    if predicate.comparator is Comparator.IN:
+        return column.in_(values)
+    if predicate.comparator is Comparator.GTE:
+        return column >= values[0]  # type: ignore[no-any-return]  # as above
+    return column <= values[0]  # type: ignore[no-any-return]  # as above
+
+
+def _where(mapped: MappedDataset, query: Query) -> list[ColumnElement[bool]]:
+    return [_condition(mapped, p) for p in query.predicates]
+
+
+def compile_records(
+    mapped: MappedDataset, query: Query, grant: Grant, limit: int
+) -> sa.Select[Any]:
+    """Select the granted fields; one row past ``limit`` shows truncation."""
+    missing = [f for f in grant.fields if f not in mapped.columns]
+    if missing:
+        raise InvalidQuery(f"this node does not hold field(s) {', '.join(missing)}")
+    columns = [mapped.columns[f].label(f) for f in grant.fields]
+    order = [mapped.columns[f] for f in grant.fields]
+    return sa.select(*columns).where(*_where(mapped, query)).order_by(*order).limit(limit + 1)
+
+
+def compile_count(mapped: MappedDataset, query: Query) -> sa.Select[Any]:
+    return sa.select(sa.func.count()).select_from(mapped.table).where(*_where(mapped, query))
+
+
+def compile_match(mapped: MappedDataset, query: Query) -> sa.Select[Any]:
+    return sa.select(sa.literal(1)).select_from(mapped.table).where(*_where(mapped, query)).limit(1)
+
+
+def compile_count_by(mapped: MappedDataset, query: Query) -> sa.Select[Any]:
+    if query.operation is not Operation.COUNT_BY or not query.group_by:
+        raise InvalidQuery("a count_by query needs a field to group by")
+    column = mapped.columns.get(query.group_by)
+    if column is None:
+        raise InvalidQuery(f"this node does not hold field {query.group_by!r}")
+    n = sa.func.count().label("n")
+    return (
+        sa.select(column.label("key"), n)
+        .where(*_where(mapped, query))
+        .group_by(column)
+        .order_by(n.desc(), column)
+    )

@@ -1,0 +1,91 @@
+"""Building a node from its config and serving it over gRPC."""
+
+from __future__ import annotations
+
+import logging
+from concurrent import futures
+from pathlib import Path
+
+import grpc
+
+from liaison.catalog import CATALOG_V1, Catalog
+from liaison.config import NodeConfig, load_node_config
+from liaison.keys import SigningKey, VerifyingKey
+from liaison.serving import (
+    SERVER_OPTIONS,
+    add_health_and_reflection,
+    bind,
+    host_of,
+    stop_event_on_signals,
+    write_port_file,
+)
+from node.answering import NodeCore, NodeLimits
+from node.database import bind_schema, open_read_only
+from node.replay import ReplayGuard
+from node.service import NodeServicer
+from node.verify import TrustedGateway
+from policies import load_policy
+from proto.liaison.v1 import node_pb2 as pb_node
+from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
+
+log = logging.getLogger("liaison.node")
+SERVICE_NAME = pb_node.DESCRIPTOR.services_by_name["NodeService"].full_name
+
+
+def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
+    """Load keys, policy and schema; refuse to start on anything inconsistent."""
+    signing_key = SigningKey.from_pem_file(config.signing_key)
+    trusted = {}
+    for gw in config.trusted_gateways:
+        key = VerifyingKey.from_pem_file(gw.public_key)
+        trusted[key.key_id] = TrustedGateway(gw.id, key)
+    policy = load_policy(config.policy, catalog)
+    engine = open_read_only(config.database_url)
+    schema = bind_schema(engine, config.datasets, catalog)
+    replay = ReplayGuard(config.state_dir / "replay.sqlite3")
+    return NodeCore(
+        node_id=config.node_id,
+        signing_key=signing_key,
+        trusted=trusted,
+        policy=policy,
+        catalog=catalog,
+        engine=engine,
+        schema=schema,
+        replay=replay,
+        limits=NodeLimits(config.max_request_age_s, config.clock_skew_s, config.default_limit),
+    )
+
+
+def start_node_server(core: NodeCore, listen: str, workers: int = 16) -> tuple[grpc.Server, int]:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node"),
+        options=SERVER_OPTIONS,
+    )
+    pb_node_grpc.add_NodeServiceServicer_to_server(NodeServicer(core), server)
+    add_health_and_reflection(server, [SERVICE_NAME])
+    port = bind(server, listen)
+    server.start()
+    return server, port
+
+
+def serve(config_path: Path, port_file: Path | None = None) -> None:
+    """Run a node until SIGTERM or SIGINT."""
+    config = load_node_config(config_path, CATALOG_V1)
+    core = build_node(config)
+    stop = stop_event_on_signals()
+    server, port = start_node_server(core, config.listen)
+    host = host_of(config.listen)
+    write_port_file(port_file, host, port)
+    log.info(
+        "node serving",
+        extra={
+            "node_id": core.node_id,
+            "address": f"{host}:{port}",
+            "key_id": core.signing_key.key_id,
+        },
+    )
+    stop.wait()
+    log.info("node stopping", extra={"node_id": core.node_id})
+    server.stop(grace=5).wait()
+    core.replay.close()
+    core.engine.dispose()

@@ -1,0 +1,50 @@
+"""The node's gRPC servicer: convert, delegate, map errors. Nothing else."""
+
+from __future__ import annotations
+
+import logging
+from typing import NoReturn
+
+import grpc
+
+from liaison.catalog import CATALOG_VERSION
+from liaison.grpc_errors import status_for
+from liaison.wire import envelope_from_proto, envelope_to_proto
+from node.answering import NodeCore
+from proto.liaison.v1 import node_pb2 as pb_node
+from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
+
+log = logging.getLogger("liaison.node")
+
+
+def _abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    code, message = status_for(exc, log)
+    context.abort(code, message)
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
+
+
+class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # generated base is untyped
+    def __init__(self, core: NodeCore) -> None:
+        self.core = core
+
+    def Answer(
+        self, request: pb_node.AnswerRequest, context: grpc.ServicerContext
+    ) -> pb_node.AnswerResponse:
+        try:
+            answer = self.core.answer(envelope_from_proto(request.request))
+        except Exception as exc:
+            _abort(context, exc)
+        return pb_node.AnswerResponse(answer=envelope_to_proto(answer))
+
+    def Describe(
+        self, request: pb_node.DescribeRequest, context: grpc.ServicerContext
+    ) -> pb_node.DescribeResponse:
+        return pb_node.DescribeResponse(
+            node_id=self.core.node_id,
+            catalog_version=CATALOG_VERSION,
+            datasets=[
+                pb_node.DatasetOffer(dataset=name, fields=list(m.provided_fields))
+                for name, m in sorted(self.core.schema.items())
+            ],
+            key_id=self.core.signing_key.key_id,
+        )

@@ -1,0 +1,1 @@
+"""Generated wire contract of Liaison (package liaison.v1)."""

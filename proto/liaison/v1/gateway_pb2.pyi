@@ -1,0 +1,82 @@
+from . import query_pb2 as _query_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class NodeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    NODE_STATUS_UNSPECIFIED: _ClassVar[NodeStatus]
+    NODE_STATUS_ANSWERED: _ClassVar[NodeStatus]
+    NODE_STATUS_DENIED: _ClassVar[NodeStatus]
+    NODE_STATUS_TIMED_OUT: _ClassVar[NodeStatus]
+    NODE_STATUS_UNREACHABLE: _ClassVar[NodeStatus]
+    NODE_STATUS_ERROR: _ClassVar[NodeStatus]
+NODE_STATUS_UNSPECIFIED: NodeStatus
+NODE_STATUS_ANSWERED: NodeStatus
+NODE_STATUS_DENIED: NodeStatus
+NODE_STATUS_TIMED_OUT: NodeStatus
+NODE_STATUS_UNREACHABLE: NodeStatus
+NODE_STATUS_ERROR: NodeStatus
+
+class SearchRequest(_message.Message):
+    __slots__ = ("query", "purpose", "case_ref", "nodes", "deadline_ms")
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CASE_REF_FIELD_NUMBER: _ClassVar[int]
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    query: _query_pb2.Query
+    purpose: str
+    case_ref: str
+    nodes: _containers.RepeatedScalarFieldContainer[str]
+    deadline_ms: int
+    def __init__(self, query: _Optional[_Union[_query_pb2.Query, _Mapping]] = ..., purpose: _Optional[str] = ..., case_ref: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+
+class NodeResult(_message.Message):
+    __slots__ = ("node_id", "status", "detail", "latency_ms", "answer", "answer_digest")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    status: NodeStatus
+    detail: str
+    latency_ms: float
+    answer: _query_pb2.QueryAnswer
+    answer_digest: str
+    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ..., answer: _Optional[_Union[_query_pb2.QueryAnswer, _Mapping]] = ..., answer_digest: _Optional[str] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("query_id", "results")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    results: _containers.RepeatedCompositeFieldContainer[NodeResult]
+    def __init__(self, query_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[NodeResult, _Mapping]]] = ...) -> None: ...
+
+class ListNodesRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ListNodesResponse(_message.Message):
+    __slots__ = ("nodes",)
+    NODES_FIELD_NUMBER: _ClassVar[int]
+    nodes: _containers.RepeatedCompositeFieldContainer[NodeInfo]
+    def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
+
+class NodeInfo(_message.Message):
+    __slots__ = ("node_id", "address", "key_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    ADDRESS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    address: str
+    key_id: str
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,44 @@
+from . import envelope_pb2 as _envelope_pb2
+from google.protobuf.internal import containers as _containers
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class AnswerRequest(_message.Message):
+    __slots__ = ("request",)
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    request: _envelope_pb2.Envelope
+    def __init__(self, request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class AnswerResponse(_message.Message):
+    __slots__ = ("answer",)
+    ANSWER_FIELD_NUMBER: _ClassVar[int]
+    answer: _envelope_pb2.Envelope
+    def __init__(self, answer: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class DescribeRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class DescribeResponse(_message.Message):
+    __slots__ = ("node_id", "catalog_version", "datasets", "key_id")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DATASETS_FIELD_NUMBER: _ClassVar[int]
+    KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    catalog_version: str
+    datasets: _containers.RepeatedCompositeFieldContainer[DatasetOffer]
+    key_id: str
+    def __init__(self, node_id: _Optional[str] = ..., catalog_version: _Optional[str] = ..., datasets: _Optional[_Iterable[_Union[DatasetOffer, _Mapping]]] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class DatasetOffer(_message.Message):
+    __slots__ = ("dataset", "fields")
+    DATASET_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    dataset: str
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, dataset: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
