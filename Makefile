@@ -1,0 +1,62 @@
+# Everything a newcomer needs: `make demo` and `make test` set up the
+# virtual environment, install Liaison with its tools, and check the
+# generated protobuf modules before doing their job.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+
+.PHONY: help setup proto proto-check lint typecheck check test test-fast demo bench clean
+
+help:
+	@echo "make demo    run the whole federation demo (SQLite, loopback)"
+	@echo "make test    lint, type-check, check protos, run every test"
+	@echo "make bench   benchmarks (federated vs direct call)"
+	@echo "make proto   regenerate proto/liaison/v1/*_pb2*.py after editing .proto files"
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info >= (3, 11), "Liaison needs Python 3.11 or newer"'
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev]'
+	@touch $(STAMP)
+
+setup: $(STAMP)
+
+$(BUF):
+	mkdir -p .tools
+	cd .tools && npm install --silent --no-save --no-package-lock --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
+
+proto: $(STAMP)
+	$(PY) -m liaison.protogen
+
+proto-check: $(STAMP) $(BUF)
+	$(PY) -m liaison.protogen --check
+	cd proto && ../$(BUF) lint
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: $(STAMP)
+	$(VENV)/bin/mypy
+
+check: lint typecheck proto-check
+
+test: check
+	$(VENV)/bin/pytest
+
+test-fast: $(STAMP)
+	$(VENV)/bin/pytest -x -q
+
+demo: $(STAMP)
+	$(VENV)/bin/liaison demo
+
+bench: $(STAMP)
+	$(PY) -m liaison.bench
+
+clean:
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis
