@@ -23,6 +23,7 @@ from tenacity import (
 from liaison.envelope import Envelope
 from liaison.keys import VerifyingKey
 from liaison.serving import CHANNEL_OPTIONS
+from liaison.tls import TlsFiles
 from liaison.wire import envelope_from_proto, envelope_to_proto
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
@@ -53,10 +54,15 @@ def _transient(exc: BaseException) -> bool:
 class FanOut:
     """Long-lived channels to every node of the federation."""
 
-    def __init__(self, links: tuple[NodeLink, ...]) -> None:
+    def __init__(self, links: tuple[NodeLink, ...], tls: TlsFiles | None = None) -> None:
         self.links = {link.node_id: link for link in links}
+        credentials = tls.channel_credentials() if tls is not None else None
         self._channels = {
-            link.node_id: grpc.aio.insecure_channel(link.address, options=CHANNEL_OPTIONS)
+            link.node_id: (
+                grpc.aio.insecure_channel(link.address, options=CHANNEL_OPTIONS)
+                if credentials is None
+                else grpc.aio.secure_channel(link.address, credentials, options=CHANNEL_OPTIONS)
+            )
             for link in links
         }
         self._stubs = {

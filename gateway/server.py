@@ -23,6 +23,7 @@ from liaison.serving import (
     host_of,
     write_port_file,
 )
+from liaison.tls import TlsFiles
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 
@@ -41,7 +42,7 @@ def build_gateway(
         gateway_id=config.gateway_id,
         signing_key=SigningKey.from_pem_file(config.signing_key),
         catalog=catalog,
-        fanout=FanOut(links),
+        fanout=FanOut(links, config.node_tls),
         default_deadline_ms=config.default_deadline_ms,
         max_deadline_ms=config.max_deadline_ms,
     )
@@ -49,19 +50,19 @@ def build_gateway(
 
 
 async def start_gateway_server(
-    core: GatewayCore, verifier: TokenVerifier, listen: str
+    core: GatewayCore, verifier: TokenVerifier, listen: str, tls: TlsFiles | None = None
 ) -> tuple[grpc.aio.Server, int]:
     server = grpc.aio.server(options=SERVER_OPTIONS)
     pb_gateway_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(core, verifier), server)
     await add_health_and_reflection_aio(server, [SERVICE_NAME])
-    port = bind(server, listen)
+    port = bind(server, listen, tls)
     await server.start()
     return server, port
 
 
 async def _serve(config: GatewayConfig, port_file: Path | None) -> None:
     core, verifier = build_gateway(config)
-    server, port = await start_gateway_server(core, verifier, config.listen)
+    server, port = await start_gateway_server(core, verifier, config.listen, config.tls)
     host = host_of(config.listen)
     write_port_file(port_file, host, port)
     log.info(

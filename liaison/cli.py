@@ -108,6 +108,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--token", help="bearer JWT (or --token-file)")
     p.add_argument("--token-file", type=Path)
     p.add_argument(
+        "--tls-ca", type=Path, help="connect with TLS, verifying the gateway against this CA (PEM)"
+    )
+    p.add_argument(
         "--federation", type=Path, help="a demo folder: take gateway address and token from it"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
@@ -193,7 +196,7 @@ def _cmd_query(args: argparse.Namespace) -> int:
         nodes=tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip()),
         deadline_ms=args.deadline_ms,
     )
-    result = client.search(gateway, token, search_input)
+    result = client.search(gateway, token, search_input, tls_ca=args.tls_ca)
     if args.json:
         print(render.to_json(render.result_to_dict(result)))
     else:

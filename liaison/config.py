@@ -17,6 +17,7 @@ from sqlalchemy.exc import ArgumentError
 
 from liaison.catalog import Catalog
 from liaison.errors import CatalogError, ConfigError
+from liaison.tls import TlsFiles
 
 DEFAULT_MAX_REQUEST_AGE_S = 300
 DEFAULT_CLOCK_SKEW_S = 30
@@ -51,6 +52,8 @@ class NodeConfig:
     max_request_age_s: int = DEFAULT_MAX_REQUEST_AGE_S
     clock_skew_s: int = DEFAULT_CLOCK_SKEW_S
     default_limit: int = 100
+    # Mutual TLS towards the gateway; None serves plaintext (loopback demos).
+    tls: TlsFiles | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,6 +82,10 @@ class GatewayConfig:
     nodes: tuple[NodeEndpoint, ...]
     default_deadline_ms: int = 2000
     max_deadline_ms: int = 30_000
+    # TLS for investigators' connections (client_ca optional).
+    tls: TlsFiles | None = None
+    # Client certificate and CA for connections to nodes (mutual TLS).
+    node_tls: TlsFiles | None = None
 
 
 ALLOWED_JWT_ALGORITHMS = ("EdDSA", "ES256", "RS256")
@@ -140,6 +147,20 @@ class _Reader:
             )
 
 
+def _tls(
+    doc: Mapping[str, Any], key: str, ca_key: str, path: Path, *, ca_required: bool
+) -> TlsFiles | None:
+    if key not in doc:
+        return None
+    table = doc[key]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [{key}] must be a table")
+    r = _Reader(table, f"{path} [{key}]", path.parent)
+    r.check_keys({"certificate", "private_key", ca_key})
+    ca = r.path(ca_key) if ca_required or ca_key in table else None
+    return TlsFiles(r.path("certificate"), r.path("private_key"), ca)
+
+
 def _read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
@@ -167,7 +188,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
     doc = _read_toml(path)
     base = path.parent
     top = _Reader(doc, str(path), base)
-    top.check_keys({"node", "trusted_gateway", "datasets"})
+    top.check_keys({"node", "trusted_gateway", "datasets", "tls"})
     node = _Reader(doc.get("node", {}), f"{path} [node]", base)
     node.check_keys(
         {
@@ -225,6 +246,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         max_request_age_s=node.integer("max_request_age_s", DEFAULT_MAX_REQUEST_AGE_S, 1, 3600),
         clock_skew_s=node.integer("clock_skew_s", DEFAULT_CLOCK_SKEW_S, 0, 600),
         default_limit=node.integer("default_limit", 100, 1, 10_000),
+        tls=_tls(doc, "tls", "client_ca", path, ca_required=True),
     )
 
 
@@ -233,7 +255,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     doc = _read_toml(path)
     base = path.parent
     top = _Reader(doc, str(path), base)
-    top.check_keys({"gateway", "issuer", "node"})
+    top.check_keys({"gateway", "issuer", "node", "tls", "node_tls"})
     gw = _Reader(doc.get("gateway", {}), f"{path} [gateway]", base)
     gw.check_keys(
         {"id", "listen", "signing_key", "audience", "default_deadline_ms", "max_deadline_ms"}
@@ -278,4 +300,6 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         nodes=tuple(nodes),
         default_deadline_ms=default_deadline,
         max_deadline_ms=gw.integer("max_deadline_ms", 30_000, default_deadline, 600_000),
+        tls=_tls(doc, "tls", "client_ca", path, ca_required=False),
+        node_tls=_tls(doc, "node_tls", "ca", path, ca_required=True),
     )

@@ -22,11 +22,13 @@ from liaison import client, render
 from liaison.demo_data import INVESTIGATOR_AGENCY, Probes, demo_agencies, populate, probes
 from liaison.federation import (
     AUDIENCE,
+    PKI_DIR,
     NodeLayout,
     write_dev_idp,
     write_gateway_config,
     write_gateway_keys,
     write_node,
+    write_pki,
 )
 from liaison.keys import SigningKey
 from liaison.messages import SearchInput
@@ -110,10 +112,21 @@ def demo_queries(p: Probes) -> list[DemoQuery]:
 
 
 def build_federation(
-    root: Path, *, media: int = 4000, accounts: int = 1500, progress: TextIO = sys.stderr
+    root: Path,
+    *,
+    media: int = 4000,
+    accounts: int = 1500,
+    tls: bool = False,
+    progress: TextIO = sys.stderr,
 ) -> None:
-    """Write keys, configs, policies and synthetic databases for the demo agencies."""
+    """Write keys, configs, policies and synthetic databases for the demo agencies.
+
+    With ``tls``, a development CA in ``pki/`` makes gateway and nodes talk
+    mutual TLS, as a real deployment would.
+    """
     gateway_pub = write_gateway_keys(root)
+    if tls:
+        write_pki(root, [a.agency_id for a in demo_agencies()])
     write_dev_idp(root, INVESTIGATOR_AGENCY)
     for agency in demo_agencies():
         folder = root / "nodes" / agency.agency_id
@@ -134,6 +147,7 @@ def build_federation(
                 policy_text=(POLICY_DIR / f"{agency.agency_id}.toml").read_text(),
             ),
             gateway_pub,
+            tls=tls,
         )
 
 
@@ -157,7 +171,8 @@ def running_federation(
             services.append(svc)
             addresses[agency.agency_id] = svc.address
             print(f"  node {agency.agency_id} listening on {svc.address}", file=progress)
-        write_gateway_config(root, [INVESTIGATOR_AGENCY], addresses)
+        tls = (root / PKI_DIR / "ca.pem").exists()
+        write_gateway_config(root, [INVESTIGATOR_AGENCY], addresses, tls=tls)
         gw = start_service(
             "gateway", "gateway", root / "gateway" / "gateway.toml", run, detach=detach
         )
@@ -203,8 +218,12 @@ def run_demo(
             return 2
         print(f"reusing the federation in {root}", file=progress)
     else:
-        print(f"[1/3] building a federation of three agencies in {root}", file=progress)
-        build_federation(root, progress=progress)
+        print(
+            f"[1/3] building a federation of three agencies in {root} (mutual TLS between "
+            "gateway and nodes)",
+            file=progress,
+        )
+        build_federation(root, tls=True, progress=progress)
     print("[2/3] starting nodes and gateway on loopback", file=progress)
     token = investigator_token(root)
     (root / "investigator.jwt").write_text(token + "\n")

@@ -50,7 +50,18 @@ class NodeLayout:
         return self.folder / "node.pub"
 
 
-def write_node(layout: NodeLayout, gateway_public_key: Path) -> None:
+PKI_DIR = "pki"
+
+
+def write_pki(root: Path, node_ids: Sequence[str]) -> None:
+    """A development CA and certificates for the gateway and every node (mutual TLS)."""
+    from liaison.tls import write_dev_pki
+
+    write_dev_pki(root / PKI_DIR, [GATEWAY_ID, *node_ids])
+
+
+def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = False) -> None:
+    """Write a node's key pair, policy and config; with ``tls``, serve mutual TLS from pki/."""
     folder = layout.folder
     folder.mkdir(parents=True, exist_ok=True)
     SigningKey.generate().write(folder / "node.key", folder / "node.pub")
@@ -78,6 +89,16 @@ def write_node(layout: NodeLayout, gateway_public_key: Path) -> None:
             f"[datasets.{dataset}.fields]",
         ]
         lines += [f"{field} = {_toml_str(column)}" for field, column in columns.items()]
+    if tls:
+        pki = f"../../{PKI_DIR}"
+        lines += [
+            "",
+            "# Mutual TLS: only clients with a certificate from this CA may connect.",
+            "[tls]",
+            f"certificate = {_toml_str(f'{pki}/{layout.node_id}.crt')}",
+            f"private_key = {_toml_str(f'{pki}/{layout.node_id}.key')}",
+            f"client_ca = {_toml_str(f'{pki}/ca.pem')}",
+        ]
     layout.config.write_text("\n".join(lines) + "\n")
 
 
@@ -100,6 +121,8 @@ def write_gateway_config(
     agencies: Sequence[str],
     nodes: Mapping[str, str],
     listen: str = "127.0.0.1:0",
+    *,
+    tls: bool = False,
 ) -> Path:
     """Write gateway.toml trusting the dev IdPs of ``agencies`` and knowing ``nodes``.
 
@@ -132,6 +155,15 @@ def write_gateway_config(
             f"id = {_toml_str(node_id)}",
             f"address = {_toml_str(address)}",
             f"public_key = {_toml_str(f'../nodes/{node_id}/node.pub')}",
+        ]
+    if tls:
+        lines += [
+            "",
+            "# Mutual TLS towards nodes: our client certificate, and the CA nodes' come from.",
+            "[node_tls]",
+            f"certificate = {_toml_str(f'../{PKI_DIR}/{GATEWAY_ID}.crt')}",
+            f"private_key = {_toml_str(f'../{PKI_DIR}/{GATEWAY_ID}.key')}",
+            f"ca = {_toml_str(f'../{PKI_DIR}/ca.pem')}",
         ]
     path = folder / "gateway.toml"
     path.write_text("\n".join(lines) + "\n")
@@ -185,7 +217,12 @@ def create_catalog_schema(database_url: str) -> None:
 
 
 def init_federation(
-    root: Path, node_ids: Sequence[str], agencies: Sequence[str], base_port: int = 50060
+    root: Path,
+    node_ids: Sequence[str],
+    agencies: Sequence[str],
+    base_port: int = 50060,
+    *,
+    tls: bool = True,
 ) -> None:
     """Create a new federation folder with catalog-shaped, empty SQLite nodes.
 
@@ -198,6 +235,8 @@ def init_federation(
     if not node_ids:
         raise ConfigError("name at least one node (--node ID)")
     gateway_pub = write_gateway_keys(root)
+    if tls:
+        write_pki(root, node_ids)
     for agency in agencies:
         write_dev_idp(root, agency)
     addresses = {}
@@ -215,6 +254,7 @@ def init_federation(
                 listen=addresses[node_id],
             ),
             gateway_pub,
+            tls=tls,
         )
         create_catalog_schema(f"sqlite:///{folder / 'data.sqlite3'}")
-    write_gateway_config(root, agencies, addresses, listen=f"127.0.0.1:{base_port}")
+    write_gateway_config(root, agencies, addresses, listen=f"127.0.0.1:{base_port}", tls=tls)

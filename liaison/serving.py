@@ -12,6 +12,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from liaison.errors import ConfigError
+from liaison.tls import TlsFiles
 
 # Requests are small; answers of a few thousand rows fit easily. Anything
 # larger is refused by gRPC before our code sees it.
@@ -53,10 +54,13 @@ def _add_reflection(server: Any, service_names: list[str]) -> None:
     )
 
 
-def bind(server: Any, listen: str) -> int:
+def bind(server: Any, listen: str, tls: TlsFiles | None = None) -> int:
     """Bind ``listen`` (port 0 for any free port) and return the bound port."""
     try:
-        port = int(server.add_insecure_port(listen))
+        if tls is None:
+            port = int(server.add_insecure_port(listen))
+        else:
+            port = int(server.add_secure_port(listen, tls.server_credentials()))
     except RuntimeError as exc:
         raise ConfigError(f"cannot listen on {listen!r} ({exc}); is the port in use?") from exc
     if port == 0:

@@ -19,6 +19,7 @@ from liaison.serving import (
     stop_event_on_signals,
     write_port_file,
 )
+from liaison.tls import TlsFiles
 from node.answering import NodeCore, NodeLimits
 from node.database import bind_schema, open_read_only
 from node.replay import ReplayGuard
@@ -56,14 +57,16 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
     )
 
 
-def start_node_server(core: NodeCore, listen: str, workers: int = 16) -> tuple[grpc.Server, int]:
+def start_node_server(
+    core: NodeCore, listen: str, workers: int = 16, tls: TlsFiles | None = None
+) -> tuple[grpc.Server, int]:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node"),
         options=SERVER_OPTIONS,
     )
     pb_node_grpc.add_NodeServiceServicer_to_server(NodeServicer(core), server)
     add_health_and_reflection(server, [SERVICE_NAME])
-    port = bind(server, listen)
+    port = bind(server, listen, tls)
     server.start()
     return server, port
 
@@ -73,7 +76,7 @@ def serve(config_path: Path, port_file: Path | None = None) -> None:
     config = load_node_config(config_path, CATALOG_V1)
     core = build_node(config)
     stop = stop_event_on_signals()
-    server, port = start_node_server(core, config.listen)
+    server, port = start_node_server(core, config.listen, tls=config.tls)
     host = host_of(config.listen)
     write_port_file(port_file, host, port)
     log.info(
