@@ -9,6 +9,9 @@ only vouch for the agencies it is configured for.
 
 from __future__ import annotations
 
+import hashlib
+import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,8 +68,19 @@ def _load_public_key(path: Path) -> PublicKeyTypes:
 
 
 class TokenVerifier:
+    """Verifies tokens; a verified token is remembered until it expires.
+
+    Investigators send the same token with every query of a session, and a
+    full verification costs more than the rest of the gateway's work on a
+    query. Only successes are cached, keyed by the token's SHA-256, and never
+    past the token's own ``exp``.
+    """
+
+    CACHE_SIZE = 4096
+
     def __init__(self, issuers: tuple[Issuer, ...], audience: str) -> None:
         self.audience = audience
+        self._cache: OrderedDict[bytes, tuple[Requester, float]] = OrderedDict()
         self._issuers: dict[str, _TrustedIssuer] = {}
         for issuer in issuers:
             keys: dict[str, _IssuerKey] = {}
@@ -79,12 +93,28 @@ class TokenVerifier:
 
     def verify(self, token: str | None) -> Requester:
         """Return the authenticated requester, or raise AuthenticationError."""
+        if token and len(token) <= MAX_TOKEN_BYTES:
+            key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
+            cached = self._cache.get(key)
+            if cached is not None:
+                if time.time() < cached[1]:
+                    self._cache.move_to_end(key)
+                    return cached[0]
+                del self._cache[key]
+            requester, expires = self._verify(token)
+            self._cache[key] = (requester, expires)
+            if len(self._cache) > self.CACHE_SIZE:
+                self._cache.popitem(last=False)
+            return requester
+        return self._verify(token)[0]
+
+    def _verify(self, token: str | None) -> tuple[Requester, float]:
         if not token:
             raise AuthenticationError(
                 "no bearer token; send `authorization: Bearer <JWT>` from your agency's "
                 "identity provider"
             )
-        if len(token) > MAX_TOKEN_BYTES:
+        if len(token.encode("utf-8", "surrogatepass")) > MAX_TOKEN_BYTES:
             raise AuthenticationError(f"token is longer than {MAX_TOKEN_BYTES} bytes")
         try:
             header = jwt.get_unverified_header(token)
@@ -135,7 +165,9 @@ class TokenVerifier:
             raise AuthenticationError(f"token rejected: {exc}") from exc
         return self._requester(claims, issuer)
 
-    def _requester(self, claims: dict[str, object], issuer: _TrustedIssuer) -> Requester:
+    def _requester(
+        self, claims: dict[str, object], issuer: _TrustedIssuer
+    ) -> tuple[Requester, float]:
         exp, iat = claims["exp"], claims["iat"]
         if not isinstance(exp, int | float) or not isinstance(iat, int | float):
             raise AuthenticationError("token `exp` and `iat` must be numbers")
@@ -159,4 +191,4 @@ class TokenVerifier:
             or not all(isinstance(r, str) and r for r in roles)
         ):
             raise AuthenticationError("token `roles` claim must be a non-empty list of strings")
-        return Requester(agency, subject, tuple(roles), issuer.issuer)
+        return Requester(agency, subject, tuple(roles), issuer.issuer), float(exp)

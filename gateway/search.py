@@ -121,7 +121,8 @@ class GatewayCore:
             status = _status_of(reply.code)
             detail = reply.detail
             if status is NodeStatus.TIMED_OUT:
-                detail = f"no answer within the {latency:.0f} ms deadline (not a 'no hit')"
+                deadline = request.expires_at_ms - request.issued_at_ms - EXPIRY_MARGIN_MS
+                detail = f"no answer within the {deadline} ms deadline (not a 'no hit')"
             return NodeResult(reply.node_id, status, detail, latency)
         link = self.fanout.links[reply.node_id]
         try:

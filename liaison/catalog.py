@@ -39,7 +39,7 @@ SqlValue = str | int | bool | dt.date
 _HEX_LENGTH = {FieldType.HEX256: 64, FieldType.HEX128: 32}
 _HEX = re.compile(r"[0-9a-f]+")
 _EMAIL = re.compile(r"[^@\s]{1,64}@[^@\s]{1,189}\.[^@\s.]{1,63}")
-_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 
 
 @dataclass(frozen=True, slots=True)
@@ -109,7 +109,7 @@ def parse_value(ftype: FieldType, text: str, field_name: str) -> SqlValue:
             raise bad(f"{n} hexadecimal digits")
         return lowered
     if ftype is FieldType.DATE:
-        if not re.fullmatch(r"\d{4}-\d{2}-\d{2}", text):
+        if not re.fullmatch(r"[0-9]{4}-[0-9]{2}-[0-9]{2}", text):
             raise bad("a date as YYYY-MM-DD")
         try:
             return dt.date.fromisoformat(text)
@@ -121,17 +121,20 @@ def parse_value(ftype: FieldType, text: str, field_name: str) -> SqlValue:
             raise bad("true or false")
         return lowered == "true"
     if ftype is FieldType.INT:
-        if not re.fullmatch(r"-?\d{1,18}", text.strip()):
+        if not re.fullmatch(r"-?[0-9]{1,18}", text.strip()):
             raise bad("a whole number")
         return int(text)
     if ftype is FieldType.IP:
+        # Zone ids ("fe80::1%eth0") carry free text past every other check.
+        if "%" in text:
+            raise bad("an IPv4 or IPv6 address without a zone id")
         try:
             return ipaddress.ip_address(text.strip()).compressed
         except ValueError as exc:
             raise bad("an IPv4 or IPv6 address") from exc
     if ftype is FieldType.EMAIL:
         lowered = text.strip().lower()
-        if not _EMAIL.fullmatch(lowered):
+        if not _EMAIL.fullmatch(lowered) or _CONTROL.search(lowered):
             raise bad("an e-mail address")
         return lowered
     if len(text) > MAX_TEXT_LENGTH:

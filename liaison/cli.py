@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from liaison import __version__
 from liaison.errors import LiaisonError
-from liaison.query import Comparator, Operation, Predicate, Query
+from liaison.query import MAX_LIMIT, Comparator, Operation, Predicate, Query
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -28,6 +29,19 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser], role: s
         "--port-file", type=Path, help="write HOST:PORT here once listening (useful with port 0)"
     )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+
+
+def _bounded(lo: int, hi: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
+        if not lo <= value <= hi:
+            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
+        return value
+
+    return parse
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,11 +113,21 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="FIELD=V1,V2",
         help="FIELD is one of the comma-separated values",
     )
-    p.add_argument("--limit", type=int, default=0, help="maximum records per agency")
+    p.add_argument(
+        "--limit",
+        type=_bounded(0, MAX_LIMIT),
+        default=0,
+        help=f"maximum records per agency (1..{MAX_LIMIT}; default: each node's)",
+    )
     p.add_argument("--purpose", required=True, help="e.g. csam-investigation")
     p.add_argument("--case-ref", required=True, help="your case reference")
     p.add_argument("--nodes", help="comma-separated agencies to ask (default: all)")
-    p.add_argument("--deadline-ms", type=int, default=0, help="overall deadline")
+    p.add_argument(
+        "--deadline-ms",
+        type=_bounded(0, 600_000),
+        default=0,
+        help="overall deadline in ms (default: the gateway's)",
+    )
     p.add_argument("--gateway", help="gateway address HOST:PORT")
     p.add_argument("--token", help="bearer JWT (or --token-file)")
     p.add_argument("--token-file", type=Path)

@@ -166,6 +166,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ConfigError(f"config file {path} does not exist") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} ({exc.strerror})") from exc
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
 
@@ -220,6 +224,11 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
             dataset = catalog.dataset(name)
         except CatalogError as exc:
             raise ConfigError(f"{where}: {exc}") from exc
+        if not isinstance(table, dict):
+            raise ConfigError(
+                f'{where}: must be a table with `table = "..."` and a [datasets.{name}.fields] '
+                "mapping"
+            )
         r = _Reader(table, where, base)
         r.check_keys({"table", "fields"})
         fields = table.get("fields", {})

@@ -32,7 +32,7 @@ from liaison.federation import (
 )
 from liaison.keys import SigningKey
 from liaison.messages import SearchInput
-from liaison.processes import Service, start_service, stop_service
+from liaison.processes import Service, running_in, start_service, stop_service
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
 
@@ -216,6 +216,14 @@ def run_demo(
                 file=progress,
             )
             return 2
+        alive = running_in(root / "run")
+        if alive:
+            print(
+                f"error: a federation is already running in {root} ({', '.join(alive)}); "
+                f"stop it with `liaison demo --stop --workdir {root}`",
+                file=progress,
+            )
+            return 1
         print(f"reusing the federation in {root}", file=progress)
     else:
         print(

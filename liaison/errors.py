@@ -9,8 +9,9 @@ LiaisonError
 ├── AuthenticationError    an investigator's token is not acceptable
 ├── EnvelopeError          a signed envelope does not verify or parse
 │   ├── BadSignature       wrong key, forged or tampered bytes
-│   └── RequestRejected    valid signature but stale, early, misaddressed
-│       └── ReplayDetected the nonce was already used with other bytes
+│   ├── RequestRejected    valid signature but stale, early, misaddressed
+│   │   └── ReplayDetected the nonce was already used with other bytes
+│   └── RequestInProgress  the same request is being answered; retry
 ├── PolicyDenied           the node's policy does not permit the query
 └── BackendError           the agency's database cannot be used
 """
@@ -60,6 +61,10 @@ class RequestRejected(EnvelopeError):
 
 class ReplayDetected(RequestRejected):
     """The request's nonce was already answered for different bytes."""
+
+
+class RequestInProgress(EnvelopeError):
+    """The identical request is being answered right now; a retry will get its answer."""
 
 
 class PolicyDenied(LiaisonError):

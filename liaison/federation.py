@@ -234,6 +234,11 @@ def init_federation(
         raise ConfigError(f"{root} is not empty; choose a new folder for the federation")
     if not node_ids:
         raise ConfigError("name at least one node (--node ID)")
+    if not 1024 <= base_port <= 65535 - len(node_ids):
+        raise ConfigError(
+            f"base port {base_port} does not leave room for the gateway and {len(node_ids)} "
+            f"node(s); choose one in 1024..{65535 - len(node_ids)}"
+        )
     gateway_pub = write_gateway_keys(root)
     if tls:
         write_pki(root, node_ids)

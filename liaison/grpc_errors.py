@@ -23,6 +23,7 @@ from liaison.errors import (
     LiaisonError,
     PolicyDenied,
     ReplayDetected,
+    RequestInProgress,
     RequestRejected,
 )
 
@@ -30,6 +31,8 @@ _CATALOG: tuple[tuple[type[LiaisonError], grpc.StatusCode], ...] = (
     (AuthenticationError, grpc.StatusCode.UNAUTHENTICATED),
     (BadSignature, grpc.StatusCode.UNAUTHENTICATED),
     (ReplayDetected, grpc.StatusCode.ALREADY_EXISTS),
+    # Transient by nature: the gateway retries UNAVAILABLE and then gets the answer.
+    (RequestInProgress, grpc.StatusCode.UNAVAILABLE),
     (RequestRejected, grpc.StatusCode.PERMISSION_DENIED),
     (EnvelopeError, grpc.StatusCode.INVALID_ARGUMENT),
     (CatalogError, grpc.StatusCode.INVALID_ARGUMENT),

@@ -48,6 +48,8 @@ class VerifyingKey:
             loaded = serialization.load_pem_public_key(path.read_bytes())
         except FileNotFoundError as exc:
             raise ConfigError(f"public key file {path} does not exist; check the path") from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read public key file {path} ({exc.strerror})") from exc
         except ValueError as exc:
             raise ConfigError(f"{path} is not a PEM public key ({exc})") from exc
         if not isinstance(loaded, Ed25519PublicKey):
@@ -93,6 +95,8 @@ class SigningKey:
             raise ConfigError(
                 f"signing key file {path} does not exist; create keys with `liaison init`"
             ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read signing key file {path} ({exc.strerror})") from exc
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{path} is not an unencrypted PEM private key ({exc})") from exc
         if not isinstance(loaded, Ed25519PrivateKey):
@@ -115,6 +119,8 @@ class SigningKey:
         """Write the key pair; the private file is created owner-only (0600)."""
         private_path.parent.mkdir(parents=True, exist_ok=True)
         fd = os.open(private_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        # O_CREAT's mode applies only to a new file; an old one keeps its mode.
+        os.fchmod(fd, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(self.to_pem())
         public_path.write_bytes(self.verifying_key.to_pem())

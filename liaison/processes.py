@@ -81,13 +81,48 @@ def stop_service(service: Service, timeout_s: float = 10) -> None:
             service.process.wait()
 
 
-def stop_run_dir(run_dir: Path) -> list[str]:
-    """Stop every process recorded in ``run_dir`` (from ``demo --keep-running``)."""
-    stopped = []
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_in(run_dir: Path) -> list[str]:
+    """Names of the processes recorded in ``run_dir`` that are still alive."""
+    alive = []
     for pid_file in sorted(run_dir.glob("*.pid")):
-        pid = int(pid_file.read_text().strip())
+        try:
+            pid = int(pid_file.read_text().strip())
+        except ValueError:
+            continue
+        if _alive(pid):
+            alive.append(pid_file.stem)
+    return alive
+
+
+def stop_run_dir(run_dir: Path, timeout_s: float = 10) -> list[str]:
+    """Stop every process recorded in ``run_dir`` (from ``demo --keep-running``)."""
+    stopped: dict[str, int] = {}
+    for pid_file in sorted(run_dir.glob("*.pid")):
+        try:
+            pid = int(pid_file.read_text().strip())
+        except ValueError:
+            pid_file.unlink()
+            continue
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-            stopped.append(pid_file.stem)
+            stopped[pid_file.stem] = pid
         pid_file.unlink()
-    return stopped
+        (run_dir / f"{pid_file.stem}.addr").unlink(missing_ok=True)
+    deadline = time.monotonic() + timeout_s
+    while any(_alive(p) for p in stopped.values()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    for pid in stopped.values():
+        if _alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+    return list(stopped)

@@ -108,7 +108,7 @@ def validate_case_ref(case_ref: str) -> str:
     stripped = case_ref.strip()
     if not stripped:
         raise InvalidQuery("a case reference is required (--case-ref)")
-    if len(stripped) > MAX_CASE_REF_LENGTH or any(ord(c) < 32 for c in stripped):
+    if len(stripped) > MAX_CASE_REF_LENGTH or not stripped.isprintable():
         raise InvalidQuery(
             f"case reference must be printable and at most {MAX_CASE_REF_LENGTH} characters"
         )

@@ -21,6 +21,10 @@ SERVER_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
     ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
     ("grpc.so_reuseport", 0),
+    # gRPC's default metadata limit (8 KiB soft, randomly enforced up to 16 KiB)
+    # would cut off long but valid bearer tokens before the verifier could
+    # give its own, clearer refusal.
+    ("grpc.max_metadata_size", 32 * 1024),
 ]
 CHANNEL_OPTIONS = [
     ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),

@@ -98,7 +98,10 @@ class NodeCore:
             raise
         self._answered += 1
         if self._answered % 256 == 0:
-            self.replay.purge(now_ms(), keep_ms=2 * self.limits.max_request_age_s * 1000)
+            self.replay.purge(
+                now_ms(),
+                keep_ms=(2 * self.limits.max_request_age_s + self.limits.clock_skew_s) * 1000,
+            )
         log.info(
             "answered",
             extra={

@@ -42,7 +42,11 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         trusted[key.key_id] = TrustedGateway(gw.id, key)
     policy = load_policy(config.policy, catalog)
     engine = open_read_only(config.database_url)
-    schema = bind_schema(engine, config.datasets, catalog)
+    try:
+        schema = bind_schema(engine, config.datasets, catalog)
+    except BaseException:
+        engine.dispose()
+        raise
     replay = ReplayGuard(config.state_dir / "replay.sqlite3")
     return NodeCore(
         node_id=config.node_id,

@@ -65,6 +65,8 @@ def verify_request(
         raise RequestRejected(
             "request is issued in the future; check the gateway's and this node's clocks"
         )
+    if request.expires_at_ms <= request.issued_at_ms:
+        raise RequestRejected("request expires before it is issued; it is malformed")
     if now_ms > request.expires_at_ms + skew_ms:
         raise RequestRejected("request has expired; send a new one")
     if request.expires_at_ms - request.issued_at_ms > max_age_s * 1000:

@@ -28,6 +28,10 @@ def load_policy(path: Path, catalog: Catalog) -> Policy:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError as exc:
         raise PolicyError(f"policy file {path} does not exist; check the node config") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path} ({exc.strerror})") from exc
     try:
         document = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
