@@ -7,9 +7,11 @@ Semantics (each pinned by a test):
 * Forbid overrides permit: any applicable forbid denies, naming every
   applicable forbid.
 * A permit is a self-contained grant. Among the applicable permits that allow
-  the query's predicates (and grouping), the node answers under exactly one:
-  the one releasing the most requested fields, then the most rows, then the
-  lowest minimum count, then the smallest rule id. The choice depends only on
+  the query's predicates (and grouping), the node answers under exactly one.
+  For records: the one releasing the most requested fields, then the most
+  rows, then the smallest rule id. For match, count and count_by: the one
+  with the lowest minimum count, then the most rows (count_by groups), then
+  the smallest rule id. The choice depends only on
   the rules' content, never on their order, so adding a permit never narrows
   an answer and adding a forbid never widens one.
 * An error while deciding is a denial.
@@ -114,10 +116,14 @@ def _decide(policy: Policy, requester: Requester, purpose: str, query: Query) ->
         withheld = tuple(f for f in query.fields if f not in rule.release)
         return Grant(rule.id, released, withheld, rule.min_count, rule.max_rows)
 
-    grants = sorted(
-        (grant_for(r) for r in candidates),
-        key=lambda g: (-len(g.fields), -g.max_rows, g.min_count, g.rule_id),
-    )
+    def generosity(g: Grant) -> tuple[int, int, int, str]:
+        # For aggregates the exactness of the count is what matters; for
+        # records, how much is released. Either way the order is total.
+        if op is Operation.RECORDS:
+            return (-len(g.fields), -g.max_rows, g.min_count, g.rule_id)
+        return (g.min_count, -g.max_rows, 0, g.rule_id)
+
+    grants = sorted((grant_for(r) for r in candidates), key=generosity)
     best = grants[0]
     if op is Operation.RECORDS and not best.fields:
         return _deny(

@@ -15,12 +15,14 @@ from typing import Any
 from liaison.catalog import Catalog
 from liaison.errors import CatalogError, PolicyError
 from liaison.query import Operation
+from policies.engine import DEFAULT_DENY, EVALUATION_ERROR
 from policies.model import ANY, Effect, Policy, Rule
 
 _SCOPE_KEYS = ("agencies", "roles", "purposes", "datasets", "operations")
 _PERMIT_KEYS = {"match_fields", "release", "min_count", "max_rows"}
 _COMMON_KEYS = {"id", "effect", "description", *_SCOPE_KEYS}
 MAX_ROWS_CEILING = 10_000
+RESERVED_RULE_IDS = frozenset({DEFAULT_DENY, EVALUATION_ERROR, "dataset-not-offered"})
 
 
 def load_policy(path: Path, catalog: Catalog) -> Policy:
@@ -46,7 +48,8 @@ def parse_policy(document: Mapping[str, Any], catalog: Catalog) -> Policy:
     unknown = set(document) - {"version", "agency", "groups", "rule"}
     if unknown:
         raise PolicyError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
-    if document.get("version") != 1:
+    version = document.get("version")
+    if type(version) is not int or version != 1:
         raise PolicyError("policy needs `version = 1`")
     agency = document.get("agency")
     if not isinstance(agency, str) or not agency:
@@ -61,6 +64,10 @@ def parse_policy(document: Mapping[str, Any], catalog: Catalog) -> Policy:
         if not isinstance(raw, dict):
             raise PolicyError(f"rule #{index} is not a table")
         rule = _parse_rule(raw, index, groups, catalog)
+        if rule.id in RESERVED_RULE_IDS:
+            raise PolicyError(
+                f"rule id {rule.id!r} is reserved for decisions no rule made; choose another"
+            )
         if rule.id in seen:
             raise PolicyError(f"rule id {rule.id!r} is used twice; rule ids must be unique")
         seen.add(rule.id)
@@ -79,6 +86,10 @@ def _parse_groups(raw: object) -> dict[str, frozenset[str]]:
             or not all(isinstance(m, str) and m for m in members)
         ):
             raise PolicyError(f"group {name!r} must be a non-empty list of agency ids")
+        if ANY in members or any(m.startswith("group:") for m in members):
+            raise PolicyError(
+                f'group {name!r} lists agency ids only; write "*" in the rule for any agency'
+            )
         groups[name] = frozenset(members)
     return groups
 
@@ -163,6 +174,11 @@ def _parse_rule(
     max_rows = raw.get("max_rows", 100)
     if not isinstance(min_count, int) or isinstance(min_count, bool) or min_count < 0:
         raise PolicyError(f"{where}: `min_count` must be a whole number >= 0")
+    if min_count > 0 and operations & {Operation.RECORDS, Operation.MATCH}:
+        raise PolicyError(
+            f"{where}: `min_count` applies to count and count_by; a records or match answer "
+            "would still show a small count, so put those operations in a rule of their own"
+        )
     if (
         not isinstance(max_rows, int)
         or isinstance(max_rows, bool)

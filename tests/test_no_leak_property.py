@@ -1,0 +1,887 @@
+"""No unpermitted field ever leaves a node: a property through the real node path.
+
+Hypothesis draws rows for the media and accounts datasets, a policy (written
+as TOML and loaded as a node loads it) and a few queries from a few
+requesters. Each query is signed as the gateway signs it and sent to a real
+node gRPC server, built by ``build_node`` from its config files, over a SQLite
+database whose local tables and columns are named unlike the catalog's (and
+which lacks one catalog field, ``media.pdq``). Every answer's signature is
+checked before it is parsed; then the answer is held to the invariants a
+leak would break, and compared with a small reference evaluator written here
+from the documented semantics: filter the rows in Python, pick the grant with
+the documented tie-break, suppress and cap.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import ipaddress
+import json
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from liaison.catalog import CATALOG_V1, FieldType
+from liaison.config import load_node_config
+from liaison.envelope import ANSWER_TYPE, open_envelope
+from liaison.federation import GATEWAY_ID
+from liaison.keys import SigningKey, VerifyingKey
+from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer, Requester
+from liaison.query import Comparator, Operation, Predicate, Query
+from liaison.wire import answer_from_bytes, envelope_from_proto, envelope_to_proto
+from node.answering import NodeCore
+from node.server import build_node, start_node_server
+from policies import load_policy
+from proto.liaison.v1 import node_pb2 as pb_node
+from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
+from tests.support import make_request, sign_request
+
+NODE_ID = "testnode"
+EXAMPLES = 150  # per operation
+DEFAULT_LIMIT = 5
+Value = str | bool | dt.date | None
+Row = Mapping[str, Value]
+CellRow = tuple[str | None, ...]
+
+# --- the agency's own schema ----------------------------------------------------
+
+LOCAL = sa.MetaData()
+HASH_BOOK = sa.Table(
+    "hash_book",
+    LOCAL,
+    sa.Column("entry_no", sa.Integer, primary_key=True),
+    sa.Column("h_sha", sa.String(64)),
+    sa.Column("h_md5", sa.String(32)),
+    sa.Column("klass", sa.String(16)),
+    sa.Column("seen_on", sa.Date),
+    sa.Column("dossier_no", sa.String(32)),
+    sa.Column("vic", sa.Integer),  # a boolean kept as 0/1
+)
+NET_IDS = sa.Table(
+    "net_ids",
+    LOCAL,
+    sa.Column("rid", sa.Integer, primary_key=True),
+    sa.Column("svc", sa.String(32)),
+    sa.Column("nick_name", sa.String(64)),
+    sa.Column("mail_addr", sa.String(128)),
+    sa.Column("addr_ip", sa.String(45)),
+    sa.Column("t_first", sa.String(10)),  # a date kept as ISO text
+    sa.Column("t_last", sa.Date),
+    sa.Column("file_no", sa.String(32)),
+)
+TABLES = {"media": HASH_BOOK, "accounts": NET_IDS}
+COLUMNS: dict[str, dict[str, str]] = {
+    "media": {
+        "sha256": "h_sha",
+        "md5": "h_md5",
+        "category": "klass",
+        "first_seen": "seen_on",
+        "case_ref": "dossier_no",
+        "victim_identified": "vic",
+    },
+    "accounts": {
+        "platform": "svc",
+        "handle": "nick_name",
+        "email": "mail_addr",
+        "ip": "addr_ip",
+        "first_seen": "t_first",
+        "last_seen": "t_last",
+        "case_ref": "file_no",
+    },
+}
+DATASETS = tuple(TABLES)
+CATALOG_FIELDS = {d: CATALOG_V1.dataset(d).field_names for d in DATASETS}
+HELD = {d: frozenset(COLUMNS[d]) for d in DATASETS}
+
+
+def _ftype(dataset: str, name: str) -> FieldType:
+    return CATALOG_V1.dataset(dataset).field(name).type
+
+
+# --- values: a few held in the data, one of each never held --------------------
+
+
+def _hex(seed: str, digits: int) -> str:
+    return hashlib.sha256(seed.encode()).hexdigest()[:digits]
+
+
+DAYS = tuple(dt.date(2021, 3, 1) + dt.timedelta(days=k) for k in range(6))
+# The last value of each pool never appears in the data, so queries also miss.
+POOLS: dict[FieldType | str, tuple[Any, ...]] = {
+    FieldType.HEX256: tuple(_hex(f"sha{i}", 64) for i in range(4)),
+    FieldType.HEX128: tuple(_hex(f"md5{i}", 32) for i in range(4)),
+    FieldType.DATE: DAYS,
+    FieldType.BOOL: (False, True),
+    FieldType.EMAIL: ("a@one.example", "b@two.example", "c@one.example", "z@none.example"),
+    FieldType.IP: ("198.51.100.1", "2001:db8::1", "198.51.100.20", "203.0.113.9"),
+    "category": ("A", "B", "baseline", "Ab", "é-class", "Z"),
+    "platform": ("chatapp", "forumx", "Mail", "nowhere"),
+    "handle": ("alice", "Alice", "bob", "", "nobody"),
+    "case_ref": ("R-1", "R-2", "r-1", "R-9"),
+}
+
+
+def _pool(dataset: str, name: str) -> tuple[Any, ...]:
+    ftype = _ftype(dataset, name)
+    return POOLS[name] if ftype is FieldType.TEXT else POOLS[ftype]
+
+
+def _spellings(ftype: FieldType, value: Any) -> list[str]:
+    """Ways a client may write ``value``; the node canonicalises them."""
+    if ftype is FieldType.DATE:
+        return [value.isoformat()]
+    if ftype is FieldType.BOOL:
+        return ["true", "TRUE"] if value else ["false"]
+    if ftype in (FieldType.HEX256, FieldType.HEX128, FieldType.EMAIL):
+        return [value, value.upper()]
+    if ftype is FieldType.IP:
+        return [value, ipaddress.ip_address(value).exploded]
+    return [value]
+
+
+def _canonical(ftype: FieldType, text: str) -> Value:
+    if ftype is FieldType.DATE:
+        return dt.date.fromisoformat(text)
+    if ftype is FieldType.BOOL:
+        return text.lower() == "true"
+    if ftype in (FieldType.HEX256, FieldType.HEX128, FieldType.EMAIL):
+        return text.lower()
+    if ftype is FieldType.IP:
+        return ipaddress.ip_address(text).compressed
+    return text
+
+
+def _cell(value: Value) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return value
+
+
+def _order(value: Value) -> tuple[int, Any]:
+    """SQL's ascending order on one column, NULL first (as SQLite sorts)."""
+    return (0, "") if value is None else (1, value)
+
+
+# --- strategies (built once; building them in every draw is slow) --------------
+
+
+@cache
+def _stored(dataset: str, name: str) -> st.SearchStrategy[Value]:
+    held = _pool(dataset, name)[:-1]
+    nullable = name not in ("sha256", "email")
+    return st.sampled_from(((None,) if nullable else ()) + held)
+
+
+@cache
+def _row(dataset: str) -> st.SearchStrategy[dict[str, Value]]:
+    return st.fixed_dictionaries({n: _stored(dataset, n) for n in COLUMNS[dataset]})
+
+
+@cache
+def _asked_value(dataset: str, name: str) -> st.SearchStrategy[str]:
+    ftype = _ftype(dataset, name)
+    return st.sampled_from([s for v in _pool(dataset, name) for s in _spellings(ftype, v)])
+
+
+@cache
+def _pick(names: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return st.sampled_from(names)
+
+
+@cache
+def _some(names: tuple[str, ...], lo: int, hi: int) -> st.SearchStrategy[frozenset[str]]:
+    return st.frozensets(_pick(names), min_size=lo, max_size=hi)
+
+
+@cache
+def _ordering(names: tuple[str, ...]) -> st.SearchStrategy[list[str]]:
+    return st.permutations(names)
+
+
+AGENCIES = ("genovia", "ruritania", "sylvania")
+ROLES = ("investigator", "analyst", "trainee")
+PURPOSES = CATALOG_V1.purposes
+OPERATIONS = tuple(o.value for o in Operation)
+_COIN = st.booleans()
+_SCOPE_MODE = st.sampled_from(("any", "near", "near", "group", "other"))
+_EFFECT = st.sampled_from(("permit", "permit", "permit", "forbid"))
+_IDS = st.text(alphabet="abcdef", min_size=1, max_size=2)
+_ONE_TO_THREE = st.integers(1, 3)
+_ONE_TO_FOUR = st.integers(1, 4)
+_LIMIT = st.integers(0, 8)
+_MIN_COUNT = st.integers(0, 4)
+_MAX_ROWS = st.integers(1, 6)
+_RANGE = st.sampled_from(tuple(Comparator))
+_SET = st.sampled_from((Comparator.EQ, Comparator.IN))
+
+
+@dataclass(frozen=True)
+class Asker:
+    agency: str
+    roles: tuple[str, ...]
+    purpose: str
+
+    @property
+    def requester(self) -> Requester:
+        return Requester(self.agency, f"inv.{self.agency}", self.roles, "https://idp.example")
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A rule as this test writes it, independent of ``policies.Rule``."""
+
+    id: str
+    effect: str
+    agencies: tuple[str, ...]
+    roles: tuple[str, ...]
+    purposes: tuple[str, ...]
+    datasets: tuple[str, ...]
+    operations: tuple[str, ...]
+    match_fields: tuple[str, ...] = ()
+    release: tuple[str, ...] = ()
+    min_count: int = 0
+    max_rows: int = 100
+
+
+@dataclass(frozen=True)
+class PolicySpec:
+    partners: tuple[str, ...]
+    rules: tuple[RuleSpec, ...]
+
+    def toml(self) -> str:
+        def names(values: Sequence[str]) -> str:
+            return "[" + ", ".join(json.dumps(v) for v in values) + "]"
+
+        lines = ["version = 1", f"agency = {json.dumps(NODE_ID)}", ""]
+        lines += ["[groups]", f"partners = {names(self.partners)}", ""]
+        for r in self.rules:
+            lines += ["[[rule]]", f"id = {json.dumps(r.id)}", f"effect = {json.dumps(r.effect)}"]
+            for key in ("agencies", "roles", "purposes", "datasets", "operations"):
+                lines.append(f"{key} = {names(getattr(r, key))}")
+            if r.effect == "permit":
+                lines.append(f"match_fields = {names(r.match_fields)}")
+                lines.append(f"release = {names(r.release)}")
+                lines.append(f"min_count = {r.min_count}")
+                lines.append(f"max_rows = {r.max_rows}")
+            lines.append("")
+        return "\n".join(lines)
+
+
+@dataclass(frozen=True)
+class Ask:
+    asker: Asker
+    query: Query
+
+
+@dataclass(frozen=True)
+class Scenario:
+    data: Mapping[str, tuple[Row, ...]]
+    policy: PolicySpec
+    asks: tuple[Ask, ...]
+
+
+@st.composite
+def askers(draw: st.DrawFn) -> Asker:
+    roles = tuple(sorted(draw(_some(ROLES, 1, 2))))
+    return Asker(draw(_pick(AGENCIES)), roles, draw(_pick(PURPOSES)))
+
+
+def _scope(
+    draw: st.DrawFn, names: tuple[str, ...], near: Sequence[str], mode: st.SearchStrategy[str]
+) -> tuple[str, ...]:
+    """The wildcard, names including one of ``near`` (or via a group), or other names."""
+    chosen = draw(mode)
+    if chosen == "any":
+        return ("*",)
+    some = sorted(draw(_some(names, 1, 2)))
+    if chosen == "group" and names == AGENCIES:
+        return ("group:partners", *some, *near)
+    if chosen in ("near", "group") and near:
+        return tuple(sorted({*some, draw(_pick(tuple(near)))}))
+    return tuple(some)
+
+
+def _fields(draw: st.DrawFn, names: tuple[str, ...], wanted: Sequence[str]) -> tuple[str, ...]:
+    """Every name, some names with those wanted, or just some names."""
+    mode = draw(_FIELDS_MODE)
+    if mode == "all":
+        return names
+    some = draw(_some(names, 0, len(names)))
+    if mode == "wanted":
+        some |= {f for f in wanted if f in names}
+    return tuple(sorted(some))
+
+
+def _rule(draw: st.DrawFn, rule_id: str, target: Ask, first: bool) -> RuleSpec:
+    """A rule drawn near ``target``, one of the scenario's asks.
+
+    The first rule for an ask is a permit whose scope covers it, so that asks
+    reach the checks past scope (fields, grouping, suppression, caps); the
+    others are permits or forbids of any scope.
+    """
+    q = target.query
+    effect = "permit" if first else draw(_EFFECT)
+    mode = _COVERING if first else _FORBID_SCOPE_MODE if effect == "forbid" else _SCOPE_MODE
+    if effect == "forbid" and draw(_COIN):
+        datasets: tuple[str, ...] = ("*",)
+    else:
+        datasets = _scope(draw, DATASETS, [q.dataset], mode)
+        if datasets == ("*",):
+            datasets = (q.dataset,)
+    spec = RuleSpec(
+        id=rule_id,
+        effect=effect,
+        agencies=_scope(draw, AGENCIES, [target.asker.agency], mode),
+        roles=_scope(draw, ROLES, target.asker.roles, mode),
+        purposes=_scope(draw, PURPOSES, [target.asker.purpose], mode),
+        datasets=datasets,
+        operations=(
+            # A covering permit for an aggregate stays aggregate-only, so that it
+            # may carry a min_count (the loader refuses one beside records/match).
+            tuple(sorted({q.operation.value, draw(_pick(("count", "count_by")))}))
+            if first and q.operation in (Operation.COUNT, Operation.COUNT_BY)
+            else _scope(draw, OPERATIONS, [q.operation.value], mode)
+        ),
+    )
+    if effect == "forbid":
+        return spec
+    common = tuple(
+        f for f in CATALOG_FIELDS[datasets[0]] if all(f in CATALOG_FIELDS[d] for d in datasets)
+    )
+    asked = [*q.fields, *([q.group_by] if q.group_by else [])]
+    # The loader refuses min_count on rules that allow records or match.
+    aggregate_only = not {"records", "match", "*"} & set(spec.operations)
+    return replace(
+        spec,
+        match_fields=_fields(draw, common, [p.field for p in q.predicates]),
+        release=_fields(draw, common, asked),
+        min_count=draw(_MIN_COUNT) if aggregate_only else 0,
+        max_rows=draw(_MAX_ROWS),
+    )
+
+
+@cache
+def _rule_ids(n: int) -> st.SearchStrategy[list[str]]:
+    return st.lists(_IDS, min_size=n, max_size=n, unique=True)
+
+
+_COVERING = st.sampled_from(("near", "any", "group"))
+_FORBID_SCOPE_MODE = st.sampled_from(("other", "near", "other", "any"))
+_FIELDS_MODE = st.sampled_from(("all", "wanted", "wanted", "wanted", "some"))
+_RULES_PER_ASK = st.sampled_from((0, 1, 1, 2, 3))
+_ASK_COUNT = st.integers(1, 3)
+_PREDICATE_COUNT = (st.integers(0, 2), st.integers(1, 2))
+_ROW_COUNT = st.integers(0, 12)
+
+
+def _predicate(draw: st.DrawFn, dataset: str) -> Predicate:
+    name = draw(_pick(CATALOG_FIELDS[dataset]))
+    comparator = draw(_RANGE if _ftype(dataset, name) is FieldType.DATE else _SET)
+    n = draw(_ONE_TO_THREE) if comparator is Comparator.IN else 1
+    return Predicate(name, comparator, tuple(draw(_asked_value(dataset, name)) for _ in range(n)))
+
+
+def _query(draw: st.DrawFn, op: Operation) -> Query:
+    dataset = draw(_pick(DATASETS))
+    names = CATALOG_FIELDS[dataset]
+    n = draw(_PREDICATE_COUNT[op is Operation.MATCH])
+    predicates = tuple(_predicate(draw, dataset) for _ in range(n))
+    if op is Operation.RECORDS:
+        fields = tuple(draw(_ordering(names))[: draw(_ONE_TO_FOUR)])
+        return Query(dataset, op, predicates, fields, limit=draw(_LIMIT))
+    if op is Operation.COUNT_BY:
+        return Query(dataset, op, predicates, group_by=draw(_pick(names)))
+    return Query(dataset, op, predicates)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn, op: Operation) -> Scenario:
+    """Asks for ``op`` first, then a policy of up to three rules drawn near each ask."""
+    who = draw(askers())
+    asks = tuple(
+        Ask(who if draw(_COIN) or draw(_COIN) else draw(askers()), _query(draw, op))
+        for _ in range(draw(_ASK_COUNT))
+    )
+    targets = [(ask, k == 0) for ask in asks for k in range(draw(_RULES_PER_ASK))]
+    ids = draw(_rule_ids(len(targets)))
+    policy = PolicySpec(
+        partners=tuple(sorted(draw(_some(AGENCIES, 1, 2)))),
+        rules=tuple(
+            _rule(draw, i, ask, first) for i, (ask, first) in zip(ids, targets, strict=True)
+        ),
+    )
+    data = {d: tuple(draw(_row(d)) for _ in range(draw(_ROW_COUNT))) for d in DATASETS}
+    return Scenario(data, policy, asks)
+
+
+# --- the reference evaluator ---------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a node answered, in a form the reference can predict exactly."""
+
+    status: str  # "answered", "denied" or "error"
+    rules: tuple[str, ...] = ()
+    hit: bool = False
+    count: Count | None = None
+    buckets: tuple[Bucket, ...] = ()
+    buckets_suppressed: bool = False
+    bucket_minimum: int = 0
+    fields: tuple[str, ...] = ()
+    rows: tuple[CellRow, ...] = ()  # sorted: the node orders rows by their values
+    withheld: tuple[str, ...] = ()
+    truncated: bool = False
+
+
+def _sorted_rows(rows: Sequence[CellRow]) -> tuple[CellRow, ...]:
+    return tuple(sorted(rows, key=lambda row: [_order(c) for c in row]))
+
+
+def _applies(rule: RuleSpec, ask: Ask, partners: Sequence[str]) -> bool:
+    agencies = set(rule.agencies)
+    if "group:partners" in agencies:
+        agencies |= set(partners)
+    q = ask.query
+    return (
+        ("*" in agencies or ask.asker.agency in agencies)
+        and ("*" in rule.roles or any(r in rule.roles for r in ask.asker.roles))
+        and ("*" in rule.purposes or ask.asker.purpose in rule.purposes)
+        and ("*" in rule.datasets or q.dataset in rule.datasets)
+        and ("*" in rule.operations or q.operation.value in rule.operations)
+    )
+
+
+def _choose(policy: PolicySpec, ask: Ask) -> RuleSpec | tuple[str, ...]:
+    """The permit the node must answer under, or the rules its denial names."""
+    q = ask.query
+    forbids = sorted(
+        {r.id for r in policy.rules if r.effect == "forbid" and _applies(r, ask, policy.partners)}
+    )
+    if forbids:
+        return tuple(forbids)
+    permits = sorted(
+        (r for r in policy.rules if r.effect == "permit" and _applies(r, ask, policy.partners)),
+        key=lambda r: r.id,
+    )
+    if not permits:
+        return ("default-deny",)
+    fits = [r for r in permits if all(p.field in r.match_fields for p in q.predicates)]
+    if q.operation is Operation.COUNT_BY:
+        fits = [r for r in fits if q.group_by in r.release]
+    if not fits:
+        return tuple(r.id for r in permits)
+    best = min(
+        fits,
+        key=lambda r: (
+            (-sum(f in r.release for f in q.fields), -r.max_rows, r.min_count, r.id)
+            if q.operation is Operation.RECORDS
+            else (r.min_count, -r.max_rows, 0, r.id)
+        ),
+    )
+    if q.operation is Operation.RECORDS and not any(f in best.release for f in q.fields):
+        return tuple(r.id for r in fits)
+    return best
+
+
+def _matches(value: Value, predicate: Predicate, ftype: FieldType) -> bool:
+    if value is None:
+        return False
+    wanted = [_canonical(ftype, v) for v in predicate.values]
+    if predicate.comparator is Comparator.EQ:
+        return value == wanted[0]
+    if predicate.comparator is Comparator.IN:
+        return value in wanted
+    if predicate.comparator is Comparator.GTE:
+        return bool(value >= wanted[0])  # type: ignore[operator]  # dates only, by construction
+    return bool(value <= wanted[0])  # type: ignore[operator]  # as above
+
+
+def reference(scenario: Scenario, ask: Ask) -> Outcome:
+    q = ask.query
+    chosen = _choose(scenario.policy, ask)
+    if isinstance(chosen, tuple):
+        return Outcome("denied", chosen)
+    rule = chosen
+    held = HELD[q.dataset]
+    granted = [f for f in q.fields if f in rule.release]
+    fields = tuple(f for f in granted if f in held)
+    withheld = tuple(f for f in q.fields if f not in rule.release) + tuple(
+        f for f in granted if f not in held
+    )
+    if q.operation is Operation.RECORDS and not fields:
+        return Outcome("denied", (rule.id,))
+    if any(p.field not in held for p in q.predicates) or (q.group_by and q.group_by not in held):
+        return Outcome("error")
+    rows = [
+        r
+        for r in scenario.data[q.dataset]
+        if all(_matches(r[p.field], p, _ftype(q.dataset, p.field)) for p in q.predicates)
+    ]
+    if q.operation is Operation.MATCH:
+        return Outcome("answered", (rule.id,), hit=bool(rows))
+    if q.operation is Operation.COUNT:
+        n = len(rows)
+        if n < rule.min_count:
+            return Outcome("answered", (rule.id,), count=Count(0, True, rule.min_count))
+        return Outcome("answered", (rule.id,), count=Count(n, False, rule.min_count))
+    if q.operation is Operation.COUNT_BY:
+        assert q.group_by is not None
+        groups = Counter(_order(r[q.group_by]) for r in rows)
+        ordered = sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = [(k, n) for k, n in ordered if n >= rule.min_count]
+        return Outcome(
+            "answered",
+            (rule.id,),
+            buckets=tuple(
+                Bucket(_cell(k[1]) if k[0] else None, n) for k, n in shown[: rule.max_rows]
+            ),
+            buckets_suppressed=len(shown) < len(ordered),
+            bucket_minimum=rule.min_count,
+            truncated=len(shown) > rule.max_rows,
+        )
+    limit = min(q.limit or DEFAULT_LIMIT, rule.max_rows)
+    ordered_rows = sorted(rows, key=lambda r: [_order(r[f]) for f in fields])
+    kept = [tuple(_cell(r[f]) for f in fields) for r in ordered_rows[:limit]]
+    return Outcome(
+        "answered",
+        (rule.id,),
+        fields=fields,
+        rows=_sorted_rows(kept),
+        withheld=withheld,
+        truncated=len(rows) > limit,
+    )
+
+
+def observed(answer: QueryAnswer) -> Outcome:
+    return Outcome(
+        status=answer.status.value,
+        rules=answer.decision.rules,
+        hit=answer.hit,
+        count=answer.count,
+        buckets=answer.buckets,
+        buckets_suppressed=answer.buckets_suppressed,
+        bucket_minimum=answer.bucket_minimum,
+        fields=answer.fields,
+        rows=_sorted_rows(answer.rows),
+        withheld=answer.withheld_fields,
+        truncated=answer.truncated,
+    )
+
+
+# --- the invariants a leak would break -----------------------------------------
+
+
+def assert_nothing_leaked(answer: QueryAnswer, scenario: Scenario, ask: Ask) -> None:
+    q = ask.query
+    policy = scenario.policy
+    applicable = [r for r in policy.rules if _applies(r, ask, policy.partners)]
+    permits = [r for r in applicable if r.effect == "permit"]
+    if answer.status is AnswerStatus.DENIED:
+        assert not answer.decision.permitted
+        assert answer.decision.rules
+        assert (answer.hit, answer.count, answer.buckets) == (False, None, ())
+        assert (answer.fields, answer.rows) == ((), ())
+        return
+    assert answer.decision.permitted
+    # Nothing at all unless a permit for this operation applies and no forbid does.
+    assert permits
+    assert not any(r.effect == "forbid" for r in applicable)
+    (rule,) = [r for r in permits if r.id in answer.decision.rules]
+    assert all(p.field in rule.match_fields for p in q.predicates)
+    released_anywhere = {f for r in permits for f in r.release}
+    for name in answer.fields:
+        assert name in q.fields
+        assert name in released_anywhere
+        assert name in rule.release
+    assert len(set(answer.fields)) == len(answer.fields)
+    assert all(len(row) == len(answer.fields) for row in answer.rows)
+    assert len(answer.rows) <= rule.max_rows
+    if q.operation is not Operation.RECORDS:
+        assert (answer.fields, answer.rows) == ((), ())
+    if q.operation is not Operation.COUNT:
+        assert answer.count is None
+    else:
+        assert answer.count is not None
+        if answer.count.below_minimum:
+            assert answer.count.value == 0
+        if answer.count.value < rule.min_count:
+            assert answer.count.below_minimum and answer.count.value == 0
+        assert answer.count.minimum == rule.min_count
+    if q.operation is Operation.COUNT_BY:
+        assert q.group_by in rule.release
+        assert len(answer.buckets) <= rule.max_rows
+        assert all(b.count >= rule.min_count for b in answer.buckets)
+    else:
+        assert answer.buckets == ()
+
+
+# --- one real node for the whole module ----------------------------------------
+
+
+@dataclass
+class NodeUnderTest:
+    core: NodeCore
+    stub: Any  # the generated stub is untyped
+    writer: sa.Engine
+    gateway_key: SigningKey
+    node_key: VerifyingKey
+    policy_path: Path
+    seen: Counter[str] = field(default_factory=Counter)
+
+    def load(self, scenario: Scenario) -> None:
+        self.policy_path.write_text(scenario.policy.toml(), encoding="utf-8")
+        self.core.policy = load_policy(self.policy_path, CATALOG_V1)
+        with self.writer.begin() as conn:
+            for dataset, table in TABLES.items():
+                conn.execute(table.delete())
+                rows = [_local_row(dataset, r) for r in scenario.data[dataset]]
+                if rows:
+                    conn.execute(table.insert(), rows)
+
+    def ask(self, ask: Ask) -> QueryAnswer | grpc.RpcError:
+        request = make_request(
+            ask.query, audience=(NODE_ID,), requester=ask.asker.requester, purpose=ask.asker.purpose
+        )
+        envelope = sign_request(self.gateway_key, request)
+        try:
+            response = self.stub.Answer(
+                pb_node.AnswerRequest(request=envelope_to_proto(envelope)), timeout=10
+            )
+        except grpc.RpcError as exc:
+            return exc
+        sealed = envelope_from_proto(response.answer)
+        payload = open_envelope(sealed, ANSWER_TYPE, {self.node_key.key_id: self.node_key})
+        answer = answer_from_bytes(payload)
+        assert answer.query_id == request.query_id
+        assert answer.node_id == NODE_ID
+        assert answer.request_digest == hashlib.sha256(envelope.payload).digest()
+        return answer
+
+
+def _local_row(dataset: str, row: Row) -> dict[str, Any]:
+    local: dict[str, Any] = {}
+    for name, column in COLUMNS[dataset].items():
+        value: object = row[name]
+        if column == "vic" and value is not None:
+            value = int(bool(value))
+        if column == "t_first" and isinstance(value, dt.date):
+            value = value.isoformat()
+        local[column] = value
+    return local
+
+
+def _no_fsync(dbapi_connection: Any, _record: Any) -> None:
+    # Test data is rewritten for every example; durability only slows that down.
+    dbapi_connection.execute("PRAGMA synchronous = OFF")
+
+
+def _write_node(root: Path) -> Path:
+    database = root / "agency.sqlite3"
+    engine = sa.create_engine(f"sqlite:///{database}")
+    LOCAL.create_all(engine)
+    engine.dispose()
+    SigningKey.generate().write(root / "node.key", root / "node.pub")
+    (root / "policy.toml").write_text(f'version = 1\nagency = "{NODE_ID}"\n', encoding="utf-8")
+    lines = [
+        "[node]",
+        f'id = "{NODE_ID}"',
+        'database_url = "sqlite:///agency.sqlite3"',
+        'policy = "policy.toml"',
+        'signing_key = "node.key"',
+        'state_dir = "state"',
+        f"default_limit = {DEFAULT_LIMIT}",
+        "",
+        "[[trusted_gateway]]",
+        f'id = "{GATEWAY_ID}"',
+        'public_key = "gateway.pub"',
+    ]
+    for dataset, table in TABLES.items():
+        lines += ["", f"[datasets.{dataset}]", f'table = "{table.name}"']
+        lines += [f"[datasets.{dataset}.fields]"]
+        lines += [f'{name} = "{column}"' for name, column in COLUMNS[dataset].items()]
+    config = root / "node.toml"
+    config.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return config
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeUnderTest]:
+    root = tmp_path_factory.mktemp("no-leak-node")
+    gateway_key = SigningKey.generate()
+    gateway_key.write(root / "gateway.key", root / "gateway.pub")
+    config = _write_node(root)
+    core = build_node(load_node_config(config, CATALOG_V1))
+    server, port = start_node_server(core, "127.0.0.1:0", workers=2)
+    channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+    writer = sa.create_engine(f"sqlite:///{root / 'agency.sqlite3'}")
+    sa.event.listen(writer, "connect", _no_fsync)
+    try:
+        yield NodeUnderTest(
+            core=core,
+            stub=pb_node_grpc.NodeServiceStub(channel),
+            writer=writer,
+            gateway_key=gateway_key,
+            node_key=VerifyingKey.from_pem_file(root / "node.pub"),
+            policy_path=root / "policy.toml",
+        )
+    finally:
+        channel.close()
+        server.stop(grace=None).wait()
+        core.replay.close()
+        core.engine.dispose()
+        writer.dispose()
+
+
+# --- the property ----------------------------------------------------------------
+
+
+def _note(node: NodeUnderTest, ask: Ask, outcome: Outcome) -> None:
+    op = ask.query.operation.value
+    node.seen[f"{op} {outcome.status}"] += 1
+    if outcome.rows:
+        node.seen["records with rows"] += 1
+    if outcome.truncated:
+        node.seen["truncated"] += 1
+    if outcome.withheld:
+        node.seen["withheld"] += 1
+    if outcome.count is not None and outcome.count.below_minimum:
+        node.seen["count below minimum"] += 1
+    if outcome.buckets_suppressed:
+        node.seen["buckets suppressed"] += 1
+    if outcome.hit:
+        node.seen["hit"] += 1
+
+
+# Each operation gets its own run, so that each reaches its own corner cases;
+# the run then shows it reached them, since the property is only as good as
+# the cases it tried.
+REACHED = {
+    Operation.RECORDS: (
+        "records answered",
+        "records denied",
+        "records with rows",
+        "truncated",
+        "withheld",
+    ),
+    Operation.COUNT: ("count answered", "count denied", "count below minimum"),
+    Operation.COUNT_BY: ("count_by answered", "count_by denied", "buckets suppressed"),
+    Operation.MATCH: ("match answered", "match denied", "hit"),
+}
+
+
+@pytest.mark.parametrize("operation", list(REACHED), ids=lambda op: op.value)
+def test_no_unpermitted_field_ever_leaves_a_node(node: NodeUnderTest, operation: Operation) -> None:
+    node.seen.clear()
+
+    @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+    @given(scenario=scenarios(operation))
+    def check(scenario: Scenario) -> None:
+        node.load(scenario)
+        for ask in scenario.asks:
+            expected = reference(scenario, ask)
+            result = node.ask(ask)
+            if isinstance(result, grpc.RpcError):
+                assert expected.status == "error", result
+                assert result.code() is grpc.StatusCode.INVALID_ARGUMENT
+                assert "does not hold field" in (result.details() or "")
+            else:
+                assert_nothing_leaked(result, scenario, ask)
+                assert observed(result) == expected
+            _note(node, ask, expected)
+
+    check()
+
+    missed = [case for case in REACHED[operation] if not node.seen[case]]
+    assert not missed, f"no example reached {missed}; reached {dict(node.seen)}"
+
+
+def test_a_hand_made_case_as_the_reference_and_the_node_see_it(node: NodeUnderTest) -> None:
+    sha = POOLS[FieldType.HEX256]
+    day = DAYS[0]
+    media: tuple[Row, ...] = tuple(
+        {
+            "sha256": sha[i % 2],
+            "md5": None,
+            "category": "A" if i < 3 else "B",
+            "first_seen": day,
+            "case_ref": f"R-{i}",
+            "victim_identified": i == 0,
+        }
+        for i in range(4)
+    )
+    anyone = ("*",)
+    policy = PolicySpec(
+        partners=("genovia",),
+        rules=(
+            RuleSpec(
+                id="records",
+                effect="permit",
+                agencies=("group:partners",),
+                roles=anyone,
+                purposes=anyone,
+                datasets=("media",),
+                operations=("records",),
+                match_fields=("sha256",),
+                release=("category", "pdq", "victim_identified"),
+                max_rows=1,
+            ),
+            RuleSpec(
+                id="stats",
+                effect="permit",
+                agencies=anyone,
+                roles=anyone,
+                purposes=anyone,
+                datasets=("media",),
+                operations=("count", "count_by"),
+                match_fields=("category",),
+                release=("category",),
+                min_count=3,
+            ),
+        ),
+    )
+    asker = Asker("genovia", ("investigator",), "statistics")
+    records = Query(
+        "media",
+        Operation.RECORDS,
+        (Predicate("sha256", Comparator.EQ, (sha[0].upper(),)),),
+        ("pdq", "case_ref", "victim_identified", "category"),
+    )
+    count_b = Query("media", Operation.COUNT, (Predicate("category", Comparator.EQ, ("B",)),))
+    by_category = Query("media", Operation.COUNT_BY, group_by="category")
+    scenario = Scenario(
+        {"media": media, "accounts": ()},
+        policy,
+        (Ask(asker, records), Ask(asker, count_b), Ask(asker, by_category)),
+    )
+    node.load(scenario)
+
+    answers = [node.ask(ask) for ask in scenario.asks]
+
+    answered = [a for a in answers if isinstance(a, QueryAnswer)]
+    assert len(answered) == len(answers)
+    rec, cnt, grp = answered
+    # Rows 0 and 2 match; one row (of two) at most; pdq is released but not held here.
+    assert rec.fields == ("victim_identified", "category")
+    assert rec.withheld_fields == ("case_ref", "pdq")
+    assert rec.rows == (("false", "A"),) and rec.truncated
+    assert "not held here: pdq" in rec.decision.reason
+    # One "B": fewer than 3, so not shown; "A" has 3, so it is.
+    assert cnt.count == Count(0, below_minimum=True, minimum=3)
+    assert grp.buckets == (Bucket("A", 3),) and grp.buckets_suppressed
+    for ask, answer in zip(scenario.asks, answered, strict=True):
+        assert observed(answer) == reference(scenario, ask)
