@@ -191,4 +191,31 @@ class TokenVerifier:
             or not all(isinstance(r, str) and r for r in roles)
         ):
             raise AuthenticationError("token `roles` claim must be a non-empty list of strings")
-        return Requester(agency, subject, tuple(roles), issuer.issuer), float(exp)
+        attributes = _attributes(claims.get("attributes", {}))
+        return Requester(agency, subject, tuple(roles), issuer.issuer, attributes), float(exp)
+
+
+MAX_ATTRIBUTES = 16
+MAX_ATTRIBUTE_CHARS = 64
+
+
+def _attributes(raw: object) -> dict[str, str]:
+    """The optional `attributes` claim: a small object of short strings."""
+    if not isinstance(raw, dict):
+        raise AuthenticationError("token `attributes` claim must be an object of strings")
+    if len(raw) > MAX_ATTRIBUTES:
+        raise AuthenticationError(f"token carries more than {MAX_ATTRIBUTES} attributes")
+    out = {}
+    for key, value in raw.items():
+        if (
+            not isinstance(value, str)
+            or not 0 < len(key) <= MAX_ATTRIBUTE_CHARS
+            or not 0 < len(value) <= MAX_ATTRIBUTE_CHARS
+            or not (key.isprintable() and value.isprintable())
+        ):
+            raise AuthenticationError(
+                f"token attribute {key[:MAX_ATTRIBUTE_CHARS]!r} must be printable text of 1 to "
+                f"{MAX_ATTRIBUTE_CHARS} characters"
+            )
+        out[key] = value
+    return out

@@ -25,7 +25,7 @@ from liaison.messages import (
     SearchInput,
     SearchResult,
 )
-from liaison.query import validate_case_ref, validate_query
+from liaison.query import validate_case_ref, validate_legal_basis, validate_query
 from liaison.wire import request_to_bytes
 
 log = logging.getLogger("liaison.gateway")
@@ -65,6 +65,7 @@ class GatewayCore:
         except CatalogError as exc:
             raise InvalidQuery(str(exc)) from exc
         case_ref = validate_case_ref(search.case_ref)
+        legal_basis = validate_legal_basis(search.legal_basis)
         known = self.fanout.links
         targets = tuple(dict.fromkeys(search.nodes)) if search.nodes else tuple(sorted(known))
         unknown = [n for n in targets if n not in known]
@@ -91,6 +92,7 @@ class GatewayCore:
             case_ref=case_ref,
             catalog_version=self.catalog.version,
             query=query,
+            legal_basis=legal_basis,
         )
 
     async def search(self, requester: Requester, search: SearchInput) -> SearchResult:

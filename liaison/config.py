@@ -54,6 +54,8 @@ class NodeConfig:
     default_limit: int = 100
     # Mutual TLS towards the gateway; None serves plaintext (loopback demos).
     tls: TlsFiles | None = None
+    # Secret for keyed-hash transforms (32+ random bytes, hex); None if unused.
+    transform_key: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,6 +207,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
             "max_request_age_s",
             "clock_skew_s",
             "default_limit",
+            "transform_key",
         }
     )
     trusted = []
@@ -256,6 +259,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         clock_skew_s=node.integer("clock_skew_s", DEFAULT_CLOCK_SKEW_S, 0, 600),
         default_limit=node.integer("default_limit", 100, 1, 10_000),
         tls=_tls(doc, "tls", "client_ca", path, ca_required=True),
+        transform_key=node.path("transform_key") if "transform_key" in node.table else None,
     )
 
 

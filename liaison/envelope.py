@@ -17,6 +17,7 @@ from liaison.keys import KeyId, SigningKey, VerifyingKey
 
 REQUEST_TYPE = "application/vnd.liaison.query-request.v1+protobuf"
 ANSWER_TYPE = "application/vnd.liaison.query-answer.v1+protobuf"
+POLICY_TYPE = "application/vnd.liaison.published-policy.v1+protobuf"
 
 # Far above any honest message, small enough that a hostile peer cannot make
 # a verifier hash gigabytes.

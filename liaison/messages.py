@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -14,6 +15,8 @@ class Requester:
     subject: str
     roles: tuple[str, ...]
     issuer: str
+    # From the token's `attributes` claim, e.g. {"clearance": "secret"}.
+    attributes: Mapping[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,8 @@ class QueryRequest:
     case_ref: str
     catalog_version: str
     query: Query
+    # The legal basis the investigator cites, where a node's policy requires one.
+    legal_basis: str = ""
 
 
 class AnswerStatus(StrEnum):
@@ -42,6 +47,8 @@ class Decision:
     rules: tuple[str, ...]
     reason: str = ""
     obligations: tuple[str, ...] = ()
+    # One line per rule considered: why it applied, or why it did not.
+    explanation: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +105,7 @@ class SearchInput:
     case_ref: str
     nodes: tuple[str, ...] = ()
     deadline_ms: int = 0
+    legal_basis: str = ""
 
 
 @dataclass(frozen=True, slots=True)

@@ -113,3 +113,15 @@ def validate_case_ref(case_ref: str) -> str:
             f"case reference must be printable and at most {MAX_CASE_REF_LENGTH} characters"
         )
     return stripped
+
+
+MAX_LEGAL_BASIS_LENGTH = 64
+
+
+def validate_legal_basis(legal_basis: str) -> str:
+    """A legal basis is optional; when given it is a short printable identifier."""
+    if len(legal_basis) > MAX_LEGAL_BASIS_LENGTH or not legal_basis.isprintable():
+        raise InvalidQuery(
+            f"legal basis must be printable and at most {MAX_LEGAL_BASIS_LENGTH} characters"
+        )
+    return legal_basis.strip()

@@ -31,10 +31,11 @@ def issue_dev_token(
     roles: tuple[str, ...],
     ttl_s: int = 3600,
     now: int | None = None,
+    attributes: dict[str, str] | None = None,
 ) -> str:
     """Sign an EdDSA JWT with the claims the gateway requires."""
     issued = int(time.time()) if now is None else now
-    claims = {
+    claims: dict[str, object] = {
         "iss": issuer,
         "sub": subject,
         "aud": audience,
@@ -43,4 +44,6 @@ def issue_dev_token(
         "agency": agency,
         "roles": list(roles),
     }
+    if attributes:
+        claims["attributes"] = dict(attributes)
     return jwt.encode(claims, key.private_key, algorithm="EdDSA", headers={"kid": key.key_id})

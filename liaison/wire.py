@@ -116,11 +116,13 @@ def request_to_bytes(request: QueryRequest) -> bytes:
             subject=request.requester.subject,
             roles=list(request.requester.roles),
             issuer=request.requester.issuer,
+            attributes=dict(request.requester.attributes),
         ),
         purpose=request.purpose,
         case_ref=request.case_ref,
         catalog_version=request.catalog_version,
         query=query_to_proto(request.query),
+        legal_basis=request.legal_basis,
     )
     return message.SerializeToString(deterministic=True)
 
@@ -135,11 +137,12 @@ def request_from_bytes(payload: bytes) -> QueryRequest:
         expires_at_ms=message.expires_at_ms,
         nonce=message.nonce,
         audience=tuple(message.audience),
-        requester=Requester(r.agency, r.subject, tuple(r.roles), r.issuer),
+        requester=Requester(r.agency, r.subject, tuple(r.roles), r.issuer, dict(r.attributes)),
         purpose=message.purpose,
         case_ref=message.case_ref,
         catalog_version=message.catalog_version,
         query=query_from_proto(message.query),
+        legal_basis=message.legal_basis,
     )
 
 
@@ -155,6 +158,7 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
             rules=list(answer.decision.rules),
             reason=answer.decision.reason,
             obligations=list(answer.decision.obligations),
+            explanation=list(answer.decision.explanation),
         ),
         hit=answer.hit,
         buckets=[
@@ -182,6 +186,22 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
     return message
 
 
+def decision_to_proto(decision: Decision) -> pb_query.Decision:
+    return pb_query.Decision(
+        permitted=decision.permitted,
+        rules=list(decision.rules),
+        reason=decision.reason,
+        obligations=list(decision.obligations),
+        explanation=list(decision.explanation),
+    )
+
+
+def decision_from_proto(d: pb_query.Decision) -> Decision:
+    return Decision(
+        d.permitted, tuple(d.rules), d.reason, tuple(d.obligations), tuple(d.explanation)
+    )
+
+
 def answer_to_bytes(answer: QueryAnswer) -> bytes:
     return answer_to_proto(answer).SerializeToString(deterministic=True)
 
@@ -197,7 +217,7 @@ def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
         request_digest=message.request_digest,
         answered_at_ms=message.answered_at_ms,
         status=status,
-        decision=Decision(d.permitted, tuple(d.rules), d.reason, tuple(d.obligations)),
+        decision=decision_from_proto(d),
         hit=message.hit,
         count=(
             Count(message.count.value, message.count.below_minimum, message.count.minimum)
@@ -237,6 +257,7 @@ def search_to_proto(search: SearchInput) -> pb_gateway.SearchRequest:
         case_ref=search.case_ref,
         nodes=list(search.nodes),
         deadline_ms=search.deadline_ms,
+        legal_basis=search.legal_basis,
     )
 
 
@@ -247,6 +268,7 @@ def search_from_proto(message: pb_gateway.SearchRequest) -> SearchInput:
         case_ref=message.case_ref,
         nodes=tuple(message.nodes),
         deadline_ms=message.deadline_ms,
+        legal_basis=message.legal_basis,
     )
 
 

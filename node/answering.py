@@ -10,30 +10,36 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import SQLAlchemyError
 
-from liaison.catalog import Catalog, format_value
+from liaison.catalog import Catalog
 from liaison.envelope import ANSWER_TYPE, Envelope, seal
-from liaison.errors import BackendError, CatalogError, InvalidQuery
+from liaison.errors import CatalogError, InvalidQuery
 from liaison.keys import KeyId, SigningKey
-from liaison.messages import AnswerStatus, Bucket, Count, Decision, QueryAnswer
-from liaison.query import Operation, validate_case_ref, validate_query
+from liaison.messages import AnswerStatus, Decision, QueryAnswer
+from liaison.query import (
+    Operation,
+    Query,
+    validate_case_ref,
+    validate_legal_basis,
+    validate_query,
+)
 from liaison.wire import answer_to_bytes
-from node import compile as sql
 from node.database import MappedDataset
+from node.differencing import RecentAggregates
+from node.execute import Executor, Refusal
+from node.ratelimit import RateLedger
 from node.replay import ReplayGuard
 from node.verify import TrustedGateway, VerifiedRequest, verify_request
-from policies import Grant, Policy, decide
+from policies import Policy, decide
 
 log = logging.getLogger("liaison.node")
 
 NOT_OFFERED = "dataset-not-offered"
-MAX_BUCKETS = 1000
 
 
 def now_ms() -> int:
@@ -62,6 +68,8 @@ class NodeCore:
         schema: Mapping[str, MappedDataset],
         replay: ReplayGuard,
         limits: NodeLimits,
+        state_dir: Path,
+        transform_secret: bytes = b"",
     ) -> None:
         self.node_id = node_id
         self.signing_key = signing_key
@@ -72,6 +80,14 @@ class NodeCore:
         self.schema = dict(schema)
         self.replay = replay
         self.limits = limits
+        self.rates = RateLedger(state_dir / "rates.sqlite3")
+        self.executor = Executor(
+            engine=engine,
+            transform_secret=transform_secret,
+            maps=policy.maps,
+            recent=RecentAggregates(state_dir / "aggregates.sqlite3"),
+            default_limit=limits.default_limit,
+        )
         self._answered = 0
 
     def answer(self, envelope: Envelope) -> Envelope:
@@ -102,6 +118,7 @@ class NodeCore:
                 now_ms(),
                 keep_ms=(2 * self.limits.max_request_age_s + self.limits.clock_skew_s) * 1000,
             )
+            self.rates.purge(now_ms() - 8 * 86400 * 1000)
         log.info(
             "answered",
             extra={
@@ -113,6 +130,9 @@ class NodeCore:
                 "operation": request.query.operation.value,
                 "status": answer.status.value,
                 "rules": list(answer.decision.rules),
+                "reason": answer.decision.reason,
+                "obligations": list(answer.decision.obligations),
+                "explanation": list(answer.decision.explanation),
             },
         )
         return sealed
@@ -121,6 +141,7 @@ class NodeCore:
         request = verified.request
         query = validate_query(request.query, self.catalog)
         validate_case_ref(request.case_ref)
+        validate_legal_basis(request.legal_basis)
         try:
             self.catalog.check_purpose(request.purpose)
         except CatalogError as exc:
@@ -137,92 +158,62 @@ class NodeCore:
                 **parts,
             )
 
+        def deny(
+            rules: tuple[str, ...], reason: str, explanation: tuple[str, ...] = ()
+        ) -> QueryAnswer:
+            return answer(AnswerStatus.DENIED, Decision(False, rules, reason, (), explanation))
+
         mapped = self.schema.get(query.dataset)
         if mapped is None:
-            return answer(
-                AnswerStatus.DENIED,
-                Decision(False, (NOT_OFFERED,), f"this node does not offer {query.dataset!r}"),
-            )
-        decision = decide(self.policy, request.requester, request.purpose, query)
+            return deny((NOT_OFFERED,), f"this node does not offer {query.dataset!r}")
+        decision = decide(
+            self.policy,
+            request.requester,
+            request.purpose,
+            query,
+            case_ref=request.case_ref,
+            legal_basis=request.legal_basis,
+        )
         if not decision.permitted or decision.grant is None:
-            return answer(AnswerStatus.DENIED, Decision(False, decision.rules, decision.reason))
+            return deny(decision.rules, decision.reason, decision.explanation)
         grant = decision.grant
         held = tuple(f for f in grant.fields if f in mapped.columns)
         not_held = tuple(f for f in grant.fields if f not in mapped.columns)
-        grant = Grant(
-            grant.rule_id, held, grant.withheld + not_held, grant.min_count, grant.max_rows
+        grant = replace(grant, fields=held, withheld=grant.withheld + not_held)
+        unenforceable = [f.field for f in grant.row_filters if f.field not in mapped.columns]
+        if unenforceable:
+            # A row filter this node cannot apply would release rows the policy excludes.
+            return deny(
+                decision.rules,
+                f"row filter on {', '.join(unenforceable)} cannot be applied here; "
+                "the node operator must map that field",
+                decision.explanation,
+            )
+        if query.operation is Operation.RECORDS and not grant.fields:
+            return deny(decision.rules, "none of the requested fields is held here")
+        limit_reason = self.rates.charge(
+            grant.rule_id, grant.rate_limits, request.requester, query_cost(query), now_ms()
         )
+        if limit_reason:
+            return deny(decision.rules, limit_reason, decision.explanation)
+        outcome = self.executor.run(mapped, query, grant, request.requester.agency, now_ms())
+        if isinstance(outcome, Refusal):
+            return deny((outcome.rule,), outcome.reason, decision.explanation)
         reason = decision.reason
         if not_held:
             reason = "; ".join(filter(None, [reason, f"not held here: {', '.join(not_held)}"]))
-        verdict = Decision(True, decision.rules, reason, decision.obligations)
-        if query.operation is Operation.RECORDS and not grant.fields:
-            return answer(
-                AnswerStatus.DENIED,
-                Decision(False, decision.rules, "none of the requested fields is held here"),
-            )
-        parts = self._run(mapped, query, grant)
-        return answer(AnswerStatus.ANSWERED, verdict, **parts)
-
-    def _run(self, mapped: MappedDataset, query: Any, grant: Grant) -> dict[str, Any]:
-        op = query.operation
-        try:
-            with self.engine.connect() as conn:
-                if op is Operation.MATCH:
-                    hit = conn.execute(sql.compile_match(mapped, query)).first() is not None
-                    return {"hit": hit}
-                if op is Operation.COUNT:
-                    n = int(conn.execute(sql.compile_count(mapped, query)).scalar_one())
-                    return {"count": _suppress(n, grant.min_count)}
-                if op is Operation.COUNT_BY:
-                    return self._count_by(conn, mapped, query, grant)
-                return self._records(conn, mapped, query, grant)
-        except SQLAlchemyError as exc:
-            log.error("database error", extra={"error": type(exc).__name__, "detail": str(exc)})
-            raise BackendError(
-                "the agency database could not answer; the node operator's log has details"
-            ) from exc
-
-    def _records(
-        self, conn: sa.Connection, mapped: MappedDataset, query: Any, grant: Grant
-    ) -> dict[str, Any]:
-        limit = min(query.limit or self.limits.default_limit, grant.max_rows)
-        rows = conn.execute(sql.compile_records(mapped, query, grant, limit)).all()
-        types = [mapped.dataset.field(f).type for f in grant.fields]
-        released = tuple(
-            tuple(
-                None if v is None else format_value(t, v) for t, v in zip(types, row, strict=True)
-            )
-            for row in rows[:limit]
-        )
-        return {
-            "fields": grant.fields,
-            "rows": released,
-            "withheld_fields": grant.withheld,
-            "truncated": len(rows) > limit,
-        }
-
-    def _count_by(
-        self, conn: sa.Connection, mapped: MappedDataset, query: Any, grant: Grant
-    ) -> dict[str, Any]:
-        ftype = mapped.dataset.field(query.group_by).type
-        buckets = []
-        suppressed = False
-        for key, n in conn.execute(sql.compile_count_by(mapped, query)):
-            if int(n) < grant.min_count:
-                suppressed = True
-                continue
-            buckets.append(Bucket(None if key is None else format_value(ftype, key), int(n)))
-        cap = min(grant.max_rows, MAX_BUCKETS)
-        return {
-            "buckets": tuple(buckets[:cap]),
-            "buckets_suppressed": suppressed,
-            "bucket_minimum": grant.min_count,
-            "truncated": len(buckets) > cap,
-        }
+        verdict = Decision(True, decision.rules, reason, decision.obligations, decision.explanation)
+        return answer(AnswerStatus.ANSWERED, verdict, **outcome)
 
 
-def _suppress(n: int, minimum: int) -> Count:
-    if n < minimum:
-        return Count(0, below_minimum=True, minimum=minimum)
-    return Count(n, minimum=minimum)
+def query_cost(query: Query) -> int:
+    """What a query costs against rate limits: its number of selector values."""
+    return max(1, sum(len(p.values) for p in query.predicates))
+
+
+def close_core(core: NodeCore) -> None:
+    """Release the node's files and connections."""
+    core.replay.close()
+    core.rates.close()
+    core.executor.recent.close()
+    core.engine.dispose()

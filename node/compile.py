@@ -7,6 +7,7 @@ no string is ever pasted into SQL, and no ``*`` is ever selected.
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -44,8 +45,17 @@ def _condition(mapped: MappedDataset, predicate: Predicate) -> ColumnElement[boo
     return column <= values[0]  # type: ignore[no-any-return]  # as above
 
 
-def _where(mapped: MappedDataset, query: Query) -> list[ColumnElement[bool]]:
-    return [_condition(mapped, p) for p in query.predicates]
+def _where(mapped: MappedDataset, conditions: Sequence[Predicate]) -> list[ColumnElement[bool]]:
+    return [_condition(mapped, p) for p in conditions]
+
+
+def row_filter_conditions(grant: Grant) -> tuple[Predicate, ...]:
+    """A grant's row filters, as predicates every answer's rows must also meet."""
+    return tuple(Predicate(f.field, f.comparator, f.values) for f in grant.row_filters)
+
+
+def conditions_of(query: Query, grant: Grant) -> tuple[Predicate, ...]:
+    return query.predicates + row_filter_conditions(grant)
 
 
 def compile_records(
@@ -57,18 +67,52 @@ def compile_records(
         raise InvalidQuery(f"this node does not hold field(s) {', '.join(missing)}")
     columns = [mapped.columns[f].label(f) for f in grant.fields]
     order = [mapped.columns[f] for f in grant.fields]
-    return sa.select(*columns).where(*_where(mapped, query)).order_by(*order).limit(limit + 1)
+    where = _where(mapped, conditions_of(query, grant))
+    return sa.select(*columns).where(*where).order_by(*order).limit(limit + 1)
 
 
-def compile_count(mapped: MappedDataset, query: Query) -> sa.Select[Any]:
-    return sa.select(sa.func.count()).select_from(mapped.table).where(*_where(mapped, query))
+def compile_count(mapped: MappedDataset, query: Query, grant: Grant) -> sa.Select[Any]:
+    where = _where(mapped, conditions_of(query, grant))
+    return sa.select(sa.func.count()).select_from(mapped.table).where(*where)
 
 
-def compile_match(mapped: MappedDataset, query: Query) -> sa.Select[Any]:
-    return sa.select(sa.literal(1)).select_from(mapped.table).where(*_where(mapped, query)).limit(1)
+def compile_match(mapped: MappedDataset, query: Query, grant: Grant) -> sa.Select[Any]:
+    where = _where(mapped, conditions_of(query, grant))
+    return sa.select(sa.literal(1)).select_from(mapped.table).where(*where).limit(1)
 
 
-def compile_count_by(mapped: MappedDataset, query: Query) -> sa.Select[Any]:
+def _all(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
+    # COALESCE: a NULL comparison means "not in the set", also under NOT.
+    if not conditions:
+        return sa.true()
+    return sa.func.coalesce(sa.and_(*conditions), sa.false())
+
+
+def compile_difference(
+    mapped: MappedDataset,
+    new: Sequence[Predicate],
+    old: Sequence[Predicate],
+    group_by: str | None,
+) -> sa.Select[Any]:
+    """Per group value: records in the new set, in the old set, and in exactly one.
+
+    Rows are ``(n_new, n_old, n_differ)``, preceded by the group key when
+    ``group_by`` is given.
+    """
+    a, b = _all(_where(mapped, new)), _all(_where(mapped, old))
+
+    def tally(condition: ColumnElement[bool]) -> Any:
+        return sa.func.sum(sa.case((condition, 1), else_=0))
+
+    counts = [tally(a), tally(b), tally(sa.or_(sa.and_(a, sa.not_(b)), sa.and_(b, sa.not_(a))))]
+    where = sa.or_(a, b)
+    if group_by is None:
+        return sa.select(*counts).select_from(mapped.table).where(where)
+    column = mapped.columns[group_by]
+    return sa.select(column.label("key"), *counts).where(where).group_by(column)
+
+
+def compile_count_by(mapped: MappedDataset, query: Query, grant: Grant) -> sa.Select[Any]:
     if query.operation is not Operation.COUNT_BY or not query.group_by:
         raise InvalidQuery("a count_by query needs a field to group by")
     column = mapped.columns.get(query.group_by)
@@ -77,7 +121,7 @@ def compile_count_by(mapped: MappedDataset, query: Query) -> sa.Select[Any]:
     n = sa.func.count().label("n")
     return (
         sa.select(column.label("key"), n)
-        .where(*_where(mapped, query))
+        .where(*_where(mapped, conditions_of(query, grant)))
         .group_by(column)
         .order_by(n.desc(), column)
     )

@@ -10,6 +10,7 @@ import grpc
 
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import NodeConfig, load_node_config
+from liaison.errors import ConfigError
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.serving import (
     SERVER_OPTIONS,
@@ -20,12 +21,13 @@ from liaison.serving import (
     write_port_file,
 )
 from liaison.tls import TlsFiles
-from node.answering import NodeCore, NodeLimits
+from node.answering import NodeCore, NodeLimits, close_core
 from node.database import bind_schema, open_read_only
 from node.replay import ReplayGuard
 from node.service import NodeServicer
 from node.verify import TrustedGateway
 from policies import load_policy
+from policies.model import TransformKind
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
@@ -48,6 +50,16 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         engine.dispose()
         raise
     replay = ReplayGuard(config.state_dir / "replay.sqlite3")
+    secret = _transform_secret(config.transform_key)
+    if not secret and any(
+        t.kind is TransformKind.KEYED_HASH for r in policy.permits for t in r.transforms.values()
+    ):
+        engine.dispose()
+        replay.close()
+        raise ConfigError(
+            "the policy uses keyed-hash transforms but the node has no `transform_key`; "
+            "add one (a file of 32 random bytes in hex, e.g. from `liaison init`)"
+        )
     return NodeCore(
         node_id=config.node_id,
         signing_key=signing_key,
@@ -58,7 +70,23 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         schema=schema,
         replay=replay,
         limits=NodeLimits(config.max_request_age_s, config.clock_skew_s, config.default_limit),
+        state_dir=config.state_dir,
+        transform_secret=secret,
     )
+
+
+def _transform_secret(path: Path | None) -> bytes:
+    if path is None:
+        return b""
+    try:
+        secret = bytes.fromhex(path.read_text().strip())
+    except OSError as exc:
+        raise ConfigError(f"cannot read transform_key {path} ({exc.strerror})") from exc
+    except ValueError as exc:
+        raise ConfigError(f"transform_key {path} must hold hex digits") from exc
+    if len(secret) < 32:
+        raise ConfigError(f"transform_key {path} must hold at least 32 bytes (64 hex digits)")
+    return secret
 
 
 def start_node_server(
@@ -94,5 +122,4 @@ def serve(config_path: Path, port_file: Path | None = None) -> None:
     stop.wait()
     log.info("node stopping", extra={"node_id": core.node_id})
     server.stop(grace=5).wait()
-    core.replay.close()
-    core.engine.dispose()
+    close_core(core)

@@ -1,29 +1,37 @@
-"""Deciding one request under one policy.
+"""Deciding one request under one policy: pure, no I/O.
 
-Semantics (each pinned by a test):
+Semantics (each pinned by a test; README "How decisions are made" says the same):
 
+* A rule *applies* when its scope (agencies, roles, purposes, datasets,
+  operations) covers the request and its conditions hold: every attribute it
+  names has one of the listed values, the case reference matches its pattern,
+  the request cites one of its legal bases, and (forbids) the query touches
+  one of its fields, if it names any.
 * Default deny: with no applicable permit, the answer is a denial by
   ``default-deny``.
 * Forbid overrides permit: any applicable forbid denies, naming every
   applicable forbid.
-* A permit is a self-contained grant. Among the applicable permits that allow
-  the query's predicates (and grouping), the node answers under exactly one.
-  For records: the one releasing the most requested fields, then the most
-  rows, then the smallest rule id. For match, count and count_by: the one
-  with the lowest minimum count, then the most rows (count_by groups), then
-  the smallest rule id. The choice depends only on
-  the rules' content, never on their order, so adding a permit never narrows
-  an answer and adding a forbid never widens one.
-* An error while deciding is a denial.
+* A permit is a self-contained grant: its obligations are never mixed with
+  another permit's. Among the applicable permits that allow the query's
+  predicates (and grouping), the node answers under exactly one. For records:
+  the one releasing the most requested fields, then the most rows, then the
+  smallest rule id. For match, count and count_by: the one with the lowest
+  minimum count, then the most rows, then the smallest rule id. The choice
+  depends only on the rules' content, never on their order or on duplicates,
+  so adding a permit never narrows an answer and adding a forbid never widens
+  one.
+* An error while deciding is a denial by ``evaluation-error``.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from liaison.messages import Requester
 from liaison.query import Operation, Query
-from policies.model import Policy, Rule
+from policies.model import ANY, Effect, Policy, RateLimit, RowFilter, Rule, Transform
+from policies.model import case_ref_matches as _case_ref_matches
 
 DEFAULT_DENY = "default-deny"
 EVALUATION_ERROR = "evaluation-error"
@@ -38,6 +46,9 @@ class Grant:
     withheld: tuple[str, ...]
     min_count: int
     max_rows: int
+    transforms: Mapping[str, Transform] = field(default_factory=dict)
+    row_filters: tuple[RowFilter, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +57,7 @@ class PolicyDecision:
     rules: tuple[str, ...]
     reason: str
     grant: Grant | None = None
+    explanation: tuple[str, ...] = ()
 
     @property
     def obligations(self) -> tuple[str, ...]:
@@ -57,64 +69,155 @@ class PolicyDecision:
             out.append(f"release only: {', '.join(g.fields)}")
         if g.withheld:
             out.append(f"withhold: {', '.join(g.withheld)}")
+        for name, transform in sorted(g.transforms.items()):
+            if name in g.fields:
+                out.append(f"transform {name}: {transform}")
+        for row_filter in g.row_filters:
+            out.append(f"only rows where {row_filter}")
         out.append(f"at most {g.max_rows} rows")
         if g.min_count > 0:
             out.append(f"counts below {g.min_count} shown as 'fewer than {g.min_count}'")
+        for limit in g.rate_limits:
+            out.append(f"rate limit: {limit}")
         return tuple(out)
 
 
-def _deny(rules: tuple[str, ...], reason: str) -> PolicyDecision:
-    return PolicyDecision(False, rules, reason)
+def _deny(rules: tuple[str, ...], reason: str, explanation: list[str]) -> PolicyDecision:
+    return PolicyDecision(False, rules, reason, None, tuple(explanation))
 
 
-def decide(policy: Policy, requester: Requester, purpose: str, query: Query) -> PolicyDecision:
+def decide(
+    policy: Policy,
+    requester: Requester,
+    purpose: str,
+    query: Query,
+    *,
+    case_ref: str = "",
+    legal_basis: str = "",
+) -> PolicyDecision:
     """Decide ``query``; never raises: an error while deciding is a denial."""
     try:
-        return _decide(policy, requester, purpose, query)
+        return _decide(policy, requester, purpose, query, case_ref, legal_basis)
     except Exception as exc:
-        return _deny((EVALUATION_ERROR,), f"policy evaluation failed ({type(exc).__name__})")
+        return PolicyDecision(
+            False, (EVALUATION_ERROR,), f"policy evaluation failed ({type(exc).__name__})"
+        )
 
 
-def _decide(policy: Policy, requester: Requester, purpose: str, query: Query) -> PolicyDecision:
+def _condition_miss(rule: Rule, requester: Requester, case_ref: str, legal_basis: str) -> str:
+    """Why the rule's conditions fail for this request, or "" when they hold."""
+    for name, allowed in rule.attributes.items():
+        value = requester.attributes.get(name)
+        if value is None:
+            return f"requester has no {name!r} attribute"
+        if value not in allowed:
+            return f"{name} {value!r} is not one of {', '.join(sorted(allowed))}"
+    if rule.case_ref_pattern and not _case_ref_matches(rule.case_ref_pattern, case_ref):
+        return f"case reference does not match {rule.case_ref_pattern!r}"
+    if rule.legal_bases and legal_basis not in rule.legal_bases:
+        cited = repr(legal_basis) if legal_basis else "none"
+        return f"legal basis {cited} is not one of {', '.join(sorted(rule.legal_bases))}"
+    return ""
+
+
+def touched_fields(query: Query) -> frozenset[str]:
+    """Every field a query names: in predicates, selection or grouping."""
+    names = set(query.predicate_fields) | set(query.fields)
+    if query.group_by:
+        names.add(query.group_by)
+    return frozenset(names)
+
+
+def _decide(
+    policy: Policy,
+    requester: Requester,
+    purpose: str,
+    query: Query,
+    case_ref: str,
+    legal_basis: str,
+) -> PolicyDecision:
     roles = frozenset(requester.roles)
     op = query.operation
+    forbid_rules, permit_rules = policy.candidates(query.dataset, op)
+    explanation: list[str] = []
 
-    def applicable(rule: Rule) -> bool:
-        return rule.applies_to(requester.agency, roles, purpose, query.dataset, op)
-
-    forbids = sorted((r for r in policy.forbids if applicable(r)), key=lambda r: r.id)
+    forbids: list[Rule] = []
+    touched = touched_fields(query)
+    for rule in forbid_rules:
+        if not rule.in_scope(requester.agency, roles, purpose, query.dataset, op):
+            continue
+        miss = _condition_miss(rule, requester, case_ref, legal_basis)
+        if not miss and rule.fields and not (rule.fields & touched):
+            miss = f"query does not touch {', '.join(sorted(rule.fields))}"
+        if miss:
+            explanation.append(f"forbid {rule.id}: does not apply ({miss})")
+        else:
+            explanation.append(f"forbid {rule.id}: applies")
+            forbids.append(rule)
     if forbids:
+        forbids.sort(key=lambda r: r.id)
         reasons = "; ".join(dict.fromkeys(r.description or f"forbidden by {r.id}" for r in forbids))
-        return _deny(tuple(dict.fromkeys(r.id for r in forbids)), reasons)
-    permits = sorted((r for r in policy.permits if applicable(r)), key=lambda r: r.id)
+        return _deny(tuple(dict.fromkeys(r.id for r in forbids)), reasons, explanation)
+
+    permits: list[Rule] = []
+    near_misses: list[str] = []
+    for rule in permit_rules:
+        if not rule.in_scope(requester.agency, roles, purpose, query.dataset, op):
+            continue
+        miss = _condition_miss(rule, requester, case_ref, legal_basis)
+        if miss:
+            explanation.append(f"permit {rule.id}: does not apply ({miss})")
+            near_misses.append(f"{rule.id}: {miss}")
+        else:
+            permits.append(rule)
     if not permits:
-        return _deny(
-            (DEFAULT_DENY,),
+        reason = (
             f"no rule permits {requester.agency} ({', '.join(sorted(roles)) or 'no role'}) "
-            f"to {op.value} {query.dataset} for {purpose}",
+            f"to {op.value} {query.dataset} for {purpose}"
         )
+        if near_misses:
+            reason += " (" + "; ".join(near_misses) + ")"
+        explanation.append(f"{DEFAULT_DENY}: no applicable permit")
+        return _deny((DEFAULT_DENY,), reason, explanation)
+
+    permits.sort(key=lambda r: r.id)
     needed_match = query.predicate_fields
-    candidates = [r for r in permits if needed_match <= r.match_fields]
-    if not candidates:
-        hidden = sorted(needed_match - frozenset().union(*(r.match_fields for r in permits)))
-        detail = (
-            f"matching on {', '.join(hidden)} is not permitted"
-            if hidden
-            else "no single rule permits matching on all of " + ", ".join(sorted(needed_match))
-        )
-        return _deny(tuple(r.id for r in permits), detail)
-    if op is Operation.COUNT_BY:
-        candidates = [r for r in candidates if query.group_by in r.release]
-        if not candidates:
-            return _deny(
-                tuple(r.id for r in permits),
-                f"grouping by {query.group_by!r} is not permitted",
+    candidates = []
+    for rule in permits:
+        hidden = needed_match - rule.match_fields
+        if hidden:
+            explanation.append(
+                f"permit {rule.id}: applies, but not to matching on {', '.join(sorted(hidden))}"
             )
+        elif op is Operation.COUNT_BY and query.group_by not in rule.release:
+            explanation.append(
+                f"permit {rule.id}: applies, but not to grouping by {query.group_by}"
+            )
+        else:
+            candidates.append(rule)
+    if not candidates:
+        hidden_all = sorted(needed_match - frozenset().union(*(r.match_fields for r in permits)))
+        if hidden_all:
+            detail = f"matching on {', '.join(hidden_all)} is not permitted"
+        elif op is Operation.COUNT_BY and not any(query.group_by in r.release for r in permits):
+            detail = f"grouping by {query.group_by!r} is not permitted"
+        else:
+            detail = "no single rule permits matching on all of " + ", ".join(sorted(needed_match))
+        return _deny(tuple(r.id for r in permits), detail, explanation)
 
     def grant_for(rule: Rule) -> Grant:
         released = tuple(f for f in query.fields if f in rule.release)
         withheld = tuple(f for f in query.fields if f not in rule.release)
-        return Grant(rule.id, released, withheld, rule.min_count, rule.max_rows)
+        return Grant(
+            rule.id,
+            released,
+            withheld,
+            rule.min_count,
+            rule.max_rows,
+            rule.transforms,
+            rule.row_filters,
+            rule.rate_limits,
+        )
 
     def generosity(g: Grant) -> tuple[int, int, int, str]:
         # For aggregates the exactness of the count is what matters; for
@@ -123,12 +226,18 @@ def _decide(policy: Policy, requester: Requester, purpose: str, query: Query) ->
             return (-len(g.fields), -g.max_rows, g.min_count, g.rule_id)
         return (g.min_count, -g.max_rows, 0, g.rule_id)
 
-    grants = sorted((grant_for(r) for r in candidates), key=generosity)
-    best = grants[0]
+    best = min((grant_for(r) for r in candidates), key=generosity)
+    for rule in candidates:
+        chosen = "chosen" if rule.id == best.rule_id else "applies, less generous"
+        explanation.append(f"permit {rule.id}: {chosen}")
     if op is Operation.RECORDS and not best.fields:
         return _deny(
             tuple(r.id for r in candidates),
             f"none of the requested fields ({', '.join(query.fields)}) is released",
+            explanation,
         )
     reason = f"withheld: {', '.join(best.withheld)}" if best.withheld else ""
-    return PolicyDecision(True, (best.rule_id,), reason, best)
+    return PolicyDecision(True, (best.rule_id,), reason, best, tuple(explanation))
+
+
+__all__ = ["ANY", "DEFAULT_DENY", "EVALUATION_ERROR", "Effect", "Grant", "PolicyDecision", "decide"]

@@ -9,18 +9,46 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from liaison.catalog import Catalog
+from liaison.catalog import Catalog, FieldType
 from liaison.errors import CatalogError, PolicyError
-from liaison.query import Operation
+from liaison.query import Comparator, Operation
 from policies.engine import DEFAULT_DENY, EVALUATION_ERROR
-from policies.model import ANY, Effect, Policy, Rule
+from policies.model import (
+    ANY,
+    Effect,
+    Policy,
+    RateLimit,
+    RateScope,
+    RowFilter,
+    Rule,
+    Transform,
+    TransformKind,
+)
 
 _SCOPE_KEYS = ("agencies", "roles", "purposes", "datasets", "operations")
-_PERMIT_KEYS = {"match_fields", "release", "min_count", "max_rows"}
-_COMMON_KEYS = {"id", "effect", "description", *_SCOPE_KEYS}
+_PERMIT_KEYS = {
+    "match_fields",
+    "release",
+    "min_count",
+    "max_rows",
+    "transforms",
+    "row_filters",
+    "rate_limit",
+}
+_FORBID_KEYS = {"fields"}
+_COMMON_KEYS = {
+    "id",
+    "effect",
+    "description",
+    "attributes",
+    "case_ref",
+    "legal_bases",
+    *_SCOPE_KEYS,
+}
 MAX_ROWS_CEILING = 10_000
 RESERVED_RULE_IDS = frozenset({DEFAULT_DENY, EVALUATION_ERROR, "dataset-not-offered"})
 
@@ -45,7 +73,7 @@ def load_policy(path: Path, catalog: Catalog) -> Policy:
 
 
 def parse_policy(document: Mapping[str, Any], catalog: Catalog) -> Policy:
-    unknown = set(document) - {"version", "agency", "groups", "rule"}
+    unknown = set(document) - {"version", "agency", "groups", "maps", "rule"}
     if unknown:
         raise PolicyError(f"unknown top-level keys: {', '.join(sorted(unknown))}")
     version = document.get("version")
@@ -55,6 +83,7 @@ def parse_policy(document: Mapping[str, Any], catalog: Catalog) -> Policy:
     if not isinstance(agency, str) or not agency:
         raise PolicyError('policy needs `agency = "<this node\'s agency id>"`')
     groups = _parse_groups(document.get("groups", {}))
+    maps = _parse_maps(document.get("maps", {}))
     raw_rules = document.get("rule", [])
     if not isinstance(raw_rules, list):
         raise PolicyError("rules are written as [[rule]] tables")
@@ -63,7 +92,7 @@ def parse_policy(document: Mapping[str, Any], catalog: Catalog) -> Policy:
     for index, raw in enumerate(raw_rules, start=1):
         if not isinstance(raw, dict):
             raise PolicyError(f"rule #{index} is not a table")
-        rule = _parse_rule(raw, index, groups, catalog)
+        rule = _parse_rule(raw, index, groups, maps, catalog)
         if rule.id in RESERVED_RULE_IDS:
             raise PolicyError(
                 f"rule id {rule.id!r} is reserved for decisions no rule made; choose another"
@@ -72,7 +101,7 @@ def parse_policy(document: Mapping[str, Any], catalog: Catalog) -> Policy:
             raise PolicyError(f"rule id {rule.id!r} is used twice; rule ids must be unique")
         seen.add(rule.id)
         rules.append(rule)
-    return Policy(agency=agency, rules=tuple(rules))
+    return Policy(agency=agency, rules=tuple(rules), maps=maps)
 
 
 def _parse_groups(raw: object) -> dict[str, frozenset[str]]:
@@ -94,6 +123,20 @@ def _parse_groups(raw: object) -> dict[str, frozenset[str]]:
     return groups
 
 
+def _parse_maps(raw: object) -> dict[str, dict[str, str]]:
+    if not isinstance(raw, dict):
+        raise PolicyError("[maps.NAME] tables map a value to its generalisation")
+    maps = {}
+    for name, table in raw.items():
+        if not isinstance(table, dict) or not table:
+            raise PolicyError(f'map {name!r} must be a non-empty table of value = "general"')
+        for key, value in table.items():
+            if not isinstance(value, str) or not value:
+                raise PolicyError(f"map {name!r}: {key!r} must map to a non-empty string")
+        maps[name] = dict(table)
+    return maps
+
+
 def _names(raw: dict[str, Any], key: str, where: str) -> frozenset[str]:
     if key not in raw:
         raise PolicyError(f'{where}: `{key}` is required (use ["*"] to mean any)')
@@ -106,7 +149,11 @@ def _names(raw: dict[str, Any], key: str, where: str) -> frozenset[str]:
 
 
 def _parse_rule(
-    raw: dict[str, Any], index: int, groups: Mapping[str, frozenset[str]], catalog: Catalog
+    raw: dict[str, Any],
+    index: int,
+    groups: Mapping[str, frozenset[str]],
+    maps: Mapping[str, Mapping[str, str]],
+    catalog: Catalog,
 ) -> Rule:
     rule_id = raw.get("id")
     if not isinstance(rule_id, str) or not rule_id.strip():
@@ -116,7 +163,7 @@ def _parse_rule(
         effect = Effect(str(raw.get("effect")))
     except ValueError as exc:
         raise PolicyError(f'{where}: `effect` must be "permit" or "forbid"') from exc
-    allowed = _COMMON_KEYS | (_PERMIT_KEYS if effect is Effect.PERMIT else set())
+    allowed = _COMMON_KEYS | (_PERMIT_KEYS if effect is Effect.PERMIT else _FORBID_KEYS)
     unknown = set(raw) - allowed
     if unknown:
         raise PolicyError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
@@ -156,6 +203,7 @@ def _parse_rule(
                 f"{where}: unknown operation in {sorted(raw_ops)}; use "
                 + ", ".join(o.value for o in Operation)
             ) from exc
+    conditions = _conditions(raw, where)
     rule = Rule(
         id=rule_id,
         effect=effect,
@@ -164,10 +212,13 @@ def _parse_rule(
         purposes=purposes,
         datasets=datasets,
         operations=operations,
-        description=str(raw.get("description", "")),
+        description=_description(raw, where),
+        attributes=conditions[0],
+        case_ref_pattern=conditions[1],
+        legal_bases=conditions[2],
     )
     if effect is Effect.FORBID:
-        return rule
+        return replace(rule, fields=_field_list(raw, "fields", where, datasets, catalog))
     match_fields = _field_list(raw, "match_fields", where, datasets, catalog)
     release = _field_list(raw, "release", where, datasets, catalog)
     min_count = raw.get("min_count", 0)
@@ -185,20 +236,163 @@ def _parse_rule(
         or not (1 <= max_rows <= MAX_ROWS_CEILING)
     ):
         raise PolicyError(f"{where}: `max_rows` must be between 1 and {MAX_ROWS_CEILING}")
-    return Rule(
-        id=rule.id,
-        effect=rule.effect,
-        agencies=rule.agencies,
-        roles=rule.roles,
-        purposes=rule.purposes,
-        datasets=rule.datasets,
-        operations=rule.operations,
+    return replace(
+        rule,
         match_fields=match_fields,
         release=release,
         min_count=min_count,
         max_rows=max_rows,
-        description=rule.description,
+        transforms=_transforms(raw, where, datasets, release, maps, catalog),
+        row_filters=_row_filters(raw, where, datasets, catalog),
+        rate_limits=_rate_limits(raw, where),
     )
+
+
+def _description(raw: dict[str, Any], where: str) -> str:
+    value = raw.get("description", "")
+    if not isinstance(value, str):
+        raise PolicyError(f"{where}: `description` must be text")
+    return value
+
+
+def _conditions(
+    raw: dict[str, Any], where: str
+) -> tuple[dict[str, frozenset[str]], str, frozenset[str]]:
+    attributes = raw.get("attributes", {})
+    if not isinstance(attributes, dict):
+        raise PolicyError(f"{where}: `attributes` maps an attribute to its allowed values")
+    parsed = {}
+    for name, values in attributes.items():
+        if isinstance(values, str):
+            values = [values]
+        if (
+            not isinstance(values, list)
+            or not values
+            or not all(isinstance(v, str) and v for v in values)
+        ):
+            raise PolicyError(
+                f'{where}: attribute {name!r} must list its allowed values, e.g. ["secret"]'
+            )
+        parsed[name] = frozenset(values)
+    pattern = raw.get("case_ref", "")
+    if not isinstance(pattern, str) or (pattern and not pattern.isprintable()):
+        raise PolicyError(
+            f'{where}: `case_ref` is a pattern such as "GEN-*" ("*" matches anything)'
+        )
+    bases = raw.get("legal_bases", [])
+    if isinstance(bases, str):
+        bases = [bases]
+    if not isinstance(bases, list) or not all(isinstance(b, str) and b for b in bases):
+        raise PolicyError(f"{where}: `legal_bases` must be a list of legal basis ids")
+    return parsed, pattern, frozenset(bases)
+
+
+def _transforms(
+    raw: dict[str, Any],
+    where: str,
+    datasets: frozenset[str],
+    release: frozenset[str],
+    maps: Mapping[str, Mapping[str, str]],
+    catalog: Catalog,
+) -> dict[str, Transform]:
+    table = raw.get("transforms", {})
+    if not isinstance(table, dict):
+        raise PolicyError(f"{where}: `transforms` maps a released field to a transform")
+    out = {}
+    kinds = ", ".join([k.value for k in TransformKind if k is not TransformKind.MAP] + ["map:NAME"])
+    for name, spec in table.items():
+        if name not in release:
+            raise PolicyError(f"{where}: transform of {name!r}, which the rule does not release")
+        if not isinstance(spec, str):
+            raise PolicyError(f"{where}: transform of {name!r} must be one of {kinds}")
+        kind_text, _, map_name = spec.partition(":")
+        try:
+            kind = TransformKind(kind_text)
+        except ValueError as exc:
+            raise PolicyError(
+                f"{where}: unknown transform {spec!r} for {name!r}; use one of {kinds}"
+            ) from exc
+        if kind is TransformKind.MAP and map_name not in maps:
+            raise PolicyError(
+                f"{where}: transform of {name!r} names map {map_name!r}, "
+                "which is not defined in [maps]"
+            )
+        if kind is not TransformKind.MAP and map_name:
+            raise PolicyError(f"{where}: transform {spec!r} takes no argument")
+        if kind in (TransformKind.MONTH, TransformKind.YEAR):
+            for dataset in datasets:
+                if catalog.dataset(dataset).field(name).type is not FieldType.DATE:
+                    raise PolicyError(f"{where}: {kind.value!r} applies to dates; {name!r} is not")
+        out[name] = Transform(kind, map_name)
+    return out
+
+
+_FILTER_COMPARATORS = {
+    "eq": Comparator.EQ,
+    "in": Comparator.IN,
+    "gte": Comparator.GTE,
+    "lte": Comparator.LTE,
+}
+
+
+def _row_filters(
+    raw: dict[str, Any], where: str, datasets: frozenset[str], catalog: Catalog
+) -> tuple[RowFilter, ...]:
+    items = raw.get("row_filters", [])
+    if not isinstance(items, list):
+        raise PolicyError(f'{where}: `row_filters` is a list like [{{ field = "x", eq = "y" }}]')
+    out = []
+    for item in items:
+        if not isinstance(item, dict) or "field" not in item or len(item) != 2:
+            raise PolicyError(
+                f"{where}: each row filter names a field and one of eq, in, gte, lte, "
+                'e.g. { field = "shareable", eq = "true" }'
+            )
+        name = item["field"]
+        (op_name,) = set(item) - {"field"}
+        comparator = _FILTER_COMPARATORS.get(op_name)
+        if comparator is None:
+            raise PolicyError(f"{where}: row filter on {name!r}: use eq, in, gte or lte")
+        values = item[op_name]
+        values = values if isinstance(values, list) else [values]
+        if not values or not all(isinstance(v, str | bool | int) for v in values):
+            raise PolicyError(f"{where}: row filter on {name!r} needs a value")
+        texts = tuple(str(v).lower() if isinstance(v, bool) else str(v) for v in values)
+        if comparator is not Comparator.IN and len(texts) != 1:
+            raise PolicyError(f"{where}: row filter {op_name!r} on {name!r} takes one value")
+        canonical = texts
+        for dataset in datasets:
+            try:
+                field = catalog.dataset(dataset).field(name)
+                canonical = tuple(field.canonical(t) for t in texts)
+            except CatalogError as exc:
+                raise PolicyError(f"{where}: row filter: {exc}") from exc
+            if comparator in (Comparator.GTE, Comparator.LTE) and not field.type.orderable:
+                raise PolicyError(f"{where}: row filter range on {name!r}, which is not ordered")
+        out.append(RowFilter(name, comparator, canonical))
+    return tuple(out)
+
+
+_WINDOWS = {"minute": 60, "hour": 3600, "day": 86400}
+
+
+def _rate_limits(raw: dict[str, Any], where: str) -> tuple[RateLimit, ...]:
+    table = raw.get("rate_limit", {})
+    if not isinstance(table, dict):
+        raise PolicyError(f'{where}: `rate_limit` is a table like {{ investigator = "60/hour" }}')
+    out = []
+    for scope_name, spec in table.items():
+        try:
+            scope = RateScope(scope_name)
+        except ValueError as exc:
+            raise PolicyError(
+                f"{where}: rate limit scope {scope_name!r}; use investigator or agency"
+            ) from exc
+        amount, _, unit = str(spec).partition("/")
+        if not amount.isdigit() or int(amount) < 1 or unit not in _WINDOWS:
+            raise PolicyError(f"{where}: rate limit {spec!r}: write N/minute, N/hour or N/day")
+        out.append(RateLimit(scope, int(amount), _WINDOWS[unit]))
+    return tuple(sorted(out, key=lambda r: r.scope.value))
 
 
 def _field_list(
@@ -207,6 +401,12 @@ def _field_list(
     value = raw.get(key, [])
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise PolicyError(f"{where}: `{key}` must be a list of field names")
+    if ANY in datasets:
+        known = {f for d in catalog.datasets for f in d.field_names}
+        for name in value:
+            if name not in known:
+                raise PolicyError(f"{where}: `{key}`: no dataset has a field {name!r}")
+        return frozenset(value)
     for dataset in datasets:
         ds = catalog.dataset(dataset)
         for name in value:

@@ -1,11 +1,16 @@
-"""A node's policy: rules that permit or forbid, each with a stable id."""
+"""A node's policy: rules that permit or forbid, each with a stable id.
+
+Types only; loading is in ``load`` and deciding in ``engine``.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from enum import StrEnum
+from types import MappingProxyType
 
-from liaison.query import Operation
+from liaison.query import Comparator, Operation
 
 ANY = "*"
 
@@ -13,6 +18,52 @@ ANY = "*"
 class Effect(StrEnum):
     PERMIT = "permit"
     FORBID = "forbid"
+
+
+class TransformKind(StrEnum):
+    REDACT = "redact"  # the value is replaced by "[redacted]": presence only
+    KEYED_HASH = "keyed-hash"  # HMAC under the node's secret: linkable, not readable
+    MONTH = "month"  # a date truncated to YYYY-MM
+    YEAR = "year"  # a date truncated to YYYY
+    MAP = "map"  # a value generalised through one of the policy's [maps]
+
+
+@dataclass(frozen=True, slots=True)
+class Transform:
+    kind: TransformKind
+    map_name: str = ""
+
+    def __str__(self) -> str:
+        return f"map:{self.map_name}" if self.kind is TransformKind.MAP else self.kind.value
+
+
+@dataclass(frozen=True, slots=True)
+class RowFilter:
+    """A condition every released or counted row must meet (on catalog fields)."""
+
+    field: str
+    comparator: Comparator
+    values: tuple[str, ...]
+
+    def __str__(self) -> str:
+        return f"{self.field} {self.comparator.value} {','.join(self.values)}"
+
+
+class RateScope(StrEnum):
+    INVESTIGATOR = "investigator"
+    AGENCY = "agency"
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    """At most ``amount`` selector values per ``window_s`` seconds per scope."""
+
+    scope: RateScope
+    amount: int
+    window_s: int
+
+    def __str__(self) -> str:
+        return f"{self.amount} per {self.window_s} s per {self.scope.value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -34,10 +85,24 @@ class Rule:
     min_count: int = 0
     max_rows: int = 100
     description: str = ""
+    # Conditions on the requester and the request (permits and forbids):
+    # each attribute named must have one of the listed values.
+    attributes: Mapping[str, frozenset[str]] = field(default_factory=dict)
+    # A glob with "*" for any run of characters (as Cedar's `like`).
+    case_ref_pattern: str = ""
+    # The request must cite one of these legal bases (empty: none required).
+    legal_bases: frozenset[str] = frozenset()
+    # Forbids only: the rule applies when the query touches any of these fields.
+    fields: frozenset[str] = frozenset()
+    # Permits only: obligations beyond fields, counts and rows.
+    transforms: Mapping[str, Transform] = field(default_factory=dict)
+    row_filters: tuple[RowFilter, ...] = ()
+    rate_limits: tuple[RateLimit, ...] = ()
 
-    def applies_to(
+    def in_scope(
         self, agency: str, roles: frozenset[str], purpose: str, dataset: str, operation: Operation
     ) -> bool:
+        """Who, why and what, without the finer conditions."""
         return (
             (ANY in self.agencies or agency in self.agencies)
             and (ANY in self.roles or bool(self.roles & roles))
@@ -46,11 +111,75 @@ class Rule:
             and operation in self.operations
         )
 
+    def applies_to(
+        self, agency: str, roles: frozenset[str], purpose: str, dataset: str, operation: Operation
+    ) -> bool:
+        """Scope only; kept for callers that have no conditions to check."""
+        return self.in_scope(agency, roles, purpose, dataset, operation)
 
-@dataclass(frozen=True, slots=True)
+
+def case_ref_matches(pattern: str, case_ref: str) -> bool:
+    """Cedar ``like`` semantics: ``*`` matches any run of characters, nothing else is special."""
+    if not pattern:
+        return True
+    parts = pattern.split("*")
+    if len(parts) == 1:
+        return case_ref == pattern
+    first, *middle, last = parts
+    if not case_ref.startswith(first) or len(case_ref) < len(first) + len(last):
+        return False
+    if not case_ref.endswith(last):
+        return False
+    position = len(first)
+    end = len(case_ref) - len(last)
+    for part in middle:
+        found = case_ref.find(part, position, end)
+        if found < 0:
+            return False
+        position = found + len(part)
+    return True
+
+
+@dataclass(frozen=True)
 class Policy:
     agency: str
     rules: tuple[Rule, ...]
+    maps: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
+    # Rules by (dataset, operation), forbids first: built once, so a decision
+    # looks at the handful of rules that could apply, not at all of them.
+    _index: Mapping[tuple[str, Operation], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = field(
+        init=False, repr=False, compare=False
+    )
+
+    def __post_init__(self) -> None:
+        index: dict[tuple[str, Operation], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
+        datasets = {d for r in self.rules for d in r.datasets if d != ANY}
+        for dataset in datasets | {ANY}:
+            for op in Operation:
+                # Sorted by id, so that decisions and their explanations do
+                # not depend on the order rules are written in.
+                matching = sorted(
+                    (
+                        r
+                        for r in self.rules
+                        if (ANY in r.datasets or dataset in r.datasets) and op in r.operations
+                    ),
+                    key=lambda r: r.id,
+                )
+                index[(dataset, op)] = (
+                    tuple(r for r in matching if r.effect is Effect.FORBID),
+                    tuple(r for r in matching if r.effect is Effect.PERMIT),
+                )
+        object.__setattr__(self, "_index", MappingProxyType(index))
+
+    def candidates(
+        self, dataset: str, operation: Operation
+    ) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+        """Forbids and permits whose dataset and operation fit."""
+        found = self._index.get((dataset, operation))
+        if found is None:
+            return self._index.get((ANY, operation), ((), ()))
+        return found
 
     @property
     def permits(self) -> tuple[Rule, ...]:

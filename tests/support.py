@@ -27,7 +27,7 @@ from liaison.messages import QueryRequest, Requester
 from liaison.query import Query
 from liaison.tokens import dev_issuer, issue_dev_token
 from liaison.wire import envelope_to_proto, request_to_bytes
-from node.answering import NodeCore
+from node.answering import NodeCore, close_core
 from node.server import build_node, start_node_server
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
@@ -86,8 +86,7 @@ def running_node(config_path: Path) -> Iterator[RunningNode]:
         yield RunningNode(core, server, f"127.0.0.1:{port}")
     finally:
         server.stop(grace=None).wait()
-        core.replay.close()
-        core.engine.dispose()
+        close_core(core)
 
 
 def call_node(address: str, envelope: Envelope, timeout_s: float = 10) -> pb_node.AnswerResponse:

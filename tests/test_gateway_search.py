@@ -860,7 +860,7 @@ def test_reflection_lists_and_describes_the_gateway_service(federation: Federati
 
     assert "liaison.v1.GatewayService" in services
     assert "grpc.health.v1.Health" in services
-    assert methods == ["ListNodes", "Search"]
+    assert methods == ["DryRun", "ListNodes", "Search"]
 
 
 # --- injection strings in every value ---------------------------------------------------

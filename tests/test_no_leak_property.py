@@ -39,7 +39,7 @@ from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer, Requester
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import answer_from_bytes, envelope_from_proto, envelope_to_proto
-from node.answering import NodeCore
+from node.answering import NodeCore, close_core
 from node.server import build_node, start_node_server
 from policies import load_policy
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -646,6 +646,10 @@ class NodeUnderTest:
     def load(self, scenario: Scenario) -> None:
         self.policy_path.write_text(scenario.policy.toml(), encoding="utf-8")
         self.core.policy = load_policy(self.policy_path, CATALOG_V1)
+        self.core.executor.maps = self.core.policy.maps
+        # Each scenario is a fresh history: the reference evaluator models one
+        # query at a time, and the differencing guard has tests of its own.
+        self.core.executor.recent.forget()
         with self.writer.begin() as conn:
             for dataset, table in TABLES.items():
                 conn.execute(table.delete())
@@ -742,8 +746,7 @@ def node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[NodeUnderTest]:
     finally:
         channel.close()
         server.stop(grace=None).wait()
-        core.replay.close()
-        core.engine.dispose()
+        close_core(core)
         writer.dispose()
 
 

@@ -22,7 +22,7 @@ from liaison.demo_data import demo_agencies, populate
 from liaison.errors import ConfigError, PolicyError
 from liaison.federation import write_gateway_keys
 from liaison.keys import SigningKey
-from node.answering import NodeCore
+from node.answering import NodeCore, close_core
 from node.server import build_node
 from policies import load_policy
 
@@ -135,8 +135,7 @@ def built() -> Iterator[list[NodeCore]]:
     cores: list[NodeCore] = []
     yield cores
     for core in cores:
-        core.replay.close()
-        core.engine.dispose()
+        close_core(core)
 
 
 # --- the working config every other test departs from ------------------------------

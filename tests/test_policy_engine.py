@@ -448,7 +448,7 @@ class ExplodingRule(Rule):
 
     __slots__ = ()
 
-    def applies_to(
+    def in_scope(
         self, agency: str, roles: frozenset[str], purpose: str, dataset: str, operation: Operation
     ) -> bool:
         raise RuntimeError("corrupt rule")
@@ -457,9 +457,10 @@ class ExplodingRule(Rule):
 class ExplodingPolicy(Policy):
     __slots__ = ()
 
-    @property
-    def permits(self) -> tuple[Rule, ...]:
-        raise KeyError("lost the permits")
+    def candidates(
+        self, dataset: str, operation: Operation
+    ) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+        raise KeyError("lost the rules")
 
 
 def _broken_policies() -> list[Policy]:

@@ -21,6 +21,7 @@ from liaison.messages import NodeStatus
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.tls import TlsFiles, write_dev_pki
 from liaison.wire import envelope_to_proto
+from node.answering import close_core
 from node.server import build_node, start_node_server
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
@@ -45,8 +46,7 @@ def tls_node(root: Path, node_id: str) -> Iterator[str]:
         yield f"127.0.0.1:{port}"
     finally:
         server.stop(grace=None).wait()
-        core.replay.close()
-        core.engine.dispose()
+        close_core(core)
 
 
 def _answer(channel: grpc.Channel, root: Path) -> pb_node.AnswerResponse:

@@ -24,18 +24,20 @@ NODE_STATUS_UNREACHABLE: NodeStatus
 NODE_STATUS_ERROR: NodeStatus
 
 class SearchRequest(_message.Message):
-    __slots__ = ("query", "purpose", "case_ref", "nodes", "deadline_ms")
+    __slots__ = ("query", "purpose", "case_ref", "nodes", "deadline_ms", "legal_basis")
     QUERY_FIELD_NUMBER: _ClassVar[int]
     PURPOSE_FIELD_NUMBER: _ClassVar[int]
     CASE_REF_FIELD_NUMBER: _ClassVar[int]
     NODES_FIELD_NUMBER: _ClassVar[int]
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_FIELD_NUMBER: _ClassVar[int]
     query: _query_pb2.Query
     purpose: str
     case_ref: str
     nodes: _containers.RepeatedScalarFieldContainer[str]
     deadline_ms: int
-    def __init__(self, query: _Optional[_Union[_query_pb2.Query, _Mapping]] = ..., purpose: _Optional[str] = ..., case_ref: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ...) -> None: ...
+    legal_basis: str
+    def __init__(self, query: _Optional[_Union[_query_pb2.Query, _Mapping]] = ..., purpose: _Optional[str] = ..., case_ref: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ..., legal_basis: _Optional[str] = ...) -> None: ...
 
 class NodeResult(_message.Message):
     __slots__ = ("node_id", "status", "detail", "latency_ms", "answer", "answer_digest")
@@ -80,3 +82,27 @@ class NodeInfo(_message.Message):
     address: str
     key_id: str
     def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+
+class DryRunRequest(_message.Message):
+    __slots__ = ("search",)
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    search: SearchRequest
+    def __init__(self, search: _Optional[_Union[SearchRequest, _Mapping]] = ...) -> None: ...
+
+class DryRunResult(_message.Message):
+    __slots__ = ("node_id", "decision", "policy_sha256", "detail")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    POLICY_SHA256_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    decision: _query_pb2.Decision
+    policy_sha256: str
+    detail: str
+    def __init__(self, node_id: _Optional[str] = ..., decision: _Optional[_Union[_query_pb2.Decision, _Mapping]] = ..., policy_sha256: _Optional[str] = ..., detail: _Optional[str] = ...) -> None: ...
+
+class DryRunResponse(_message.Message):
+    __slots__ = ("results",)
+    RESULTS_FIELD_NUMBER: _ClassVar[int]
+    results: _containers.RepeatedCompositeFieldContainer[DryRunResult]
+    def __init__(self, results: _Optional[_Iterable[_Union[DryRunResult, _Mapping]]] = ...) -> None: ...

@@ -46,6 +46,11 @@ class GatewayServiceStub:
                 request_serializer=liaison_dot_v1_dot_gateway__pb2.ListNodesRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_gateway__pb2.ListNodesResponse.FromString,
                 _registered_method=True)
+        self.DryRun = channel.unary_unary(
+                '/liaison.v1.GatewayService/DryRun',
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.DryRunRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.DryRunResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -67,6 +72,14 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def DryRun(self, request, context):
+        """Decide a search against each node's published policy without asking
+        any node's data: who would deny, and why.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -79,6 +92,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.ListNodes,
                     request_deserializer=liaison_dot_v1_dot_gateway__pb2.ListNodesRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_gateway__pb2.ListNodesResponse.SerializeToString,
+            ),
+            'DryRun': grpc.unary_unary_rpc_method_handler(
+                    servicer.DryRun,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.DryRunRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.DryRunResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -137,6 +155,33 @@ class GatewayService:
             '/liaison.v1.GatewayService/ListNodes',
             liaison_dot_v1_dot_gateway__pb2.ListNodesRequest.SerializeToString,
             liaison_dot_v1_dot_gateway__pb2.ListNodesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DryRun(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.GatewayService/DryRun',
+            liaison_dot_v1_dot_gateway__pb2.DryRunRequest.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.DryRunResponse.FromString,
             options,
             channel_credentials,
             insecure,

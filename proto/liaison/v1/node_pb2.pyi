@@ -42,3 +42,27 @@ class DatasetOffer(_message.Message):
     dataset: str
     fields: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, dataset: _Optional[str] = ..., fields: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class GetPolicyRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class GetPolicyResponse(_message.Message):
+    __slots__ = ("policy",)
+    POLICY_FIELD_NUMBER: _ClassVar[int]
+    policy: _envelope_pb2.Envelope
+    def __init__(self, policy: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class PublishedPolicy(_message.Message):
+    __slots__ = ("node_id", "catalog_version", "document", "document_sha256", "published_at_ms")
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_FIELD_NUMBER: _ClassVar[int]
+    DOCUMENT_SHA256_FIELD_NUMBER: _ClassVar[int]
+    PUBLISHED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    node_id: str
+    catalog_version: str
+    document: str
+    document_sha256: str
+    published_at_ms: int
+    def __init__(self, node_id: _Optional[str] = ..., catalog_version: _Optional[str] = ..., document: _Optional[str] = ..., document_sha256: _Optional[str] = ..., published_at_ms: _Optional[int] = ...) -> None: ...

@@ -45,6 +45,11 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.DescribeRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.DescribeResponse.FromString,
                 _registered_method=True)
+        self.GetPolicy = channel.unary_unary(
+                '/liaison.v1.NodeService/GetPolicy',
+                request_serializer=liaison_dot_v1_dot_node__pb2.GetPolicyRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.GetPolicyResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -65,6 +70,14 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetPolicy(self, request, context):
+        """The node's policy document, signed by the node: policies are not secret,
+        and a gateway can dry-run a query against them before sending it.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -77,6 +90,11 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.Describe,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.DescribeRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.DescribeResponse.SerializeToString,
+            ),
+            'GetPolicy': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetPolicy,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.GetPolicyRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.GetPolicyResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -134,6 +152,33 @@ class NodeService:
             '/liaison.v1.NodeService/Describe',
             liaison_dot_v1_dot_node__pb2.DescribeRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.DescribeResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetPolicy(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/GetPolicy',
+            liaison_dot_v1_dot_node__pb2.GetPolicyRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.GetPolicyResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -69,19 +69,28 @@ class Query(_message.Message):
     def __init__(self, dataset: _Optional[str] = ..., operation: _Optional[_Union[Operation, str]] = ..., predicates: _Optional[_Iterable[_Union[Predicate, _Mapping]]] = ..., fields: _Optional[_Iterable[str]] = ..., group_by: _Optional[str] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class Requester(_message.Message):
-    __slots__ = ("agency", "subject", "roles", "issuer")
+    __slots__ = ("agency", "subject", "roles", "issuer", "attributes")
+    class AttributesEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: str
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[str] = ...) -> None: ...
     AGENCY_FIELD_NUMBER: _ClassVar[int]
     SUBJECT_FIELD_NUMBER: _ClassVar[int]
     ROLES_FIELD_NUMBER: _ClassVar[int]
     ISSUER_FIELD_NUMBER: _ClassVar[int]
+    ATTRIBUTES_FIELD_NUMBER: _ClassVar[int]
     agency: str
     subject: str
     roles: _containers.RepeatedScalarFieldContainer[str]
     issuer: str
-    def __init__(self, agency: _Optional[str] = ..., subject: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., issuer: _Optional[str] = ...) -> None: ...
+    attributes: _containers.ScalarMap[str, str]
+    def __init__(self, agency: _Optional[str] = ..., subject: _Optional[str] = ..., roles: _Optional[_Iterable[str]] = ..., issuer: _Optional[str] = ..., attributes: _Optional[_Mapping[str, str]] = ...) -> None: ...
 
 class QueryRequest(_message.Message):
-    __slots__ = ("query_id", "gateway_id", "issued_at_ms", "expires_at_ms", "nonce", "audience", "requester", "purpose", "case_ref", "catalog_version", "query")
+    __slots__ = ("query_id", "gateway_id", "issued_at_ms", "expires_at_ms", "nonce", "audience", "requester", "purpose", "case_ref", "catalog_version", "query", "legal_basis")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     GATEWAY_ID_FIELD_NUMBER: _ClassVar[int]
     ISSUED_AT_MS_FIELD_NUMBER: _ClassVar[int]
@@ -93,6 +102,7 @@ class QueryRequest(_message.Message):
     CASE_REF_FIELD_NUMBER: _ClassVar[int]
     CATALOG_VERSION_FIELD_NUMBER: _ClassVar[int]
     QUERY_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     gateway_id: str
     issued_at_ms: int
@@ -104,19 +114,22 @@ class QueryRequest(_message.Message):
     case_ref: str
     catalog_version: str
     query: Query
-    def __init__(self, query_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., audience: _Optional[_Iterable[str]] = ..., requester: _Optional[_Union[Requester, _Mapping]] = ..., purpose: _Optional[str] = ..., case_ref: _Optional[str] = ..., catalog_version: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ...) -> None: ...
+    legal_basis: str
+    def __init__(self, query_id: _Optional[str] = ..., gateway_id: _Optional[str] = ..., issued_at_ms: _Optional[int] = ..., expires_at_ms: _Optional[int] = ..., nonce: _Optional[bytes] = ..., audience: _Optional[_Iterable[str]] = ..., requester: _Optional[_Union[Requester, _Mapping]] = ..., purpose: _Optional[str] = ..., case_ref: _Optional[str] = ..., catalog_version: _Optional[str] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., legal_basis: _Optional[str] = ...) -> None: ...
 
 class Decision(_message.Message):
-    __slots__ = ("permitted", "rules", "reason", "obligations")
+    __slots__ = ("permitted", "rules", "reason", "obligations", "explanation")
     PERMITTED_FIELD_NUMBER: _ClassVar[int]
     RULES_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
     OBLIGATIONS_FIELD_NUMBER: _ClassVar[int]
+    EXPLANATION_FIELD_NUMBER: _ClassVar[int]
     permitted: bool
     rules: _containers.RepeatedScalarFieldContainer[str]
     reason: str
     obligations: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, permitted: _Optional[bool] = ..., rules: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., obligations: _Optional[_Iterable[str]] = ...) -> None: ...
+    explanation: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, permitted: _Optional[bool] = ..., rules: _Optional[_Iterable[str]] = ..., reason: _Optional[str] = ..., obligations: _Optional[_Iterable[str]] = ..., explanation: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Cell(_message.Message):
     __slots__ = ("present", "value")

@@ -1,0 +1,201 @@
+"""Running a permitted query read-only and applying the grant's obligations.
+
+Everything that shapes what leaves the node happens here, after SQL and
+before signing: field transforms, count suppression, count-by cells below
+the minimum, row caps, and the differencing guard.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import SQLAlchemyError
+
+from liaison.catalog import format_value
+from liaison.errors import BackendError, CatalogError, InvalidQuery
+from liaison.messages import Bucket, Count
+from liaison.query import Operation, Query
+from node import compile as sql
+from node.database import MappedDataset
+from node.differencing import GUARD_RULE, RecentAggregates
+from node.transforms import apply_transform
+from policies import Grant
+
+log = logging.getLogger("liaison.node")
+
+MAX_BUCKETS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """An obligation the node cannot meet for this query: the answer is a denial."""
+
+    rule: str
+    reason: str
+
+
+class Executor:
+    def __init__(
+        self,
+        *,
+        engine: Engine,
+        transform_secret: bytes,
+        maps: Mapping[str, Mapping[str, str]],
+        recent: RecentAggregates,
+        default_limit: int,
+    ) -> None:
+        self.engine = engine
+        self.transform_secret = transform_secret
+        self.maps = maps
+        self.recent = recent
+        self.default_limit = default_limit
+
+    def _formatter(self, mapped: MappedDataset, field: str, grant: Grant) -> Callable[[Any], str]:
+        ftype = mapped.dataset.field(field).type
+        transform = grant.transforms.get(field)
+        if transform is None:
+            return lambda v: format_value(ftype, v)
+        scope = f"{mapped.dataset.name}.{field}"
+
+        def formatted(value: Any) -> str:
+            return apply_transform(
+                transform,
+                format_value(ftype, value),
+                secret=self.transform_secret,
+                scope=scope,
+                maps=self.maps,
+            )
+
+        return formatted
+
+    def run(
+        self, mapped: MappedDataset, query: Query, grant: Grant, agency: str, now_ms: int
+    ) -> dict[str, Any] | Refusal:
+        op = query.operation
+        try:
+            with self.engine.connect() as conn:
+                if op is Operation.MATCH:
+                    hit = conn.execute(sql.compile_match(mapped, query, grant)).first()
+                    return {"hit": hit is not None}
+                if op in (Operation.COUNT, Operation.COUNT_BY) and grant.min_count > 0:
+                    refusal = self._differencing(conn, mapped, query, grant, agency, now_ms)
+                    if refusal is not None:
+                        return refusal
+                if op is Operation.COUNT:
+                    n = int(conn.execute(sql.compile_count(mapped, query, grant)).scalar_one())
+                    return {"count": _suppress(n, grant.min_count)}
+                if op is Operation.COUNT_BY:
+                    return self._count_by(conn, mapped, query, grant)
+                return self._records(conn, mapped, query, grant)
+        except SQLAlchemyError as exc:
+            log.error("database error", extra={"error": type(exc).__name__, "detail": str(exc)})
+            raise BackendError(
+                "the agency database could not answer; the node operator's log has details"
+            ) from exc
+
+    def _records(
+        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+    ) -> dict[str, Any]:
+        limit = min(query.limit or self.default_limit, grant.max_rows)
+        rows = conn.execute(sql.compile_records(mapped, query, grant, limit)).all()
+        formats = [self._formatter(mapped, f, grant) for f in grant.fields]
+        released = tuple(
+            tuple(None if v is None else fmt(v) for fmt, v in zip(formats, row, strict=True))
+            for row in rows[:limit]
+        )
+        return {
+            "fields": grant.fields,
+            "rows": released,
+            "withheld_fields": grant.withheld,
+            "truncated": len(rows) > limit,
+        }
+
+    def _cells(
+        self, rows: Any, mapped: MappedDataset, group_by: str | None, grant: Grant
+    ) -> dict[str | None, int]:
+        """Counts per (transformed) group key: a transform can merge groups."""
+        fmt = self._formatter(mapped, group_by, grant) if group_by else None
+        cells: dict[str | None, int] = defaultdict(int)
+        for row in rows:
+            if fmt is None:
+                cells[None] += int(row[0])
+            else:
+                key, n = row
+                cells[None if key is None else fmt(key)] += int(n)
+        return cells
+
+    def _tallies(
+        self, rows: Any, mapped: MappedDataset, group_by: str | None, grant: Grant
+    ) -> dict[str | None, tuple[int, int, int]]:
+        """(new, old, differing) per (transformed) group key."""
+        fmt = self._formatter(mapped, group_by, grant) if group_by else None
+        cells: dict[str | None, tuple[int, int, int]] = {}
+        for row in rows:
+            if fmt is None:
+                key, counts = None, row
+            else:
+                key, counts = (None if row[0] is None else fmt(row[0])), row[1:]
+            a, b, c = cells.get(key, (0, 0, 0))
+            cells[key] = (a + int(counts[0] or 0), b + int(counts[1] or 0), c + int(counts[2] or 0))
+        return cells
+
+    def _count_by(
+        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+    ) -> dict[str, Any]:
+        raw = conn.execute(sql.compile_count_by(mapped, query, grant))
+        cells = self._cells(raw, mapped, query.group_by, grant)
+        # Same order on every database: biggest first, then the absent key, then by key.
+        ordered = sorted(cells.items(), key=lambda kv: (-kv[1], kv[0] is not None, kv[0] or ""))
+        buckets = [Bucket(k, n) for k, n in ordered if n >= grant.min_count]
+        cap = min(grant.max_rows, MAX_BUCKETS)
+        return {
+            "buckets": tuple(buckets[:cap]),
+            "buckets_suppressed": len(buckets) < len(ordered),
+            "bucket_minimum": grant.min_count,
+            "truncated": len(buckets) > cap,
+        }
+
+    def _differencing(
+        self,
+        conn: sa.Connection,
+        mapped: MappedDataset,
+        query: Query,
+        grant: Grant,
+        agency: str,
+        now_ms: int,
+    ) -> Refusal | None:
+        conditions = sql.conditions_of(query, grant)
+        group_by = query.group_by if query.operation is Operation.COUNT_BY else None
+        for old in self.recent.recent(agency, mapped.dataset.name, now_ms):
+            if self.recent.same(old, conditions):
+                continue
+            try:
+                statement = sql.compile_difference(mapped, conditions, old, group_by)
+            except (InvalidQuery, CatalogError):
+                continue  # remembered under an older mapping or catalog; cannot be compared
+            for n_new, n_old, n_differ in self._tallies(
+                conn.execute(statement), mapped, group_by, grant
+            ).values():
+                # Only two exact counts can be subtracted: a suppressed one cannot.
+                exact = n_new >= grant.min_count and n_old >= grant.min_count
+                if exact and 0 < n_differ < grant.min_count:
+                    return Refusal(
+                        GUARD_RULE,
+                        "this count differs from one your agency asked recently by fewer than "
+                        f"{grant.min_count} records, which could single out individuals; ask a "
+                        "broader question",
+                    )
+        self.recent.remember(agency, mapped.dataset.name, conditions, now_ms)
+        return None
+
+
+def _suppress(n: int, minimum: int) -> Count:
+    if n < minimum:
+        return Count(0, below_minimum=True, minimum=minimum)
+    return Count(n, minimum=minimum)

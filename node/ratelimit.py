@@ -1,0 +1,84 @@
+"""Rate limits of permits, per investigator and per agency, kept durably.
+
+A query's cost is the number of selector values it carries (an ``in`` with
+50 hashes costs 50), so splitting one large query into many small ones, or
+folding many into one, costs the same.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+
+from liaison.messages import Requester
+from policies.model import RateLimit, RateScope
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS usage (
+    rule_id TEXT NOT NULL,
+    scope_key TEXT NOT NULL,
+    at_ms INTEGER NOT NULL,
+    cost INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS usage_by_key ON usage (rule_id, scope_key, at_ms);
+"""
+
+
+def scope_key(limit: RateLimit, requester: Requester) -> str:
+    if limit.scope is RateScope.INVESTIGATOR:
+        return f"investigator:{requester.issuer}\x00{requester.subject}"
+    return f"agency:{requester.agency}"
+
+
+class RateLedger:
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode = WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def charge(
+        self,
+        rule_id: str,
+        limits: tuple[RateLimit, ...],
+        requester: Requester,
+        cost: int,
+        now_ms: int,
+    ) -> str:
+        """Record ``cost`` against every limit; return "" or why a limit would be exceeded.
+
+        Nothing is recorded when any limit would be exceeded.
+        """
+        if not limits:
+            return ""
+        with self._lock:
+            for limit in limits:
+                key = scope_key(limit, requester)
+                (used,) = self._db.execute(
+                    "SELECT COALESCE(SUM(cost), 0) FROM usage "
+                    "WHERE rule_id = ? AND scope_key = ? AND at_ms > ?",
+                    (rule_id, key, now_ms - limit.window_s * 1000),
+                ).fetchone()
+                if used + cost > limit.amount:
+                    return (
+                        f"rate limit of rule {rule_id} reached: {limit} "
+                        f"({used} used, this query costs {cost}); try again later"
+                    )
+            self._db.execute("BEGIN")
+            for limit in limits:
+                self._db.execute(
+                    "INSERT INTO usage (rule_id, scope_key, at_ms, cost) VALUES (?, ?, ?, ?)",
+                    (rule_id, scope_key(limit, requester), now_ms, cost),
+                )
+            self._db.execute("COMMIT")
+            return ""
+
+    def purge(self, before_ms: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM usage WHERE at_ms < ?", (before_ms,))
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
