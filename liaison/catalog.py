@@ -185,6 +185,7 @@ CATALOG_V1 = Catalog(
                 _f("first_seen", FieldType.DATE, "Date the agency first saw the file"),
                 _f("case_ref", FieldType.TEXT, "Agency case reference"),
                 _f("victim_identified", FieldType.BOOL, "Whether the victim is identified"),
+                _f("shareable", FieldType.BOOL, "Whether the agency marked it shareable"),
             ),
         ),
         Dataset(
@@ -198,6 +199,7 @@ CATALOG_V1 = Catalog(
                 _f("first_seen", FieldType.DATE, "First activity seen"),
                 _f("last_seen", FieldType.DATE, "Last activity seen"),
                 _f("case_ref", FieldType.TEXT, "Agency case reference"),
+                _f("shareable", FieldType.BOOL, "Whether the agency marked it shareable"),
             ),
         ),
         Dataset(

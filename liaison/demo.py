@@ -80,7 +80,7 @@ def demo_queries(p: Probes) -> list[DemoQuery]:
             ),
         ),
         DemoQuery(
-            "3. Who knows this e-mail address? (account lookup)",
+            "3. Who knows this e-mail address? (account lookup, citing a legal basis)",
             SearchInput(
                 q(
                     dataset="accounts",
@@ -90,10 +90,11 @@ def demo_queries(p: Probes) -> list[DemoQuery]:
                 ),
                 "offender-identification",
                 CASE_REF,
+                legal_basis="eu-2016-680-art-8",
             ),
         ),
         DemoQuery(
-            "4. How many known files per category? (statistics, small groups hidden)",
+            "4. How many known files per category? (statistics: generalised, small groups hidden)",
             SearchInput(
                 q(dataset="media", operation=Operation.COUNT_BY, group_by="category"),
                 "statistics",
@@ -185,6 +186,9 @@ def running_federation(
                 stop_service(svc)
 
 
+DEMO_ATTRIBUTES = {"clearance": "secret", "unit": "victim-identification"}
+
+
 def investigator_token(
     root: Path, subject: str = "inv.alice", roles: tuple[str, ...] = ("investigator",)
 ) -> str:
@@ -197,6 +201,7 @@ def investigator_token(
         subject=subject,
         roles=roles,
         ttl_s=8 * 3600,
+        attributes=DEMO_ATTRIBUTES,
     )
 
 

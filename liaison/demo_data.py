@@ -57,6 +57,7 @@ def _ruritania() -> DemoAgency:
         sa.Column("seen_first", sa.Date),
         sa.Column("dossier", sa.String(32)),
         sa.Column("victim_known", sa.Boolean),
+        sa.Column("releasable", sa.Boolean),
     )
     accounts = sa.Table(
         "online_ids",
@@ -69,6 +70,7 @@ def _ruritania() -> DemoAgency:
         sa.Column("seen_from", sa.Date),
         sa.Column("seen_to", sa.Date),
         sa.Column("dossier", sa.String(32)),
+        sa.Column("releasable", sa.Boolean),
     )
     cases = sa.Table(
         "dossiers",
@@ -95,6 +97,7 @@ def _ruritania() -> DemoAgency:
                     "first_seen": "seen_first",
                     "case_ref": "dossier",
                     "victim_identified": "victim_known",
+                    "shareable": "releasable",
                 },
             ),
             LocalTable(
@@ -108,6 +111,7 @@ def _ruritania() -> DemoAgency:
                     "first_seen": "seen_from",
                     "last_seen": "seen_to",
                     "case_ref": "dossier",
+                    "shareable": "releasable",
                 },
             ),
             LocalTable(
@@ -140,6 +144,7 @@ def _freedonia() -> DemoAgency:
         sa.Column("first_observed", sa.String(10)),
         sa.Column("case_number", sa.String(32)),
         sa.Column("victim_identified", sa.Integer),
+        sa.Column("share_flag", sa.Integer),
     )
     accounts = sa.Table(
         "accounts_seen",
@@ -152,6 +157,7 @@ def _freedonia() -> DemoAgency:
         sa.Column("first_activity", sa.String(10)),
         sa.Column("last_activity", sa.String(10)),
         sa.Column("case_number", sa.String(32)),
+        sa.Column("share_flag", sa.Integer),
     )
     cases = sa.Table(
         "investigations",
@@ -178,6 +184,7 @@ def _freedonia() -> DemoAgency:
                     "first_seen": "first_observed",
                     "case_ref": "case_number",
                     "victim_identified": "victim_identified",
+                    "shareable": "share_flag",
                 },
             ),
             LocalTable(
@@ -191,6 +198,7 @@ def _freedonia() -> DemoAgency:
                     "first_seen": "first_activity",
                     "last_seen": "last_activity",
                     "case_ref": "case_number",
+                    "shareable": "share_flag",
                 },
             ),
             LocalTable(
@@ -222,6 +230,7 @@ def _sylvania() -> DemoAgency:
         sa.Column("added", sa.Date),
         sa.Column("ref", sa.String(32)),
         sa.Column("vid", sa.Boolean),
+        sa.Column("ok_to_share", sa.Boolean),
     )
     accounts = sa.Table(
         "subjects_online",
@@ -234,6 +243,7 @@ def _sylvania() -> DemoAgency:
         sa.Column("first_seen", sa.Date),
         sa.Column("last_seen", sa.Date),
         sa.Column("ref", sa.String(32)),
+        sa.Column("ok_to_share", sa.Boolean),
     )
     return DemoAgency(
         "sylvania",
@@ -249,6 +259,7 @@ def _sylvania() -> DemoAgency:
                     "first_seen": "added",
                     "case_ref": "ref",
                     "victim_identified": "vid",
+                    "shareable": "ok_to_share",
                 },
             ),
             LocalTable(
@@ -262,6 +273,7 @@ def _sylvania() -> DemoAgency:
                     "first_seen": "first_seen",
                     "last_seen": "last_seen",
                     "case_ref": "ref",
+                    "shareable": "ok_to_share",
                 },
             ),
         ),
@@ -373,7 +385,7 @@ def populate(
                 _Media(_hex(rng, 256), _hex(rng, 128), _hex(rng, 256))
                 for _ in range(media - len(picked_media))
             ]
-            for m in items:
+            for i, m in enumerate(items):
                 out.append(
                     {
                         "sha256": m.sha256,
@@ -383,11 +395,13 @@ def populate(
                         "first_seen": _date(rng),
                         "case_ref": rng.choice(case_refs),
                         "victim_identified": rng.random() < 0.3,
+                        # The demo's probe (first item) is shareable, so query 2 shows it.
+                        "shareable": i == 0 or rng.random() < 0.85,
                     }
                 )
         elif dataset == "accounts":
             own = _shared_pools(seed * 7919 + index, 0, accounts - len(picked_accounts))[1]
-            for a in picked_accounts + own:
+            for i, a in enumerate(picked_accounts + own):
                 first = _date(rng)
                 out.append(
                     {
@@ -398,6 +412,7 @@ def populate(
                         "first_seen": first,
                         "last_seen": first + dt.timedelta(days=rng.randrange(0, 400)),
                         "case_ref": rng.choice(case_refs),
+                        "shareable": i == 0 or rng.random() < 0.85,
                     }
                 )
         else:

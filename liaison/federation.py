@@ -10,6 +10,8 @@ Layout (every path inside the configs is relative, so the folder can move):
 from __future__ import annotations
 
 import json
+import os
+import secrets
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +55,14 @@ class NodeLayout:
 PKI_DIR = "pki"
 
 
+def write_secret(path: Path) -> None:
+    """32 random bytes in hex, owner-only."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secrets.token_hex(32) + "\n")
+
+
 def write_pki(root: Path, node_ids: Sequence[str]) -> None:
     """A development CA and certificates for the gateway and every node (mutual TLS)."""
     from liaison.tls import write_dev_pki
@@ -65,6 +75,7 @@ def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = Fals
     folder = layout.folder
     folder.mkdir(parents=True, exist_ok=True)
     SigningKey.generate().write(folder / "node.key", folder / "node.pub")
+    write_secret(folder / "transform.key")
     (folder / "policy.toml").write_text(layout.policy_text)
     gw_rel = Path("..", "..", gateway_public_key.relative_to(folder.parent.parent))
     lines = [
@@ -75,6 +86,8 @@ def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = Fals
         f"database_url = {_toml_str(layout.database_url)}",
         'policy = "policy.toml"',
         'signing_key = "node.key"',
+        "# The node's own secret for keyed-hash transforms: never share it.",
+        'transform_key = "transform.key"',
         'state_dir = "state"',
         "",
         "[[trusted_gateway]]",

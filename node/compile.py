@@ -108,7 +108,9 @@ def compile_difference(
     where = sa.or_(a, b)
     if group_by is None:
         return sa.select(*counts).select_from(mapped.table).where(where)
-    column = mapped.columns[group_by]
+    column = mapped.columns.get(group_by)
+    if column is None:
+        raise InvalidQuery(f"this node does not hold field {group_by!r}")
     return sa.select(column.label("key"), *counts).where(where).group_by(column)
 
 

@@ -78,6 +78,8 @@ class Executor:
         self, mapped: MappedDataset, query: Query, grant: Grant, agency: str, now_ms: int
     ) -> dict[str, Any] | Refusal:
         op = query.operation
+        if op is Operation.COUNT_BY and query.group_by not in mapped.columns:
+            raise InvalidQuery(f"this node does not hold field {query.group_by!r}")
         try:
             with self.engine.connect() as conn:
                 if op is Operation.MATCH:

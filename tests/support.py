@@ -20,6 +20,7 @@ from gateway.search import GatewayCore
 from gateway.server import build_gateway, start_gateway_server
 from liaison.catalog import CATALOG_V1, CATALOG_VERSION
 from liaison.config import load_gateway_config, load_node_config
+from liaison.demo import DEMO_ATTRIBUTES
 from liaison.envelope import REQUEST_TYPE, Envelope, seal
 from liaison.federation import AUDIENCE, GATEWAY_ID
 from liaison.keys import SigningKey
@@ -32,7 +33,9 @@ from node.server import build_node, start_node_server
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
-INVESTIGATOR = Requester("genovia", "inv.alice", ("investigator",), dev_issuer("genovia"))
+INVESTIGATOR = Requester(
+    "genovia", "inv.alice", ("investigator",), dev_issuer("genovia"), DEMO_ATTRIBUTES
+)
 
 
 def now_ms() -> int:
@@ -165,5 +168,6 @@ def investigator_token(
         subject=subject,
         roles=roles,
         ttl_s=ttl_s,
+        attributes=kwargs.pop("attributes", DEMO_ATTRIBUTES),
         **kwargs,
     )

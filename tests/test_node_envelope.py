@@ -87,6 +87,7 @@ def sha256_match(value: str) -> Query:
 
 
 def request_for(query: Query | None = None, **overrides: Any) -> QueryRequest:
+    overrides.setdefault("legal_basis", "eu-2016-680-art-8")
     return make_request(
         query or sha256_match(probes().shared_sha256), audience=(NODE_ID,), **overrides
     )
