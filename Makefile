@@ -57,6 +57,7 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m liaison.bench
+	$(PY) -m liaison.bench_policy
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis

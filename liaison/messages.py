@@ -123,3 +123,20 @@ class SearchResult:
     query_id: str
     query: Query
     results: tuple[NodeResult, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DryRunNodeResult:
+    """What one node's published policy would decide, without asking its data."""
+
+    node_id: str
+    # None when the policy could not be had; ``detail`` says why.
+    decision: Decision | None
+    policy_sha256: str = ""
+    detail: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class DryRunResult:
+    query: Query
+    results: tuple[DryRunNodeResult, ...]
