@@ -50,7 +50,9 @@ _COMMON_KEYS = {
     *_SCOPE_KEYS,
 }
 MAX_ROWS_CEILING = 10_000
-RESERVED_RULE_IDS = frozenset({DEFAULT_DENY, EVALUATION_ERROR, "dataset-not-offered"})
+RESERVED_RULE_IDS = frozenset(
+    {DEFAULT_DENY, EVALUATION_ERROR, "dataset-not-offered", "differencing-guard"}
+)
 
 
 def load_policy(path: Path, catalog: Catalog) -> Policy:
