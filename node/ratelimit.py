@@ -36,6 +36,10 @@ class RateLedger:
         path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
+        # NORMAL in WAL mode survives a process crash; a power cut may lose the
+        # last moments of usage, which errs towards the requester, never
+        # towards releasing data. The replay guard, which must not err, keeps FULL.
+        self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
         self._lock = threading.Lock()
 
