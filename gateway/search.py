@@ -7,6 +7,7 @@ import logging
 import os
 import time
 import uuid
+from dataclasses import dataclass
 
 import grpc
 
@@ -25,7 +26,7 @@ from liaison.messages import (
     SearchInput,
     SearchResult,
 )
-from liaison.query import validate_case_ref, validate_legal_basis, validate_query
+from liaison.query import Query, validate_case_ref, validate_legal_basis, validate_query
 from liaison.wire import request_to_bytes
 
 log = logging.getLogger("liaison.gateway")
@@ -33,6 +34,18 @@ log = logging.getLogger("liaison.gateway")
 # Nodes accept a request until its expiry; a small margin past the fan-out
 # deadline lets a retry that started in time still be answered.
 EXPIRY_MARGIN_MS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class CheckedSearch:
+    """A search that passed every gateway check, in canonical form."""
+
+    query: Query
+    purpose: str
+    case_ref: str
+    legal_basis: str
+    targets: tuple[str, ...]
+    deadline_ms: int
 
 
 class GatewayCore:
@@ -53,8 +66,8 @@ class GatewayCore:
         self.default_deadline_ms = default_deadline_ms
         self.max_deadline_ms = max_deadline_ms
 
-    def build_request(self, requester: Requester, search: SearchInput) -> QueryRequest:
-        """Validate ``search`` and turn it into the request every target node will verify."""
+    def check_search(self, search: SearchInput) -> CheckedSearch:
+        """Validate ``search`` against the catalog and this federation; raise on anything wrong."""
         query = validate_query(search.query, self.catalog)
         if not search.purpose:
             raise InvalidQuery(
@@ -79,20 +92,25 @@ class GatewayCore:
         deadline = search.deadline_ms or self.default_deadline_ms
         if not 1 <= deadline <= self.max_deadline_ms:
             raise InvalidQuery(f"deadline must be between 1 and {self.max_deadline_ms} ms")
+        return CheckedSearch(query, search.purpose, case_ref, legal_basis, targets, deadline)
+
+    def build_request(self, requester: Requester, search: SearchInput) -> QueryRequest:
+        """Validate ``search`` and turn it into the request every target node will verify."""
+        checked = self.check_search(search)
         issued = time.time_ns() // 1_000_000
         return QueryRequest(
             query_id=str(uuid.uuid4()),
             gateway_id=self.gateway_id,
             issued_at_ms=issued,
-            expires_at_ms=issued + deadline + EXPIRY_MARGIN_MS,
+            expires_at_ms=issued + checked.deadline_ms + EXPIRY_MARGIN_MS,
             nonce=os.urandom(16),
-            audience=targets,
+            audience=checked.targets,
             requester=requester,
-            purpose=search.purpose,
-            case_ref=case_ref,
+            purpose=checked.purpose,
+            case_ref=checked.case_ref,
             catalog_version=self.catalog.version,
-            query=query,
-            legal_basis=legal_basis,
+            query=checked.query,
+            legal_basis=checked.legal_basis,
         )
 
     async def search(self, requester: Requester, search: SearchInput) -> SearchResult:

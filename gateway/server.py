@@ -10,6 +10,7 @@ from pathlib import Path
 import grpc
 
 from gateway.auth import TokenVerifier
+from gateway.dryrun import DryRunner
 from gateway.fanout import FanOut, NodeLink
 from gateway.search import GatewayCore
 from gateway.service import GatewayServicer
@@ -50,10 +51,17 @@ def build_gateway(
 
 
 async def start_gateway_server(
-    core: GatewayCore, verifier: TokenVerifier, listen: str, tls: TlsFiles | None = None
+    core: GatewayCore,
+    verifier: TokenVerifier,
+    listen: str,
+    tls: TlsFiles | None = None,
+    *,
+    dry_runner: DryRunner | None = None,
 ) -> tuple[grpc.aio.Server, int]:
+    """Serve ``core``; ``dry_runner`` defaults to one caching policies for a minute."""
     server = grpc.aio.server(options=SERVER_OPTIONS)
-    pb_gateway_grpc.add_GatewayServiceServicer_to_server(GatewayServicer(core, verifier), server)
+    servicer = GatewayServicer(core, verifier, dry_runner)
+    pb_gateway_grpc.add_GatewayServiceServicer_to_server(servicer, server)
     await add_health_and_reflection_aio(server, [SERVICE_NAME])
     port = bind(server, listen, tls)
     await server.start()

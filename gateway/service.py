@@ -7,9 +7,15 @@ import logging
 import grpc
 
 from gateway.auth import TokenVerifier
+from gateway.dryrun import DryRunner
 from gateway.search import GatewayCore
 from liaison.grpc_errors import status_for
-from liaison.wire import search_from_proto, search_result_to_proto
+from liaison.wire import (
+    dry_run_request_from_proto,
+    dry_run_result_to_proto,
+    search_from_proto,
+    search_result_to_proto,
+)
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 
@@ -26,9 +32,12 @@ def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | Non
 
 
 class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[misc]  # generated base is untyped
-    def __init__(self, core: GatewayCore, verifier: TokenVerifier) -> None:
+    def __init__(
+        self, core: GatewayCore, verifier: TokenVerifier, dry_runner: DryRunner | None = None
+    ) -> None:
         self.core = core
         self.verifier = verifier
+        self.dry_runner = dry_runner or DryRunner(core)
 
     async def Search(
         self,
@@ -61,3 +70,16 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
                 for link in sorted(self.core.fanout.links.values(), key=lambda x: x.node_id)
             ]
         )
+
+    async def DryRun(
+        self,
+        request: pb_gateway.DryRunRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb_gateway.DryRunResponse:
+        try:
+            requester = self.verifier.verify(bearer_token(context))
+            result = await self.dry_runner.run(requester, dry_run_request_from_proto(request))
+        except Exception as exc:
+            code, message = status_for(exc, log)
+            await context.abort(code, message)
+        return dry_run_result_to_proto(result)

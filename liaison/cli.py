@@ -8,13 +8,19 @@ commands that need them.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from liaison import __version__
 from liaison.errors import LiaisonError
 from liaison.query import MAX_LIMIT, Comparator, Operation, Predicate, Query
+
+if TYPE_CHECKING:
+    from policies.analysis import Finding, NodeMapping
+    from policies.model import Policy
 
 EXIT_USAGE = 2
 EXIT_ERROR = 1
@@ -42,6 +48,102 @@ def _bounded(lo: int, hi: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _add_query_shape(p: argparse.ArgumentParser, *, limit: bool = True) -> None:
+    """The dataset, operation, predicates (and limit) of a query: `query`, `policy explain`."""
+    p.add_argument("dataset", help="media, accounts or cases")
+    ops = p.add_mutually_exclusive_group(required=True)
+    ops.add_argument("--match", action="store_true", help="hit/no-hit only")
+    ops.add_argument("--count", action="store_true", help="number of matching records")
+    ops.add_argument("--count-by", metavar="FIELD", help="number of records per value of FIELD")
+    ops.add_argument("--fields", help="comma-separated fields to return")
+    p.add_argument(
+        "--where",
+        action="append",
+        default=[],
+        metavar="COND",
+        help="FIELD=VALUE, FIELD>=VALUE or FIELD<=VALUE (repeat to AND)",
+    )
+    p.add_argument(
+        "--any",
+        action="append",
+        default=[],
+        metavar="FIELD=V1,V2",
+        help="FIELD is one of the comma-separated values",
+    )
+    if limit:
+        p.add_argument(
+            "--limit",
+            type=_bounded(0, MAX_LIMIT),
+            default=0,
+            help=f"maximum records per agency (1..{MAX_LIMIT}; default: each node's)",
+        )
+
+
+def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser("policy", help="check, explain and test a node's policy before deploying it")
+    inner = p.add_subparsers(dest="action", required=True)
+
+    c = inner.add_parser(
+        "check",
+        help="validate a policy against the catalog and warn about rules that cannot work",
+        description="Exit status: 0 when the policy loads (and, with --strict, has no "
+        "warnings); 1 otherwise.",
+    )
+    c.add_argument("file", type=Path, help="the policy (TOML)")
+    c.add_argument(
+        "--node-config",
+        type=Path,
+        metavar="NODE_TOML",
+        help="also check the policy against this node's dataset mappings",
+    )
+    c.add_argument("--strict", action="store_true", help="fail (exit 1) on warnings too")
+    c.add_argument("--json", action="store_true", help="print JSON")
+
+    e = inner.add_parser(
+        "explain",
+        help="decide one request under a policy and show every rule's part in it",
+        description="Decides as the node would, from the policy alone: no data is read.",
+    )
+    e.add_argument("file", type=Path, help="the policy (TOML)")
+    _add_query_shape(e, limit=False)
+    e.set_defaults(limit=0)  # a decision does not depend on the limit
+    e.add_argument("--agency", required=True, help="the requesting agency's id")
+    e.add_argument(
+        "--role",
+        action="append",
+        default=[],
+        required=True,
+        metavar="ROLE",
+        help="the investigator's role (repeat, or separate with commas)",
+    )
+    e.add_argument(
+        "--attr",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="an attribute of the investigator's token, e.g. clearance=secret (repeatable)",
+    )
+    e.add_argument("--purpose", required=True, help="e.g. csam-investigation")
+    e.add_argument("--case-ref", required=True, help="the case reference")
+    e.add_argument("--legal-basis", default="", help="the legal basis cited, if any")
+    e.add_argument("--json", action="store_true", help="print JSON")
+
+    t = inner.add_parser(
+        "test",
+        help="run the policy's test cases (expected decisions and released fields)",
+        description="Exit status: 0 when every case passes; 1 when one fails or a file "
+        "is malformed.",
+    )
+    t.add_argument("file", type=Path, help="the policy (TOML)")
+    t.add_argument(
+        "cases",
+        type=Path,
+        nargs="?",
+        help="the cases (TOML; default: the policy's name with .cases.toml)",
+    )
+    t.add_argument("--json", action="store_true", help="print JSON")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -93,34 +195,20 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
 
     p = sub.add_parser("query", help="ask the federation through a gateway")
-    p.add_argument("dataset", help="media, accounts or cases")
-    ops = p.add_mutually_exclusive_group(required=True)
-    ops.add_argument("--match", action="store_true", help="hit/no-hit only")
-    ops.add_argument("--count", action="store_true", help="number of matching records")
-    ops.add_argument("--count-by", metavar="FIELD", help="number of records per value of FIELD")
-    ops.add_argument("--fields", help="comma-separated fields to return")
-    p.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="COND",
-        help="FIELD=VALUE, FIELD>=VALUE or FIELD<=VALUE (repeat to AND)",
-    )
-    p.add_argument(
-        "--any",
-        action="append",
-        default=[],
-        metavar="FIELD=V1,V2",
-        help="FIELD is one of the comma-separated values",
-    )
-    p.add_argument(
-        "--limit",
-        type=_bounded(0, MAX_LIMIT),
-        default=0,
-        help=f"maximum records per agency (1..{MAX_LIMIT}; default: each node's)",
-    )
+    _add_query_shape(p)
     p.add_argument("--purpose", required=True, help="e.g. csam-investigation")
     p.add_argument("--case-ref", required=True, help="your case reference")
+    p.add_argument(
+        "--legal-basis",
+        default="",
+        help="the legal basis you cite, where a node's policy requires one "
+        "(e.g. eu-2016-680-art-8)",
+    )
+    p.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="show what each node's policy would decide, without reading or releasing any data",
+    )
     p.add_argument("--nodes", help="comma-separated agencies to ask (default: all)")
     p.add_argument(
         "--deadline-ms",
@@ -138,6 +226,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--federation", type=Path, help="a demo folder: take gateway address and token from it"
     )
     p.add_argument("--json", action="store_true", help="print JSON")
+
+    _add_policy(sub)
 
     p = sub.add_parser("demo", help="run a whole federation on this machine and query it")
     p.add_argument("--workdir", type=Path, help="keep the federation in this folder")
@@ -219,13 +309,155 @@ def _cmd_query(args: argparse.Namespace) -> int:
         case_ref=args.case_ref,
         nodes=tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip()),
         deadline_ms=args.deadline_ms,
+        legal_basis=args.legal_basis,
     )
+    if args.dry_run:
+        dry = client.dry_run(gateway, token, search_input, tls_ca=args.tls_ca)
+        if args.json:
+            print(render.to_json(render.dry_run_to_dict(dry)))
+        else:
+            print(render.render_dry_run(dry, args.purpose, args.case_ref))
+        return 0
     result = client.search(gateway, token, search_input, tls_ca=args.tls_ca)
     if args.json:
         print(render.to_json(render.result_to_dict(result)))
     else:
         print(render.render_result(result, args.purpose, args.case_ref))
     return 0
+
+
+def _cmd_policy(args: argparse.Namespace) -> int:
+    if args.action == "check":
+        return _policy_check(args)
+    if args.action == "explain":
+        return _policy_explain(args)
+    return _policy_test(args)
+
+
+def _policy_check(args: argparse.Namespace) -> int:
+    from liaison import render
+    from liaison.catalog import CATALOG_V1
+    from liaison.config import load_node_config
+    from policies.analysis import NodeMapping, Severity
+
+    node = None
+    if args.node_config is not None:
+        node = NodeMapping.from_config(load_node_config(args.node_config, CATALOG_V1))
+    policy, findings = _check_policy_file(args.file, node)
+    if args.json:
+        report = render.findings_to_dict(args.file, policy, findings, strict=args.strict)
+        print(render.to_json(report))
+    else:
+        print(render.render_findings(args.file, policy, findings))
+    failing = {Severity.ERROR, Severity.WARNING} if args.strict else {Severity.ERROR}
+    return EXIT_ERROR if any(f.severity in failing for f in findings) else 0
+
+
+def _check_policy_file(
+    path: Path, node: NodeMapping | None
+) -> tuple[Policy | None, tuple[Finding, ...]]:
+    """The loaded policy (None if it does not load) and every finding about it."""
+    import tomllib
+
+    from liaison.catalog import CATALOG_V1
+    from liaison.errors import PolicyError
+    from policies import load_policy
+    from policies.analysis import Finding, Kind, Severity, analyse, policy_errors
+
+    try:
+        policy = load_policy(path, CATALOG_V1)
+    except PolicyError as exc:
+        # Unreadable or not TOML: one error says it all. Otherwise list every
+        # problem, not only the first one the loader met.
+        try:
+            document = tomllib.loads(path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+            raise exc from None
+        return None, policy_errors(document, CATALOG_V1)
+    findings = analyse(policy, node)
+    if node is not None and Path(node.policy_file).resolve() != path.resolve():
+        note = Finding(
+            Severity.NOTE,
+            Kind.OTHER_POLICY,
+            "",
+            f"the node config loads {node.policy_file}, not this file; this file was checked "
+            "against its mappings all the same",
+        )
+        findings += (note,)
+    return policy, findings
+
+
+def _split(values: list[str]) -> tuple[str, ...]:
+    return tuple(
+        dict.fromkeys(v.strip() for value in values for v in value.split(",") if v.strip())
+    )
+
+
+def _policy_explain(args: argparse.Namespace) -> int:
+    from liaison import render
+    from liaison.catalog import CATALOG_V1
+    from liaison.errors import CatalogError
+    from liaison.messages import Requester
+    from liaison.query import validate_case_ref, validate_legal_basis, validate_query
+    from policies import load_policy
+    from policies.analysis import explain
+
+    policy = load_policy(args.file, CATALOG_V1)
+    roles = _split(args.role)
+    if not roles:
+        raise LiaisonError("--role needs at least one role")
+    attributes: dict[str, str] = {}
+    for item in args.attr:
+        name, sep, value = item.partition("=")
+        if not sep or not name.strip():
+            raise LiaisonError(f"--attr {item!r}: write NAME=VALUE, e.g. clearance=secret")
+        attributes[name.strip()] = value.strip()
+    try:
+        CATALOG_V1.check_purpose(args.purpose)
+    except CatalogError as exc:
+        raise LiaisonError(f"--purpose: {exc}") from exc
+    query = validate_query(_query_from_args(args), CATALOG_V1)
+    case_ref = validate_case_ref(args.case_ref)
+    legal_basis = validate_legal_basis(args.legal_basis)
+    requester = Requester(args.agency, "policy-explain", roles, "", attributes)
+    explanation = explain(
+        policy, requester, args.purpose, query, case_ref=case_ref, legal_basis=legal_basis
+    )
+    context = {
+        "purpose": args.purpose,
+        "case_ref": case_ref,
+        "legal_basis": legal_basis,
+        "query": query,
+        "agency": args.agency,
+        "roles": roles,
+        "attributes": attributes,
+    }
+    if args.json:
+        print(render.to_json(render.explanation_to_dict(explanation, **context)))
+    else:
+        print(render.render_explanation(explanation, **context))
+    return 0
+
+
+def _policy_test(args: argparse.Namespace) -> int:
+    from liaison import render
+    from liaison.catalog import CATALOG_V1
+    from policies import load_policy
+    from policies.cases import CaseFileError, cases_path_for, load_cases, run_cases
+
+    policy = load_policy(args.file, CATALOG_V1)
+    cases_path = args.cases or cases_path_for(args.file)
+    if args.cases is None and not cases_path.exists():
+        raise CaseFileError(
+            f"no policy tests found: expected {cases_path} beside the policy; "
+            "write one or name the cases file"
+        )
+    results = run_cases(policy, load_cases(cases_path, CATALOG_V1))
+    if args.json:
+        print(render.to_json(render.case_results_to_dict(args.file, cases_path, results)))
+    else:
+        print(render.render_case_results(args.file, cases_path, results))
+    return 0 if all(r.passed for r in results) else EXIT_ERROR
 
 
 def _cmd_token(args: argparse.Namespace) -> int:
@@ -304,6 +536,7 @@ COMMANDS = {
     "gateway": _cmd_serve,
     "token": _cmd_token,
     "query": _cmd_query,
+    "policy": _cmd_policy,
     "demo": _cmd_demo,
 }
 
@@ -317,3 +550,8 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_ERROR
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # The reader (`| head`) went away: not an error worth a traceback.
+        # Point stdout at /dev/null so the interpreter's final flush is quiet.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141

@@ -1,4 +1,4 @@
-"""The investigator's side: one federated search through a gateway."""
+"""The investigator's side: one federated search, or its dry run, through a gateway."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ from pathlib import Path
 import grpc
 
 from liaison.errors import AuthenticationError, ConfigError, InvalidQuery, LiaisonError
-from liaison.messages import SearchInput, SearchResult
+from liaison.messages import DryRunResult, SearchInput, SearchResult
 from liaison.serving import CHANNEL_OPTIONS
-from liaison.wire import search_result_from_proto, search_to_proto
+from liaison.wire import (
+    dry_run_request_to_proto,
+    dry_run_result_from_proto,
+    search_result_from_proto,
+    search_to_proto,
+)
+from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 
 
@@ -27,6 +33,21 @@ def _channel(address: str, tls_ca: Path | None) -> grpc.Channel:
     return grpc.secure_channel(
         address, grpc.ssl_channel_credentials(root_certificates=ca), options=CHANNEL_OPTIONS
     )
+
+
+def _refused(exc: grpc.RpcError, address: str, what: str) -> LiaisonError:
+    """The Liaison error for a gateway's refusal of ``what`` ("search", "dry run")."""
+    code = exc.code()
+    detail = exc.details() or ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(detail)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return InvalidQuery(detail)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return GatewayUnavailable(
+            f"gateway at {address} is not answering ({code.name}); is it running?"
+        )
+    return LiaisonError(f"gateway refused the {what} ({code.name}): {detail}")
 
 
 def search(
@@ -49,15 +70,30 @@ def search(
                 timeout=timeout_s,
             )
         except grpc.RpcError as exc:
-            code = exc.code()
-            detail = exc.details() or ""
-            if code == grpc.StatusCode.UNAUTHENTICATED:
-                raise AuthenticationError(detail) from exc
-            if code == grpc.StatusCode.INVALID_ARGUMENT:
-                raise InvalidQuery(detail) from exc
-            if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-                raise GatewayUnavailable(
-                    f"gateway at {address} is not answering ({code.name}); is it running?"
-                ) from exc
-            raise LiaisonError(f"gateway refused the search ({code.name}): {detail}") from exc
+            raise _refused(exc, address, "search") from exc
     return search_result_from_proto(response, search_input.query)
+
+
+def dry_run(
+    address: str,
+    token: str,
+    search_input: SearchInput,
+    timeout_s: float = 30,
+    tls_ca: Path | None = None,
+) -> DryRunResult:
+    """Ask the gateway at ``address`` what each node's published policy would decide.
+
+    Nothing is sent to any node's data: the gateway decides ``search_input``
+    against the policies the nodes sign and publish. Errors are those of :func:`search`.
+    """
+    with _channel(address, tls_ca) as channel:
+        stub = pb_gateway_grpc.GatewayServiceStub(channel)
+        try:
+            response: pb_gateway.DryRunResponse = stub.DryRun(
+                dry_run_request_to_proto(search_input),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=timeout_s,
+            )
+        except grpc.RpcError as exc:
+            raise _refused(exc, address, "dry run") from exc
+    return dry_run_result_from_proto(response, search_input.query)

@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from liaison.messages import NodeResult, NodeStatus, QueryAnswer, SearchResult
+from liaison.messages import DryRunResult, NodeResult, NodeStatus, QueryAnswer, SearchResult
 from liaison.query import Operation, Query
+
+if TYPE_CHECKING:
+    # Type names only: rendering never runs policy code.
+    from policies.analysis import Explanation, Finding
+    from policies.cases import CaseResult
+    from policies.engine import PolicyDecision
+    from policies.model import Policy
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "") -> str:
@@ -165,3 +173,273 @@ def result_to_dict(result: SearchResult) -> dict[str, Any]:
 
 def to_json(value: Any) -> str:
     return json.dumps(value, indent=2, sort_keys=False)
+
+
+# ------------------------------------------------------------ policy tools
+
+
+def query_to_dict(query: Query) -> dict[str, Any]:
+    return {
+        "dataset": query.dataset,
+        "operation": query.operation.value,
+        "predicates": [
+            {"field": p.field, "comparator": p.comparator.value, "values": list(p.values)}
+            for p in query.predicates
+        ],
+        "fields": list(query.fields),
+        "group_by": query.group_by,
+    }
+
+
+def _severity_order(finding: Finding) -> int:
+    return ("error", "warning", "note").index(finding.severity.value)
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def findings_summary(findings: Sequence[Finding]) -> str:
+    tally = {"error": 0, "warning": 0, "note": 0}
+    for f in findings:
+        tally[f.severity.value] += 1
+    parts = [_plural(n, word) for word, n in tally.items() if n]
+    return ", ".join(parts) if parts else "no problems found"
+
+
+def render_findings(path: Path, policy: Policy | None, findings: Sequence[Finding]) -> str:
+    """The report of `liaison policy check`: a summary line, then one row per finding."""
+    if policy is None:
+        head = f"{path}: the node would refuse to load this policy"
+    else:
+        permits, forbids = len(policy.permits), len(policy.forbids)
+        head = (
+            f"{path}: policy of {policy.agency}, {_plural(len(policy.rules), 'rule')} "
+            f"({_plural(permits, 'permit')}, {_plural(forbids, 'forbid')})"
+        )
+    lines = [head, f"  {findings_summary(findings)}"]
+    if findings:
+        ordered = sorted(findings, key=_severity_order)
+        rows = [[f.severity.value, f.rule or "(policy)", f.message] for f in ordered]
+        lines += ["", table(["severity", "rule", "finding"], rows)]
+    return "\n".join(lines)
+
+
+def findings_to_dict(
+    path: Path, policy: Policy | None, findings: Sequence[Finding], *, strict: bool
+) -> dict[str, Any]:
+    tally = {"error": 0, "warning": 0, "note": 0}
+    for f in findings:
+        tally[f.severity.value] += 1
+    ok = tally["error"] == 0 and not (strict and tally["warning"])
+    return {
+        "file": str(path),
+        "agency": policy.agency if policy else None,
+        "loads": policy is not None,
+        "ok": ok,
+        "strict": strict,
+        "errors": tally["error"],
+        "warnings": tally["warning"],
+        "notes": tally["note"],
+        "findings": [
+            {
+                "severity": f.severity.value,
+                "kind": f.kind.value,
+                "rule": f.rule or None,
+                "message": f.message,
+            }
+            for f in sorted(findings, key=_severity_order)
+        ],
+    }
+
+
+def decision_to_dict(decision: PolicyDecision) -> dict[str, Any]:
+    grant = decision.grant
+    return {
+        "decision": "permit" if decision.permitted else "deny",
+        "permitted": decision.permitted,
+        "rules": list(decision.rules),
+        "reason": decision.reason,
+        "released": list(grant.fields) if grant else [],
+        "withheld": list(grant.withheld) if grant else [],
+        "obligations": list(decision.obligations),
+        "explanation": list(decision.explanation),
+    }
+
+
+def headline(decision: PolicyDecision) -> str:
+    rules = ", ".join(decision.rules)
+    if decision.permitted:
+        return f"PERMIT under {rules}"
+    return f"DENY by {rules}"
+
+
+def _pairs(pairs: Sequence[tuple[str, str]], indent: str = "  ") -> str:
+    width = max(len(k) for k, _ in pairs)
+    return "\n".join(f"{indent}{k.ljust(width)}  {v}".rstrip() for k, v in pairs)
+
+
+def _requester_text(agency: str, roles: Sequence[str], attributes: dict[str, str]) -> str:
+    text = f"{agency} (roles {', '.join(roles) or 'none'}"
+    if attributes:
+        text += "; attributes " + ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))
+    return text + ")"
+
+
+def render_explanation(
+    explanation: Explanation,
+    *,
+    purpose: str,
+    case_ref: str,
+    legal_basis: str,
+    query: Query,
+    agency: str,
+    roles: Sequence[str],
+    attributes: dict[str, str],
+) -> str:
+    """The report of `liaison policy explain`."""
+    d = explanation.decision
+    lines = [f"decision: {headline(d)}"]
+    if d.reason:
+        lines.append(f"reason:   {d.reason}")
+    lines += [
+        "",
+        "request",
+        _pairs(
+            [
+                ("requester", _requester_text(agency, roles, attributes)),
+                ("purpose", purpose),
+                ("case", case_ref),
+                ("legal basis", legal_basis or "none cited"),
+                ("query", describe_query(query)),
+            ]
+        ),
+    ]
+    if explanation.considered:
+        rows = [[r.rule, r.effect or "-", r.outcome] for r in explanation.considered]
+        lines += ["", "rules in scope", table(["rule", "effect", "outcome"], rows, indent="  ")]
+    if explanation.out_of_scope:
+        rows = [[r.rule, r.effect, r.outcome] for r in explanation.out_of_scope]
+        lines += ["", "rules out of scope", table(["rule", "effect", "why not"], rows, indent="  ")]
+    grant = d.grant
+    if grant is not None:
+        lines += ["", "obligations"] + [f"  - {o}" for o in d.obligations]
+        if query.operation is Operation.RECORDS:
+            lines += [
+                "",
+                f"released: {', '.join(grant.fields) or 'nothing'}",
+                f"withheld: {', '.join(grant.withheld) or 'nothing'}",
+            ]
+    return "\n".join(lines)
+
+
+def explanation_to_dict(
+    explanation: Explanation,
+    *,
+    purpose: str,
+    case_ref: str,
+    legal_basis: str,
+    query: Query,
+    agency: str,
+    roles: Sequence[str],
+    attributes: dict[str, str],
+) -> dict[str, Any]:
+    return {
+        "request": {
+            "agency": agency,
+            "roles": list(roles),
+            "attributes": dict(attributes),
+            "purpose": purpose,
+            "case_ref": case_ref,
+            "legal_basis": legal_basis,
+            "query": query_to_dict(query),
+        },
+        **decision_to_dict(explanation.decision),
+        "considered": [
+            {"rule": r.rule, "effect": r.effect or None, "outcome": r.outcome}
+            for r in explanation.considered
+        ],
+        "out_of_scope": [
+            {"rule": r.rule, "effect": r.effect, "why_not": r.outcome}
+            for r in explanation.out_of_scope
+        ],
+    }
+
+
+def render_case_results(policy_path: Path, cases_path: Path, results: Sequence[CaseResult]) -> str:
+    """The report of `liaison policy test`: one row per case, then what differed."""
+    rows = []
+    for r in results:
+        rows.append(["pass" if r.passed else "FAIL", r.case.name, headline(r.decision).lower()])
+    lines = [f"{cases_path} against {policy_path}", "", table(["result", "case", "decision"], rows)]
+    failed = [r for r in results if not r.passed]
+    for r in failed:
+        lines += ["", f"FAIL {r.case.name}"] + [f"  - {f}" for f in r.failures]
+    passed = len(results) - len(failed)
+    lines += ["", f"{_plural(len(results), 'case')}: {passed} passed, {len(failed)} failed"]
+    return "\n".join(lines)
+
+
+def case_results_to_dict(
+    policy_path: Path, cases_path: Path, results: Sequence[CaseResult]
+) -> dict[str, Any]:
+    failed = sum(1 for r in results if not r.passed)
+    return {
+        "policy": str(policy_path),
+        "cases": str(cases_path),
+        "passed": len(results) - failed,
+        "failed": failed,
+        "results": [
+            {
+                "name": r.case.name,
+                "passed": r.passed,
+                "failures": list(r.failures),
+                "query": query_to_dict(r.case.query),
+                **decision_to_dict(r.decision),
+            }
+            for r in results
+        ],
+    }
+
+
+def render_dry_run(result: DryRunResult, purpose: str = "", case_ref: str = "") -> str:
+    """What each node's policy would decide, without any data being read."""
+    head = f"dry run (no data read, nothing released)\n  {describe_query(result.query)}"
+    if purpose:
+        head += f"\n  purpose {purpose}, case {case_ref}"
+    rows = []
+    for r in result.results:
+        d = r.decision
+        policy = r.policy_sha256[:12]
+        if d is None:
+            rows.append([r.node_id, "unknown", "", policy, r.detail or "policy not available"])
+        else:
+            verdict = "would permit" if d.permitted else "would deny"
+            rows.append([r.node_id, verdict, ", ".join(d.rules), policy, d.reason])
+    headers = ["agency", "decision", "rules", "policy", "reason"]
+    return "\n".join([head, "", table(headers, rows)])
+
+
+def dry_run_to_dict(result: DryRunResult) -> dict[str, Any]:
+    return {
+        "dry_run": True,
+        "query": query_to_dict(result.query),
+        "results": [
+            {
+                "node_id": r.node_id,
+                "policy_sha256": r.policy_sha256,
+                "detail": r.detail,
+                "decision": None
+                if r.decision is None
+                else {
+                    "decision": "permit" if r.decision.permitted else "deny",
+                    "permitted": r.decision.permitted,
+                    "rules": list(r.decision.rules),
+                    "reason": r.decision.reason,
+                    "obligations": list(r.decision.obligations),
+                    "explanation": list(r.decision.explanation),
+                },
+            }
+            for r in result.results
+        ],
+    }

@@ -6,6 +6,9 @@ mistaken for the domain types of the same name.
 
 from __future__ import annotations
 
+import hashlib
+from dataclasses import dataclass
+
 from liaison.envelope import Envelope
 from liaison.errors import InvalidQuery
 from liaison.keys import KeyId
@@ -14,6 +17,8 @@ from liaison.messages import (
     Bucket,
     Count,
     Decision,
+    DryRunNodeResult,
+    DryRunResult,
     NodeResult,
     NodeStatus,
     QueryAnswer,
@@ -25,6 +30,7 @@ from liaison.messages import (
 from liaison.query import Comparator, Operation, Predicate, Query
 from proto.liaison.v1 import envelope_pb2 as pb_envelope
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
+from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import query_pb2 as pb_query
 
 _OPERATIONS = {
@@ -302,4 +308,91 @@ def search_result_from_proto(message: pb_gateway.SearchResponse, query: Query) -
             )
             for r in message.results
         ),
+    )
+
+
+def dry_run_request_to_proto(search: SearchInput) -> pb_gateway.DryRunRequest:
+    return pb_gateway.DryRunRequest(search=search_to_proto(search))
+
+
+def dry_run_request_from_proto(message: pb_gateway.DryRunRequest) -> SearchInput:
+    return search_from_proto(message.search)
+
+
+def dry_run_result_to_proto(result: DryRunResult) -> pb_gateway.DryRunResponse:
+    out = pb_gateway.DryRunResponse()
+    for r in result.results:
+        item = out.results.add(node_id=r.node_id, policy_sha256=r.policy_sha256, detail=r.detail)
+        if r.decision is not None:
+            item.decision.CopyFrom(decision_to_proto(r.decision))
+    return out
+
+
+def dry_run_result_from_proto(message: pb_gateway.DryRunResponse, query: Query) -> DryRunResult:
+    return DryRunResult(
+        query=query,
+        results=tuple(
+            DryRunNodeResult(
+                node_id=r.node_id,
+                decision=decision_from_proto(r.decision) if r.HasField("decision") else None,
+                policy_sha256=r.policy_sha256,
+                detail=r.detail,
+            )
+            for r in message.results
+        ),
+    )
+
+
+def document_sha256(document: str) -> str:
+    """Hex SHA-256 of a policy document's UTF-8 bytes, as a PublishedPolicy names it."""
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedPolicy:
+    """The payload a node signs when it publishes its policy document.
+
+    Kept beside its conversions because only the wire needs it whole: the node
+    builds it once at startup, the gateway reads it back after verifying it.
+    """
+
+    node_id: str
+    catalog_version: str
+    # The policy document (TOML) exactly as the node loaded it.
+    document: str
+    document_sha256: str
+    published_at_ms: int
+
+    @classmethod
+    def of(
+        cls, *, node_id: str, catalog_version: str, document: str, published_at_ms: int
+    ) -> PublishedPolicy:
+        return cls(
+            node_id=node_id,
+            catalog_version=catalog_version,
+            document=document,
+            document_sha256=document_sha256(document),
+            published_at_ms=published_at_ms,
+        )
+
+
+def published_policy_to_bytes(published: PublishedPolicy) -> bytes:
+    return pb_node.PublishedPolicy(
+        node_id=published.node_id,
+        catalog_version=published.catalog_version,
+        document=published.document,
+        document_sha256=published.document_sha256,
+        published_at_ms=published.published_at_ms,
+    ).SerializeToString(deterministic=True)
+
+
+def published_policy_from_bytes(payload: bytes) -> PublishedPolicy:
+    """Parse a PublishedPolicy; raises ``DecodeError`` on bytes that are not one."""
+    message = pb_node.PublishedPolicy.FromString(payload)
+    return PublishedPolicy(
+        node_id=message.node_id,
+        catalog_version=message.catalog_version,
+        document=message.document,
+        document_sha256=message.document_sha256,
+        published_at_ms=message.published_at_ms,
     )

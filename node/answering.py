@@ -17,8 +17,8 @@ from typing import Any
 from sqlalchemy.engine import Engine
 
 from liaison.catalog import Catalog
-from liaison.envelope import ANSWER_TYPE, Envelope, seal
-from liaison.errors import CatalogError, InvalidQuery
+from liaison.envelope import ANSWER_TYPE, POLICY_TYPE, Envelope, seal
+from liaison.errors import CatalogError, ConfigError, InvalidQuery
 from liaison.keys import KeyId, SigningKey
 from liaison.messages import AnswerStatus, Decision, QueryAnswer
 from liaison.query import (
@@ -28,7 +28,7 @@ from liaison.query import (
     validate_legal_basis,
     validate_query,
 )
-from liaison.wire import answer_to_bytes
+from liaison.wire import PublishedPolicy, answer_to_bytes, published_policy_to_bytes
 from node.database import MappedDataset
 from node.differencing import RecentAggregates
 from node.execute import Executor, Refusal
@@ -70,6 +70,7 @@ class NodeCore:
         limits: NodeLimits,
         state_dir: Path,
         transform_secret: bytes = b"",
+        policy_document: str = "",
     ) -> None:
         self.node_id = node_id
         self.signing_key = signing_key
@@ -89,6 +90,29 @@ class NodeCore:
             default_limit=limits.default_limit,
         )
         self._answered = 0
+        # The document ``policy`` was parsed from, signed once here: it is what
+        # a gateway dry-runs queries against. Empty when the caller has no text.
+        self.policy_document = policy_document
+        self.published_policy: Envelope | None = None
+        if policy_document:
+            published = PublishedPolicy.of(
+                node_id=node_id,
+                catalog_version=catalog.version,
+                document=policy_document,
+                published_at_ms=now_ms(),
+            )
+            self.published_policy = seal(
+                signing_key, POLICY_TYPE, published_policy_to_bytes(published)
+            )
+
+    def policy_envelope(self) -> Envelope:
+        """The node's signed PublishedPolicy."""
+        if self.published_policy is None:
+            raise ConfigError(
+                f"node {self.node_id} was started without its policy document, so it cannot "
+                "publish it; start it from its config (build_node) to publish the policy"
+            )
+        return self.published_policy
 
     def answer(self, envelope: Envelope) -> Envelope:
         """Verify ``envelope`` and return the signed answer (the same one on a retry)."""

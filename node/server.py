@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import tomllib
 from concurrent import futures
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import grpc
 
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import NodeConfig, load_node_config
-from liaison.errors import ConfigError
+from liaison.errors import ConfigError, PolicyError
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.serving import (
     SERVER_OPTIONS,
@@ -21,12 +22,13 @@ from liaison.serving import (
     write_port_file,
 )
 from liaison.tls import TlsFiles
+from liaison.wire import document_sha256
 from node.answering import NodeCore, NodeLimits, close_core
 from node.database import bind_schema, open_read_only
 from node.replay import ReplayGuard
 from node.service import NodeServicer
 from node.verify import TrustedGateway
-from policies import load_policy
+from policies import Policy, parse_policy
 from policies.model import TransformKind
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
@@ -42,7 +44,7 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
     for gw in config.trusted_gateways:
         key = VerifyingKey.from_pem_file(gw.public_key)
         trusted[key.key_id] = TrustedGateway(gw.id, key)
-    policy = load_policy(config.policy, catalog)
+    policy, policy_document = _load_policy(config.policy, catalog)
     engine = open_read_only(config.database_url)
     try:
         schema = bind_schema(engine, config.datasets, catalog)
@@ -72,7 +74,33 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         limits=NodeLimits(config.max_request_age_s, config.clock_skew_s, config.default_limit),
         state_dir=config.state_dir,
         transform_secret=secret,
+        policy_document=policy_document,
     )
+
+
+def _load_policy(path: Path, catalog: Catalog) -> tuple[Policy, str]:
+    """Load the policy and keep its text, read once, so the node publishes what it enforces.
+
+    The same steps and messages as ``policies.load_policy``, which reads the file
+    itself and so cannot hand back the text it parsed. Decoded without newline
+    translation, so the published digest is the file's own SHA-256.
+    """
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except FileNotFoundError as exc:
+        raise PolicyError(f"policy file {path} does not exist; check the node config") from exc
+    except UnicodeDecodeError as exc:
+        raise PolicyError(f"{path}: not UTF-8 text ({exc}); save it as UTF-8") from exc
+    except OSError as exc:
+        raise PolicyError(f"cannot read policy file {path} ({exc.strerror})") from exc
+    try:
+        document = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise PolicyError(f"{path}: not valid TOML ({exc})") from exc
+    try:
+        return parse_policy(document, catalog), text
+    except PolicyError as exc:
+        raise PolicyError(f"{path}: {exc}") from exc
 
 
 def _transform_secret(path: Path | None) -> bytes:
@@ -117,6 +145,7 @@ def serve(config_path: Path, port_file: Path | None = None) -> None:
             "node_id": core.node_id,
             "address": f"{host}:{port}",
             "key_id": core.signing_key.key_id,
+            "policy_sha256": document_sha256(core.policy_document),
         },
     )
     stop.wait()

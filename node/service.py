@@ -48,3 +48,12 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
             ],
             key_id=self.core.signing_key.key_id,
         )
+
+    def GetPolicy(
+        self, request: pb_node.GetPolicyRequest, context: grpc.ServicerContext
+    ) -> pb_node.GetPolicyResponse:
+        try:
+            envelope = self.core.policy_envelope()
+        except Exception as exc:
+            _abort(context, exc)
+        return pb_node.GetPolicyResponse(policy=envelope_to_proto(envelope))

@@ -49,6 +49,8 @@ class Grant:
     transforms: Mapping[str, Transform] = field(default_factory=dict)
     row_filters: tuple[RowFilter, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()
+    # The grouped field of a count_by: its transform applies to the group keys.
+    group_by: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +72,7 @@ class PolicyDecision:
         if g.withheld:
             out.append(f"withhold: {', '.join(g.withheld)}")
         for name, transform in sorted(g.transforms.items()):
-            if name in g.fields:
+            if name in g.fields or name == g.group_by:
                 out.append(f"transform {name}: {transform}")
         for row_filter in g.row_filters:
             out.append(f"only rows where {row_filter}")
@@ -217,6 +219,7 @@ def _decide(
             rule.transforms,
             rule.row_filters,
             rule.rate_limits,
+            query.group_by if op is Operation.COUNT_BY else None,
         )
 
     def generosity(g: Grant) -> tuple[int, int, int, str]:

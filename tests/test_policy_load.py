@@ -20,7 +20,11 @@ from policies import Effect, Policy, load_policy, parse_policy
 from policies.load import MAX_ROWS_CEILING
 from policies.model import ANY
 
-DEMO_POLICIES = sorted((Path(__file__).parents[1] / "policies" / "demo").glob("*.toml"))
+DEMO_POLICIES = sorted(
+    p
+    for p in (Path(__file__).parents[1] / "policies" / "demo").glob("*.toml")
+    if not p.name.endswith(".cases.toml")
+)
 SCOPE_KEYS = ("agencies", "roles", "purposes", "datasets", "operations")
 
 
