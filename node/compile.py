@@ -66,7 +66,9 @@ def compile_records(
     if missing:
         raise InvalidQuery(f"this node does not hold field(s) {', '.join(missing)}")
     columns = [mapped.columns[f].label(f) for f in grant.fields]
-    order = [mapped.columns[f] for f in grant.fields]
+    # Ordering by a transformed column would let row order (and which rows
+    # the cap keeps) reveal what the transform hides.
+    order = [mapped.columns[f] for f in grant.fields if f not in grant.transforms]
     where = _where(mapped, conditions_of(query, grant))
     return sa.select(*columns).where(*where).order_by(*order).limit(limit + 1)
 
@@ -91,27 +93,32 @@ def _all(conditions: list[ColumnElement[bool]]) -> ColumnElement[bool]:
 def compile_difference(
     mapped: MappedDataset,
     new: Sequence[Predicate],
+    new_group: str | None,
     old: Sequence[Predicate],
-    group_by: str | None,
+    old_group: str | None,
 ) -> sa.Select[Any]:
-    """Per group value: records in the new set, in the old set, and in exactly one.
+    """Tallies to compare every cell of an old aggregate with every cell of a new one.
 
-    Rows are ``(n_new, n_old, n_differ)``, preceded by the group key when
-    ``group_by`` is given.
+    Rows are ``[old_key,] [new_key,] n_old, n_new, n_both``: per pair of group
+    values, the records in the old set, in the new set, and in both (keys
+    appear only for the queries that group).
     """
     a, b = _all(_where(mapped, new)), _all(_where(mapped, old))
 
     def tally(condition: ColumnElement[bool]) -> Any:
         return sa.func.sum(sa.case((condition, 1), else_=0))
 
-    counts = [tally(a), tally(b), tally(sa.or_(sa.and_(a, sa.not_(b)), sa.and_(b, sa.not_(a))))]
-    where = sa.or_(a, b)
-    if group_by is None:
-        return sa.select(*counts).select_from(mapped.table).where(where)
-    column = mapped.columns.get(group_by)
-    if column is None:
-        raise InvalidQuery(f"this node does not hold field {group_by!r}")
-    return sa.select(column.label("key"), *counts).where(where).group_by(column)
+    keys = []
+    for name in (old_group, new_group):
+        if name is None:
+            continue
+        column = mapped.columns.get(name)
+        if column is None:
+            raise InvalidQuery(f"this node does not hold field {name!r}")
+        keys.append(column)
+    counts = [tally(b), tally(a), tally(sa.and_(a, b))]
+    select = sa.select(*keys, *counts).select_from(mapped.table).where(sa.or_(a, b))
+    return select.group_by(*keys) if keys else select
 
 
 def compile_count_by(mapped: MappedDataset, query: Query, grant: Grant) -> sa.Select[Any]:

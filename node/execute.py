@@ -23,7 +23,7 @@ from liaison.messages import Bucket, Count
 from liaison.query import Operation, Query
 from node import compile as sql
 from node.database import MappedDataset
-from node.differencing import GUARD_RULE, RecentAggregates
+from node.differencing import GUARD_RULE, RecentAggregates, RecentQuery, TooManyRecent
 from node.transforms import apply_transform
 from policies import Grant
 
@@ -107,10 +107,14 @@ class Executor:
         limit = min(query.limit or self.default_limit, grant.max_rows)
         rows = conn.execute(sql.compile_records(mapped, query, grant, limit)).all()
         formats = [self._formatter(mapped, f, grant) for f in grant.fields]
-        released = tuple(
+        transformed = [
             tuple(None if v is None else fmt(v) for fmt, v in zip(formats, row, strict=True))
             for row in rows[:limit]
-        )
+        ]
+        if grant.transforms:
+            # Rows leave sorted by what is shown, so their order says nothing more.
+            transformed.sort(key=lambda r: tuple((v is not None, v or "") for v in r))
+        released = tuple(transformed)
         return {
             "fields": grant.fields,
             "rows": released,
@@ -130,21 +134,6 @@ class Executor:
             else:
                 key, n = row
                 cells[None if key is None else fmt(key)] += int(n)
-        return cells
-
-    def _tallies(
-        self, rows: Any, mapped: MappedDataset, group_by: str | None, grant: Grant
-    ) -> dict[str | None, tuple[int, int, int]]:
-        """(new, old, differing) per (transformed) group key."""
-        fmt = self._formatter(mapped, group_by, grant) if group_by else None
-        cells: dict[str | None, tuple[int, int, int]] = {}
-        for row in rows:
-            if fmt is None:
-                key, counts = None, row
-            else:
-                key, counts = (None if row[0] is None else fmt(row[0])), row[1:]
-            a, b, c = cells.get(key, (0, 0, 0))
-            cells[key] = (a + int(counts[0] or 0), b + int(counts[1] or 0), c + int(counts[2] or 0))
         return cells
 
     def _count_by(
@@ -172,29 +161,55 @@ class Executor:
         agency: str,
         now_ms: int,
     ) -> Refusal | None:
-        conditions = sql.conditions_of(query, grant)
-        group_by = query.group_by if query.operation is Operation.COUNT_BY else None
-        for old in self.recent.recent(agency, mapped.dataset.name, now_ms):
-            if self.recent.same(old, conditions):
+        k = grant.min_count
+        new = RecentQuery(
+            sql.conditions_of(query, grant),
+            query.group_by if query.operation is Operation.COUNT_BY else None,
+        )
+        try:
+            history = self.recent.recent(agency, mapped.dataset.name, now_ms)
+        except TooManyRecent as exc:
+            return Refusal(GUARD_RULE, str(exc))
+        for old in history:
+            if old.encode() == new.encode():
                 continue
             try:
-                statement = sql.compile_difference(mapped, conditions, old, group_by)
+                statement = sql.compile_difference(
+                    mapped, new.conditions, new.group_by, old.conditions, old.group_by
+                )
             except (InvalidQuery, CatalogError):
                 continue  # remembered under an older mapping or catalog; cannot be compared
-            for n_new, n_old, n_differ in self._tallies(
-                conn.execute(statement), mapped, group_by, grant
-            ).values():
-                # Only two exact counts can be subtracted: a suppressed one cannot.
-                exact = n_new >= grant.min_count and n_old >= grant.min_count
-                if exact and 0 < n_differ < grant.min_count:
-                    return Refusal(
-                        GUARD_RULE,
-                        "this count differs from one your agency asked recently by fewer than "
-                        f"{grant.min_count} records, which could single out individuals; ask a "
-                        "broader question",
-                    )
-        self.recent.remember(agency, mapped.dataset.name, conditions, now_ms)
+            old_fmt = self._formatter(mapped, old.group_by, grant) if old.group_by else None
+            new_fmt = self._formatter(mapped, new.group_by, grant) if new.group_by else None
+            n_old: dict[str | None, int] = defaultdict(int)
+            n_new: dict[str | None, int] = defaultdict(int)
+            n_both: dict[tuple[str | None, str | None], int] = defaultdict(int)
+            for row in conn.execute(statement):
+                values = list(row)
+                a = _key(old_fmt, values.pop(0)) if old_fmt else None
+                b = _key(new_fmt, values.pop(0)) if new_fmt else None
+                n_old[a] += int(values[0] or 0)
+                n_new[b] += int(values[1] or 0)
+                n_both[(a, b)] += int(values[2] or 0)
+            for a, old_count in n_old.items():
+                for b, new_count in n_new.items():
+                    # Only two exact counts can be subtracted: a suppressed one cannot.
+                    if old_count < k or new_count < k:
+                        continue
+                    differ = old_count + new_count - 2 * n_both.get((a, b), 0)
+                    if 0 < differ < k:
+                        return Refusal(
+                            GUARD_RULE,
+                            "this count differs from one your agency asked recently by fewer "
+                            f"than {k} records, which could single out individuals; ask a "
+                            "broader question",
+                        )
+        self.recent.remember(agency, mapped.dataset.name, new, now_ms)
         return None
+
+
+def _key(fmt: Callable[[Any], str], value: Any) -> str | None:
+    return None if value is None else fmt(value)
 
 
 def _suppress(n: int, minimum: int) -> Count:

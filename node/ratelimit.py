@@ -60,15 +60,22 @@ class RateLedger:
         with self._lock:
             for limit in limits:
                 key = scope_key(limit, requester)
+                since = now_ms - limit.window_s * 1000
                 (used,) = self._db.execute(
                     "SELECT COALESCE(SUM(cost), 0) FROM usage "
                     "WHERE rule_id = ? AND scope_key = ? AND at_ms > ?",
-                    (rule_id, key, now_ms - limit.window_s * 1000),
+                    (rule_id, key, since),
                 ).fetchone()
                 if used + cost > limit.amount:
+                    wait_s = self._wait_s(rule_id, key, since, used + cost - limit.amount, limit)
                     return (
                         f"rate limit of rule {rule_id} reached: {limit} "
-                        f"({used} used, this query costs {cost}); try again later"
+                        f"({used} used, this query costs {cost}); "
+                        + (
+                            f"try again in {wait_s} s"
+                            if cost <= limit.amount
+                            else f"this query alone exceeds it; ask for at most {limit.amount}"
+                        )
                     )
             self._db.execute("BEGIN")
             for limit in limits:
@@ -78,6 +85,19 @@ class RateLedger:
                 )
             self._db.execute("COMMIT")
             return ""
+
+    def _wait_s(self, rule_id: str, key: str, since: int, excess: int, limit: RateLimit) -> int:
+        """Seconds until enough of the window's usage expires to make room for ``excess``."""
+        freed = 0
+        for at_ms, cost in self._db.execute(
+            "SELECT at_ms, cost FROM usage WHERE rule_id = ? AND scope_key = ? AND at_ms > ? "
+            "ORDER BY at_ms",
+            (rule_id, key, since),
+        ):
+            freed += cost
+            if freed >= excess:
+                return max(1, -(-int(at_ms - since) // 1000))
+        return limit.window_s
 
     def purge(self, before_ms: int) -> None:
         with self._lock:

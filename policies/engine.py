@@ -15,11 +15,13 @@ Semantics (each pinned by a test; README "How decisions are made" says the same)
   another permit's. Among the applicable permits that allow the query's
   predicates (and grouping), the node answers under exactly one. For records:
   the one releasing the most requested fields, then the most rows, then the
-  smallest rule id. For match, count and count_by: the one with the lowest
-  minimum count, then the most rows, then the smallest rule id. The choice
-  depends only on the rules' content, never on their order or on duplicates,
-  so adding a permit never narrows an answer and adding a forbid never widens
-  one.
+  fewest restrictions, then the smallest rule id. For match, count and
+  count_by: the one with the lowest minimum count, then the most rows, then
+  the fewest restrictions, then the smallest rule id. Restrictions compare as
+  (information the shown fields' transforms remove, row filters, rate
+  limits). The choice depends only on the rules' content, never on their
+  order or on duplicates, so adding a permit never narrows an answer and
+  adding a forbid never widens one.
 * An error while deciding is a denial by ``evaluation-error``.
 """
 
@@ -30,7 +32,16 @@ from dataclasses import dataclass, field
 
 from liaison.messages import Requester
 from liaison.query import Operation, Query
-from policies.model import ANY, Effect, Policy, RateLimit, RowFilter, Rule, Transform
+from policies.model import (
+    ANY,
+    Effect,
+    Policy,
+    RateLimit,
+    RowFilter,
+    Rule,
+    Transform,
+    TransformKind,
+)
 from policies.model import case_ref_matches as _case_ref_matches
 
 DEFAULT_DENY = "default-deny"
@@ -100,9 +111,13 @@ def decide(
     """Decide ``query``; never raises: an error while deciding is a denial."""
     try:
         return _decide(policy, requester, purpose, query, case_ref, legal_basis)
-    except Exception as exc:
+    except Exception as exc:  # fail closed on any evaluation bug
+        name = type(exc).__name__
         return PolicyDecision(
-            False, (EVALUATION_ERROR,), f"policy evaluation failed ({type(exc).__name__})"
+            False,
+            (EVALUATION_ERROR,),
+            f"policy evaluation failed ({name})",
+            explanation=(f"{EVALUATION_ERROR}: {name} while deciding; denied",),
         )
 
 
@@ -120,6 +135,22 @@ def _condition_miss(rule: Rule, requester: Requester, case_ref: str, legal_basis
         cited = repr(legal_basis) if legal_basis else "none"
         return f"legal basis {cited} is not one of {', '.join(sorted(rule.legal_bases))}"
     return ""
+
+
+_TRANSFORM_LOSS = {
+    TransformKind.KEYED_HASH: 1,
+    TransformKind.MONTH: 1,
+    TransformKind.MAP: 1,
+    TransformKind.YEAR: 2,
+    TransformKind.REDACT: 3,
+}
+
+
+def _restriction(grant: Grant) -> tuple[int, int, int]:
+    """How much a grant takes away from what it shows: transforms, filters, limits."""
+    shown = set(grant.fields) | ({grant.group_by} if grant.group_by else set())
+    loss = sum(_TRANSFORM_LOSS[t.kind] for name, t in grant.transforms.items() if name in shown)
+    return (loss, len(grant.row_filters), len(grant.rate_limits))
 
 
 def touched_fields(query: Query) -> frozenset[str]:
@@ -222,12 +253,14 @@ def _decide(
             query.group_by if op is Operation.COUNT_BY else None,
         )
 
-    def generosity(g: Grant) -> tuple[int, int, int, str]:
+    def generosity(g: Grant) -> tuple[int, int, int, int, int, int, str]:
         # For aggregates the exactness of the count is what matters; for
-        # records, how much is released. Either way the order is total.
+        # records, how much is released; then how little is taken away.
+        # Either way the order is total.
+        restriction = _restriction(g)
         if op is Operation.RECORDS:
-            return (-len(g.fields), -g.max_rows, g.min_count, g.rule_id)
-        return (g.min_count, -g.max_rows, 0, g.rule_id)
+            return (-len(g.fields), -g.max_rows, *restriction, g.min_count, g.rule_id)
+        return (g.min_count, -g.max_rows, *restriction, 0, g.rule_id)
 
     best = min((grant_for(r) for r in candidates), key=generosity)
     for rule in candidates:

@@ -152,6 +152,13 @@ class Policy:
     )
 
     def __post_init__(self) -> None:
+        unique: dict[str, Rule] = {}
+        for rule in self.rules:
+            seen = unique.setdefault(rule.id, rule)
+            if seen != rule:
+                raise ValueError(f"two different rules share the id {rule.id!r}")
+        # The same rule listed twice is the same rule once.
+        object.__setattr__(self, "rules", tuple(unique.values()))
         index: dict[tuple[str, Operation], tuple[tuple[Rule, ...], tuple[Rule, ...]]] = {}
         datasets = {d for r in self.rules for d in r.datasets if d != ANY}
         for dataset in datasets | {ANY}:
