@@ -65,6 +65,7 @@ class Kind(StrEnum):
     UNENFORCEABLE_ROW_FILTER = "unenforceable-row-filter"
     MISSING_TRANSFORM_KEY = "missing-transform-key"
     LISTING = "records-without-predicate"
+    MATCHABLE_TRANSFORM = "matchable-transformed-field"
     NO_PERMITS = "no-permits"
     OTHER_POLICY = "other-policy"
 
@@ -178,6 +179,7 @@ def analyse(policy: Policy, node: NodeMapping | None = None) -> tuple[Finding, .
             findings += _shadowing(rule, unconditional)
             findings += _forbidden_fields(rule, field_only)
             findings += _listing(rule)
+            findings += _matchable_transforms(rule)
             if node is not None:
                 findings += _mapping(rule, node)
     if node is not None and node.node_id != policy.agency:
@@ -404,17 +406,36 @@ def _forbidden_fields(permit: Rule, forbids: Sequence[Rule]) -> list[Finding]:
 
 
 def _listing(permit: Rule) -> list[Finding]:
-    if Operation.RECORDS not in permit.operations or not permit.release:
+    # A permit with match_fields answers records queries only when they match
+    # on something; one without lists records with no selector at all.
+    if Operation.RECORDS not in permit.operations or not permit.release or permit.match_fields:
         return []
     return [
         Finding(
             Severity.NOTE,
             Kind.LISTING,
             permit.id,
-            "answers records queries without any predicate too: a requester in scope "
-            f"can list up to {permit.max_rows} records with no selector",
+            "has no match_fields, so it answers records queries without any predicate: a "
+            f"requester in scope can list up to {permit.max_rows} records with no selector",
         )
     ]
+
+
+def _matchable_transforms(permit: Rule) -> list[Finding]:
+    """A transformed field that is also matchable gives back what the transform hides."""
+    out = []
+    for name in sorted(permit.match_fields & set(permit.transforms)):
+        out.append(
+            Finding(
+                Severity.WARNING,
+                Kind.MATCHABLE_TRANSFORM,
+                permit.id,
+                f"{name!r} is released as {permit.transforms[name]} but may also be matched "
+                "on: predicates on it (one value, or ranges for dates) reveal what the "
+                "transform hides; drop it from match_fields unless that is intended",
+            )
+        )
+    return out
 
 
 def _mapping(permit: Rule, node: NodeMapping) -> list[Finding]:

@@ -11,6 +11,10 @@ Semantics (each pinned by a test; README "How decisions are made" says the same)
   ``default-deny``.
 * Forbid overrides permit: any applicable forbid denies, naming every
   applicable forbid.
+* A permit that names match fields answers a records query only when the
+  query matches on something: it releases records about what was asked,
+  never a list. A permit without match fields lists records (up to its
+  row cap).
 * A permit is a self-contained grant: its obligations are never mixed with
   another permit's. Among the applicable permits that allow the query's
   predicates (and grouping), the node answers under exactly one. For records:
@@ -222,6 +226,11 @@ def _decide(
             explanation.append(
                 f"permit {rule.id}: applies, but not to matching on {', '.join(sorted(hidden))}"
             )
+        elif op is Operation.RECORDS and rule.match_fields and not query.predicates:
+            explanation.append(
+                f"permit {rule.id}: applies, but only to records queries that match on "
+                f"{', '.join(sorted(rule.match_fields))}"
+            )
         elif op is Operation.COUNT_BY and query.group_by not in rule.release:
             explanation.append(
                 f"permit {rule.id}: applies, but not to grouping by {query.group_by}"
@@ -232,6 +241,10 @@ def _decide(
         hidden_all = sorted(needed_match - frozenset().union(*(r.match_fields for r in permits)))
         if hidden_all:
             detail = f"matching on {', '.join(hidden_all)} is not permitted"
+        elif op is Operation.RECORDS and not query.predicates:
+            detail = "a records query must match on something: " + ", ".join(
+                sorted(frozenset().union(*(r.match_fields for r in permits)))
+            )
         elif op is Operation.COUNT_BY and not any(query.group_by in r.release for r in permits):
             detail = f"grouping by {query.group_by!r} is not permitted"
         else:

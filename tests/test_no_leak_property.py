@@ -780,7 +780,13 @@ def _choices(policy: PolicySpec, ask: Ask) -> tuple[RuleSpec, ...] | tuple[str, 
     )
     if not permits:
         return ("default-deny",)
-    fits = [r for r in permits if all(p.field in r.match_fields for p in q.predicates)]
+    fits = [
+        r
+        for r in permits
+        if all(p.field in r.match_fields for p in q.predicates)
+        # A permit with match fields answers records only about what was matched.
+        and not (q.operation is Operation.RECORDS and r.match_fields and not q.predicates)
+    ]
     if q.operation is Operation.COUNT_BY:
         fits = [r for r in fits if q.group_by in r.release]
     if not fits:
@@ -1388,7 +1394,9 @@ def test_a_hand_made_case_with_conditions_and_obligations(node: NodeUnderTest) -
     other_case = replace(cleared, case_ref="R-1")
     citing = replace(cleared, legal_basis="budapest-convention-art-29")
     fields = ("case_ref", "category", "first_seen", "victim_identified", "sha256")
-    everything = Query("media", Operation.RECORDS, (), fields)
+    # A permit with match fields answers records only about what was matched.
+    every_category = (Predicate("category", Comparator.IN, ("A", "B", "baseline", "Ab")),)
+    everything = Query("media", Operation.RECORDS, every_category, fields)
     row_1 = Query("media", Operation.MATCH, (Predicate("sha256", Comparator.EQ, (sha[1],)),))
     by_category = Query("media", Operation.COUNT_BY, group_by="category")
     asks = (
@@ -1396,7 +1404,7 @@ def test_a_hand_made_case_with_conditions_and_obligations(node: NodeUnderTest) -
         Ask(uncleared, everything),
         Ask(other_case, everything),
         Ask(citing, everything),
-        Ask(citing, Query("media", Operation.RECORDS, (), ("sha256",))),
+        Ask(citing, Query("media", Operation.RECORDS, every_category, ("sha256",))),
         Ask(cleared, row_1),
         Ask(cleared, by_category),
     )

@@ -782,7 +782,12 @@ def _read_the_docstring(rules: list[Rule], request: Request) -> tuple[bool, tupl
     if not permits:
         return False, (DEFAULT_DENY,)
     names = tuple(r.id for r in permits)
-    fits = [r for r in permits if all(p.field in r.match_fields for p in query.predicates)]
+    fits = [
+        r
+        for r in permits
+        if all(p.field in r.match_fields for p in query.predicates)
+        and not (op is Operation.RECORDS and r.match_fields and not query.predicates)
+    ]
     if not fits:
         return False, names
     if op is Operation.COUNT_BY:

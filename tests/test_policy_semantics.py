@@ -168,6 +168,7 @@ def plain_reading(rules: tuple[Rule, ...], ask: Ask) -> tuple[bool, tuple[str, .
         for r in permits
         if q.predicate_fields <= r.match_fields
         and (q.operation is not Operation.COUNT_BY or q.group_by in r.release)
+        and not (q.operation is Operation.RECORDS and r.match_fields and not q.predicates)
     ]
     if not fits:
         return False, tuple(r.id for r in permits)
@@ -264,7 +265,8 @@ def asks(draw: st.DrawFn) -> Ask:
     dataset = draw(_pick(DATASETS))
     names = FIELDS[dataset]
     op = draw(_OPERATION)
-    on = sorted(draw(_some(names, 1 if op is Operation.MATCH else 0, 2)))
+    needs_one = op in (Operation.MATCH, Operation.RECORDS)
+    on = sorted(draw(_some(names, 1 if needs_one else 0, 2)))
     fields: tuple[str, ...] = ()
     group_by = None
     if op is Operation.RECORDS:

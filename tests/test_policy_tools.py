@@ -351,12 +351,31 @@ def test_policy_of_forbids_only_is_noted() -> None:
     assert (finding.kind, finding.severity) == (Kind.NO_PERMITS, Severity.NOTE)
 
 
-def test_records_permits_are_noted_for_answering_without_predicates() -> None:
-    policy = load_policy(DEMO / "ruritania.toml", CATALOG_V1)
+def test_records_permits_without_match_fields_are_noted_for_listing() -> None:
+    demo = load_policy(DEMO / "ruritania.toml", CATALOG_V1)
+    lister = parse_policy(
+        {
+            "version": 1,
+            "agency": "testland",
+            "rule": [
+                {
+                    "id": "case-list",
+                    "effect": "permit",
+                    "agencies": ["*"],
+                    "roles": ["*"],
+                    "purposes": ["statistics"],
+                    "datasets": ["cases"],
+                    "operations": ["records"],
+                    "release": ["offence", "status"],
+                    "max_rows": 30,
+                }
+            ],
+        },
+        CATALOG_V1,
+    )
 
-    listing = [f.rule for f in analyse(policy) if f.kind is Kind.LISTING]
-
-    assert listing == ["partner-media-records", "partner-account-lookup"]
+    assert [f.rule for f in analyse(demo) if f.kind is Kind.LISTING] == []
+    assert [f.rule for f in analyse(lister) if f.kind is Kind.LISTING] == ["case-list"]
 
 
 def write_node_config(folder: Path, *, policy: str = "policy.toml", key: bool = False) -> Path:
@@ -446,7 +465,7 @@ def test_node_config_with_transform_key_and_full_mapping_is_clean(tmp_path: Path
             "accounts",
             datasets=["accounts"],
             operations=["match"],
-            match_fields=["email", "handle"],
+            match_fields=["email"],
             release=["handle"],
             transforms={"handle": "keyed-hash"},
         ),
@@ -907,3 +926,23 @@ def test_query_dry_run_shows_each_node_decision(federation: Federation) -> None:
     assert decisions["ruritania"]["decision"] == "deny"
     assert "legal basis none" in decisions["ruritania"]["reason"]
     assert decisions["sylvania"]["decision"] == "permit"
+
+
+def test_a_transformed_field_that_is_also_matchable_is_warned_about(tmp_path: Path) -> None:
+    policy = write_policy(
+        tmp_path,
+        rule(
+            "stats",
+            operations=["count_by"],
+            match_fields=["category"],
+            release=["category"],
+            transforms={"category": "redact"},
+        ),
+    )
+
+    findings = analyse(load_policy(policy, CATALOG_V1))
+
+    assert [(f.severity, f.kind, f.rule) for f in findings] == [
+        (Severity.WARNING, Kind.MATCHABLE_TRANSFORM, "stats")
+    ]
+    assert "predicates on it" in findings[0].message
