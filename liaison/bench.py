@@ -86,7 +86,7 @@ def _elapsed_ms(started_ns: int) -> float:
 
 @dataclass(frozen=True, slots=True)
 class Summary:
-    """Latencies of one path, in milliseconds."""
+    """Latencies of one path (milliseconds here; microseconds in bench_policy)."""
 
     samples: int
     p50: float

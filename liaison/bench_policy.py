@@ -52,6 +52,7 @@ from typing import Any, TextIO
 import cedarpy
 
 from liaison import __version__, render
+from liaison.bench import Summary  # one way to summarise latencies, in any unit
 from liaison.catalog import CATALOG_V1
 from liaison.errors import LiaisonError
 from liaison.messages import Requester
@@ -412,35 +413,6 @@ def cedar_floor_decider(inputs: CedarInputs) -> Callable[[int], bool]:
 
 
 # --- measuring --------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """Per-decision latencies in microseconds."""
-
-    samples: int
-    p50: float
-    p99: float
-    mean: float
-
-    @classmethod
-    def of(cls, samples_us: Sequence[float]) -> Summary:
-        if len(samples_us) < 2:
-            raise ValueError("percentiles need at least two samples")
-        return cls(
-            samples=len(samples_us),
-            p50=statistics.median(samples_us),
-            p99=statistics.quantiles(samples_us, n=100, method="inclusive")[98],
-            mean=statistics.fmean(samples_us),
-        )
-
-    def as_dict(self) -> dict[str, float]:
-        return {
-            "samples": self.samples,
-            "p50_us": round(self.p50, 2),
-            "p99_us": round(self.p99, 2),
-            "mean_us": round(self.mean, 2),
-        }
 
 
 def ratios(over: Summary, under: Summary) -> dict[str, float]:
