@@ -207,22 +207,28 @@ class NodeCore:
         unenforceable = [f.field for f in grant.row_filters if f.field not in mapped.columns]
         if unenforceable:
             # A row filter this node cannot apply would release rows the policy excludes.
-            return deny(
-                decision.rules,
+            reason = (
                 f"row filter on {', '.join(unenforceable)} cannot be applied here; "
-                "the node operator must map that field",
-                decision.explanation,
+                "the node operator must map that field"
             )
+            return deny(decision.rules, reason, (*decision.explanation, f"node: {reason}"))
         if query.operation is Operation.RECORDS and not grant.fields:
-            return deny(decision.rules, "none of the requested fields is held here")
+            reason = "none of the requested fields is held here"
+            return deny(decision.rules, reason, (*decision.explanation, f"node: {reason}"))
         limit_reason = self.rates.charge(
             grant.rule_id, grant.rate_limits, request.requester, query_cost(query), now_ms()
         )
         if limit_reason:
-            return deny(decision.rules, limit_reason, decision.explanation)
+            return deny(
+                decision.rules, limit_reason, (*decision.explanation, f"node: {limit_reason}")
+            )
         outcome = self.executor.run(mapped, query, grant, request.requester.agency, now_ms())
         if isinstance(outcome, Refusal):
-            return deny((outcome.rule,), outcome.reason, decision.explanation)
+            return deny(
+                (outcome.rule,),
+                outcome.reason,
+                (*decision.explanation, f"{outcome.rule}: {outcome.reason}"),
+            )
         reason = decision.reason
         if not_held:
             reason = "; ".join(filter(None, [reason, f"not held here: {', '.join(not_held)}"]))

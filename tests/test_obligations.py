@@ -773,6 +773,8 @@ def test_a_rate_limit_denial_names_the_rule_and_says_when_to_try_again(
     assert re.search(r"try again (in|after|at) [^;]*\d", reason), (
         f"the denial does not say when the limit frees up: {reason!r}"
     )
+    # The explanation says the node, not the policy engine, refused it.
+    assert over.decision.explanation[-1] == f"node: {reason}"
 
 
 # --- the differencing guard ------------------------------------------------------------------
