@@ -150,7 +150,7 @@ class PublishedPolicies:
     async def _fetch(self, node_id: str, until: float) -> Envelope:
         # The fan-out's long-lived channel to the node (FanOut offers no public
         # accessor): one connection per node, closed with the fan-out.
-        stub: pb_node_grpc.NodeServiceStub = self.core.fanout._stubs[node_id]
+        stub: pb_node_grpc.NodeServiceStub = self.core.fanout.stub(node_id)
         for attempt in range(1, FETCH_ATTEMPTS + 1):
             remaining = until - time.monotonic()
             if remaining <= 0:

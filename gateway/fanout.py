@@ -70,6 +70,10 @@ class FanOut:
             for node_id, channel in self._channels.items()
         }
 
+    def stub(self, node_id: str) -> pb_node_grpc.NodeServiceStub:
+        """The stub on the long-lived channel to ``node_id``, for other calls to it."""
+        return self._stubs[node_id]
+
     async def ask_all(
         self, node_ids: tuple[str, ...], envelope: Envelope, deadline_s: float
     ) -> list[Reply]:

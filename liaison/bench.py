@@ -361,15 +361,19 @@ def render_report(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    def at_least(lo: int) -> Callable[[str], int]:
-        def parse(text: str) -> int:
-            value = int(text)
-            if value < lo:
-                raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-            return value
+def at_least(lo: int) -> Callable[[str], int]:
+    """An argparse type for whole numbers of at least ``lo``."""
 
-        return parse
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < lo:
+            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
+        return value
+
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(
         prog="python -m liaison.bench",

@@ -52,7 +52,7 @@ from typing import Any, TextIO
 import cedarpy
 
 from liaison import __version__, render
-from liaison.bench import Summary  # one way to summarise latencies, in any unit
+from liaison.bench import Summary, at_least  # shared: latency summary, argument type
 from liaison.catalog import CATALOG_V1
 from liaison.errors import LiaisonError
 from liaison.messages import Requester
@@ -758,15 +758,6 @@ def render_report(doc: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    def at_least(lo: int) -> Callable[[str], int]:
-        def parse(text: str) -> int:
-            value = int(text)
-            if value < lo:
-                raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-            return value
-
-        return parse
-
     def positive(text: str) -> float:
         value = float(text)
         if not value > 0:

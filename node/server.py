@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import tomllib
 from concurrent import futures
 from pathlib import Path
 
@@ -11,7 +10,7 @@ import grpc
 
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import NodeConfig, load_node_config
-from liaison.errors import ConfigError, PolicyError
+from liaison.errors import ConfigError
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.serving import (
     SERVER_OPTIONS,
@@ -28,7 +27,7 @@ from node.database import bind_schema, open_read_only
 from node.replay import ReplayGuard
 from node.service import NodeServicer
 from node.verify import TrustedGateway
-from policies import Policy, parse_policy
+from policies.load import load_policy_and_text
 from policies.model import TransformKind
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
@@ -44,7 +43,15 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
     for gw in config.trusted_gateways:
         key = VerifyingKey.from_pem_file(gw.public_key)
         trusted[key.key_id] = TrustedGateway(gw.id, key)
-    policy, policy_document = _load_policy(config.policy, catalog)
+    policy, policy_document = load_policy_and_text(config.policy, catalog)
+    secret = _transform_secret(config.transform_key)
+    if not secret and any(
+        t.kind is TransformKind.KEYED_HASH for r in policy.permits for t in r.transforms.values()
+    ):
+        raise ConfigError(
+            "the policy uses keyed-hash transforms but the node has no `transform_key`; "
+            "add one (a file of 32 random bytes in hex, e.g. from `liaison init`)"
+        )
     engine = open_read_only(config.database_url)
     try:
         schema = bind_schema(engine, config.datasets, catalog)
@@ -52,16 +59,6 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         engine.dispose()
         raise
     replay = ReplayGuard(config.state_dir / "replay.sqlite3")
-    secret = _transform_secret(config.transform_key)
-    if not secret and any(
-        t.kind is TransformKind.KEYED_HASH for r in policy.permits for t in r.transforms.values()
-    ):
-        engine.dispose()
-        replay.close()
-        raise ConfigError(
-            "the policy uses keyed-hash transforms but the node has no `transform_key`; "
-            "add one (a file of 32 random bytes in hex, e.g. from `liaison init`)"
-        )
     return NodeCore(
         node_id=config.node_id,
         signing_key=signing_key,
@@ -76,31 +73,6 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         transform_secret=secret,
         policy_document=policy_document,
     )
-
-
-def _load_policy(path: Path, catalog: Catalog) -> tuple[Policy, str]:
-    """Load the policy and keep its text, read once, so the node publishes what it enforces.
-
-    The same steps and messages as ``policies.load_policy``, which reads the file
-    itself and so cannot hand back the text it parsed. Decoded without newline
-    translation, so the published digest is the file's own SHA-256.
-    """
-    try:
-        text = path.read_bytes().decode("utf-8")
-    except FileNotFoundError as exc:
-        raise PolicyError(f"policy file {path} does not exist; check the node config") from exc
-    except UnicodeDecodeError as exc:
-        raise PolicyError(f"{path}: not UTF-8 text ({exc}); save it as UTF-8") from exc
-    except OSError as exc:
-        raise PolicyError(f"cannot read policy file {path} ({exc.strerror})") from exc
-    try:
-        document = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise PolicyError(f"{path}: not valid TOML ({exc})") from exc
-    try:
-        return parse_policy(document, catalog), text
-    except PolicyError as exc:
-        raise PolicyError(f"{path}: {exc}") from exc
 
 
 def _transform_secret(path: Path | None) -> bytes:

@@ -192,7 +192,6 @@ def _decide(
             explanation.append(f"forbid {rule.id}: applies")
             forbids.append(rule)
     if forbids:
-        forbids.sort(key=lambda r: r.id)
         reasons = "; ".join(dict.fromkeys(r.description or f"forbidden by {r.id}" for r in forbids))
         return _deny(tuple(dict.fromkeys(r.id for r in forbids)), reasons, explanation)
 
@@ -217,7 +216,6 @@ def _decide(
         explanation.append(f"{DEFAULT_DENY}: no applicable permit")
         return _deny((DEFAULT_DENY,), reason, explanation)
 
-    permits.sort(key=lambda r: r.id)
     needed_match = query.predicate_fields
     candidates = []
     for rule in permits:

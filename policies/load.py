@@ -56,8 +56,17 @@ RESERVED_RULE_IDS = frozenset(
 
 
 def load_policy(path: Path, catalog: Catalog) -> Policy:
+    return load_policy_and_text(path, catalog)[0]
+
+
+def load_policy_and_text(path: Path, catalog: Catalog) -> tuple[Policy, str]:
+    """The policy and the exact text it was parsed from, read once.
+
+    Decoded without newline translation, so a node that publishes the text
+    publishes the file's own bytes (and SHA-256), exactly what it enforces.
+    """
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_bytes().decode("utf-8")
     except FileNotFoundError as exc:
         raise PolicyError(f"policy file {path} does not exist; check the node config") from exc
     except UnicodeDecodeError as exc:
@@ -69,7 +78,7 @@ def load_policy(path: Path, catalog: Catalog) -> Policy:
     except tomllib.TOMLDecodeError as exc:
         raise PolicyError(f"{path}: not valid TOML ({exc})") from exc
     try:
-        return parse_policy(document, catalog)
+        return parse_policy(document, catalog), text
     except PolicyError as exc:
         raise PolicyError(f"{path}: {exc}") from exc
 

@@ -182,7 +182,7 @@ class Policy:
     def candidates(
         self, dataset: str, operation: Operation
     ) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
-        """Forbids and permits whose dataset and operation fit."""
+        """Forbids and permits whose dataset and operation fit, each sorted by id."""
         found = self._index.get((dataset, operation))
         if found is None:
             return self._index.get((ANY, operation), ((), ()))
