@@ -13,7 +13,12 @@ LiaisonError
 │   │   └── ReplayDetected the nonce was already used with other bytes
 │   └── RequestInProgress  the same request is being answered; retry
 ├── PolicyDenied           the node's policy does not permit the query
-└── BackendError           the agency's database cannot be used
+├── BackendError           the agency's database cannot be used
+└── LedgerError            the audit ledger cannot be written or does not verify
+    ├── LedgerUnavailable  the ledger store cannot be written; nothing is asked
+    ├── ProofError         an inclusion or consistency proof does not verify
+    ├── CheckpointError    a signed checkpoint is malformed or mis-signed
+    └── EntryError         a ledger entry is malformed or of an unknown version
 """
 
 from __future__ import annotations
@@ -77,3 +82,23 @@ class PolicyDenied(LiaisonError):
 
 class BackendError(LiaisonError):
     """The agency's database is unreachable or rejected the compiled query."""
+
+
+class LedgerError(LiaisonError):
+    """The audit ledger cannot be written, read or verified."""
+
+
+class LedgerUnavailable(LedgerError):
+    """The ledger store cannot be written; queries are refused until it can."""
+
+
+class ProofError(LedgerError):
+    """An inclusion or consistency proof does not verify against the given root."""
+
+
+class CheckpointError(LedgerError):
+    """A signed checkpoint is malformed, mis-signed or from another log."""
+
+
+class EntryError(LedgerError):
+    """A ledger entry does not parse, or is of a version this release cannot read."""
