@@ -22,9 +22,10 @@ from tenacity import (
 
 from liaison.envelope import Envelope
 from liaison.keys import VerifyingKey
+from liaison.ledger.logged import SignedRequest
 from liaison.serving import CHANNEL_OPTIONS
 from liaison.tls import TlsFiles
-from liaison.wire import envelope_from_proto, envelope_to_proto
+from liaison.wire import envelope_from_proto, signed_request_to_proto
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
@@ -75,9 +76,9 @@ class FanOut:
         return self._stubs[node_id]
 
     async def ask_all(
-        self, node_ids: tuple[str, ...], envelope: Envelope, deadline_s: float
+        self, node_ids: tuple[str, ...], signed: SignedRequest, deadline_s: float
     ) -> list[Reply]:
-        request = pb_node.AnswerRequest(request=envelope_to_proto(envelope))
+        request = signed_request_to_proto(signed)
         until = time.monotonic() + deadline_s
         return list(await asyncio.gather(*(self._ask(n, request, until) for n in node_ids)))
 

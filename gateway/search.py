@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import logging
 import os
@@ -15,8 +16,11 @@ from gateway.answers import reduce_to_query, verify_answer
 from gateway.fanout import FanOut, Reply
 from liaison.catalog import Catalog
 from liaison.envelope import REQUEST_TYPE, seal
-from liaison.errors import CatalogError, EnvelopeError, InvalidQuery
+from liaison.errors import CatalogError, EnvelopeError, InvalidQuery, LedgerUnavailable
 from liaison.keys import SigningKey
+from liaison.ledger.entries import AuditKey, outcome_entry, request_entry
+from liaison.ledger.log import Appended, Ledger
+from liaison.ledger.logged import LedgerProof, SignedRequest
 from liaison.messages import (
     AnswerStatus,
     NodeResult,
@@ -34,6 +38,8 @@ log = logging.getLogger("liaison.gateway")
 # Nodes accept a request until its expiry; a small margin past the fan-out
 # deadline lets a retry that started in time still be answered.
 EXPIRY_MARGIN_MS = 1000
+# A ledger that cannot make an entry durable in this time is treated as down.
+LEDGER_TIMEOUT_S = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +62,8 @@ class GatewayCore:
         signing_key: SigningKey,
         catalog: Catalog,
         fanout: FanOut,
+        ledger: Ledger,
+        audit_key: AuditKey,
         default_deadline_ms: int,
         max_deadline_ms: int,
     ) -> None:
@@ -63,8 +71,15 @@ class GatewayCore:
         self.signing_key = signing_key
         self.catalog = catalog
         self.fanout = fanout
+        self.ledger = ledger
+        self.audit_key = audit_key
         self.default_deadline_ms = default_deadline_ms
         self.max_deadline_ms = max_deadline_ms
+
+    async def close(self) -> None:
+        """Close the channels to the nodes, then seal the ledger with a final checkpoint."""
+        await self.fanout.close()
+        await asyncio.to_thread(self.ledger.close)
 
     def check_search(self, search: SearchInput) -> CheckedSearch:
         """Validate ``search`` against the catalog and this federation; raise on anything wrong."""
@@ -118,9 +133,31 @@ class GatewayCore:
         payload = request_to_bytes(request)
         digest = hashlib.sha256(payload).digest()
         envelope = seal(self.signing_key, REQUEST_TYPE, payload)
+        # Write before asking: no node hears of a request the ledger lacks,
+        # and the proof that it is logged travels with it.
+        entry = request_entry(
+            request,
+            request_digest=digest,
+            key_id=self.signing_key.key_id,
+            audit_key=self.audit_key,
+        )
+        logged = await self._log(entry, prove=True)
+        assert logged.checkpoint is not None  # asked for with prove=True
+        proof = LedgerProof(entry, logged.index, logged.inclusion_path, logged.checkpoint.note)
         deadline_ms = request.expires_at_ms - request.issued_at_ms - EXPIRY_MARGIN_MS
-        replies = await self.fanout.ask_all(request.audience, envelope, deadline_ms / 1000)
+        replies = await self.fanout.ask_all(
+            request.audience, SignedRequest(envelope, proof), deadline_ms / 1000
+        )
         results = tuple(self._result(r, request, digest) for r in replies)
+        # What was released is on record before the investigator sees it.
+        await self._log(
+            outcome_entry(
+                query_id=request.query_id,
+                request_digest=digest,
+                time_ms=time.time_ns() // 1_000_000,
+                results=results,
+            )
+        )
         log.info(
             "search",
             extra={
@@ -134,6 +171,16 @@ class GatewayCore:
             },
         )
         return SearchResult(request.query_id, request.query, results)
+
+    async def _log(self, entry: bytes, *, prove: bool = False) -> Appended:
+        future = self.ledger.submit(entry, prove=prove)
+        try:
+            return await asyncio.wait_for(asyncio.wrap_future(future), LEDGER_TIMEOUT_S)
+        except TimeoutError as exc:
+            raise LedgerUnavailable(
+                f"the ledger did not confirm a write within {LEDGER_TIMEOUT_S:g} s; "
+                "nothing more is asked until it does"
+            ) from exc
 
     def _result(self, reply: Reply, request: QueryRequest, digest: bytes) -> NodeResult:
         latency = round(reply.latency_ms, 2)

@@ -8,6 +8,7 @@ import signal
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2
 
 from gateway.auth import TokenVerifier
 from gateway.dryrun import DryRunner
@@ -16,7 +17,11 @@ from gateway.search import GatewayCore
 from gateway.service import GatewayServicer
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import GatewayConfig, load_gateway_config
+from liaison.errors import ConfigError
 from liaison.keys import SigningKey, VerifyingKey
+from liaison.ledger.entries import AuditKey
+from liaison.ledger.log import Ledger
+from liaison.ledger.logged import gateway_origin
 from liaison.serving import (
     SERVER_OPTIONS,
     add_health_and_reflection_aio,
@@ -39,15 +44,28 @@ def build_gateway(
     links = tuple(
         NodeLink(n.id, n.address, VerifyingKey.from_pem_file(n.public_key)) for n in config.nodes
     )
+    if config.audit_key is None:
+        raise ConfigError(f"{config.path}: set `audit_key` under [ledger]")
+    audit_key = AuditKey.from_file(config.audit_key)
+    signing_key = SigningKey.from_pem_file(config.signing_key)
+    verifier = TokenVerifier(config.issuers, config.audience)
+    ledger = Ledger.open(
+        config.ledger,
+        signing_key,
+        gateway_origin(config.gateway_id),
+        checkpoint_interval_s=config.checkpoint_interval_s,
+    )
     core = GatewayCore(
         gateway_id=config.gateway_id,
-        signing_key=SigningKey.from_pem_file(config.signing_key),
+        signing_key=signing_key,
         catalog=catalog,
         fanout=FanOut(links, config.node_tls),
+        ledger=ledger,
+        audit_key=audit_key,
         default_deadline_ms=config.default_deadline_ms,
         max_deadline_ms=config.max_deadline_ms,
     )
-    return core, TokenVerifier(config.issuers, config.audience)
+    return core, verifier
 
 
 async def start_gateway_server(
@@ -62,7 +80,21 @@ async def start_gateway_server(
     server = grpc.aio.server(options=SERVER_OPTIONS)
     servicer = GatewayServicer(core, verifier, dry_runner)
     pb_gateway_grpc.add_GatewayServiceServicer_to_server(servicer, server)
-    await add_health_and_reflection_aio(server, [SERVICE_NAME])
+    health = await add_health_and_reflection_aio(server, [SERVICE_NAME])
+    loop = asyncio.get_running_loop()
+
+    def ledger_health(healthy: bool) -> None:
+        # Called from the ledger's writer thread: a gateway that cannot log
+        # cannot ask, and load balancers should hear so.
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if healthy
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        for name in (SERVICE_NAME, ""):
+            asyncio.run_coroutine_threadsafe(health.set(name, status), loop)
+
+    core.ledger.on_health_change = ledger_health
     port = bind(server, listen, tls)
     await server.start()
     return server, port
@@ -88,7 +120,7 @@ async def _serve(config: GatewayConfig, port_file: Path | None) -> None:
     await stop.wait()
     log.info("gateway stopping", extra={"gateway_id": core.gateway_id})
     await server.stop(grace=5)
-    await core.fanout.close()
+    await core.close()
 
 
 def serve(config_path: Path, port_file: Path | None = None) -> None:

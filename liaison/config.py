@@ -21,6 +21,7 @@ from liaison.tls import TlsFiles
 
 DEFAULT_MAX_REQUEST_AGE_S = 300
 DEFAULT_CLOCK_SKEW_S = 30
+DEFAULT_CHECKPOINT_INTERVAL_S = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +57,9 @@ class NodeConfig:
     tls: TlsFiles | None = None
     # Secret for keyed-hash transforms (32+ random bytes, hex); None if unused.
     transform_key: Path | None = None
+    # The node's receipts ledger: a SQLite path or a SQLAlchemy URL.
+    receipts: str = ""
+    checkpoint_interval_s: int = DEFAULT_CHECKPOINT_INTERVAL_S
 
 
 @dataclass(frozen=True, slots=True)
@@ -88,6 +92,11 @@ class GatewayConfig:
     tls: TlsFiles | None = None
     # Client certificate and CA for connections to nodes (mutual TLS).
     node_tls: TlsFiles | None = None
+    # The federation ledger: a SQLite path or a SQLAlchemy URL (PostgreSQL).
+    ledger: str = ""
+    # HMAC key under which selectors are logged; auditors hold a copy.
+    audit_key: Path | None = None
+    checkpoint_interval_s: int = DEFAULT_CHECKPOINT_INTERVAL_S
 
 
 ALLOWED_JWT_ALGORITHMS = ("EdDSA", "ES256", "RS256")
@@ -194,7 +203,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
     doc = _read_toml(path)
     base = path.parent
     top = _Reader(doc, str(path), base)
-    top.check_keys({"node", "trusted_gateway", "datasets", "tls"})
+    top.check_keys({"node", "trusted_gateway", "datasets", "tls", "ledger"})
     node = _Reader(doc.get("node", {}), f"{path} [node]", base)
     node.check_keys(
         {
@@ -260,7 +269,34 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         default_limit=node.integer("default_limit", 100, 1, 10_000),
         tls=_tls(doc, "tls", "client_ca", path, ca_required=True),
         transform_key=node.path("transform_key") if "transform_key" in node.table else None,
+        receipts=_ledger_location(
+            doc, path, str(node.path("state_dir", "state") / "receipts.sqlite3"), {"location"}
+        ),
+        checkpoint_interval_s=_checkpoint_interval(doc, path),
     )
+
+
+def _ledger_reader(doc: Mapping[str, Any], path: Path, allowed: set[str]) -> _Reader:
+    table = doc.get("ledger", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [ledger] must be a table")
+    reader = _Reader(table, f"{path} [ledger]", path.parent)
+    reader.check_keys({*allowed, "checkpoint_interval_s"})
+    return reader
+
+
+def _ledger_location(doc: Mapping[str, Any], path: Path, default: str, allowed: set[str]) -> str:
+    """A ledger URL as given, or a SQLite path resolved against the config file."""
+    reader = _ledger_reader(doc, path, allowed)
+    location = reader.text("location", default)
+    if "://" in location:
+        return location
+    return str(path.parent / location)
+
+
+def _checkpoint_interval(doc: Mapping[str, Any], path: Path) -> int:
+    reader = _Reader(doc.get("ledger", {}), f"{path} [ledger]", path.parent)
+    return reader.integer("checkpoint_interval_s", DEFAULT_CHECKPOINT_INTERVAL_S, 1, 3600)
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -268,7 +304,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     doc = _read_toml(path)
     base = path.parent
     top = _Reader(doc, str(path), base)
-    top.check_keys({"gateway", "issuer", "node", "tls", "node_tls"})
+    top.check_keys({"gateway", "issuer", "node", "tls", "node_tls", "ledger"})
     gw = _Reader(doc.get("gateway", {}), f"{path} [gateway]", base)
     gw.check_keys(
         {"id", "listen", "signing_key", "audience", "default_deadline_ms", "max_deadline_ms"}
@@ -315,4 +351,18 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         max_deadline_ms=gw.integer("max_deadline_ms", 30_000, default_deadline, 600_000),
         tls=_tls(doc, "tls", "client_ca", path, ca_required=False),
         node_tls=_tls(doc, "node_tls", "ca", path, ca_required=True),
+        ledger=_ledger_location(doc, path, "ledger.sqlite3", {"location", "audit_key"}),
+        audit_key=_audit_key(doc, path),
+        checkpoint_interval_s=_checkpoint_interval(doc, path),
     )
+
+
+def _audit_key(doc: Mapping[str, Any], path: Path) -> Path:
+    reader = _ledger_reader(doc, path, {"location", "audit_key"})
+    if "audit_key" not in reader.table:
+        raise ConfigError(
+            f"{path}: the gateway logs selectors as keyed hashes and needs "
+            '`audit_key = "audit.key"` under [ledger] (a file of 32 random bytes in hex, '
+            "as `liaison init` writes)"
+        )
+    return reader.path("audit_key")

@@ -10,7 +10,8 @@ LiaisonError
 ├── EnvelopeError          a signed envelope does not verify or parse
 │   ├── BadSignature       wrong key, forged or tampered bytes
 │   ├── RequestRejected    valid signature but stale, early, misaddressed
-│   │   └── ReplayDetected the nonce was already used with other bytes
+│   │   ├── ReplayDetected the nonce was already used with other bytes
+│   │   └── UnloggedRequest no valid proof that the gateway logged the request
 │   └── RequestInProgress  the same request is being answered; retry
 ├── PolicyDenied           the node's policy does not permit the query
 ├── BackendError           the agency's database cannot be used
@@ -66,6 +67,10 @@ class RequestRejected(EnvelopeError):
 
 class ReplayDetected(RequestRejected):
     """The request's nonce was already answered for different bytes."""
+
+
+class UnloggedRequest(RequestRejected):
+    """The request carries no valid proof that the gateway's ledger holds it."""
 
 
 class RequestInProgress(EnvelopeError):

@@ -5,6 +5,10 @@ Layout (every path inside the configs is relative, so the folder can move):
     DIR/gateway/gateway.toml  gateway.key  gateway.pub
     DIR/idp/<agency>.key .pub         development identity providers
     DIR/nodes/<id>/node.toml  node.key  node.pub  policy.toml  <data>
+    DIR/audit/audit.key                 the HMAC key selectors are logged under
+
+Ledgers appear when the processes first run: DIR/gateway/ledger.sqlite3 and
+DIR/nodes/<id>/state/receipts.sqlite3.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class NodeLayout:
 
 
 PKI_DIR = "pki"
+AUDIT_KEY = "audit/audit.key"
 
 
 def write_secret(path: Path) -> None:
@@ -89,6 +94,11 @@ def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = Fals
         "# The node's own secret for keyed-hash transforms: never share it.",
         'transform_key = "transform.key"',
         'state_dir = "state"',
+        "",
+        "# Receipts of every request this node answers: a tamper-evident Merkle log.",
+        "[ledger]",
+        'location = "state/receipts.sqlite3"',
+        "checkpoint_interval_s = 30",
         "",
         "[[trusted_gateway]]",
         f"id = {_toml_str(GATEWAY_ID)}",
@@ -136,12 +146,17 @@ def write_gateway_config(
     listen: str = "127.0.0.1:0",
     *,
     tls: bool = False,
+    checkpoint_interval_s: int = 30,
 ) -> Path:
     """Write gateway.toml trusting the dev IdPs of ``agencies`` and knowing ``nodes``.
 
     ``nodes`` maps node id to address.
     """
     folder = root / "gateway"
+    audit_key = root / AUDIT_KEY
+    if not audit_key.exists():
+        audit_key.parent.mkdir(parents=True, exist_ok=True)
+        write_secret(audit_key)
     lines = [
         "# Federation gateway: written by `liaison init`; edit freely.",
         "[gateway]",
@@ -150,6 +165,13 @@ def write_gateway_config(
         'signing_key = "gateway.key"',
         f"audience = {_toml_str(AUDIENCE)}",
         "default_deadline_ms = 2000",
+        "",
+        "# The federation ledger: every request is logged here before any node is asked.",
+        "# Use a PostgreSQL URL to share it between gateway replicas' hosts.",
+        "[ledger]",
+        'location = "ledger.sqlite3"',
+        f"audit_key = {_toml_str(f'../{AUDIT_KEY}')}",
+        f"checkpoint_interval_s = {checkpoint_interval_s}",
     ]
     for agency in agencies:
         lines += [

@@ -20,6 +20,7 @@ from liaison.errors import (
     ConfigError,
     EnvelopeError,
     InvalidQuery,
+    LedgerUnavailable,
     LiaisonError,
     PolicyDenied,
     ReplayDetected,
@@ -40,6 +41,8 @@ _CATALOG: tuple[tuple[type[LiaisonError], grpc.StatusCode], ...] = (
     (PolicyDenied, grpc.StatusCode.PERMISSION_DENIED),
     (BackendError, grpc.StatusCode.UNAVAILABLE),
     (ConfigError, grpc.StatusCode.FAILED_PRECONDITION),
+    # Fail closed but retryable: nothing was asked, and nothing is lost.
+    (LedgerUnavailable, grpc.StatusCode.UNAVAILABLE),
 )
 
 MAX_MESSAGE_CHARS = 500

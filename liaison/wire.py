@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from liaison.envelope import Envelope
 from liaison.errors import InvalidQuery
 from liaison.keys import KeyId
+from liaison.ledger.logged import LedgerProof, SignedRequest
 from liaison.messages import (
     AnswerStatus,
     Bucket,
@@ -70,6 +71,33 @@ def envelope_from_proto(message: pb_envelope.Envelope) -> Envelope:
         key_id=KeyId(message.key_id),
         signature=message.signature,
     )
+
+
+def signed_request_to_proto(signed: SignedRequest) -> pb_node.AnswerRequest:
+    message = pb_node.AnswerRequest(request=envelope_to_proto(signed.envelope))
+    if signed.proof is not None:
+        message.ledger_proof.CopyFrom(
+            pb_node.LedgerProof(
+                entry=signed.proof.entry,
+                leaf_index=signed.proof.leaf_index,
+                inclusion_path=list(signed.proof.inclusion_path),
+                checkpoint=signed.proof.checkpoint,
+            )
+        )
+    return message
+
+
+def signed_request_from_proto(message: pb_node.AnswerRequest) -> SignedRequest:
+    proof = None
+    if message.HasField("ledger_proof"):
+        p = message.ledger_proof
+        proof = LedgerProof(
+            entry=p.entry,
+            leaf_index=p.leaf_index,
+            inclusion_path=tuple(p.inclusion_path),
+            checkpoint=p.checkpoint,
+        )
+    return SignedRequest(envelope_from_proto(message.request), proof)
 
 
 def query_to_proto(query: Query) -> pb_query.Query:

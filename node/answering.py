@@ -1,12 +1,14 @@
 """The node's core: from a signed request to a signed answer.
 
-verify -> replay guard -> policy decision -> compile -> run read-only ->
-obligations -> sign. Each step lives in its own module; this one only
-orders them and keeps what must happen once (the replay claim) in one place.
+verify -> proof of logging -> replay guard -> policy decision -> compile ->
+run read-only -> obligations -> sign -> receipt. Each step lives in its own
+module; this one only orders them and keeps what must happen once (the
+replay claim, the receipt) in one place.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
 from collections.abc import Mapping
@@ -20,6 +22,9 @@ from liaison.catalog import Catalog
 from liaison.envelope import ANSWER_TYPE, POLICY_TYPE, Envelope, seal
 from liaison.errors import CatalogError, ConfigError, InvalidQuery
 from liaison.keys import KeyId, SigningKey
+from liaison.ledger.entries import ReceiptFacts, receipt_entry
+from liaison.ledger.log import Ledger
+from liaison.ledger.logged import LoggedRequest, SignedRequest, check_logged
 from liaison.messages import AnswerStatus, Decision, QueryAnswer
 from liaison.query import (
     Operation,
@@ -67,6 +72,7 @@ class NodeCore:
         engine: Engine,
         schema: Mapping[str, MappedDataset],
         replay: ReplayGuard,
+        receipts: Ledger,
         limits: NodeLimits,
         state_dir: Path,
         transform_secret: bytes = b"",
@@ -80,6 +86,7 @@ class NodeCore:
         self.engine = engine
         self.schema = dict(schema)
         self.replay = replay
+        self.receipts = receipts
         self.limits = limits
         self.rates = RateLedger(state_dir / "rates.sqlite3")
         self.executor = Executor(
@@ -114,8 +121,9 @@ class NodeCore:
             )
         return self.published_policy
 
-    def answer(self, envelope: Envelope) -> Envelope:
-        """Verify ``envelope`` and return the signed answer (the same one on a retry)."""
+    def answer(self, signed: SignedRequest) -> Envelope:
+        """Verify ``signed`` and return the signed answer (the same one on a retry)."""
+        envelope = signed.envelope
         verified = verify_request(
             envelope,
             trusted=self.trusted,
@@ -125,6 +133,13 @@ class NodeCore:
             clock_skew_s=self.limits.clock_skew_s,
         )
         request = verified.request
+        # Before the nonce is spent: a gateway that did not log gets nothing.
+        logged = check_logged(
+            signed.proof,
+            request=request,
+            request_digest=verified.digest,
+            gateway_key=self.trusted[envelope.key_id].key,
+        )
         cached = self.replay.claim(request.nonce, verified.digest, request.expires_at_ms)
         if cached is not None:
             log.info("retry answered from store", extra={"query_id": request.query_id})
@@ -132,6 +147,8 @@ class NodeCore:
         try:
             answer = self._decide_and_run(verified)
             sealed = seal(self.signing_key, ANSWER_TYPE, answer_to_bytes(answer))
+            # The receipt is durable before the answer can leave.
+            self.receipts.append(receipt_entry(self._receipt(verified, logged, answer, sealed)))
             self.replay.complete(request.nonce, sealed)
         except BaseException:
             self.replay.release(request.nonce)
@@ -160,6 +177,32 @@ class NodeCore:
             },
         )
         return sealed
+
+    def _receipt(
+        self,
+        verified: VerifiedRequest,
+        logged: LoggedRequest,
+        answer: QueryAnswer,
+        sealed: Envelope,
+    ) -> ReceiptFacts:
+        request = verified.request
+        return ReceiptFacts(
+            node_id=self.node_id,
+            time_ms=answer.answered_at_ms,
+            query_id=request.query_id,
+            request_digest=verified.digest,
+            gateway_id=request.gateway_id,
+            gateway_key_id=verified.envelope.key_id,
+            gateway_signature=verified.envelope.signature,
+            gateway_entry=logged.proof.entry,
+            gateway_leaf_index=logged.proof.leaf_index,
+            gateway_checkpoint=logged.proof.checkpoint,
+            status=answer.status.value,
+            rules=answer.decision.rules,
+            obligations=answer.decision.obligations,
+            answer_digest=hashlib.sha256(sealed.payload).hexdigest(),
+            answer_key_id=self.signing_key.key_id,
+        )
 
     def _decide_and_run(self, verified: VerifiedRequest) -> QueryAnswer:
         request = verified.request
@@ -244,6 +287,7 @@ def query_cost(query: Query) -> int:
 def close_core(core: NodeCore) -> None:
     """Release the node's files and connections."""
     core.replay.close()
+    core.receipts.close()
     core.rates.close()
     core.executor.recent.close()
     core.engine.dispose()

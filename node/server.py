@@ -12,6 +12,8 @@ from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import NodeConfig, load_node_config
 from liaison.errors import ConfigError
 from liaison.keys import SigningKey, VerifyingKey
+from liaison.ledger.log import Ledger
+from liaison.ledger.logged import node_origin
 from liaison.serving import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -59,6 +61,17 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         engine.dispose()
         raise
     replay = ReplayGuard(config.state_dir / "replay.sqlite3")
+    try:
+        receipts = Ledger.open(
+            config.receipts,
+            signing_key,
+            node_origin(config.node_id),
+            checkpoint_interval_s=config.checkpoint_interval_s,
+        )
+    except BaseException:
+        replay.close()
+        engine.dispose()
+        raise
     return NodeCore(
         node_id=config.node_id,
         signing_key=signing_key,
@@ -68,6 +81,7 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         engine=engine,
         schema=schema,
         replay=replay,
+        receipts=receipts,
         limits=NodeLimits(config.max_request_age_s, config.clock_skew_s, config.default_limit),
         state_dir=config.state_dir,
         transform_secret=secret,

@@ -9,7 +9,7 @@ import grpc
 
 from liaison.catalog import CATALOG_VERSION
 from liaison.grpc_errors import status_for
-from liaison.wire import envelope_from_proto, envelope_to_proto
+from liaison.wire import envelope_to_proto, signed_request_from_proto
 from node.answering import NodeCore
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
@@ -31,7 +31,7 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
         self, request: pb_node.AnswerRequest, context: grpc.ServicerContext
     ) -> pb_node.AnswerResponse:
         try:
-            answer = self.core.answer(envelope_from_proto(request.request))
+            answer = self.core.answer(signed_request_from_proto(request))
         except Exception as exc:
             _abort(context, exc)
         return pb_node.AnswerResponse(answer=envelope_to_proto(answer))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import atexit
+import hashlib
 import os
+import tempfile
 import threading
 import time
 import uuid
@@ -24,10 +27,13 @@ from liaison.demo import DEMO_ATTRIBUTES
 from liaison.envelope import REQUEST_TYPE, Envelope, seal
 from liaison.federation import AUDIENCE, GATEWAY_ID
 from liaison.keys import SigningKey
+from liaison.ledger.entries import AuditKey, request_entry
+from liaison.ledger.log import Ledger
+from liaison.ledger.logged import LedgerProof, SignedRequest, gateway_origin
 from liaison.messages import QueryRequest, Requester
 from liaison.query import Query
 from liaison.tokens import dev_issuer, issue_dev_token
-from liaison.wire import envelope_to_proto, request_to_bytes
+from liaison.wire import request_to_bytes, signed_request_to_proto
 from node.answering import NodeCore, close_core
 from node.server import build_node, start_node_server
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -69,8 +75,46 @@ def make_request(
     return replace(request, **overrides)
 
 
-def sign_request(key: SigningKey, request: QueryRequest) -> Envelope:
-    return seal(key, REQUEST_TYPE, request_to_bytes(request))
+TEST_AUDIT_KEY = AuditKey(b"test audit key, never used in production!")
+_ledgers: dict[tuple[str, str], Ledger] = {}
+_ledger_lock = threading.Lock()
+
+
+def test_ledger(key: SigningKey, gateway_id: str) -> Ledger:
+    """A real ledger in a temporary folder for requests that tests sign as ``key``."""
+    with _ledger_lock:
+        ledger = _ledgers.get((key.key_id, gateway_id))
+        if ledger is None:
+            folder = tempfile.mkdtemp(prefix="liaison-test-ledger-")
+            ledger = Ledger.open(
+                os.path.join(folder, "ledger.sqlite3"), key, gateway_origin(gateway_id)
+            )
+            _ledgers[(key.key_id, gateway_id)] = ledger
+        return ledger
+
+
+@atexit.register
+def _close_test_ledgers() -> None:
+    for ledger in _ledgers.values():
+        ledger.close()
+
+
+def sign_request(key: SigningKey, request: QueryRequest) -> SignedRequest:
+    """Sign ``request`` as a gateway would: logged first, with the proof attached."""
+    envelope = seal(key, REQUEST_TYPE, request_to_bytes(request))
+    return SignedRequest(envelope, log_request(key, request, envelope))
+
+
+def log_request(key: SigningKey, request: QueryRequest, envelope: Envelope) -> LedgerProof:
+    entry = request_entry(
+        request,
+        request_digest=hashlib.sha256(envelope.payload).digest(),
+        key_id=key.key_id,
+        audit_key=TEST_AUDIT_KEY,
+    )
+    appended = test_ledger(key, request.gateway_id).append(entry, prove=True)
+    assert appended.checkpoint is not None
+    return LedgerProof(entry, appended.index, appended.inclusion_path, appended.checkpoint.note)
 
 
 @dataclass
@@ -92,12 +136,12 @@ def running_node(config_path: Path) -> Iterator[RunningNode]:
         close_core(core)
 
 
-def call_node(address: str, envelope: Envelope, timeout_s: float = 10) -> pb_node.AnswerResponse:
-    """Send ``envelope`` to the node at ``address``; raises grpc.RpcError on refusal."""
+def call_node(address: str, signed: SignedRequest, timeout_s: float = 10) -> pb_node.AnswerResponse:
+    """Send ``signed`` to the node at ``address``; raises grpc.RpcError on refusal."""
     with grpc.insecure_channel(address) as channel:
         stub = pb_node_grpc.NodeServiceStub(channel)
         response: pb_node.AnswerResponse = stub.Answer(
-            pb_node.AnswerRequest(request=envelope_to_proto(envelope)), timeout=timeout_s
+            signed_request_to_proto(signed), timeout=timeout_s
         )
         return response
 
@@ -144,7 +188,7 @@ def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
 
         async def stop() -> None:
             await server.stop(grace=None)
-            await core.fanout.close()
+            await core.close()
 
         loop.run(stop())
         loop.close()

@@ -525,7 +525,7 @@ def test_init_writes_private_keys_owner_only(initialised: Path) -> None:
         assert (initialised / name).with_suffix(".pub").exists()
     for path in private:
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
-        if path.name == "transform.key":  # the node's keyed-hash secret: 32 bytes in hex
+        if path.name in ("transform.key", "audit.key"):  # HMAC secrets: 32 bytes in hex
             assert len(bytes.fromhex(path.read_text().strip())) == 32
         else:
             assert path.read_text().startswith("-----BEGIN PRIVATE KEY-----")

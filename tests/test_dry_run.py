@@ -625,7 +625,7 @@ def test_policies_are_cached_and_fetched_again_after_the_ttl(federation: Federat
 
         async def stop() -> None:
             await server.stop(grace=None)
-            await core.fanout.close()
+            await core.close()
 
         loop.run(stop())
         loop.close()

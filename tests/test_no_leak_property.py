@@ -45,11 +45,10 @@ from liaison.federation import GATEWAY_ID
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer, Requester
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import answer_from_bytes, envelope_from_proto, envelope_to_proto
+from liaison.wire import answer_from_bytes, envelope_from_proto, signed_request_to_proto
 from node.answering import NodeCore, close_core
 from node.server import build_node, start_node_server
 from policies import load_policy
-from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 from tests.support import make_request, sign_request
 
@@ -1060,9 +1059,7 @@ class NodeUnderTest:
         )
         envelope = sign_request(self.gateway_key, request)
         try:
-            response = self.stub.Answer(
-                pb_node.AnswerRequest(request=envelope_to_proto(envelope)), timeout=10
-            )
+            response = self.stub.Answer(signed_request_to_proto(envelope), timeout=10)
         except grpc.RpcError as exc:
             return exc
         sealed = envelope_from_proto(response.answer)
@@ -1070,7 +1067,7 @@ class NodeUnderTest:
         answer = answer_from_bytes(payload)
         assert answer.query_id == request.query_id
         assert answer.node_id == NODE_ID
-        assert answer.request_digest == hashlib.sha256(envelope.payload).digest()
+        assert answer.request_digest == hashlib.sha256(envelope.envelope.payload).digest()
         return answer
 
 

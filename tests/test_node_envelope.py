@@ -27,16 +27,16 @@ from liaison.envelope import seal as seal_envelope
 from liaison.errors import BadSignature
 from liaison.federation import GATEWAY_ID
 from liaison.keys import SigningKey, VerifyingKey
+from liaison.ledger.logged import SignedRequest
 from liaison.messages import AnswerStatus, QueryAnswer, QueryRequest, Requester
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.serving import MAX_MESSAGE_BYTES
 from liaison.wire import (
     answer_from_bytes,
     envelope_from_proto,
-    envelope_to_proto,
     request_to_bytes,
+    signed_request_to_proto,
 )
-from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 from tests.support import (
     INVESTIGATOR,
@@ -107,8 +107,12 @@ def assert_clean(message: str, *, echoed: str = "") -> None:
         assert name not in shown, message
 
 
-def refusal(address: str, envelope: Envelope, *, echoed: str = "") -> tuple[grpc.StatusCode, str]:
-    """Send ``envelope``; return the refusal's status and message, checked clean."""
+def refusal(
+    address: str, envelope: SignedRequest | Envelope, *, echoed: str = ""
+) -> tuple[grpc.StatusCode, str]:
+    """Send ``envelope`` (a bare one without a ledger proof); return the checked refusal."""
+    if isinstance(envelope, Envelope):
+        envelope = SignedRequest(envelope, None)
     with pytest.raises(grpc.RpcError) as info:
         call_node(address, envelope)
     details = info.value.details() or ""
@@ -116,7 +120,7 @@ def refusal(address: str, envelope: Envelope, *, echoed: str = "") -> tuple[grpc
     return info.value.code(), details
 
 
-def answer_envelope(address: str, envelope: Envelope) -> Envelope:
+def answer_envelope(address: str, envelope: SignedRequest) -> Envelope:
     return envelope_from_proto(call_node(address, envelope).answer)
 
 
@@ -143,7 +147,7 @@ def test_signed_request_gets_an_answer_signed_by_the_node(
     answer = opened(sealed, node_key)
     assert answer.query_id == request.query_id
     assert answer.node_id == NODE_ID
-    assert answer.request_digest == hashlib.sha256(envelope.payload).digest()
+    assert answer.request_digest == hashlib.sha256(envelope.envelope.payload).digest()
     assert answer.status is AnswerStatus.ANSWERED
     assert answer.decision.rules == ("partner-hash-match",)
     assert answer.hit is True
@@ -180,10 +184,10 @@ def test_unknown_hash_is_a_miss(
 
 def test_tampered_payload_is_unauthenticated(node: RunningNode, gateway_key: SigningKey) -> None:
     # prepare: one bit of the signed bytes flipped in transit
-    envelope = sign_request(gateway_key, request_for())
-    payload = bytearray(envelope.payload)
+    signed = sign_request(gateway_key, request_for())
+    payload = bytearray(signed.envelope.payload)
     payload[len(payload) // 2] ^= 0x01
-    tampered = dataclasses.replace(envelope, payload=bytes(payload))
+    tampered = dataclasses.replace(signed.envelope, payload=bytes(payload))
 
     # execute
     code, details = refusal(node.address, tampered)
@@ -199,7 +203,7 @@ def test_swapped_request_under_an_old_signature_is_unauthenticated(
     # prepare: a valid signature, attached to the bytes of another valid request
     signed = sign_request(gateway_key, request_for())
     other = request_to_bytes(request_for(sha256_match(UNKNOWN_SHA256)))
-    swapped = dataclasses.replace(signed, payload=other)
+    swapped = SignedRequest(dataclasses.replace(signed.envelope, payload=other), signed.proof)
 
     # execute
     code, details = refusal(node.address, swapped)
@@ -229,8 +233,9 @@ def test_foreign_signature_claiming_the_gateway_key_id_is_unauthenticated(
     node: RunningNode, gateway_key: SigningKey
 ) -> None:
     # prepare
-    forged = dataclasses.replace(
-        sign_request(SigningKey.generate(), request_for()), key_id=gateway_key.key_id
+    signed = sign_request(SigningKey.generate(), request_for())
+    forged = SignedRequest(
+        dataclasses.replace(signed.envelope, key_id=gateway_key.key_id), signed.proof
     )
 
     # execute
@@ -403,7 +408,7 @@ def test_concurrent_requests_sharing_a_nonce_get_one_answer(
     nonce = os.urandom(16)
     envelopes = [sign_request(gateway_key, request_for(nonce=nonce)) for _ in range(8)]
 
-    def send(envelope: Envelope) -> grpc.StatusCode:
+    def send(envelope: SignedRequest) -> grpc.StatusCode:
         try:
             call_node(node.address, envelope)
         except grpc.RpcError as exc:
@@ -444,7 +449,7 @@ def test_replay_is_refused_after_the_node_restarts(
     )
 
 
-def attempt(address: str, envelope: Envelope) -> bytes | tuple[grpc.StatusCode, str]:
+def attempt(address: str, envelope: SignedRequest) -> bytes | tuple[grpc.StatusCode, str]:
     """The response's bytes, or the refusal's status and message."""
     try:
         return call_node(address, envelope).SerializeToString(deterministic=True)
@@ -501,7 +506,7 @@ def test_replay_guard_keeps_nonces_while_their_requests_are_acceptable(
             stub = pb_node_grpc.NodeServiceStub(channel)
             for _ in range(255):
                 fresh = sign_request(gateway_key, request_for(ttl_ms=1_000))
-                stub.Answer(pb_node.AnswerRequest(request=envelope_to_proto(fresh)), timeout=10)
+                stub.Answer(signed_request_to_proto(fresh), timeout=10)
 
         # execute: the old nonce again, once with other bytes and once identically
         code, details = refusal(

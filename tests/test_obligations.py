@@ -42,10 +42,9 @@ from liaison.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer, Requester
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import answer_from_bytes, envelope_from_proto, envelope_to_proto
+from liaison.wire import answer_from_bytes, envelope_from_proto, signed_request_to_proto
 from node.differencing import GUARD_RULE
 from node.server import build_node
-from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 from tests.support import RunningNode, make_request, running_node, sign_request
 
@@ -364,14 +363,12 @@ class Agencies:
             legal_basis=legal_basis,
         )
         envelope = sign_request(self.gateway_key, request)
-        response = node.stub.Answer(
-            pb_node.AnswerRequest(request=envelope_to_proto(envelope)), timeout=10
-        )
+        response = node.stub.Answer(signed_request_to_proto(envelope), timeout=10)
         sealed = envelope_from_proto(response.answer)
         answer = answer_from_bytes(open_envelope(sealed, ANSWER_TYPE, {node.key.key_id: node.key}))
         assert answer.query_id == request.query_id
         assert answer.node_id == node.node_id
-        assert answer.request_digest == hashlib.sha256(envelope.payload).digest()
+        assert answer.request_digest == hashlib.sha256(envelope.envelope.payload).digest()
         return answer
 
 

@@ -20,7 +20,7 @@ from liaison.keys import SigningKey
 from liaison.messages import NodeStatus
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.tls import TlsFiles, write_dev_pki
-from liaison.wire import envelope_to_proto
+from liaison.wire import signed_request_to_proto
 from node.answering import close_core
 from node.server import build_node, start_node_server
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -56,9 +56,7 @@ def _answer(channel: grpc.Channel, root: Path) -> pb_node.AnswerResponse:
     )
     envelope = sign_request(SigningKey.from_pem_file(root / "gateway" / "gateway.key"), request)
     stub = pb_node_grpc.NodeServiceStub(channel)
-    response: pb_node.AnswerResponse = stub.Answer(
-        pb_node.AnswerRequest(request=envelope_to_proto(envelope)), timeout=5
-    )
+    response: pb_node.AnswerResponse = stub.Answer(signed_request_to_proto(envelope), timeout=5)
     return response
 
 

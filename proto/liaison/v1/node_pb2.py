@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import envelope_pb2 as liaison_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x19liaison/v1/envelope.proto\"6\n\rAnswerRequest\x12%\n\x07request\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"6\n\x0e\x41nswerResponse\x12$\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x11\n\x0f\x44\x65scribeRequest\"x\n\x10\x44\x65scribeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12*\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x18.liaison.v1.DatasetOffer\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"/\n\x0c\x44\x61tasetOffer\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\"\x12\n\x10GetPolicyRequest\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x7f\n\x0fPublishedPolicy\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x17\n\x0f\x64ocument_sha256\x18\x04 \x01(\t\x12\x17\n\x0fpublished_at_ms\x18\x05 \x01(\x03\x32\xdf\x01\n\x0bNodeService\x12?\n\x06\x41nswer\x12\x19.liaison.v1.AnswerRequest\x1a\x1a.liaison.v1.AnswerResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.liaison.v1.DescribeRequest\x1a\x1c.liaison.v1.DescribeResponse\x12H\n\tGetPolicy\x12\x1c.liaison.v1.GetPolicyRequest\x1a\x1d.liaison.v1.GetPolicyResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x19liaison/v1/envelope.proto\"e\n\rAnswerRequest\x12%\n\x07request\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12-\n\x0cledger_proof\x18\x02 \x01(\x0b\x32\x17.liaison.v1.LedgerProof\"\\\n\x0bLedgerProof\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x16\n\x0einclusion_path\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"6\n\x0e\x41nswerResponse\x12$\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x11\n\x0f\x44\x65scribeRequest\"x\n\x10\x44\x65scribeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12*\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x18.liaison.v1.DatasetOffer\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"/\n\x0c\x44\x61tasetOffer\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\"\x12\n\x10GetPolicyRequest\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x7f\n\x0fPublishedPolicy\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x17\n\x0f\x64ocument_sha256\x18\x04 \x01(\t\x12\x17\n\x0fpublished_at_ms\x18\x05 \x01(\x03\x32\xdf\x01\n\x0bNodeService\x12?\n\x06\x41nswer\x12\x19.liaison.v1.AnswerRequest\x1a\x1a.liaison.v1.AnswerResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.liaison.v1.DescribeRequest\x1a\x1c.liaison.v1.DescribeResponse\x12H\n\tGetPolicy\x12\x1c.liaison.v1.GetPolicyRequest\x1a\x1d.liaison.v1.GetPolicyResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,21 +33,23 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liaison.v1.node_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_ANSWERREQUEST']._serialized_start=64
-  _globals['_ANSWERREQUEST']._serialized_end=118
-  _globals['_ANSWERRESPONSE']._serialized_start=120
-  _globals['_ANSWERRESPONSE']._serialized_end=174
-  _globals['_DESCRIBEREQUEST']._serialized_start=176
-  _globals['_DESCRIBEREQUEST']._serialized_end=193
-  _globals['_DESCRIBERESPONSE']._serialized_start=195
-  _globals['_DESCRIBERESPONSE']._serialized_end=315
-  _globals['_DATASETOFFER']._serialized_start=317
-  _globals['_DATASETOFFER']._serialized_end=364
-  _globals['_GETPOLICYREQUEST']._serialized_start=366
-  _globals['_GETPOLICYREQUEST']._serialized_end=384
-  _globals['_GETPOLICYRESPONSE']._serialized_start=386
-  _globals['_GETPOLICYRESPONSE']._serialized_end=443
-  _globals['_PUBLISHEDPOLICY']._serialized_start=445
-  _globals['_PUBLISHEDPOLICY']._serialized_end=572
-  _globals['_NODESERVICE']._serialized_start=575
-  _globals['_NODESERVICE']._serialized_end=798
+  _globals['_ANSWERREQUEST']._serialized_end=165
+  _globals['_LEDGERPROOF']._serialized_start=167
+  _globals['_LEDGERPROOF']._serialized_end=259
+  _globals['_ANSWERRESPONSE']._serialized_start=261
+  _globals['_ANSWERRESPONSE']._serialized_end=315
+  _globals['_DESCRIBEREQUEST']._serialized_start=317
+  _globals['_DESCRIBEREQUEST']._serialized_end=334
+  _globals['_DESCRIBERESPONSE']._serialized_start=336
+  _globals['_DESCRIBERESPONSE']._serialized_end=456
+  _globals['_DATASETOFFER']._serialized_start=458
+  _globals['_DATASETOFFER']._serialized_end=505
+  _globals['_GETPOLICYREQUEST']._serialized_start=507
+  _globals['_GETPOLICYREQUEST']._serialized_end=525
+  _globals['_GETPOLICYRESPONSE']._serialized_start=527
+  _globals['_GETPOLICYRESPONSE']._serialized_end=584
+  _globals['_PUBLISHEDPOLICY']._serialized_start=586
+  _globals['_PUBLISHEDPOLICY']._serialized_end=713
+  _globals['_NODESERVICE']._serialized_start=716
+  _globals['_NODESERVICE']._serialized_end=939
 # @@protoc_insertion_point(module_scope)

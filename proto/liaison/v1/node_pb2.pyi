@@ -8,10 +8,24 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class AnswerRequest(_message.Message):
-    __slots__ = ("request",)
+    __slots__ = ("request", "ledger_proof")
     REQUEST_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_PROOF_FIELD_NUMBER: _ClassVar[int]
     request: _envelope_pb2.Envelope
-    def __init__(self, request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
+    ledger_proof: LedgerProof
+    def __init__(self, request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ..., ledger_proof: _Optional[_Union[LedgerProof, _Mapping]] = ...) -> None: ...
+
+class LedgerProof(_message.Message):
+    __slots__ = ("entry", "leaf_index", "inclusion_path", "checkpoint")
+    ENTRY_FIELD_NUMBER: _ClassVar[int]
+    LEAF_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INCLUSION_PATH_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_FIELD_NUMBER: _ClassVar[int]
+    entry: bytes
+    leaf_index: int
+    inclusion_path: _containers.RepeatedScalarFieldContainer[bytes]
+    checkpoint: str
+    def __init__(self, entry: _Optional[bytes] = ..., leaf_index: _Optional[int] = ..., inclusion_path: _Optional[_Iterable[bytes]] = ..., checkpoint: _Optional[str] = ...) -> None: ...
 
 class AnswerResponse(_message.Message):
     __slots__ = ("answer",)

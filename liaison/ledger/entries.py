@@ -1,0 +1,303 @@
+"""Ledger entries: versioned, self-describing records in canonical JSON.
+
+An entry's bytes are what the Merkle leaf hashes, so they are written once
+and never re-encoded: readers parse them for display and checks, but verify
+the stored bytes. JSON (sorted keys, no spaces, UTF-8) keeps an entry
+readable by an auditor with nothing but a text editor, years from now, and
+the ``format``/``v`` pair tells any reader what it holds.
+
+Selectors never appear in clear: every predicate value is stored as an
+HMAC-SHA-256 under the federation's audit key, so an auditor holding that key
+can ask "was this value ever queried?" while the ledger is no second copy of
+the data.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from pathlib import Path
+from typing import Any
+
+from liaison.errors import ConfigError, EntryError
+from liaison.messages import NodeResult, QueryRequest
+
+FORMAT = "liaison.ledger.entry"
+VERSION = 1
+MAX_ENTRY_BYTES = 1024 * 1024
+AUDIT_KEY_BYTES = 32
+
+
+class EntryKind(StrEnum):
+    # The gateway's record of a request, written before any node is asked.
+    REQUEST = "request"
+    # The gateway's record of what each node did with a request.
+    OUTCOME = "outcome"
+    # A node's record of a request it answered, with the gateway's proof.
+    RECEIPT = "receipt"
+    # A process (re)opened the ledger: requests without an outcome before it
+    # were cut short by a stop or crash, not hidden.
+    OPENED = "opened"
+
+
+class AuditKey:
+    """The secret under which selectors are hashed; auditors hold a copy."""
+
+    def __init__(self, secret: bytes) -> None:
+        if len(secret) < AUDIT_KEY_BYTES:
+            raise ConfigError(
+                f"the audit key must hold at least {AUDIT_KEY_BYTES} bytes; "
+                "create one with `liaison init`"
+            )
+        self._secret = secret
+        # Names the key in every entry, so a key rotation is visible and an
+        # auditor knows which key answers for which entries.
+        self.key_id = hashlib.sha256(b"liaison audit key id\x00" + secret).hexdigest()[:16]
+
+    @classmethod
+    def from_file(cls, path: Path) -> AuditKey:
+        try:
+            text = path.read_text().strip()
+        except FileNotFoundError as exc:
+            raise ConfigError(
+                f"audit key file {path} does not exist; create one with `liaison init`"
+            ) from exc
+        except OSError as exc:
+            raise ConfigError(f"cannot read audit key file {path} ({exc.strerror})") from exc
+        try:
+            return cls(bytes.fromhex(text))
+        except ValueError as exc:
+            raise ConfigError(f"audit key file {path} must hold hex digits") from exc
+
+    def hash(self, value: str) -> str:
+        return hmac.new(self._secret, value.encode("utf-8"), hashlib.sha256).hexdigest()
+
+
+def canonical_json(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(
+        document, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8")
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """A parsed entry: its kind, its fields, and the exact bytes that were logged."""
+
+    kind: EntryKind
+    fields: Mapping[str, Any]
+    raw: bytes
+
+    @property
+    def time_ms(self) -> int:
+        return int(self.fields.get("time_ms", 0))
+
+    @property
+    def query_id(self) -> str:
+        return str(self.fields.get("query_id", ""))
+
+    def text(self, key: str) -> str:
+        value = self.fields.get(key, "")
+        return value if isinstance(value, str) else ""
+
+
+def _entry(kind: EntryKind, body: Mapping[str, Any]) -> bytes:
+    raw = canonical_json({"format": FORMAT, "v": VERSION, "kind": kind.value, **body})
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise EntryError(f"a {kind} entry of {len(raw)} bytes exceeds {MAX_ENTRY_BYTES}")
+    return raw
+
+
+def request_entry(
+    request: QueryRequest, *, request_digest: bytes, key_id: str, audit_key: AuditKey
+) -> bytes:
+    """The gateway's entry for ``request``, whose signed payload hashes to ``request_digest``."""
+    query = request.query
+    requester = request.requester
+    return _entry(
+        EntryKind.REQUEST,
+        {
+            "query_id": request.query_id,
+            "time_ms": request.issued_at_ms,
+            "expires_at_ms": request.expires_at_ms,
+            "gateway_id": request.gateway_id,
+            "request_digest": request_digest.hex(),
+            "request_key_id": key_id,
+            "requester": {
+                "agency": requester.agency,
+                "subject": requester.subject,
+                "roles": list(requester.roles),
+                "issuer": requester.issuer,
+                "attributes": dict(requester.attributes),
+            },
+            "purpose": request.purpose,
+            "case_ref": request.case_ref,
+            "legal_basis": request.legal_basis,
+            "catalog_version": request.catalog_version,
+            "dataset": query.dataset,
+            "operation": query.operation.value,
+            "targets": list(request.audience),
+            "predicates": [
+                {
+                    "field": p.field,
+                    "comparator": p.comparator.value,
+                    "values_hmac": [audit_key.hash(v) for v in p.values],
+                }
+                for p in query.predicates
+            ],
+            "fields": list(query.fields),
+            "group_by": query.group_by or "",
+            "limit": query.limit,
+            "audit_key_id": audit_key.key_id,
+        },
+    )
+
+
+def outcome_entry(
+    *, query_id: str, request_digest: bytes, time_ms: int, results: Sequence[NodeResult]
+) -> bytes:
+    """The gateway's entry for what became of a request at each node."""
+    return _entry(
+        EntryKind.OUTCOME,
+        {
+            "query_id": query_id,
+            "time_ms": time_ms,
+            "request_digest": request_digest.hex(),
+            "results": [
+                {
+                    "node_id": r.node_id,
+                    "status": r.status.value,
+                    "answer_digest": r.answer_digest,
+                    "rules": list(r.answer.decision.rules) if r.answer else [],
+                    "latency_ms": r.latency_ms,
+                }
+                for r in results
+            ],
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ReceiptFacts:
+    """What a node knows of one answered request, for its receipt."""
+
+    node_id: str
+    time_ms: int
+    query_id: str
+    request_digest: bytes
+    gateway_id: str
+    gateway_key_id: str
+    gateway_signature: bytes
+    gateway_entry: bytes
+    gateway_leaf_index: int
+    gateway_checkpoint: str
+    status: str
+    rules: tuple[str, ...]
+    obligations: tuple[str, ...]
+    answer_digest: str
+    answer_key_id: str
+
+
+def receipt_entry(facts: ReceiptFacts) -> bytes:
+    """A node's receipt: the gateway's logged entry and proof of it, and what was answered."""
+    return _entry(
+        EntryKind.RECEIPT,
+        {
+            "node_id": facts.node_id,
+            "time_ms": facts.time_ms,
+            "query_id": facts.query_id,
+            "request_digest": facts.request_digest.hex(),
+            "gateway_id": facts.gateway_id,
+            "gateway_key_id": facts.gateway_key_id,
+            "gateway_signature": facts.gateway_signature.hex(),
+            # The gateway's entry verbatim (it holds only keyed hashes), so
+            # the receipt shows who asked what without the gateway's ledger,
+            # and reconciling can compare leaf hashes.
+            "gateway_entry": facts.gateway_entry.decode("utf-8"),
+            "gateway_leaf_index": facts.gateway_leaf_index,
+            "gateway_checkpoint": facts.gateway_checkpoint,
+            "status": facts.status,
+            "rules": list(facts.rules),
+            "obligations": list(facts.obligations),
+            "answer_digest": facts.answer_digest,
+            "answer_key_id": facts.answer_key_id,
+        },
+    )
+
+
+def opened_entry(*, time_ms: int, origin: str, key_id: str, software: str) -> bytes:
+    return _entry(
+        EntryKind.OPENED,
+        {"time_ms": time_ms, "origin": origin, "key_id": key_id, "software": software},
+    )
+
+
+# Fields each kind must carry, with their JSON types; a reader of a later
+# release keeps accepting every version it ever wrote.
+_REQUIRED: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
+    EntryKind.REQUEST: {
+        "query_id": str,
+        "time_ms": int,
+        "gateway_id": str,
+        "request_digest": str,
+        "requester": dict,
+        "purpose": str,
+        "case_ref": str,
+        "dataset": str,
+        "operation": str,
+        "targets": list,
+        "predicates": list,
+        "audit_key_id": str,
+    },
+    EntryKind.OUTCOME: {
+        "query_id": str,
+        "time_ms": int,
+        "request_digest": str,
+        "results": list,
+    },
+    EntryKind.RECEIPT: {
+        "node_id": str,
+        "time_ms": int,
+        "query_id": str,
+        "request_digest": str,
+        "gateway_id": str,
+        "gateway_entry": str,
+        "gateway_leaf_index": int,
+        "gateway_checkpoint": str,
+        "status": str,
+        "rules": list,
+        "answer_digest": str,
+    },
+    EntryKind.OPENED: {"time_ms": int, "origin": str, "key_id": str},
+}
+
+
+def parse_entry(raw: bytes) -> Entry:
+    """Parse logged bytes; raise EntryError naming what is wrong."""
+    if len(raw) > MAX_ENTRY_BYTES:
+        raise EntryError(f"entry of {len(raw)} bytes exceeds {MAX_ENTRY_BYTES}")
+    try:
+        document = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise EntryError(f"entry is not UTF-8 JSON ({exc})") from exc
+    if not isinstance(document, dict) or document.get("format") != FORMAT:
+        raise EntryError(f"entry is not a {FORMAT} record")
+    version = document.get("v")
+    if version != VERSION:
+        raise EntryError(
+            f"entry format version {version!r} is not one this release reads (reads {VERSION}); "
+            "use a newer liaison"
+        )
+    try:
+        kind = EntryKind(str(document.get("kind")))
+    except ValueError as exc:
+        raise EntryError(f"entry kind {document.get('kind')!r} is unknown") from exc
+    for name, expected in _REQUIRED[kind].items():
+        value = document.get(name)
+        # bool is an int to Python, never to an auditor.
+        if not isinstance(value, expected) or isinstance(value, bool):
+            raise EntryError(f"{kind} entry lacks a valid {name!r}")
+    return Entry(kind, document, raw)

@@ -1,0 +1,137 @@
+"""Requests that prove they were logged: the proof a gateway attaches, and the node's check.
+
+A gateway appends its request entry before it asks, and sends the entry with
+its inclusion path under a checkpoint it signed. A node answers only when
+that proof verifies and the entry describes the very request it holds, so a
+gateway that skips or falsifies its ledger gets no answers.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from liaison.envelope import Envelope
+from liaison.errors import CheckpointError, EntryError, ProofError, UnloggedRequest
+from liaison.keys import VerifyingKey
+from liaison.ledger.checkpoint import Checkpoint, open_checkpoint
+from liaison.ledger.entries import Entry, EntryKind, parse_entry
+from liaison.ledger.merkle import leaf_hash, verify_inclusion
+from liaison.messages import QueryRequest
+
+MAX_PROOF_ELEMENTS = 64
+
+
+def gateway_origin(gateway_id: str) -> str:
+    """The log origin of a gateway's ledger, which its checkpoints name."""
+    return f"liaison.gateway/{gateway_id}"
+
+
+def node_origin(node_id: str) -> str:
+    return f"liaison.node/{node_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerProof:
+    """A gateway's request entry, where it sits, and a signed checkpoint covering it."""
+
+    entry: bytes
+    leaf_index: int
+    inclusion_path: tuple[bytes, ...]
+    checkpoint: str
+
+
+@dataclass(frozen=True, slots=True)
+class SignedRequest:
+    """What a gateway sends a node: the signed request and the proof it was logged."""
+
+    envelope: Envelope
+    proof: LedgerProof | None
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedRequest:
+    """A request whose ledger proof verified, with what the node keeps of it."""
+
+    entry: Entry
+    checkpoint: Checkpoint
+    proof: LedgerProof
+
+
+def check_logged(
+    proof: LedgerProof | None,
+    *,
+    request: QueryRequest,
+    request_digest: bytes,
+    gateway_key: VerifyingKey,
+) -> LoggedRequest:
+    """Raise UnloggedRequest unless ``proof`` shows ``request`` in its gateway's ledger."""
+    if proof is None:
+        raise UnloggedRequest(
+            "request carries no ledger proof; a gateway must log each request before asking "
+            "(upgrade the gateway, or check that its ledger is configured)"
+        )
+    if len(proof.inclusion_path) > MAX_PROOF_ELEMENTS:
+        raise UnloggedRequest(f"ledger proof has more than {MAX_PROOF_ELEMENTS} elements")
+    try:
+        checkpoint = open_checkpoint(
+            proof.checkpoint, gateway_key, origin=gateway_origin(request.gateway_id)
+        )
+        verify_inclusion(
+            leaf_hash(proof.entry),
+            proof.leaf_index,
+            checkpoint.size,
+            proof.inclusion_path,
+            checkpoint.root,
+        )
+        entry = parse_entry(proof.entry)
+    except (CheckpointError, ProofError, EntryError) as exc:
+        raise UnloggedRequest(f"the request's ledger proof does not verify: {exc}") from exc
+    _check_describes(entry, request, request_digest)
+    return LoggedRequest(entry, checkpoint, proof)
+
+
+def _check_describes(entry: Entry, request: QueryRequest, digest: bytes) -> None:
+    if entry.kind is not EntryKind.REQUEST:
+        raise UnloggedRequest(f"the logged entry is a {entry.kind} entry, not a request")
+    f = entry.fields
+    requester = f["requester"]
+    expected = {
+        "request_digest": (f["request_digest"], digest.hex()),
+        "query_id": (f["query_id"], request.query_id),
+        "gateway_id": (f["gateway_id"], request.gateway_id),
+        "time_ms": (f["time_ms"], request.issued_at_ms),
+        "agency": (requester.get("agency"), request.requester.agency),
+        "subject": (requester.get("subject"), request.requester.subject),
+        "roles": (requester.get("roles"), list(request.requester.roles)),
+        "purpose": (f["purpose"], request.purpose),
+        "case_ref": (f["case_ref"], request.case_ref),
+        "legal_basis": (f.get("legal_basis"), request.legal_basis),
+        "dataset": (f["dataset"], request.query.dataset),
+        "operation": (f["operation"], request.query.operation.value),
+        "targets": (f["targets"], list(request.audience)),
+        "predicates": (_shape(f["predicates"]), _shape_of(request)),
+        "fields": (f.get("fields"), list(request.query.fields)),
+        "group_by": (f.get("group_by"), request.query.group_by or ""),
+        "limit": (f.get("limit"), request.query.limit),
+    }
+    wrong = [name for name, (logged, actual) in expected.items() if logged != actual]
+    if wrong:
+        raise UnloggedRequest(
+            f"the logged entry does not describe this request (differs in {', '.join(wrong)}); "
+            "the gateway logged something other than what it asks"
+        )
+
+
+def _shape(predicates: list[object]) -> list[tuple[object, object, int]] | None:
+    # Values are keyed hashes the node cannot recompute, but their fields,
+    # comparators and number must match what it is asked.
+    shape = []
+    for p in predicates:
+        if not isinstance(p, dict) or not isinstance(p.get("values_hmac"), list):
+            return None
+        shape.append((p.get("field"), p.get("comparator"), len(p["values_hmac"])))
+    return shape
+
+
+def _shape_of(request: QueryRequest) -> list[tuple[object, object, int]]:
+    return [(p.field, p.comparator.value, len(p.values)) for p in request.query.predicates]

@@ -1,0 +1,224 @@
+"""Durable ledger storage through SQLAlchemy: a SQLite file by default, PostgreSQL when configured.
+
+The store is dumb on purpose: it keeps entries by index, their leaf hashes
+(so a restart need not rehash every entry) and signed checkpoints. Every
+claim it makes is checked against the Merkle tree by the verifier, so a
+store edited behind the ledger's back is found out, not believed.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+
+from liaison.errors import ConfigError, LedgerError, LedgerUnavailable
+
+metadata = sa.MetaData()
+
+entries_table = sa.Table(
+    "liaison_ledger_entries",
+    metadata,
+    sa.Column("idx", sa.BigInteger, primary_key=True, autoincrement=False),
+    sa.Column("leaf_hash", sa.LargeBinary(32), nullable=False),
+    sa.Column("entry", sa.LargeBinary, nullable=False),
+)
+
+checkpoints_table = sa.Table(
+    "liaison_ledger_checkpoints",
+    metadata,
+    sa.Column("id", sa.Integer, primary_key=True, autoincrement=True),
+    sa.Column("size", sa.BigInteger, nullable=False),
+    sa.Column("time_ms", sa.BigInteger, nullable=False),
+    sa.Column("note", sa.Text, nullable=False),
+)
+
+meta_table = sa.Table(
+    "liaison_ledger_meta",
+    metadata,
+    sa.Column("name", sa.String(64), primary_key=True),
+    sa.Column("value", sa.Text, nullable=False),
+)
+
+READ_BATCH = 20_000
+
+
+@dataclass(frozen=True, slots=True)
+class StoredCheckpoint:
+    id: int
+    size: int
+    time_ms: int
+    note: str
+
+
+def ledger_url(location: str | Path) -> str:
+    """A SQLAlchemy URL for ``location``: a URL as given, or a path to a SQLite file."""
+    text = str(location)
+    if "://" in text:
+        return text
+    return f"sqlite:///{Path(text).resolve()}"
+
+
+def _durable_sqlite(dbapi_connection: Any, _record: Any) -> None:
+    # WAL with synchronous=FULL: a commit that returned survives power loss,
+    # and readers (auditors, `liaison audit` on a live file) never block the writer.
+    if isinstance(dbapi_connection, sqlite3.Connection):
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
+
+
+class LedgerStore:
+    """Entries, leaf hashes and checkpoints in three tables."""
+
+    def __init__(self, location: str | Path, *, create: bool = True) -> None:
+        url = ledger_url(location)
+        try:
+            parsed = sa.make_url(url)
+        except ArgumentError as exc:
+            raise ConfigError(f"ledger location {url!r} is not a database URL or path") from exc
+        self.url = parsed.render_as_string(hide_password=True)
+        if parsed.get_backend_name() == "sqlite":
+            path = Path(parsed.database or "")
+            if not parsed.database or str(path) == ":memory:":
+                raise ConfigError("a ledger needs a file or a server, not an in-memory database")
+            if create:
+                path.parent.mkdir(parents=True, exist_ok=True)
+            elif not path.is_file():
+                raise ConfigError(f"no ledger at {path}; check the path")
+        try:
+            self.engine: Engine = sa.create_engine(parsed, pool_pre_ping=True)
+        except (ArgumentError, ImportError) as exc:
+            raise ConfigError(f"cannot use ledger database {self.url} ({exc})") from exc
+        if parsed.get_backend_name() == "sqlite":
+            sa.event.listen(self.engine, "connect", _durable_sqlite)
+        try:
+            if create:
+                metadata.create_all(self.engine)
+            else:
+                missing = [
+                    t.name
+                    for t in metadata.sorted_tables
+                    if not sa.inspect(self.engine).has_table(t.name)
+                ]
+                if missing:
+                    raise LedgerError(
+                        f"{self.url} holds no Liaison ledger (missing {', '.join(missing)})"
+                    )
+        except SQLAlchemyError as exc:
+            self.engine.dispose()
+            raise LedgerUnavailable(f"cannot open the ledger at {self.url} ({exc})") from exc
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def size(self) -> int:
+        with self.engine.connect() as conn:
+            top = conn.execute(sa.select(sa.func.max(entries_table.c.idx))).scalar()
+        return 0 if top is None else int(top) + 1
+
+    def append(self, start: int, rows: Sequence[tuple[bytes, bytes]]) -> None:
+        """Store ``rows`` of (leaf hash, entry) at ``start``...; durable when this returns."""
+        values = [
+            {"idx": start + i, "leaf_hash": leaf, "entry": entry}
+            for i, (leaf, entry) in enumerate(rows)
+        ]
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(entries_table.insert(), values)
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(
+                f"cannot write the ledger at {self.url} ({type(exc).__name__}); "
+                "no query is sent until it can be written"
+            ) from exc
+
+    def add_checkpoint(self, size: int, time_ms: int, note: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    checkpoints_table.insert().values(size=size, time_ms=time_ms, note=note)
+                )
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(
+                f"cannot write a checkpoint to the ledger at {self.url} ({type(exc).__name__})"
+            ) from exc
+
+    def rows(self, start: int = 0, end: int | None = None) -> Iterator[tuple[int, bytes, bytes]]:
+        """(index, stored leaf hash, entry) in index order, read in batches."""
+        c = entries_table.c
+        position = start
+        with self.engine.connect() as conn:
+            while True:
+                query = (
+                    sa.select(c.idx, c.leaf_hash, c.entry)
+                    .where(c.idx >= position)
+                    .order_by(c.idx)
+                    .limit(READ_BATCH)
+                )
+                if end is not None:
+                    query = query.where(c.idx < end)
+                batch = conn.execute(query).all()
+                for idx, leaf, entry in batch:
+                    yield int(idx), bytes(leaf), bytes(entry)
+                if len(batch) < READ_BATCH:
+                    return
+                position = int(batch[-1][0]) + 1
+
+    def leaf_hashes(self) -> Iterator[bytes]:
+        """Stored leaf hashes in order; raises if an index is missing."""
+        c = entries_table.c
+        expected = 0
+        with self.engine.connect() as conn:
+            while True:
+                batch = conn.execute(
+                    sa.select(c.idx, c.leaf_hash)
+                    .where(c.idx >= expected)
+                    .order_by(c.idx)
+                    .limit(READ_BATCH)
+                ).all()
+                for idx, leaf in batch:
+                    if idx != expected:
+                        raise LedgerError(
+                            f"ledger {self.url} has no entry {expected}; it was deleted. "
+                            "Run `liaison audit verify` and do not append until it is explained"
+                        )
+                    expected += 1
+                    yield bytes(leaf)
+                if len(batch) < READ_BATCH:
+                    return
+
+    def entry(self, index: int) -> bytes | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(entries_table.c.entry).where(entries_table.c.idx == index)
+            ).scalar()
+        return None if value is None else bytes(value)
+
+    def checkpoints(self) -> list[StoredCheckpoint]:
+        c = checkpoints_table.c
+        with self.engine.connect() as conn:
+            rows = conn.execute(sa.select(c.id, c.size, c.time_ms, c.note).order_by(c.id)).all()
+        return [StoredCheckpoint(int(i), int(s), int(t), str(n)) for i, s, t, n in rows]
+
+    def get_meta(self, name: str) -> str | None:
+        with self.engine.connect() as conn:
+            value = conn.execute(
+                sa.select(meta_table.c.value).where(meta_table.c.name == name)
+            ).scalar()
+        return None if value is None else str(value)
+
+    def set_meta(self, name: str, value: str) -> None:
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(meta_table.delete().where(meta_table.c.name == name))
+                conn.execute(meta_table.insert().values(name=name, value=value))
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(f"cannot write the ledger at {self.url} ({exc})") from exc
