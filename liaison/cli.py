@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liaison import __version__
+from liaison.cli_audit import add_audit, cmd_audit
 from liaison.errors import LiaisonError
 from liaison.query import MAX_LIMIT, Comparator, Operation, Predicate, Query
 
@@ -228,6 +229,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON")
 
     _add_policy(sub)
+    add_audit(sub)
 
     p = sub.add_parser("demo", help="run a whole federation on this machine and query it")
     p.add_argument("--workdir", type=Path, help="keep the federation in this folder")
@@ -538,6 +540,7 @@ COMMANDS = {
     "query": _cmd_query,
     "policy": _cmd_policy,
     "demo": _cmd_demo,
+    "audit": cmd_audit,
 }
 
 

@@ -1,0 +1,578 @@
+"""`liaison audit`: verify, read, prove and reconcile ledgers with public keys alone.
+
+Every command works on a copy of the ledger files (or a database URL) and
+needs no running service and no private key.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from liaison.errors import ConfigError, InvalidQuery, LedgerError
+from liaison.keys import VerifyingKey
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+def _add_ledger(p: argparse.ArgumentParser, *, key: bool = True) -> None:
+    p.add_argument("ledger", help="the ledger: a SQLite file or a database URL")
+    if key:
+        p.add_argument(
+            "--key",
+            type=Path,
+            required=True,
+            metavar="PUB",
+            help="the log's public key (PEM): gateway.pub for the gateway, node.pub for a node",
+        )
+
+
+def _add_filters(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("filters (all must hold)")
+    g.add_argument("--agency", default="", help="requesting agency")
+    g.add_argument("--subject", default="", help="investigator (token subject)")
+    g.add_argument("--purpose", default="", help="declared purpose")
+    g.add_argument("--case-ref", default="", help="case reference; * and ? match any text")
+    g.add_argument("--node", default="", help="node asked, or node that answered")
+    g.add_argument("--dataset", default="", help="dataset asked")
+    g.add_argument("--since", default="", help="from this ISO date or time (UTC)")
+    g.add_argument("--until", default="", help="before this ISO date or time (UTC)")
+
+
+def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "audit",
+        help="verify, read, prove and reconcile ledgers (public keys only)",
+        description="Auditor tools. They read a copy of a ledger and need only public keys "
+        "(and, to search selectors, the audit key).",
+    )
+    inner = p.add_subparsers(dest="action", required=True)
+
+    v = inner.add_parser(
+        "verify",
+        help="recompute every leaf and the tree; check every checkpoint",
+        description="Exit status: 0 when the ledger verifies; 1 when anything is wrong, "
+        "with the first bad entry or checkpoint named.",
+    )
+    _add_ledger(v)
+    v.add_argument(
+        "--checkpoint",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE",
+        help="a checkpoint you kept from an earlier audit; the ledger must still extend it",
+    )
+    v.add_argument(
+        "--save-checkpoint",
+        type=Path,
+        metavar="FILE",
+        help="write the newest verified checkpoint here, to check against next time",
+    )
+    v.add_argument(
+        "--allow-unsigned-tail",
+        action="store_true",
+        help="report entries newer than the last checkpoint as a warning, not a failure",
+    )
+    v.add_argument("--json", action="store_true", help="print JSON")
+
+    s = inner.add_parser("show", help="entries as a table or JSON, filtered")
+    _add_ledger(s, key=False)
+    _add_filters(s)
+    s.add_argument("--kind", default="", choices=["", "request", "outcome", "receipt", "opened"])
+    s.add_argument("--query-id", default="", help="one query")
+    s.add_argument("--selector", default="", help="a selector value asked for (needs --audit-key)")
+    s.add_argument("--field", default="", help="the catalog field of --selector, to canonicalise")
+    s.add_argument("--audit-key", type=Path, metavar="FILE", help="the federation's audit key")
+    s.add_argument("--limit", type=int, default=0, help="show at most this many (newest)")
+    s.add_argument("--json", action="store_true", help="print JSON (full entries)")
+
+    pr = inner.add_parser(
+        "prove", help="write an inclusion or consistency proof file that verify-proof checks"
+    )
+    _add_ledger(pr)
+    what = pr.add_mutually_exclusive_group(required=True)
+    what.add_argument("--index", type=int, help="prove that entry INDEX is in the log")
+    what.add_argument(
+        "--consistency",
+        type=int,
+        nargs="+",
+        metavar="SIZE",
+        help="OLD [NEW]: prove the log of NEW entries (default: newest) extends the one of OLD",
+    )
+    pr.add_argument("--out", type=Path, required=True, help="the proof file to write")
+
+    vp = inner.add_parser(
+        "verify-proof",
+        help="check a proof file offline",
+        description="Exit status: 0 when the proof holds; 1 when it does not.",
+    )
+    vp.add_argument("file", type=Path)
+    vp.add_argument("--key", type=Path, required=True, metavar="PUB", help="the log's public key")
+    vp.add_argument("--json", action="store_true", help="print JSON")
+
+    r = inner.add_parser(
+        "reconcile",
+        help="the gateway's ledger against every node's receipts",
+        description="Exit status: 0 when every answered request is on both sides with the "
+        "same digests; 1 when a difference shows that a ledger lies or lost entries.",
+    )
+    r.add_argument(
+        "--federation",
+        type=Path,
+        metavar="DIR",
+        help="a federation folder (from `liaison init` or `liaison demo --workdir`)",
+    )
+    r.add_argument("--gateway", help="the gateway's ledger (file or URL)")
+    r.add_argument("--gateway-key", type=Path, metavar="PUB", help="the gateway's public key")
+    r.add_argument(
+        "--node",
+        nargs=3,
+        action="append",
+        default=[],
+        metavar=("ID", "LEDGER", "PUB"),
+        help="a node's id, receipts ledger and public key (repeatable)",
+    )
+    r.add_argument("--allow-unsigned-tail", action="store_true")
+    r.add_argument("--json", action="store_true", help="print JSON")
+
+    h = inner.add_parser("hash", help="the keyed hash of a selector value, to search for it")
+    h.add_argument("value")
+    h.add_argument("--audit-key", type=Path, required=True, metavar="FILE")
+    h.add_argument("--field", default="", help="catalog field, to canonicalise the value first")
+
+    rp = inner.add_parser(
+        "report", help="a summary for an oversight body: queries per agency, purpose, outcome"
+    )
+    _add_ledger(rp)
+    _add_filters(rp)
+    rp.add_argument("--json", action="store_true", help="print JSON")
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    return ACTIONS[args.action](args)
+
+
+def _print_json(value: Any) -> None:
+    from liaison.render import to_json
+
+    print(to_json(value))
+
+
+def _store(location: str) -> Any:
+    from liaison.ledger.store import LedgerStore
+
+    return LedgerStore(location, create=False)
+
+
+def _key(path: Path) -> VerifyingKey:
+    return VerifyingKey.from_pem_file(path)
+
+
+def _progress(label: str) -> Callable[[int], None] | None:
+    if not sys.stderr.isatty():
+        return None
+
+    def show(done: int) -> None:
+        print(f"\r{label}: {done:,} entries", end="", file=sys.stderr, flush=True)
+
+    return show
+
+
+def _read_notes(paths: list[Path]) -> list[str]:
+    notes = []
+    for path in paths:
+        try:
+            notes.append(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read checkpoint file {path} ({exc.strerror})") from exc
+    return notes
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from liaison.ledger.verify import verify_ledger
+
+    store = _store(args.ledger)
+    try:
+        report, _tree = verify_ledger(
+            store,
+            _key(args.key),
+            kept=_read_notes(args.checkpoint),
+            allow_unsigned_tail=args.allow_unsigned_tail,
+            progress=_progress("verifying"),
+        )
+        if sys.stderr.isatty():
+            print(file=sys.stderr)
+        if args.save_checkpoint and report.ok:
+            _save_latest(store, report.latest, args.save_checkpoint)
+    finally:
+        store.close()
+    if args.json:
+        _print_json(_report_json(report))
+    else:
+        print(_render_report(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _save_latest(store: Any, latest: Any, path: Path) -> None:
+    if latest is None:
+        raise LedgerError("the ledger has no verified checkpoint to save")
+    for row in reversed(store.checkpoints()):
+        if row.size == latest.size and row.time_ms == latest.time_ms:
+            path.write_text(row.note)
+            return
+
+
+def _report_json(report: Any) -> dict[str, Any]:
+    latest = report.latest
+    return {
+        "ledger": report.ledger,
+        "origin": report.origin,
+        "ok": report.ok,
+        "entries": report.size,
+        "root": report.root.hex(),
+        "checkpoints": report.checkpoints,
+        "latest_checkpoint": None
+        if latest is None
+        else {"size": latest.size, "root": latest.root.hex(), "time_ms": latest.time_ms},
+        "kinds": report.kinds,
+        "unfinished_requests": report.unfinished,
+        "problems": [_finding_json(f) for f in report.problems],
+        "warnings": [_finding_json(f) for f in report.warnings],
+    }
+
+
+def _finding_json(finding: Any) -> dict[str, Any]:
+    return {"where": finding.where, "index": finding.index, "message": finding.message}
+
+
+def _render_report(report: Any) -> str:
+    from liaison.ledger.views import format_time
+
+    latest = report.latest
+    lines = [
+        f"ledger      {report.ledger}",
+        f"origin      {report.origin}",
+        f"entries     {report.size:,}  "
+        + "  ".join(f"{k} {n:,}" for k, n in sorted(report.kinds.items())),
+        f"root        {report.root.hex()}",
+        f"checkpoints {report.checkpoints:,}"
+        + (
+            ""
+            if latest is None
+            else f"  (newest: {latest.size:,} entries, signed {format_time(latest.time_ms)})"
+        ),
+    ]
+    if report.unfinished:
+        lines.append(
+            f"unfinished  {report.unfinished} request(s) without an outcome (cut short by a stop)"
+        )
+    lines += [f"WARNING  {f}" for f in report.warnings]
+    lines += [f"PROBLEM  {f}" for f in report.problems]
+    lines.append(
+        "VERIFIED: every entry, the tree and every checkpoint check out"
+        if report.ok
+        else f"FAILED: {len(report.problems)} problem(s); the first is at "
+        f"{report.problems[0].where}"
+    )
+    return "\n".join(lines)
+
+
+def _filters(args: argparse.Namespace, selector_hash: str = "") -> Any:
+    from liaison.ledger.views import Filters, parse_time
+
+    return Filters(
+        agency=args.agency,
+        subject=args.subject,
+        purpose=args.purpose,
+        case_ref=args.case_ref,
+        node=args.node,
+        dataset=args.dataset,
+        kind=getattr(args, "kind", ""),
+        query_id=getattr(args, "query_id", ""),
+        selector_hash=selector_hash,
+        since_ms=parse_time(args.since) if args.since else None,
+        until_ms=parse_time(args.until) if args.until else None,
+    )
+
+
+def _selector_hash(value: str, field: str, audit_key: Path | None) -> str:
+    from liaison.catalog import CATALOG_V1
+    from liaison.ledger.entries import AuditKey
+
+    if audit_key is None:
+        raise InvalidQuery("searching for a selector needs the audit key (--audit-key FILE)")
+    if field:
+        matches = [d.field(field) for d in CATALOG_V1.datasets if field in d.field_names]
+        if not matches:
+            raise InvalidQuery(f"no catalog dataset has a field {field!r}")
+        value = matches[0].canonical(value)
+    return AuditKey.from_file(audit_key).hash(value)
+
+
+def _cmd_show(args: argparse.Namespace) -> int:
+    from liaison.ledger.views import format_time, select
+    from liaison.render import table
+
+    selector = _selector_hash(args.selector, args.field, args.audit_key) if args.selector else ""
+    store = _store(args.ledger)
+    try:
+        found = select(store, _filters(args, selector))
+    finally:
+        store.close()
+    if args.limit > 0:
+        found = found[-args.limit :]
+    if args.json:
+        _print_json([r.as_json() for r in found])
+        return EXIT_OK
+    rows = [
+        [
+            str(r.index),
+            format_time(r.time_ms),
+            r.kind,
+            r.query_id[:8],
+            f"{r.agency}/{r.subject}" if r.agency else "",
+            r.purpose,
+            r.case_ref,
+            f"{r.dataset} {r.operation}".strip(),
+            r.outcome or ",".join(r.nodes),
+        ]
+        for r in found
+    ]
+    headers = ["#", "time (UTC)", "kind", "query", "who", "purpose", "case", "asked", "nodes"]
+    print(table(headers, rows))
+    print(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}")
+    return EXIT_OK
+
+
+def _cmd_prove(args: argparse.Namespace) -> int:
+    from liaison.ledger.proofs import consistency_proof, inclusion_proof, write_proof
+    from liaison.ledger.verify import verify_ledger
+
+    store = _store(args.ledger)
+    try:
+        report, tree = verify_ledger(store, _key(args.key), allow_unsigned_tail=True)
+        if not report.ok:
+            raise LedgerError(
+                f"the ledger does not verify ({report.problems[0]}); a proof from it would "
+                "prove nothing. Run `liaison audit verify` for details"
+            )
+        if args.index is not None:
+            document = inclusion_proof(store, tree, args.index)
+        else:
+            sizes = args.consistency
+            if len(sizes) > 2:
+                raise InvalidQuery("--consistency takes OLD and at most one NEW size")
+            document = consistency_proof(
+                store, tree, sizes[0], sizes[1] if len(sizes) > 1 else None
+            )
+    finally:
+        store.close()
+    write_proof(document, args.out)
+    print(f"wrote {document['type']} to {args.out}")
+    return EXIT_OK
+
+
+def _cmd_verify_proof(args: argparse.Namespace) -> int:
+    from liaison.errors import CheckpointError, ProofError
+    from liaison.ledger.proofs import check_proof_file
+
+    try:
+        result = check_proof_file(args.file, _key(args.key))
+    except (ProofError, CheckpointError) as exc:
+        if args.json:
+            _print_json({"ok": False, "error": str(exc)})
+        else:
+            print(f"FAILED: {exc}")
+        return EXIT_FAILED
+    if args.json:
+        _print_json({"ok": True, "kind": result.kind, "summary": result.summary})
+    else:
+        print(f"VERIFIED: {result.summary}")
+    return EXIT_OK
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    node_id: str
+    ledger: str
+    key: Path
+
+
+def _federation_sides(folder: Path) -> tuple[_Side, list[_Side]]:
+    from liaison.catalog import CATALOG_V1
+    from liaison.config import load_gateway_config, load_node_config
+
+    gateway_config = load_gateway_config(folder / "gateway" / "gateway.toml")
+    gateway = _Side("gateway", gateway_config.ledger, folder / "gateway" / "gateway.pub")
+    nodes = []
+    for config_path in sorted((folder / "nodes").glob("*/node.toml")):
+        config = load_node_config(config_path, CATALOG_V1)
+        nodes.append(_Side(config.node_id, config.receipts, config_path.parent / "node.pub"))
+    return gateway, nodes
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    from liaison.ledger.reconcile import NodeLedger, reconcile
+
+    if args.federation:
+        gateway, sides = _federation_sides(args.federation)
+    elif args.gateway and args.gateway_key:
+        gateway, sides = _Side("gateway", args.gateway, args.gateway_key), []
+    else:
+        raise InvalidQuery("name the ledgers: --federation DIR, or --gateway and --gateway-key")
+    sides += [_Side(i, ledger, Path(key)) for i, ledger, key in args.node]
+    if not sides:
+        raise InvalidQuery("name at least one node: --node ID LEDGER PUB")
+    stores = []
+    try:
+        gateway_store = _store(gateway.ledger)
+        stores.append(gateway_store)
+        nodes = []
+        for side in sides:
+            store = _store(side.ledger)
+            stores.append(store)
+            nodes.append(NodeLedger(side.node_id, store, _key(side.key)))
+        report = reconcile(
+            gateway_store, _key(gateway.key), nodes, allow_unsigned_tail=args.allow_unsigned_tail
+        )
+    finally:
+        for store in stores:
+            store.close()
+    if args.json:
+        _print_json(
+            {
+                "ok": report.ok,
+                "gateway": _report_json(report.gateway),
+                "nodes": {n: _report_json(r) for n, r in report.nodes.items()},
+                "receipts": report.receipts,
+                "differences": [
+                    {
+                        "node_id": d.node_id,
+                        "query_id": d.query_id,
+                        "message": d.message,
+                        "problem": d.problem,
+                    }
+                    for d in report.differences
+                ],
+            }
+        )
+    else:
+        print(_render_reconcile(report))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _render_reconcile(report: Any) -> str:
+    from liaison.render import table
+
+    def state(r: Any) -> str:
+        return "verified" if r.ok else f"FAILED at {r.problems[0].where}: {r.problems[0].message}"
+
+    rows = [["gateway", f"{report.gateway.size:,}", "", state(report.gateway)]]
+    rows += [
+        [node, f"{r.size:,}", f"{report.receipts.get(node, 0):,}", state(r)]
+        for node, r in sorted(report.nodes.items())
+    ]
+    out = [table(["ledger", "entries", "receipts", "state"], rows), ""]
+    problems = [d for d in report.differences if d.problem]
+    notes = [d for d in report.differences if not d.problem]
+    if report.differences:
+        out.append(
+            table(
+                ["", "node", "query", "difference"],
+                [
+                    ["PROBLEM" if d.problem else "note", d.node_id, d.query_id[:8], d.message]
+                    for d in [*problems, *notes]
+                ],
+            )
+        )
+        out.append("")
+    out.append(
+        "RECONCILED: every answered request is on both sides with the same digests"
+        if report.ok
+        else f"NOT RECONCILED: {len(problems)} difference(s) show a ledger that lies or lost "
+        "entries"
+        + (
+            ""
+            if report.gateway.ok and all(r.ok for r in report.nodes.values())
+            else "; a ledger fails verification"
+        )
+    )
+    return "\n".join(out)
+
+
+def _cmd_hash(args: argparse.Namespace) -> int:
+    print(_selector_hash(args.value, args.field, args.audit_key))
+    return EXIT_OK
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from liaison.ledger.verify import verify_ledger
+    from liaison.ledger.views import format_time, rows, summarise
+    from liaison.render import table
+
+    filters = _filters(args)
+    store = _store(args.ledger)
+    try:
+        report, _tree = verify_ledger(store, _key(args.key), allow_unsigned_tail=True)
+        summary = summarise(rows(store), filters)
+    finally:
+        store.close()
+    if args.json:
+        _print_json({"verified": report.ok, **summary.as_json()})
+        return EXIT_OK if report.ok else EXIT_FAILED
+    since = "the beginning" if summary.since_ms is None else format_time(summary.since_ms)
+    until = "now" if summary.until_ms is None else format_time(summary.until_ms)
+    out = [
+        f"Queries from {since} to {until}: {summary.queries:,}"
+        + (f" ({summary.unfinished} without an outcome)" if summary.unfinished else ""),
+        "",
+        table(["agency", "queries"], [[a, f"{n:,}"] for a, n in sorted(summary.by_agency.items())]),
+        "",
+        table(
+            ["purpose", "queries"], [[p, f"{n:,}"] for p, n in sorted(summary.by_purpose.items())]
+        ),
+        "",
+        table(
+            ["dataset", "queries"], [[d, f"{n:,}"] for d, n in sorted(summary.by_dataset.items())]
+        ),
+        "",
+    ]
+    statuses = sorted({s for _, s in summary.by_node_outcome})
+    nodes = sorted({n for n, _ in summary.by_node_outcome})
+    out.append(
+        table(
+            ["node", *statuses],
+            [[n, *(f"{summary.by_node_outcome[(n, s)]:,}" for s in statuses)] for n in nodes],
+        )
+    )
+    out += [
+        "",
+        "ledger verified"
+        if report.ok
+        else f"LEDGER FAILS VERIFICATION ({report.problems[0]}): these numbers cannot be trusted",
+    ]
+    print("\n".join(out))
+    return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _counts(what: str, counter: Any) -> str:
+    from liaison.render import table
+
+    return table([what, "queries"], [[k, f"{n:,}"] for k, n in sorted(counter.items())])
+
+
+ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "verify": _cmd_verify,
+    "show": _cmd_show,
+    "prove": _cmd_prove,
+    "verify-proof": _cmd_verify_proof,
+    "reconcile": _cmd_reconcile,
+    "hash": _cmd_hash,
+    "report": _cmd_report,
+}

@@ -1,0 +1,221 @@
+"""Reconciling the gateway's ledger with every node's receipts.
+
+Each side is verified on its own first; then every request a node answered
+must be in the gateway's ledger with the same digests, every answer the
+gateway recorded must be in that node's receipts, and every checkpoint a node
+kept must match the gateway's ledger as it is now. Nodes so act as witnesses:
+a gateway that rewrites or truncates its history after the fact is caught by
+the checkpoints it gave them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from liaison.errors import CheckpointError, EntryError
+from liaison.keys import VerifyingKey
+from liaison.ledger.checkpoint import open_checkpoint
+from liaison.ledger.entries import Entry, EntryKind, parse_entry
+from liaison.ledger.merkle import MerkleTree, leaf_hash
+from liaison.ledger.store import LedgerStore
+from liaison.ledger.verify import VerifyReport, verify_ledger
+
+ANSWERING = ("answered", "denied")
+
+
+@dataclass(frozen=True, slots=True)
+class Difference:
+    node_id: str
+    query_id: str
+    message: str
+    # Problems mean a ledger lies or lost something; notes are explained by
+    # timing (an answer that arrived after the deadline, a crash mid-query).
+    problem: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class NodeLedger:
+    node_id: str
+    store: LedgerStore
+    key: VerifyingKey
+
+
+@dataclass(slots=True)
+class ReconcileReport:
+    gateway: VerifyReport
+    nodes: dict[str, VerifyReport] = field(default_factory=dict)
+    receipts: dict[str, int] = field(default_factory=dict)
+    differences: list[Difference] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return (
+            self.gateway.ok
+            and all(r.ok for r in self.nodes.values())
+            and not any(d.problem for d in self.differences)
+        )
+
+
+def _entries(store: LedgerStore) -> list[tuple[int, Entry]]:
+    found = []
+    for index, _leaf, raw in store.rows():
+        try:
+            found.append((index, parse_entry(raw)))
+        except EntryError:
+            continue  # verify_ledger reports it
+    return found
+
+
+def reconcile(
+    gateway: LedgerStore,
+    gateway_key: VerifyingKey,
+    nodes: Sequence[NodeLedger],
+    *,
+    allow_unsigned_tail: bool = False,
+) -> ReconcileReport:
+    gateway_report, tree = verify_ledger(
+        gateway, gateway_key, allow_unsigned_tail=allow_unsigned_tail
+    )
+    report = ReconcileReport(gateway_report)
+    raw_at: dict[int, bytes] = {}
+    requests: dict[str, tuple[int, Entry]] = {}
+    outcomes: dict[str, dict[str, Any]] = {}
+    for index, entry in _entries(gateway):
+        if entry.kind is EntryKind.REQUEST:
+            requests[entry.query_id] = (index, entry)
+            raw_at[index] = entry.raw
+        elif entry.kind is EntryKind.OUTCOME:
+            outcomes[entry.query_id] = {
+                str(r.get("node_id")): r for r in entry.fields["results"] if isinstance(r, dict)
+            }
+    origin = gateway.get_meta("origin") or ""
+    for node in nodes:
+        node_report, _ = verify_ledger(
+            node.store, node.key, allow_unsigned_tail=allow_unsigned_tail
+        )
+        report.nodes[node.node_id] = node_report
+        receipts = {e.query_id: e for _, e in _entries(node.store) if e.kind is EntryKind.RECEIPT}
+        report.receipts[node.node_id] = len(receipts)
+        diff = report.differences
+        seen_checkpoints: set[str] = set()
+        for query_id, receipt in receipts.items():
+            diff.extend(
+                _check_receipt(node.node_id, receipt, requests, raw_at, outcomes.get(query_id))
+            )
+            note = receipt.text("gateway_checkpoint")
+            if note not in seen_checkpoints:
+                seen_checkpoints.add(note)
+                found = _check_witnessed(node.node_id, query_id, note, gateway_key, origin, tree)
+                if found is not None:
+                    diff.append(found)
+        for query_id, results in outcomes.items():
+            result = results.get(node.node_id)
+            if result is None or result.get("status") not in ANSWERING:
+                continue
+            if query_id not in receipts:
+                diff.append(
+                    Difference(
+                        node.node_id,
+                        query_id,
+                        f"the gateway recorded this node's answer ({result.get('status')}) but "
+                        "the node holds no receipt for it",
+                    )
+                )
+    return report
+
+
+def _check_receipt(
+    node_id: str,
+    receipt: Entry,
+    requests: dict[str, tuple[int, Entry]],
+    raw_at: dict[int, bytes],
+    outcome: dict[str, Any] | None,
+) -> list[Difference]:
+    query_id = receipt.query_id
+    index = receipt.fields["gateway_leaf_index"]
+    logged = raw_at.get(index)
+    if logged is None or leaf_hash(logged) != leaf_hash(receipt.text("gateway_entry").encode()):
+        where = f"entry {index}" if query_id not in requests else f"entry {requests[query_id][0]}"
+        return [
+            Difference(
+                node_id,
+                query_id,
+                f"the node answered a request that the gateway's ledger does not hold as logged "
+                f"(expected at {where})",
+            )
+        ]
+    _, request = requests[query_id]
+    found = []
+    if request.text("request_digest") != receipt.text("request_digest"):
+        found.append(Difference(node_id, query_id, "request digests differ"))
+    if node_id not in request.fields["targets"]:
+        found.append(
+            Difference(node_id, query_id, "the node answered a request not addressed to it")
+        )
+    if outcome is None:
+        found.append(
+            Difference(
+                node_id,
+                query_id,
+                "the gateway logged no outcome for this query (it stopped before the answers "
+                "came back)",
+                problem=False,
+            )
+        )
+        return found
+    result = outcome.get(node_id)
+    status = None if result is None else result.get("status")
+    if status not in ANSWERING:
+        found.append(
+            Difference(
+                node_id,
+                query_id,
+                f"the node answered ({receipt.text('status')}) but the gateway recorded "
+                f"{status or 'nothing'} for it (the answer came after the deadline)",
+                problem=False,
+            )
+        )
+    elif result is not None and result.get("answer_digest") != receipt.text("answer_digest"):
+        found.append(
+            Difference(
+                node_id,
+                query_id,
+                "the gateway recorded a different answer than the node signed (answer digests "
+                "differ)",
+            )
+        )
+    return found
+
+
+def _check_witnessed(
+    node_id: str,
+    query_id: str,
+    note: str,
+    key: VerifyingKey,
+    origin: str,
+    tree: MerkleTree,
+) -> Difference | None:
+    """A checkpoint the gateway gave a node must match the gateway's ledger as it is now."""
+    try:
+        cp = open_checkpoint(note, key, origin=origin or None)
+    except CheckpointError as exc:
+        return Difference(
+            node_id, query_id, f"the gateway checkpoint it holds does not verify ({exc})"
+        )
+    if cp.size > tree.size:
+        return Difference(
+            node_id,
+            query_id,
+            f"the gateway showed this node a ledger of {cp.size} entries; it now holds "
+            f"{tree.size}: entries were removed",
+        )
+    if tree.root(cp.size) != cp.root:
+        return Difference(
+            node_id,
+            query_id,
+            f"the gateway's first {cp.size} entries no longer hash to the checkpoint it gave "
+            "this node: its history was rewritten",
+        )
+    return None

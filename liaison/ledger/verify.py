@@ -1,0 +1,299 @@
+"""Verifying a ledger from its stored copy and a public key alone.
+
+Everything is recomputed: every leaf from the entry's bytes, the tree from
+the leaves, every checkpoint's signature, and each checkpoint's root against
+the recomputed tree. A problem names the first place it shows: an entry by
+index, a checkpoint by its position and time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+from liaison.errors import CheckpointError, EntryError, ProofError
+from liaison.keys import VerifyingKey
+from liaison.ledger.checkpoint import Checkpoint, open_checkpoint
+from liaison.ledger.entries import EntryKind, parse_entry
+from liaison.ledger.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, verify_consistency
+from liaison.ledger.store import LedgerStore, StoredCheckpoint
+
+# A checkpoint gap wider than this many intervals (plus slack) is reported:
+# the log was stopped, or checkpoints were removed.
+GAP_INTERVALS = 2.5
+GAP_SLACK_MS = 5_000
+
+
+@dataclass(frozen=True, slots=True)
+class Finding:
+    where: str
+    message: str
+    index: int | None = None
+
+    def __str__(self) -> str:
+        return f"{self.where}: {self.message}"
+
+
+@dataclass(slots=True)
+class VerifyReport:
+    ledger: str
+    origin: str
+    size: int = 0
+    root: bytes = EMPTY_ROOT
+    checkpoints: int = 0
+    latest: Checkpoint | None = None
+    kinds: dict[str, int] = field(default_factory=dict)
+    unfinished: int = 0
+    problems: list[Finding] = field(default_factory=list)
+    warnings: list[Finding] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+    @property
+    def first_problem(self) -> Finding | None:
+        return self.problems[0] if self.problems else None
+
+
+Progress = Callable[[int], None]
+
+
+def verify_ledger(
+    store: LedgerStore,
+    key: VerifyingKey,
+    *,
+    origin: str | None = None,
+    kept: Sequence[str] = (),
+    allow_unsigned_tail: bool = False,
+    progress: Progress | None = None,
+) -> tuple[VerifyReport, MerkleTree]:
+    """Check ``store`` against ``key``; ``kept`` are checkpoint notes the auditor saved earlier."""
+    origin = origin or store.get_meta("origin") or ""
+    report = VerifyReport(ledger=store.url, origin=origin)
+    tree, edited = _rebuild(store, report, progress)
+    report.size = tree.size
+    report.root = tree.root()
+    interval_s = _float(store.get_meta("checkpoint_interval_s"))
+    covered = _check_checkpoints(store.checkpoints(), key, origin, tree, edited, report, interval_s)
+    for i, note in enumerate(kept, start=1):
+        covered = max(covered, _check_kept(note, i, key, origin, tree, report))
+    if covered < tree.size:
+        finding = Finding(
+            f"entries {covered}..{tree.size - 1}",
+            f"not covered by any signed checkpoint, so nothing vouches for them yet; the writer "
+            f"signs one every {interval_s:g} s: copy the ledger again later"
+            if interval_s
+            else "not covered by any signed checkpoint",
+            covered,
+        )
+        (report.warnings if allow_unsigned_tail else report.problems).append(finding)
+    return report, tree
+
+
+def _float(text: str | None) -> float:
+    try:
+        return float(text) if text else 0.0
+    except ValueError:
+        return 0.0
+
+
+def _rebuild(
+    store: LedgerStore, report: VerifyReport, progress: Progress | None
+) -> tuple[MerkleTree, list[int]]:
+    """The tree recomputed from the entries' own bytes; and the indices whose stored hash lies."""
+    tree = MerkleTree()
+    edited: list[int] = []
+    requests: dict[str, int] = {}
+    finished: set[str] = set()
+    kinds = report.kinds
+    expected = 0
+    for index, stored_leaf, raw in store.rows():
+        if index != expected:
+            report.problems.append(
+                Finding(
+                    f"entry {expected}",
+                    f"missing: the next stored entry is {index}, so entries "
+                    f"{expected}..{index - 1} were deleted",
+                    expected,
+                )
+            )
+        # Keep going on what is there, so later findings still name places.
+        expected = index + 1
+        leaf = leaf_hash(raw)
+        tree.append(leaf)
+        where = f"entry {index}"
+        if leaf != stored_leaf:
+            edited.append(index)
+            report.problems.append(
+                Finding(where, "its bytes do not hash to its stored leaf: it was edited", index)
+            )
+        try:
+            entry = parse_entry(raw)
+        except EntryError as exc:
+            report.problems.append(Finding(where, f"unreadable ({exc})", index))
+            continue
+        kinds[entry.kind.value] = kinds.get(entry.kind.value, 0) + 1
+        if entry.kind is EntryKind.REQUEST:
+            if entry.query_id in requests:
+                report.problems.append(
+                    Finding(
+                        where,
+                        f"a second request entry for query {entry.query_id} "
+                        f"(the first is entry {requests[entry.query_id]}): copied or replayed",
+                        index,
+                    )
+                )
+            requests[entry.query_id] = index
+        elif entry.kind is EntryKind.OUTCOME:
+            first = requests.get(entry.query_id)
+            if first is None:
+                report.problems.append(
+                    Finding(
+                        where,
+                        f"outcome of query {entry.query_id}, whose request is not logged "
+                        "before it: entries were reordered, or the request was removed",
+                        index,
+                    )
+                )
+            finished.add(entry.query_id)
+        if progress is not None and tree.size % 50_000 == 0:
+            progress(tree.size)
+    # Requests with no outcome were cut short (a crash, a stop): they show, but
+    # are no fault of the ledger's.
+    report.unfinished = len(set(requests) - finished)
+    return tree, edited
+
+
+def _check_checkpoints(
+    stored: list[StoredCheckpoint],
+    key: VerifyingKey,
+    origin: str,
+    tree: MerkleTree,
+    edited: list[int],
+    report: VerifyReport,
+    interval_s: float,
+) -> int:
+    """Check each stored checkpoint; return the largest size a valid one vouches for."""
+    report.checkpoints = len(stored)
+    covered = 0
+    good_size = 0
+    previous: Checkpoint | None = None
+    for position, row in enumerate(stored, start=1):
+        where = f"checkpoint #{position}"
+        try:
+            cp = open_checkpoint(row.note, key, origin=origin or None)
+        except CheckpointError as exc:
+            report.problems.append(Finding(where, f"does not verify ({exc})"))
+            continue
+        where = f"checkpoint #{position} (size {cp.size}, time {cp.time_ms})"
+        if (row.size, row.time_ms) != (cp.size, cp.time_ms):
+            report.problems.append(
+                Finding(where, "its stored size or time differs from what it signs: edited")
+            )
+        if previous is not None:
+            if cp.time_ms < previous.time_ms:
+                report.problems.append(
+                    Finding(where, "signed before the checkpoint stored ahead of it: reordered")
+                )
+            elif interval_s:
+                gap = cp.time_ms - previous.time_ms
+                if gap > interval_s * 1000 * GAP_INTERVALS + GAP_SLACK_MS:
+                    report.warnings.append(
+                        Finding(
+                            where,
+                            f"no checkpoint for {gap / 1000:.0f} s before it (one is signed "
+                            f"every {interval_s:g} s): the log was stopped, or checkpoints "
+                            "were removed",
+                        )
+                    )
+            _check_pair(previous, cp, where, tree, report)
+        previous = cp
+        if cp.size > tree.size:
+            report.problems.append(
+                Finding(
+                    where,
+                    f"vouches for {cp.size} entries but the ledger holds {tree.size}: "
+                    f"entries {tree.size}..{cp.size - 1} were removed (truncated)",
+                    tree.size,
+                )
+            )
+            continue
+        if tree.root(cp.size) != cp.root:
+            report.problems.append(
+                Finding(where, _mismatch(good_size, cp.size, edited), _first(good_size, edited))
+            )
+            continue
+        good_size = max(good_size, cp.size)
+        covered = max(covered, cp.size)
+        report.latest = (
+            cp if report.latest is None or cp.size >= report.latest.size else report.latest
+        )
+    return covered
+
+
+def _check_pair(
+    old: Checkpoint, new: Checkpoint, where: str, tree: MerkleTree, report: VerifyReport
+) -> None:
+    if new.size < old.size:
+        report.problems.append(
+            Finding(
+                where, f"smaller than the {old.size} entries vouched for before it: rolled back"
+            )
+        )
+        return
+    if new.size > tree.size:
+        return
+    try:
+        verify_consistency(
+            old.size, new.size, old.root, new.root, tree.consistency_proof(old.size, new.size)
+        )
+    except ProofError as exc:
+        report.problems.append(
+            Finding(where, f"inconsistent with the checkpoint before it ({exc}): history rewritten")
+        )
+
+
+def _check_kept(
+    note: str, number: int, key: VerifyingKey, origin: str, tree: MerkleTree, report: VerifyReport
+) -> int:
+    where = f"kept checkpoint {number}"
+    try:
+        cp = open_checkpoint(note, key, origin=origin or None)
+    except CheckpointError as exc:
+        report.problems.append(Finding(where, f"does not verify ({exc})"))
+        return 0
+    where = f"kept checkpoint {number} (size {cp.size}, time {cp.time_ms})"
+    if cp.size > tree.size:
+        report.problems.append(
+            Finding(
+                where,
+                f"you saw {cp.size} entries, the ledger now holds {tree.size}: "
+                f"entries {tree.size}..{cp.size - 1} were removed (truncated)",
+                tree.size,
+            )
+        )
+        return 0
+    if tree.root(cp.size) != cp.root:
+        report.problems.append(
+            Finding(where, "the ledger's first entries no longer hash to what you saw: rewritten")
+        )
+        return 0
+    return cp.size
+
+
+def _first(start: int, edited: list[int]) -> int:
+    return next((i for i in edited if i >= start), start)
+
+
+def _mismatch(start: int, end: int, edited: list[int]) -> str:
+    inside = [i for i in edited if start <= i < end]
+    if inside:
+        return (
+            f"its root does not match the entries: entry {inside[0]} was edited "
+            f"({len(inside)} edited entr{'y' if len(inside) == 1 else 'ies'} in {start}..{end - 1})"
+        )
+    return (
+        f"its root does not match the entries: one or more of entries {start}..{end - 1} were "
+        "edited together with their stored hashes, inserted, removed or reordered"
+    )
