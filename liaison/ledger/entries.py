@@ -237,7 +237,7 @@ def opened_entry(*, time_ms: int, origin: str, key_id: str, software: str) -> by
 
 # Fields each kind must carry, with their JSON types; a reader of a later
 # release keeps accepting every version it ever wrote.
-_REQUIRED: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
+_REQUIRED: Mapping[EntryKind, Mapping[str, type]] = {
     EntryKind.REQUEST: {
         "query_id": str,
         "time_ms": int,
@@ -273,6 +273,8 @@ _REQUIRED: Mapping[EntryKind, Mapping[str, type | tuple[type, ...]]] = {
     },
     EntryKind.OPENED: {"time_ms": int, "origin": str, "key_id": str},
 }
+_REQUIRED_ITEMS = {kind: tuple(fields.items()) for kind, fields in _REQUIRED.items()}
+_KINDS: dict[object, EntryKind] = {kind.value: kind for kind in EntryKind}
 
 
 def parse_entry(raw: bytes) -> Entry:
@@ -283,21 +285,19 @@ def parse_entry(raw: bytes) -> Entry:
         document = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise EntryError(f"entry is not UTF-8 JSON ({exc})") from exc
-    if not isinstance(document, dict) or document.get("format") != FORMAT:
+    if type(document) is not dict or document.get("format") != FORMAT:
         raise EntryError(f"entry is not a {FORMAT} record")
     version = document.get("v")
-    if version != VERSION:
+    if version != VERSION or type(version) is not int:
         raise EntryError(
             f"entry format version {version!r} is not one this release reads (reads {VERSION}); "
             "use a newer liaison"
         )
-    try:
-        kind = EntryKind(str(document.get("kind")))
-    except ValueError as exc:
-        raise EntryError(f"entry kind {document.get('kind')!r} is unknown") from exc
-    for name, expected in _REQUIRED[kind].items():
-        value = document.get(name)
-        # bool is an int to Python, never to an auditor.
-        if not isinstance(value, expected) or isinstance(value, bool):
+    kind = _KINDS.get(document.get("kind"))
+    if kind is None:
+        raise EntryError(f"entry kind {document.get('kind')!r} is unknown")
+    for name, expected in _REQUIRED_ITEMS[kind]:
+        # Exact types: a JSON true is no number to an auditor, though bool is an int to Python.
+        if type(document.get(name)) is not expected:
             raise EntryError(f"{kind} entry lacks a valid {name!r}")
     return Entry(kind, document, raw)

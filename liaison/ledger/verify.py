@@ -106,8 +106,9 @@ def _rebuild(
     edited: list[int] = []
     requests: dict[str, int] = {}
     finished: set[str] = set()
-    kinds = report.kinds
+    kinds: dict[EntryKind, int] = dict.fromkeys(EntryKind, 0)
     expected = 0
+    append = tree.append
     for index, stored_leaf, raw in store.rows():
         if index != expected:
             report.problems.append(
@@ -121,44 +122,50 @@ def _rebuild(
         # Keep going on what is there, so later findings still name places.
         expected = index + 1
         leaf = leaf_hash(raw)
-        tree.append(leaf)
-        where = f"entry {index}"
+        append(leaf)
         if leaf != stored_leaf:
             edited.append(index)
             report.problems.append(
-                Finding(where, "its bytes do not hash to its stored leaf: it was edited", index)
+                Finding(
+                    f"entry {index}",
+                    "its bytes do not hash to its stored leaf: it was edited",
+                    index,
+                )
             )
         try:
             entry = parse_entry(raw)
         except EntryError as exc:
-            report.problems.append(Finding(where, f"unreadable ({exc})", index))
+            report.problems.append(Finding(f"entry {index}", f"unreadable ({exc})", index))
             continue
-        kinds[entry.kind.value] = kinds.get(entry.kind.value, 0) + 1
-        if entry.kind is EntryKind.REQUEST:
-            if entry.query_id in requests:
+        kind = entry.kind
+        kinds[kind] += 1
+        if kind is EntryKind.REQUEST:
+            query_id = entry.fields["query_id"]
+            if query_id in requests:
                 report.problems.append(
                     Finding(
-                        where,
-                        f"a second request entry for query {entry.query_id} "
-                        f"(the first is entry {requests[entry.query_id]}): copied or replayed",
+                        f"entry {index}",
+                        f"a second request entry for query {query_id} "
+                        f"(the first is entry {requests[query_id]}): copied or replayed",
                         index,
                     )
                 )
-            requests[entry.query_id] = index
-        elif entry.kind is EntryKind.OUTCOME:
-            first = requests.get(entry.query_id)
-            if first is None:
+            requests[query_id] = index
+        elif kind is EntryKind.OUTCOME:
+            query_id = entry.fields["query_id"]
+            if query_id not in requests:
                 report.problems.append(
                     Finding(
-                        where,
-                        f"outcome of query {entry.query_id}, whose request is not logged "
+                        f"entry {index}",
+                        f"outcome of query {query_id}, whose request is not logged "
                         "before it: entries were reordered, or the request was removed",
                         index,
                     )
                 )
-            finished.add(entry.query_id)
-        if progress is not None and tree.size % 50_000 == 0:
-            progress(tree.size)
+            finished.add(query_id)
+        if progress is not None and expected % 50_000 == 0:
+            progress(expected)
+    report.kinds.update({k.value: n for k, n in kinds.items() if n})
     # Requests with no outcome were cut short (a crash, a stop): they show, but
     # are no fault of the ledger's.
     report.unfinished = len(set(requests) - finished)
