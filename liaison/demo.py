@@ -30,7 +30,9 @@ from liaison.federation import (
     write_node,
     write_pki,
 )
-from liaison.keys import SigningKey
+from liaison.keys import SigningKey, VerifyingKey
+from liaison.ledger.reconcile import NodeLedger, ReconcileReport, reconcile
+from liaison.ledger.store import LedgerStore
 from liaison.messages import SearchInput
 from liaison.processes import Service, running_in, start_service, stop_service
 from liaison.query import Comparator, Operation, Predicate, Query
@@ -189,6 +191,73 @@ def running_federation(
 DEMO_ATTRIBUTES = {"clearance": "secret", "unit": "victim-identification"}
 
 
+def audit_federation(root: Path, *, live: bool = False) -> ReconcileReport:
+    """Verify the gateway's ledger and every node's receipts, and reconcile them."""
+    gateway = LedgerStore(root / "gateway" / "ledger.sqlite3", create=False)
+    stores = [gateway]
+    try:
+        nodes = []
+        for agency in demo_agencies():
+            folder = root / "nodes" / agency.agency_id
+            store = LedgerStore(folder / "state" / "receipts.sqlite3", create=False)
+            stores.append(store)
+            nodes.append(
+                NodeLedger(agency.agency_id, store, VerifyingKey.from_pem_file(folder / "node.pub"))
+            )
+        return reconcile(
+            gateway,
+            VerifyingKey.from_pem_file(root / "gateway" / "gateway.pub"),
+            nodes,
+            allow_unsigned_tail=live,
+        )
+    finally:
+        for store in stores:
+            store.close()
+
+
+def render_audit(report: ReconcileReport) -> str:
+    lines = ["Audit (from the ledgers and public keys alone):"]
+    ledgers = [("gateway", report.gateway), *sorted(report.nodes.items())]
+    for name, r in ledgers:
+        state = "verified" if r.ok else f"FAILED at {r.problems[0]}"
+        receipts = f", {report.receipts[name]} receipts" if name in report.receipts else ""
+        lines.append(
+            f"  {name:<10} {r.size:>4} entries{receipts}, {r.checkpoints} checkpoints: {state}"
+        )
+    problems = [d for d in report.differences if d.problem]
+    lines.append(
+        "  reconciled: every answered request is in the gateway's ledger and the node's receipts"
+        if not problems
+        else f"  NOT reconciled: {len(problems)} difference(s)"
+    )
+    return "\n".join(lines)
+
+
+def audit_to_dict(report: ReconcileReport) -> dict[str, Any]:
+    return {
+        "ok": report.ok,
+        "ledgers": {
+            name: {
+                "entries": r.size,
+                "checkpoints": r.checkpoints,
+                "ok": r.ok,
+                "root": r.root.hex(),
+            }
+            for name, r in [("gateway", report.gateway), *report.nodes.items()]
+        },
+        "receipts": dict(report.receipts),
+        "differences": [
+            {
+                "node_id": d.node_id,
+                "query_id": d.query_id,
+                "message": d.message,
+                "problem": d.problem,
+            }
+            for d in report.differences
+        ],
+    }
+
+
 def investigator_token(
     root: Path, subject: str = "inv.alice", roles: tuple[str, ...] = ("investigator",)
 ) -> str:
@@ -232,18 +301,18 @@ def run_demo(
         print(f"reusing the federation in {root}", file=progress)
     else:
         print(
-            f"[1/3] building a federation of three agencies in {root} (mutual TLS between "
+            f"[1/4] building a federation of three agencies in {root} (mutual TLS between "
             "gateway and nodes)",
             file=progress,
         )
         build_federation(root, tls=True, progress=progress)
-    print("[2/3] starting nodes and gateway on loopback", file=progress)
+    print("[2/4] starting nodes and gateway on loopback", file=progress)
     token = investigator_token(root)
     (root / "investigator.jwt").write_text(token + "\n")
     results = []
     try:
         with running_federation(root, detach=keep_running, progress=progress) as address:
-            print(f"[3/3] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
+            print(f"[3/4] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
             for dq in demo_queries(probes()):
                 result = client.search(address, token, dq.search)
                 if as_json:
@@ -254,16 +323,36 @@ def run_demo(
                         render.render_result(result, dq.search.purpose, dq.search.case_ref),
                         file=out,
                     )
+        # After a clean stop every ledger ends on a signed checkpoint; a live
+        # federation signs its next one within the interval.
+        print("[4/4] auditing: verifying every ledger and reconciling them", file=progress)
+        audit = audit_federation(root, live=keep_running)
+        if not as_json:
+            print(f"\n{render_audit(audit)}", file=out)
     finally:
         if workdir is None and not keep_running:
             shutil.rmtree(root, ignore_errors=True)
     if as_json:
         print(
             render.to_json(
-                {"workdir": str(root) if workdir or keep_running else None, "queries": results}
+                {
+                    "workdir": str(root) if workdir or keep_running else None,
+                    "queries": results,
+                    "audit": audit_to_dict(audit),
+                }
             ),
             file=out,
         )
+    if workdir is not None or keep_running:
+        print(
+            f"\nAudit it yourself (public keys only):\n"
+            f"  liaison audit verify {root}/gateway/ledger.sqlite3 \\\n"
+            f"      --key {root}/gateway/gateway.pub\n"
+            f"  liaison audit reconcile --federation {root}",
+            file=progress,
+        )
+    if not audit.ok:
+        return 1
     if keep_running:
         print(
             f"\nThe federation is still running (folder {root}). Try:\n"

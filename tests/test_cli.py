@@ -171,6 +171,11 @@ def test_demo_json_reports_every_agency_answer(tmp_path: Path) -> None:
     assert "Traceback" not in run.stderr
     doc = json.loads(run.stdout)
     assert doc["workdir"] is None  # a throwaway federation, removed afterwards
+    # The demo ends with an audit: every ledger verifies and they reconcile.
+    assert doc["audit"]["ok"] is True
+    assert sorted(doc["audit"]["receipts"]) == sorted(DEMO_AGENCIES)
+    assert all(n == 5 for n in doc["audit"]["receipts"].values())
+    assert doc["audit"]["differences"] == []
     queries = doc["queries"]
     assert len(queries) == 5
     assert all(sorted(results_by_node(q)) == sorted(DEMO_AGENCIES) for q in queries)
