@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from liaison.errors import CheckpointError, LedgerError, ProofError
+from liaison.errors import CheckpointError, ConfigError, LedgerError, ProofError
 from liaison.keys import VerifyingKey
 from liaison.ledger.checkpoint import Checkpoint, open_checkpoint, parse_unverified
 from liaison.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
@@ -94,7 +94,7 @@ def check_proof_file(path: Path, key: VerifyingKey, origin: str | None = None) -
             raise ProofError(f"{path} is larger than any proof file ({MAX_PROOF_FILE_BYTES} bytes)")
         document = json.loads(path.read_text())
     except OSError as exc:
-        raise ProofError(f"cannot read proof file {path} ({exc.strerror})") from exc
+        raise ConfigError(f"cannot read proof file {path} ({exc.strerror})") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ProofError(f"{path} is not a JSON proof file ({exc})") from exc
     if not isinstance(document, dict):

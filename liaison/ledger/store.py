@@ -49,6 +49,22 @@ meta_table = sa.Table(
 READ_BATCH = 20_000
 
 
+def _as_bytes(value: object) -> bytes:
+    # A hand edit through the sqlite3 shell stores TEXT; the verifier must
+    # report it as an edit, not trip over it.
+    if isinstance(value, str):
+        return value.encode("utf-8")
+    if isinstance(value, bytes | bytearray | memoryview):
+        return bytes(value)
+    return str(value).encode("utf-8")
+
+
+def _first_line(exc: SQLAlchemyError) -> str:
+    # SQLAlchemy appends a "Background on this error" link on a second line.
+    original = getattr(exc, "orig", None)
+    return (str(original or exc).strip().splitlines() or [type(exc).__name__])[0]
+
+
 @dataclass(frozen=True, slots=True)
 class StoredCheckpoint:
     id: int
@@ -115,7 +131,9 @@ class LedgerStore:
                     )
         except SQLAlchemyError as exc:
             self.engine.dispose()
-            raise LedgerUnavailable(f"cannot open the ledger at {self.url} ({exc})") from exc
+            raise LedgerUnavailable(
+                f"cannot open the ledger at {self.url} ({_first_line(exc)})"
+            ) from exc
 
     def close(self) -> None:
         self.engine.dispose()
@@ -167,7 +185,7 @@ class LedgerStore:
                     query = query.where(c.idx < end)
                 batch = conn.execute(query).all()
                 for idx, leaf, entry in batch:
-                    yield int(idx), bytes(leaf), bytes(entry)
+                    yield int(idx), _as_bytes(leaf), _as_bytes(entry)
                 if len(batch) < READ_BATCH:
                     return
                 position = int(batch[-1][0]) + 1
@@ -185,13 +203,14 @@ class LedgerStore:
                     .limit(READ_BATCH)
                 ).all()
                 for idx, leaf in batch:
+                    leaf = _as_bytes(leaf)
                     if idx != expected:
                         raise LedgerError(
                             f"ledger {self.url} has no entry {expected}; it was deleted. "
                             "Run `liaison audit verify` and do not append until it is explained"
                         )
                     expected += 1
-                    yield bytes(leaf)
+                    yield leaf
                 if len(batch) < READ_BATCH:
                     return
 
@@ -200,7 +219,7 @@ class LedgerStore:
             value = conn.execute(
                 sa.select(entries_table.c.entry).where(entries_table.c.idx == index)
             ).scalar()
-        return None if value is None else bytes(value)
+        return None if value is None else _as_bytes(value)
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         c = checkpoints_table.c

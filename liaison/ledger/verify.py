@@ -71,22 +71,26 @@ def verify_ledger(
     """Check ``store`` against ``key``; ``kept`` are checkpoint notes the auditor saved earlier."""
     origin = origin or store.get_meta("origin") or ""
     report = VerifyReport(ledger=store.url, origin=origin)
-    tree, edited = _rebuild(store, report, progress)
+    rebuilt = _rebuild(store, report, progress)
+    tree = rebuilt.tree
     report.size = tree.size
     report.root = tree.root()
     interval_s = _float(store.get_meta("checkpoint_interval_s"))
-    covered = _check_checkpoints(store.checkpoints(), key, origin, tree, edited, report, interval_s)
+    failed_before = len(report.problems)
+    covered = _check_checkpoints(store.checkpoints(), key, origin, rebuilt, report, interval_s)
+    checkpoints_failed = len(report.problems) > failed_before
     for i, note in enumerate(kept, start=1):
         covered = max(covered, _check_kept(note, i, key, origin, tree, report))
     if covered < tree.size:
-        finding = Finding(
-            f"entries {covered}..{tree.size - 1}",
-            f"not covered by any signed checkpoint, so nothing vouches for them yet; the writer "
-            f"signs one every {interval_s:g} s: copy the ledger again later"
+        advice = (
+            "not covered by any checkpoint that verifies (see the problems above)"
+            if checkpoints_failed
+            else "not covered by any signed checkpoint, so nothing vouches for them yet; the "
+            f"writer signs one every {interval_s:g} s: copy the ledger again later"
             if interval_s
-            else "not covered by any signed checkpoint",
-            covered,
+            else "not covered by any signed checkpoint"
         )
+        finding = Finding(f"entries {covered}..{tree.size - 1}", advice, covered)
         (report.warnings if allow_unsigned_tail else report.problems).append(finding)
     return report, tree
 
@@ -98,12 +102,22 @@ def _float(text: str | None) -> float:
         return 0.0
 
 
-def _rebuild(
-    store: LedgerStore, report: VerifyReport, progress: Progress | None
-) -> tuple[MerkleTree, list[int]]:
-    """The tree recomputed from the entries' own bytes; and the indices whose stored hash lies."""
+@dataclass(slots=True)
+class _Rebuilt:
+    """The tree recomputed from the entries' own bytes, and what did not fit."""
+
+    tree: MerkleTree
+    # Indices whose bytes do not hash to their stored leaf.
+    edited: list[int]
+    # The first index missing from the store, if any: past it, positions in
+    # the tree no longer match stored indices.
+    first_missing: int | None = None
+
+
+def _rebuild(store: LedgerStore, report: VerifyReport, progress: Progress | None) -> _Rebuilt:
     tree = MerkleTree()
     edited: list[int] = []
+    first_missing: int | None = None
     requests: dict[str, int] = {}
     finished: set[str] = set()
     kinds: dict[EntryKind, int] = dict.fromkeys(EntryKind, 0)
@@ -111,6 +125,8 @@ def _rebuild(
     append = tree.append
     for index, stored_leaf, raw in store.rows():
         if index != expected:
+            if first_missing is None:
+                first_missing = expected
             report.problems.append(
                 Finding(
                     f"entry {expected}",
@@ -169,23 +185,23 @@ def _rebuild(
     # Requests with no outcome were cut short (a crash, a stop): they show, but
     # are no fault of the ledger's.
     report.unfinished = len(set(requests) - finished)
-    return tree, edited
+    return _Rebuilt(tree, edited, first_missing)
 
 
 def _check_checkpoints(
     stored: list[StoredCheckpoint],
     key: VerifyingKey,
     origin: str,
-    tree: MerkleTree,
-    edited: list[int],
+    rebuilt: _Rebuilt,
     report: VerifyReport,
     interval_s: float,
 ) -> int:
     """Check each stored checkpoint; return the largest size a valid one vouches for."""
+    tree = rebuilt.tree
     report.checkpoints = len(stored)
     covered = 0
-    good_size = 0
     previous: Checkpoint | None = None
+    good: Checkpoint | None = None
     for position, row in enumerate(stored, start=1):
         where = f"checkpoint #{position}"
         try:
@@ -199,23 +215,18 @@ def _check_checkpoints(
                 Finding(where, "its stored size or time differs from what it signs: edited")
             )
         if previous is not None:
-            if cp.time_ms < previous.time_ms:
-                report.problems.append(
-                    Finding(where, "signed before the checkpoint stored ahead of it: reordered")
-                )
-            elif interval_s:
-                gap = cp.time_ms - previous.time_ms
-                if gap > interval_s * 1000 * GAP_INTERVALS + GAP_SLACK_MS:
-                    report.warnings.append(
-                        Finding(
-                            where,
-                            f"no checkpoint for {gap / 1000:.0f} s before it (one is signed "
-                            f"every {interval_s:g} s): the log was stopped, or checkpoints "
-                            "were removed",
-                        )
-                    )
-            _check_pair(previous, cp, where, tree, report)
+            _check_sequence(previous, cp, where, report, interval_s)
         previous = cp
+        if rebuilt.first_missing is not None and cp.size > rebuilt.first_missing:
+            report.problems.append(
+                Finding(
+                    where,
+                    f"cannot be checked: entry {rebuilt.first_missing}, which it covers, "
+                    "is missing",
+                    rebuilt.first_missing,
+                )
+            )
+            continue
         if cp.size > tree.size:
             report.problems.append(
                 Finding(
@@ -226,38 +237,62 @@ def _check_checkpoints(
                 )
             )
             continue
+        start = 0 if good is None else good.size
         if tree.root(cp.size) != cp.root:
             report.problems.append(
-                Finding(where, _mismatch(good_size, cp.size, edited), _first(good_size, edited))
+                Finding(
+                    where,
+                    _mismatch(start, cp.size, rebuilt.edited),
+                    _first(start, rebuilt.edited),
+                )
             )
             continue
-        good_size = max(good_size, cp.size)
+        if good is not None and cp.size >= good.size:
+            # Both roots match the recomputed tree, so this holds unless the
+            # tree code itself is wrong; checking costs O(log n) and says so.
+            try:
+                verify_consistency(
+                    good.size,
+                    cp.size,
+                    good.root,
+                    cp.root,
+                    tree.consistency_proof(good.size, cp.size),
+                )
+            except ProofError as exc:
+                report.problems.append(
+                    Finding(where, f"inconsistent with the checkpoint before it ({exc})")
+                )
+                continue
+        good = cp
         covered = max(covered, cp.size)
-        report.latest = (
-            cp if report.latest is None or cp.size >= report.latest.size else report.latest
-        )
+        if report.latest is None or cp.size >= report.latest.size:
+            report.latest = cp
     return covered
 
 
-def _check_pair(
-    old: Checkpoint, new: Checkpoint, where: str, tree: MerkleTree, report: VerifyReport
+def _check_sequence(
+    previous: Checkpoint, cp: Checkpoint, where: str, report: VerifyReport, interval_s: float
 ) -> None:
-    if new.size < old.size:
+    if cp.size < previous.size:
         report.problems.append(
             Finding(
-                where, f"smaller than the {old.size} entries vouched for before it: rolled back"
+                where,
+                f"smaller than the {previous.size} entries vouched for before it: rolled back",
             )
         )
-        return
-    if new.size > tree.size:
-        return
-    try:
-        verify_consistency(
-            old.size, new.size, old.root, new.root, tree.consistency_proof(old.size, new.size)
-        )
-    except ProofError as exc:
+    if cp.time_ms < previous.time_ms:
         report.problems.append(
-            Finding(where, f"inconsistent with the checkpoint before it ({exc}): history rewritten")
+            Finding(where, "signed before the checkpoint stored ahead of it: reordered")
+        )
+        return
+    gap = cp.time_ms - previous.time_ms
+    if interval_s and gap > interval_s * 1000 * GAP_INTERVALS + GAP_SLACK_MS:
+        report.warnings.append(
+            Finding(
+                where,
+                f"no checkpoint for {gap / 1000:.0f} s before it (one is signed every "
+                f"{interval_s:g} s): the log was stopped, or checkpoints were removed",
+            )
         )
 
 
