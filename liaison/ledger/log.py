@@ -61,6 +61,10 @@ class _Pending:
 _STOP = object()
 
 
+def _closed_error() -> LedgerUnavailable:
+    return LedgerUnavailable("the ledger is closed; restart the service")
+
+
 class Ledger:
     """An append-only, signed Merkle log over a :class:`LedgerStore`."""
 
@@ -76,8 +80,8 @@ class Ledger:
         self.key = key
         self.origin = check_origin(origin)
         self.checkpoint_interval_s = checkpoint_interval_s
-        self._check_identity()
         try:
+            self._check_identity()
             self.tree = MerkleTree.from_leaf_hashes(store.leaf_hashes())
         except LedgerError:
             store.close()
@@ -86,6 +90,9 @@ class Ledger:
         self._failure: LedgerError | None = None
         self._last_checkpoint: SignedCheckpoint | None = None
         self._closed = False
+        # Makes "closed" and "queued" one step, so no append can slip in
+        # behind the stop marker and wait forever.
+        self._gate = threading.Lock()
         # Told True/False when writes start failing or work again (health checks).
         self.on_health_change: Callable[[bool], None] | None = None
         # The reopening is itself logged and checkpointed before anything else,
@@ -130,7 +137,6 @@ class Ledger:
             if stored is None:
                 self.store.set_meta(name, value)
             elif stored != value:
-                self.store.close()
                 raise LedgerError(
                     f"the ledger at {self.store.url} belongs to {name} {stored!r}, not {value!r}; "
                     "give this process its own ledger, or its original key and origin"
@@ -152,10 +158,11 @@ class Ledger:
     def submit(self, entry: bytes, *, prove: bool = False) -> Future[Appended]:
         """Queue ``entry``; the future resolves once it is durable (or fails)."""
         future: Future[Appended] = Future()
-        if self._closed:
-            future.set_exception(LedgerUnavailable("the ledger is closed; restart the service"))
-            return future
-        self._queue.put(_Pending(entry, prove, future))
+        with self._gate:
+            if not self._closed:
+                self._queue.put(_Pending(entry, prove, future))
+                return future
+        future.set_exception(_closed_error())
         return future
 
     def append(self, entry: bytes, *, prove: bool = False, timeout_s: float = 30) -> Appended:
@@ -164,14 +171,35 @@ class Ledger:
 
     def close(self) -> None:
         """Drain the queue, sign a final checkpoint, release the store."""
-        if self._closed:
-            return
-        self._queue.put(_STOP)
+        with self._gate:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join(30)
-        self._closed = True
+        # Only possible if the writer died or hung: nobody may wait forever.
+        while True:
+            try:
+                item = self._queue.get_nowait()
+            except queue.Empty:
+                break
+            if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
+                item.future.set_exception(_closed_error())
         self.store.close()
 
     def _run(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            # A writer that dies silently would leave every caller hanging
+            # while health still said SERVING.
+            log.exception("ledger writer stopped", extra={"ledger": self.store.url})
+            self._fail(LedgerUnavailable(f"the ledger writer stopped ({type(exc).__name__})"))
+            with self._gate:
+                self._closed = True
+            raise
+
+    def _loop(self) -> None:
         next_checkpoint = time.monotonic() + self.checkpoint_interval_s
         while True:
             wait = max(0.0, next_checkpoint - time.monotonic())
@@ -195,22 +223,36 @@ class Ledger:
             if batch:
                 self._commit(batch)
             if stop or time.monotonic() >= next_checkpoint:
+                if self._failure is not None:
+                    self._probe()
                 self._store_checkpoint()
                 next_checkpoint = time.monotonic() + self.checkpoint_interval_s
             if stop:
                 return
 
     def _commit(self, batch: list[_Pending]) -> None:
+        # A caller that gave up (a timeout, a cancelled RPC) asked nothing of
+        # anyone: its entry is dropped, never half-answered.
+        batch = [p for p in batch if p.future.set_running_or_notify_cancel()]
+        if not batch:
+            return
         leaves = [leaf_hash(p.entry) for p in batch]
         try:
             self._resync()
             self.store.append(
                 self.tree.size, list(zip(leaves, (p.entry for p in batch), strict=True))
             )
-        except LedgerError as exc:
-            self._fail(exc)
+        except Exception as exc:
+            failure = (
+                exc
+                if isinstance(exc, LedgerError)
+                else LedgerUnavailable(
+                    f"cannot write the ledger at {self.store.url} ({type(exc).__name__})"
+                )
+            )
+            self._fail(failure)
             for p in batch:
-                p.future.set_exception(exc)
+                p.future.set_exception(failure)
             return
         self._recovered()
         start = self.tree.size
@@ -243,6 +285,16 @@ class Ledger:
         checkpoint = Checkpoint(self.origin, self.tree.size, self.tree.root(), now_ms())
         return sign_checkpoint(self.key, checkpoint)
 
+    def _probe(self) -> None:
+        # Only a write to the entries table proves entries can be written again;
+        # a checkpoint row landing in its own table proves nothing about them.
+        try:
+            self.store.probe()
+            self._resync()
+        except LedgerError:
+            return
+        self._recovered()
+
     def _store_checkpoint(self) -> None:
         signed = self._sign()
         try:
@@ -252,7 +304,6 @@ class Ledger:
         except LedgerError as exc:
             self._fail(exc)
             return
-        self._recovered()
         self._last_checkpoint = signed
 
     def _fail(self, exc: LedgerError) -> None:

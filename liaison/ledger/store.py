@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -117,6 +118,13 @@ class LedgerStore:
         if parsed.get_backend_name() == "sqlite":
             sa.event.listen(self.engine, "connect", _durable_sqlite)
         try:
+            self._prepare(create)
+        except BaseException:
+            self.engine.dispose()
+            raise
+
+    def _prepare(self, create: bool) -> None:
+        try:
             if create:
                 metadata.create_all(self.engine)
             else:
@@ -130,7 +138,6 @@ class LedgerStore:
                         f"{self.url} holds no Liaison ledger (missing {', '.join(missing)})"
                     )
         except SQLAlchemyError as exc:
-            self.engine.dispose()
             raise LedgerUnavailable(
                 f"cannot open the ledger at {self.url} ({_first_line(exc)})"
             ) from exc
@@ -138,10 +145,37 @@ class LedgerStore:
     def close(self) -> None:
         self.engine.dispose()
 
+    @contextmanager
+    def _reading(self) -> Iterator[sa.Connection]:
+        """A connection whose database errors become LedgerUnavailable."""
+        try:
+            with self.engine.connect() as conn:
+                yield conn
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(
+                f"cannot read the ledger at {self.url} ({_first_line(exc)})"
+            ) from exc
+
     def size(self) -> int:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             top = conn.execute(sa.select(sa.func.max(entries_table.c.idx))).scalar()
         return 0 if top is None else int(top) + 1
+
+    def probe(self) -> None:
+        """Raise LedgerUnavailable unless an entry could be written now (nothing is kept)."""
+        try:
+            with self.engine.connect() as conn:
+                transaction = conn.begin()
+                try:
+                    conn.execute(
+                        entries_table.insert().values(idx=-1, leaf_hash=b"\0" * 32, entry=b"")
+                    )
+                finally:
+                    transaction.rollback()
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(
+                f"cannot write the ledger at {self.url} ({_first_line(exc)})"
+            ) from exc
 
     def append(self, start: int, rows: Sequence[tuple[bytes, bytes]]) -> None:
         """Store ``rows`` of (leaf hash, entry) at ``start``...; durable when this returns."""
@@ -173,7 +207,7 @@ class LedgerStore:
         """(index, stored leaf hash, entry) in index order, read in batches."""
         c = entries_table.c
         position = start
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             while True:
                 query = (
                     sa.select(c.idx, c.leaf_hash, c.entry)
@@ -194,7 +228,7 @@ class LedgerStore:
         """Stored leaf hashes in order; raises if an index is missing."""
         c = entries_table.c
         expected = 0
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             while True:
                 batch = conn.execute(
                     sa.select(c.idx, c.leaf_hash)
@@ -215,7 +249,7 @@ class LedgerStore:
                     return
 
     def entry(self, index: int) -> bytes | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             value = conn.execute(
                 sa.select(entries_table.c.entry).where(entries_table.c.idx == index)
             ).scalar()
@@ -223,12 +257,12 @@ class LedgerStore:
 
     def checkpoints(self) -> list[StoredCheckpoint]:
         c = checkpoints_table.c
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             rows = conn.execute(sa.select(c.id, c.size, c.time_ms, c.note).order_by(c.id)).all()
         return [StoredCheckpoint(int(i), int(s), int(t), str(n)) for i, s, t, n in rows]
 
     def get_meta(self, name: str) -> str | None:
-        with self.engine.connect() as conn:
+        with self._reading() as conn:
             value = conn.execute(
                 sa.select(meta_table.c.value).where(meta_table.c.name == name)
             ).scalar()
