@@ -178,8 +178,15 @@ class GatewayCore:
             return await asyncio.wait_for(asyncio.wrap_future(future), LEDGER_TIMEOUT_S)
         except TimeoutError as exc:
             raise LedgerUnavailable(
-                f"the ledger did not confirm a write within {LEDGER_TIMEOUT_S:g} s; "
-                "nothing more is asked until it does"
+                f"the gateway's ledger did not confirm a write within {LEDGER_TIMEOUT_S:g} s; "
+                "no query is sent until it does"
+            ) from exc
+        except LedgerUnavailable as exc:
+            # The ledger's location and the database's words are for the
+            # operator's log (the writer logged them), not for investigators.
+            raise LedgerUnavailable(
+                "the gateway cannot write its ledger; no query is sent until it can be "
+                "written (the operator sees why in the gateway's log)"
             ) from exc
 
     def _result(self, reply: Reply, request: QueryRequest, digest: bytes) -> NodeResult:

@@ -108,14 +108,15 @@ class Summary:
             maximum=max(samples_ms),
         )
 
-    def as_dict(self) -> dict[str, float]:
+    def as_dict(self, unit: str = "ms") -> dict[str, float]:
+        """The summary with keys named for ``unit``, the unit its samples are in."""
         return {
             "samples": self.samples,
-            "p50_ms": round(self.p50, 3),
-            "p99_ms": round(self.p99, 3),
-            "mean_ms": round(self.mean, 3),
-            "min_ms": round(self.minimum, 3),
-            "max_ms": round(self.maximum, 3),
+            f"p50_{unit}": round(self.p50, 3),
+            f"p99_{unit}": round(self.p99, 3),
+            f"mean_{unit}": round(self.mean, 3),
+            f"min_{unit}": round(self.minimum, 3),
+            f"max_{unit}": round(self.maximum, 3),
         }
 
 

@@ -44,6 +44,9 @@ def _refused(exc: grpc.RpcError, address: str, what: str) -> LiaisonError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidQuery(detail)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        if code == grpc.StatusCode.UNAVAILABLE and "ledger" in detail:
+            # The gateway runs, but refuses to ask anyone it cannot log.
+            return GatewayUnavailable(f"gateway at {address} refused the {what}: {detail}")
         return GatewayUnavailable(
             f"gateway at {address} is not answering ({code.name}); is it running?"
         )

@@ -147,6 +147,8 @@ def write_gateway_config(
     *,
     tls: bool = False,
     checkpoint_interval_s: int = 30,
+    ledger: str = "ledger.sqlite3",
+    name: str = "gateway.toml",
 ) -> Path:
     """Write gateway.toml trusting the dev IdPs of ``agencies`` and knowing ``nodes``.
 
@@ -169,7 +171,7 @@ def write_gateway_config(
         "# The federation ledger: every request is logged here before any node is asked.",
         "# Use a PostgreSQL URL to share it between gateway replicas' hosts.",
         "[ledger]",
-        'location = "ledger.sqlite3"',
+        f"location = {_toml_str(ledger)}",
         f"audit_key = {_toml_str(f'../{AUDIT_KEY}')}",
         f"checkpoint_interval_s = {checkpoint_interval_s}",
     ]
@@ -200,7 +202,7 @@ def write_gateway_config(
             f"private_key = {_toml_str(f'../{PKI_DIR}/{GATEWAY_ID}.key')}",
             f"ca = {_toml_str(f'../{PKI_DIR}/ca.pem')}",
         ]
-    path = folder / "gateway.toml"
+    path = folder / name
     path.write_text("\n".join(lines) + "\n")
     return path
 

@@ -20,7 +20,7 @@ from sqlalchemy.engine import Engine
 
 from liaison.catalog import Catalog
 from liaison.envelope import ANSWER_TYPE, POLICY_TYPE, Envelope, seal
-from liaison.errors import CatalogError, ConfigError, InvalidQuery
+from liaison.errors import CatalogError, ConfigError, InvalidQuery, LedgerUnavailable
 from liaison.keys import KeyId, SigningKey
 from liaison.ledger.entries import ReceiptFacts, receipt_entry
 from liaison.ledger.log import Ledger
@@ -138,6 +138,7 @@ class NodeCore:
             signed.proof,
             request=request,
             request_digest=verified.digest,
+            request_key_id=envelope.key_id,
             gateway_key=self.trusted[envelope.key_id].key,
         )
         cached = self.replay.claim(request.nonce, verified.digest, request.expires_at_ms)
@@ -148,7 +149,14 @@ class NodeCore:
             answer = self._decide_and_run(verified)
             sealed = seal(self.signing_key, ANSWER_TYPE, answer_to_bytes(answer))
             # The receipt is durable before the answer can leave.
-            self.receipts.append(receipt_entry(self._receipt(verified, logged, answer, sealed)))
+            try:
+                self.receipts.append(receipt_entry(self._receipt(verified, logged, answer, sealed)))
+            except LedgerUnavailable as exc:
+                # Where the ledger lives is for the operator's log, not the caller.
+                raise LedgerUnavailable(
+                    "this node cannot write its receipts ledger, so it answers nothing; "
+                    "try again later (the node's operator sees why in its log)"
+                ) from exc
             self.replay.complete(request.nonce, sealed)
         except BaseException:
             self.replay.release(request.nonce)

@@ -6,6 +6,7 @@ import asyncio
 import atexit
 import hashlib
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -24,8 +25,9 @@ from gateway.server import build_gateway, start_gateway_server
 from liaison.catalog import CATALOG_V1, CATALOG_VERSION
 from liaison.config import load_gateway_config, load_node_config
 from liaison.demo import DEMO_ATTRIBUTES
+from liaison.demo_data import INVESTIGATOR_AGENCY
 from liaison.envelope import REQUEST_TYPE, Envelope, seal
-from liaison.federation import AUDIENCE, GATEWAY_ID
+from liaison.federation import AUDIENCE, GATEWAY_ID, write_gateway_config
 from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey, request_entry
 from liaison.ledger.log import Ledger
@@ -77,6 +79,7 @@ def make_request(
 
 TEST_AUDIT_KEY = AuditKey(b"test audit key, never used in production!")
 _ledgers: dict[tuple[str, str], Ledger] = {}
+_ledger_folders: list[str] = []
 _ledger_lock = threading.Lock()
 
 
@@ -86,6 +89,7 @@ def test_ledger(key: SigningKey, gateway_id: str) -> Ledger:
         ledger = _ledgers.get((key.key_id, gateway_id))
         if ledger is None:
             folder = tempfile.mkdtemp(prefix="liaison-test-ledger-")
+            _ledger_folders.append(folder)
             ledger = Ledger.open(
                 os.path.join(folder, "ledger.sqlite3"), key, gateway_origin(gateway_id)
             )
@@ -97,6 +101,8 @@ def test_ledger(key: SigningKey, gateway_id: str) -> Ledger:
 def _close_test_ledgers() -> None:
     for ledger in _ledgers.values():
         ledger.close()
+    for folder in _ledger_folders:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def sign_request(key: SigningKey, request: QueryRequest) -> SignedRequest:
@@ -192,6 +198,22 @@ def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
 
         loop.run(stop())
         loop.close()
+
+
+@contextmanager
+def gateway_over(root: Path, nodes: dict[str, str]) -> Iterator[str]:
+    """A gateway of its own (same keys as the demo one) knowing ``nodes`` (id -> address)."""
+    # A ledger has one writer: this gateway gets its own, and its own config.
+    tag = uuid.uuid4().hex[:8]
+    path = write_gateway_config(
+        root,
+        [INVESTIGATOR_AGENCY],
+        nodes,
+        ledger=f"ledger-{tag}.sqlite3",
+        name=f"gateway-{tag}.toml",
+    )
+    with running_gateway(path) as gateway:
+        yield gateway.address
 
 
 def investigator_token(

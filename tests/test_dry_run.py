@@ -7,6 +7,7 @@ policy it should not (foreign key, tampered bytes, another node's name, ...).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 import socket
@@ -28,10 +29,9 @@ from liaison import client
 from liaison.catalog import CATALOG_VERSION
 from liaison.config import load_gateway_config
 from liaison.demo import POLICY_DIR, demo_queries
-from liaison.demo_data import INVESTIGATOR_AGENCY, probes
+from liaison.demo_data import probes
 from liaison.envelope import ANSWER_TYPE, POLICY_TYPE, Envelope, open_envelope, seal
 from liaison.errors import AuthenticationError, BadSignature, InvalidQuery
-from liaison.federation import write_gateway_config
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import (
     Decision,
@@ -55,7 +55,7 @@ from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 from tests.conftest import Federation
-from tests.support import EventLoopThread, investigator_token, now_ms, running_gateway
+from tests.support import EventLoopThread, gateway_over, investigator_token, now_ms
 
 NODES = ("freedonia", "ruritania", "sylvania")
 CASE_REF = "GEN-TEST-9"
@@ -141,14 +141,6 @@ def closed_port() -> int:
 
 def real_addresses(federation: Federation) -> dict[str, str]:
     return {n: node.address for n, node in federation.nodes.items()}
-
-
-@contextmanager
-def gateway_over(root: Path, nodes: dict[str, str]) -> Iterator[str]:
-    """A gateway of its own (same keys as the demo one) knowing ``nodes`` (id -> address)."""
-    path = write_gateway_config(root, [INVESTIGATOR_AGENCY], nodes)
-    with running_gateway(path) as gateway:
-        yield gateway.address
 
 
 class PublishingNode(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # generated base is untyped
@@ -595,6 +587,10 @@ def test_policies_are_cached_and_fetched_again_after_the_ttl(federation: Federat
     clock = FakeClock()
     loop = EventLoopThread()
     config = load_gateway_config(federation.root / "gateway" / "gateway.toml")
+    # A ledger has one writer, and the federation's gateway is running.
+    config = dataclasses.replace(
+        config, ledger=str(federation.root / "gateway" / "ledger-2.sqlite3")
+    )
 
     async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
         core, verifier = build_gateway(config)

@@ -684,6 +684,8 @@ def partner_gateway(federation: Federation, keys: Keys) -> Iterator[str]:
         federation.root,
         [INVESTIGATOR_AGENCY],
         {n: node.address for n, node in federation.nodes.items()},
+        ledger="partners-ledger.sqlite3",
+        name="partners-base.toml",
     )
     extra = "\n".join(
         [

@@ -29,10 +29,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from gateway.answers import reduce_to_query, verify_answer
 from liaison import client
-from liaison.demo_data import INVESTIGATOR_AGENCY, probes
+from liaison.demo_data import probes
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, Envelope, pae, seal
 from liaison.errors import BadSignature, EnvelopeError, InvalidQuery
-from liaison.federation import write_gateway_config
 from liaison.keys import SigningKey
 from liaison.messages import (
     AnswerStatus,
@@ -57,7 +56,7 @@ from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 from tests.conftest import Federation
-from tests.support import investigator_token, now_ms, running_gateway
+from tests.support import gateway_over, investigator_token, now_ms
 
 NODES = ("freedonia", "ruritania", "sylvania")
 PURPOSES = "csam-investigation, victim-identification, offender-identification, statistics"
@@ -122,14 +121,6 @@ def closed_port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
     return port
-
-
-@contextmanager
-def gateway_over(root: Path, nodes: dict[str, str]) -> Iterator[str]:
-    """A gateway of its own (same keys as the demo one) knowing ``nodes`` (id -> address)."""
-    path = write_gateway_config(root, [INVESTIGATOR_AGENCY], nodes)
-    with running_gateway(path) as gateway:
-        yield gateway.address
 
 
 def real_addresses(federation: Federation) -> dict[str, str]:

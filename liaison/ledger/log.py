@@ -81,6 +81,7 @@ class Ledger:
         self.origin = check_origin(origin)
         self.checkpoint_interval_s = checkpoint_interval_s
         try:
+            store.lock_writer()
             self._check_identity()
             self.tree = MerkleTree.from_leaf_hashes(store.leaf_hashes())
         except LedgerError:

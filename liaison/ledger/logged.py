@@ -62,6 +62,7 @@ def check_logged(
     *,
     request: QueryRequest,
     request_digest: bytes,
+    request_key_id: str,
     gateway_key: VerifyingKey,
 ) -> LoggedRequest:
     """Raise UnloggedRequest unless ``proof`` shows ``request`` in its gateway's ledger."""
@@ -86,23 +87,30 @@ def check_logged(
         entry = parse_entry(proof.entry)
     except (CheckpointError, ProofError, EntryError) as exc:
         raise UnloggedRequest(f"the request's ledger proof does not verify: {exc}") from exc
-    _check_describes(entry, request, request_digest)
+    _check_describes(entry, request, request_digest, request_key_id)
     return LoggedRequest(entry, checkpoint, proof)
 
 
-def _check_describes(entry: Entry, request: QueryRequest, digest: bytes) -> None:
+def _check_describes(entry: Entry, request: QueryRequest, digest: bytes, key_id: str) -> None:
+    # Every field an auditor will read must be what was signed: the payload
+    # itself is never stored, so the entry is all they have.
     if entry.kind is not EntryKind.REQUEST:
-        raise UnloggedRequest(f"the logged entry is a {entry.kind} entry, not a request")
+        raise UnloggedRequest(f"the logged entry is of kind {entry.kind}, not a request")
     f = entry.fields
     requester = f["requester"]
     expected = {
         "request_digest": (f["request_digest"], digest.hex()),
         "query_id": (f["query_id"], request.query_id),
         "gateway_id": (f["gateway_id"], request.gateway_id),
+        "request_key_id": (f.get("request_key_id"), key_id),
         "time_ms": (f["time_ms"], request.issued_at_ms),
+        "expires_at_ms": (f.get("expires_at_ms"), request.expires_at_ms),
+        "catalog_version": (f.get("catalog_version"), request.catalog_version),
         "agency": (requester.get("agency"), request.requester.agency),
         "subject": (requester.get("subject"), request.requester.subject),
         "roles": (requester.get("roles"), list(request.requester.roles)),
+        "issuer": (requester.get("issuer"), request.requester.issuer),
+        "attributes": (requester.get("attributes"), dict(request.requester.attributes)),
         "purpose": (f["purpose"], request.purpose),
         "case_ref": (f["case_ref"], request.case_ref),
         "legal_basis": (f.get("legal_basis"), request.legal_basis),

@@ -27,18 +27,14 @@ MAX_PROOF_FILE_BYTES = 4 * 1024 * 1024
 
 def _signed_at(store: LedgerStore, size: int | None, *, at_least: int) -> str:
     """A stored checkpoint of exactly ``size``, or else the newest covering ``at_least`` entries."""
-    candidates = []
-    for row in store.checkpoints():
-        cp = parse_unverified(row.note)
-        if (size is None and cp.size >= at_least) or cp.size == size:
-            candidates.append((cp.size, cp.time_ms, row.note))
-    if not candidates:
+    found = store.checkpoint_for(size=size, at_least=at_least)
+    if found is None:
         wanted = f"of size {size}" if size is not None else f"covering entry {at_least - 1}"
         raise LedgerError(
             f"the ledger holds no signed checkpoint {wanted}; choose a size a checkpoint "
             "vouches for (`liaison audit verify` lists them), or wait for the next checkpoint"
         )
-    return max(candidates)[2]
+    return found.note
 
 
 def inclusion_proof(store: LedgerStore, tree: MerkleTree, index: int) -> dict[str, Any]:

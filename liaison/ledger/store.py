@@ -8,6 +8,7 @@ store edited behind the ledger's back is found out, not believed.
 
 from __future__ import annotations
 
+import fcntl
 import sqlite3
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -38,6 +39,7 @@ checkpoints_table = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("time_ms", sa.BigInteger, nullable=False),
     sa.Column("note", sa.Text, nullable=False),
+    sa.Index("ix_liaison_ledger_checkpoints_size", "size"),
 )
 
 meta_table = sa.Table(
@@ -97,6 +99,7 @@ class LedgerStore:
     """Entries, leaf hashes and checkpoints in three tables."""
 
     def __init__(self, location: str | Path, *, create: bool = True) -> None:
+        self._writer_lock: Any = None
         url = ledger_url(location)
         try:
             parsed = sa.make_url(url)
@@ -142,7 +145,50 @@ class LedgerStore:
                 f"cannot open the ledger at {self.url} ({_first_line(exc)})"
             ) from exc
 
+    def lock_writer(self) -> None:
+        """Become this ledger's only writer, or raise LedgerError naming the conflict.
+
+        The writer keeps the tree in memory and numbers entries itself, so a
+        second writer would collide on every append: refuse it at start.
+        """
+        if self._writer_lock is not None:
+            return
+        backend = self.engine.dialect.name
+        if backend == "sqlite":
+            path = Path(self.engine.url.database or "").with_suffix(".writer.lock")
+            handle = open(path, "a+")  # noqa: SIM115  # held open for the writer's life
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                handle.close()
+                raise LedgerError(
+                    f"the ledger at {self.url} is already written by another process; "
+                    "give each gateway or node its own ledger"
+                ) from None
+            self._writer_lock = handle
+        elif backend == "postgresql":
+            try:
+                conn = self.engine.connect()
+                got = conn.execute(
+                    sa.text("SELECT pg_try_advisory_lock(hashtext('liaison_ledger_writer'))")
+                ).scalar()
+                conn.commit()
+            except SQLAlchemyError as exc:
+                raise LedgerUnavailable(
+                    f"cannot open the ledger at {self.url} ({_first_line(exc)})"
+                ) from exc
+            if not got:
+                conn.close()
+                raise LedgerError(
+                    f"the ledger at {self.url} is already written by another process; "
+                    "give each gateway or node its own ledger (database)"
+                )
+            self._writer_lock = conn
+
     def close(self) -> None:
+        if self._writer_lock is not None:
+            self._writer_lock.close()
+            self._writer_lock = None
         self.engine.dispose()
 
     @contextmanager
@@ -260,6 +306,22 @@ class LedgerStore:
         with self._reading() as conn:
             rows = conn.execute(sa.select(c.id, c.size, c.time_ms, c.note).order_by(c.id)).all()
         return [StoredCheckpoint(int(i), int(s), int(t), str(n)) for i, s, t, n in rows]
+
+    def checkpoint_for(self, *, size: int | None, at_least: int) -> StoredCheckpoint | None:
+        """The newest checkpoint of exactly ``size``, or else the largest covering ``at_least``."""
+        c = checkpoints_table.c
+        wanted = c.size == size if size is not None else c.size >= at_least
+        query = (
+            sa.select(c.id, c.size, c.time_ms, c.note)
+            .where(wanted)
+            .order_by(c.size.desc(), c.time_ms.desc(), c.id.desc())
+            .limit(1)
+        )
+        with self._reading() as conn:
+            row = conn.execute(query).first()
+        if row is None:
+            return None
+        return StoredCheckpoint(int(row[0]), int(row[1]), int(row[2]), str(row[3]))
 
     def get_meta(self, name: str) -> str | None:
         with self._reading() as conn:
