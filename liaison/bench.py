@@ -26,6 +26,7 @@ to run the nodes in parallel.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import platform
 import statistics
@@ -34,6 +35,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -46,8 +48,11 @@ from liaison.demo import build_federation, investigator_token, running_federatio
 from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies, probes
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, open_envelope, seal
 from liaison.errors import LiaisonError
-from liaison.federation import GATEWAY_ID, PKI_DIR
+from liaison.federation import AUDIT_KEY, GATEWAY_ID, PKI_DIR
 from liaison.keys import SigningKey, VerifyingKey
+from liaison.ledger.entries import AuditKey, request_entry
+from liaison.ledger.log import Ledger
+from liaison.ledger.logged import LedgerProof, SignedRequest, gateway_origin
 from liaison.messages import NodeStatus, QueryRequest, Requester, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.serving import CHANNEL_OPTIONS
@@ -56,10 +61,10 @@ from liaison.tokens import dev_issuer
 from liaison.wire import (
     answer_from_bytes,
     envelope_from_proto,
-    envelope_to_proto,
     request_to_bytes,
     search_result_from_proto,
     search_to_proto,
+    signed_request_to_proto,
 )
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
@@ -162,7 +167,11 @@ class DirectCaller:
         node_key: VerifyingKey,
         gateway_key: SigningKey,
         query: Query,
+        ledger: Ledger,
+        audit_key: AuditKey,
     ) -> None:
+        self.ledger = ledger
+        self.audit_key = audit_key
         self.node_id = node_id
         self.node_key = node_key
         self.gateway_key = gateway_key
@@ -189,7 +198,18 @@ class DirectCaller:
             query=self.query,
         )
         envelope = seal(self.gateway_key, REQUEST_TYPE, request_to_bytes(request))
-        return pb_node.AnswerRequest(request=envelope_to_proto(envelope))
+        # Logged as the gateway logs it (nodes answer nothing unlogged), outside
+        # the timed round trip: the baseline is the call itself.
+        entry = request_entry(
+            request,
+            request_digest=hashlib.sha256(envelope.payload).digest(),
+            key_id=self.gateway_key.key_id,
+            audit_key=self.audit_key,
+        )
+        logged = self.ledger.append(entry, prove=True)
+        assert logged.checkpoint is not None
+        proof = LedgerProof(entry, logged.index, logged.inclusion_path, logged.checkpoint.note)
+        return signed_request_to_proto(SignedRequest(envelope, proof))
 
     def timed(self) -> float:
         """One call; returns the round trip in ms, after checking the node found the probe."""
@@ -420,17 +440,29 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
                 if tls
                 else None
             )
+            gateway_key = SigningKey.from_pem_file(root / "gateway" / "gateway.key")
             with (
                 _channel(node_address, node_tls) as node_channel,
                 _channel(gateway_address, None) as gateway_channel,
+                # The gateway writes its own ledger; the direct caller keeps another
+                # under the same key, as a second gateway replica would.
+                closing(
+                    Ledger.open(
+                        str(root / "gateway" / "direct-ledger.sqlite3"),
+                        gateway_key,
+                        gateway_origin(GATEWAY_ID),
+                    )
+                ) as direct_ledger,
             ):
                 token = investigator_token(root)
                 direct = DirectCaller(
                     node_channel,
                     node_id=args.node,
                     node_key=VerifyingKey.from_pem_file(root / "nodes" / args.node / "node.pub"),
-                    gateway_key=SigningKey.from_pem_file(root / "gateway" / "gateway.key"),
+                    gateway_key=gateway_key,
                     query=query,
+                    ledger=direct_ledger,
+                    audit_key=AuditKey.from_file(root / AUDIT_KEY),
                 )
                 federated = FederatedCaller(gateway_channel, token, query, (), all_nodes)
                 one_node = FederatedCaller(

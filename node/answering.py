@@ -149,6 +149,7 @@ class NodeCore:
             answer = self._decide_and_run(verified)
             sealed = seal(self.signing_key, ANSWER_TYPE, answer_to_bytes(answer))
             # The receipt is durable before the answer can leave.
+            receipt_started = time.perf_counter()
             try:
                 self.receipts.append(receipt_entry(self._receipt(verified, logged, answer, sealed)))
             except LedgerUnavailable as exc:
@@ -157,6 +158,7 @@ class NodeCore:
                     "this node cannot write its receipts ledger, so it answers nothing; "
                     "try again later (the node's operator sees why in its log)"
                 ) from exc
+            receipt_ms = (time.perf_counter() - receipt_started) * 1000
             self.replay.complete(request.nonce, sealed)
         except BaseException:
             self.replay.release(request.nonce)
@@ -182,6 +184,7 @@ class NodeCore:
                 "reason": answer.decision.reason,
                 "obligations": list(answer.decision.obligations),
                 "explanation": list(answer.decision.explanation),
+                "receipt_ms": round(receipt_ms, 3),
             },
         )
         return sealed
