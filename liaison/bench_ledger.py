@@ -17,9 +17,12 @@ the same run, interleaved where the measurements are short:
 * verifying: ``verify_ledger`` against the floor of any verifier, one
   SHA-256 per entry over the same bytes read from the same store;
 * the ledger's share of a federated query: searches through the demo
-  federation running in this process (three nodes and the gateway on
-  loopback, plaintext), timing the gateway's ``_log`` awaits and the nodes'
-  receipt appends with wrappers installed for the run.
+  federation run as a deployment runs it (three node processes and a gateway
+  process on loopback, mutual TLS between them), timed at the client, against
+  what each service logs per search: the gateway its ledger waits (request
+  entry + proof, outcome entry) and its whole handling, each node the wait for
+  its receipt. On the critical path: the gateway's waits plus the slowest
+  node's receipt, as the nodes answer concurrently.
 
 The million-entry ledger is generated, not appended: realistic request and
 outcome entries (byte for byte what ``request_entry``/``outcome_entry``
@@ -32,8 +35,8 @@ checkpoint signed by the ledger's key every 10,000 entries.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import hashlib
+import json
 import os
 import random
 import sqlite3
@@ -44,28 +47,23 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, closing, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, TextIO, TypeVar
-from unittest import mock
 
 import grpc
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from gateway.search import GatewayCore
-from gateway.server import build_gateway, start_gateway_server
 from liaison import __version__, render
-from liaison.bench import FederatedCaller, Summary, at_least, machine, probe_query
-from liaison.catalog import CATALOG_V1, CATALOG_VERSION
-from liaison.config import load_gateway_config, load_node_config
-from liaison.demo import build_federation, investigator_token
+from liaison.bench import CALL_TIMEOUT_S, FederatedCaller, Summary, at_least, machine, probe_query
+from liaison.catalog import CATALOG_VERSION
+from liaison.demo import build_federation, investigator_token, running_federation
 from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies
 from liaison.errors import LiaisonError
-from liaison.federation import GATEWAY_ID, write_gateway_config
+from liaison.federation import GATEWAY_ID
 from liaison.keys import SigningKey
 from liaison.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from liaison.ledger.entries import (
@@ -75,7 +73,7 @@ from liaison.ledger.entries import (
     parse_entry,
     request_entry,
 )
-from liaison.ledger.log import Appended, Ledger
+from liaison.ledger.log import Ledger
 from liaison.ledger.logged import gateway_origin
 from liaison.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
 from liaison.ledger.proofs import inclusion_proof as audit_inclusion_proof
@@ -93,8 +91,7 @@ from liaison.messages import (
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.serving import CHANNEL_OPTIONS
 from liaison.tokens import dev_issuer
-from node.answering import NodeCore, close_core
-from node.server import build_node, start_node_server
+from liaison.wire import search_result_from_proto
 
 if TYPE_CHECKING:
     import psycopg
@@ -963,129 +960,52 @@ def proofs_section(
     }
 
 
-# --- the ledger inside a federated query ---------------------------------------
+# --- the ledger in a federated query, across real processes ---------------------
+#
+# The gateway and the nodes run as the deployment runs them, one process each
+# (so one GIL each), talking mutual TLS on loopback. The client times each
+# search; each service says in its own log what the ledger cost it:
+#
+# * the gateway, per search: ``"msg": "search"`` with ``ledger_ms`` (waiting for
+#   its two durable writes: request entry + proof, then outcome entry) and
+#   ``total_ms`` (its whole handling of the search);
+# * every node, per answer: ``"msg": "answered"`` with ``receipt_ms`` (waiting
+#   for its receipt to be durable).
+#
+# The logs are read once the federation has stopped, so every line is flushed,
+# and every measured search must be found in every one of them.
+
+GATEWAY_LOG = "gateway"
 
 
-class LedgerClock:
-    """Ledger time per search: wrappers around GatewayCore._log and Ledger.append report here."""
+class IdentifiedCaller(FederatedCaller):
+    """A FederatedCaller that also returns each search's query id, to find it in the logs."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._events: list[tuple[str, float]] = []
-
-    def record(self, who: str, ms: float) -> None:
-        with self._lock:
-            self._events.append((who, ms))
-
-    def take(self) -> list[tuple[str, float]]:
-        with self._lock:
-            events, self._events = self._events, []
-        return events
-
-
-@contextmanager
-def clocked_ledgers(clock: LedgerClock) -> Iterator[None]:
-    """Time the gateway's ledger awaits and every Ledger.append (the nodes' receipts)."""
-    original_log = GatewayCore._log
-    original_append = Ledger.append
-
-    async def timed_log(core: GatewayCore, entry: bytes, *, prove: bool = False) -> Appended:
+    def search(self) -> tuple[float, str]:
+        """One search: (round trip in ms, query id), after checking every node answered."""
         started = time.perf_counter_ns()
-        try:
-            return await original_log(core, entry, prove=prove)
-        finally:
-            clock.record("gateway:request" if prove else "gateway:outcome", _elapsed_ms(started))
-
-    def timed_append(
-        ledger: Ledger, entry: bytes, *, prove: bool = False, timeout_s: float = 30
-    ) -> Appended:
-        started = time.perf_counter_ns()
-        try:
-            return original_append(ledger, entry, prove=prove, timeout_s=timeout_s)
-        finally:
-            clock.record(ledger.origin, _elapsed_ms(started))
-
-    with (
-        mock.patch.object(GatewayCore, "_log", timed_log),
-        mock.patch.object(Ledger, "append", timed_append),
-    ):
-        yield
+        response = self.stub.Search(self.message, metadata=self.metadata, timeout=CALL_TIMEOUT_S)
+        elapsed = _elapsed_ms(started)
+        result = search_result_from_proto(response, self.query)
+        answered = sorted(r.node_id for r in result.results if r.status is NodeStatus.ANSWERED)
+        if answered != sorted(self.expected):
+            failed = [f"{r.node_id}: {r.status.value} {r.detail}".strip() for r in result.results]
+            raise BenchFailed(
+                f"federated call: expected answers from {', '.join(sorted(self.expected))}, "
+                f"got {'; '.join(failed) or 'nothing'}"
+            )
+        return elapsed, result.query_id
 
 
-class LoopThread:
-    """An asyncio loop in a background thread, for the grpc.aio gateway."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, _T], timeout_s: float = 60) -> _T:
-        future: Future[_T] = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        return future.result(timeout_s)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(5)
-        self.loop.close()
-
-
-@dataclass(frozen=True, slots=True)
-class InProcess:
-    gateway_address: str
-    gateway: GatewayCore
-    nodes: Mapping[str, NodeCore]
-
-    def ledger_files(self) -> dict[str, Path]:
-        files = {"gateway": _sqlite_path(self.gateway.ledger.store.url)}
-        for node_id, core in self.nodes.items():
-            files[node_id] = _sqlite_path(core.receipts.store.url)
-        return files
-
-
-def _sqlite_path(url: str) -> Path:
-    parsed = sa.make_url(url)
-    if parsed.get_backend_name() != "sqlite" or not parsed.database:
-        raise BenchFailed(f"the demo federation's ledger {url} is not a SQLite file")
-    return Path(parsed.database)
-
-
-def _stop_node_server(server: grpc.Server) -> None:
-    server.stop(grace=None).wait()
-
-
-@contextmanager
-def in_process_federation(root: Path) -> Iterator[InProcess]:
-    """The demo federation's three nodes and gateway, served from this process on loopback."""
-    with ExitStack() as stack:
-        nodes: dict[str, NodeCore] = {}
-        addresses: dict[str, str] = {}
-        for agency in demo_agencies():
-            config = load_node_config(root / "nodes" / agency.agency_id / "node.toml", CATALOG_V1)
-            core = build_node(config)
-            stack.callback(close_core, core)
-            server, port = start_node_server(core, "127.0.0.1:0", workers=8)
-            stack.callback(_stop_node_server, server)
-            nodes[agency.agency_id] = core
-            addresses[agency.agency_id] = f"127.0.0.1:{port}"
-        write_gateway_config(root, [INVESTIGATOR_AGENCY], addresses)
-        gateway_config = load_gateway_config(root / "gateway" / "gateway.toml")
-        loop = LoopThread()
-        stack.callback(loop.close)
-
-        async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
-            gateway, verifier = build_gateway(gateway_config)
-            server, port = await start_gateway_server(gateway, verifier, "127.0.0.1:0")
-            return gateway, server, port
-
-        gateway, gateway_server, gateway_port = loop.run(start())
-
-        async def stop() -> None:
-            await gateway_server.stop(grace=None)
-            await gateway.close()
-
-        stack.callback(loop.run, stop())
-        yield InProcess(f"127.0.0.1:{gateway_port}", gateway, nodes)
+def _ledger_files(root: Path) -> dict[str, Path]:
+    """Where the demo federation keeps each ledger (as ``liaison demo``'s audit reads them)."""
+    files = {GATEWAY_LOG: root / "gateway" / "ledger.sqlite3"}
+    for node in NODES:
+        files[node] = root / "nodes" / node / "state" / "receipts.sqlite3"
+    missing = [str(p) for p in files.values() if not p.exists()]
+    if missing:
+        raise BenchFailed(f"the running federation has no ledger at {', '.join(missing)}")
+    return files
 
 
 @dataclass(frozen=True, slots=True)
@@ -1117,74 +1037,131 @@ def _new_rows(path: Path, start: int, first_checkpoint: int) -> tuple[list[bytes
     return entries, notes
 
 
+def _log_lines(path: Path, msg: str) -> dict[str, dict[str, Any]]:
+    """The JSON lines of ``path`` whose message is ``msg``, by query id (once each)."""
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError as exc:
+        raise BenchFailed(f"no log at {path}") from exc
+    found: dict[str, dict[str, Any]] = {}
+    for line in text.splitlines():
+        if not line.startswith("{"):
+            continue  # not ours: the JSON formatter writes one object per line
+        try:
+            obj = json.loads(line)
+        except ValueError:
+            continue
+        if not isinstance(obj, dict) or obj.get("msg") != msg or "query_id" not in obj:
+            continue
+        qid = str(obj["query_id"])
+        if qid in found:
+            raise BenchFailed(f"{path.name} logs {msg!r} twice for query {qid}")
+        found[qid] = obj
+    return found
+
+
+def _ms(line: Mapping[str, Any], key: str, where: str) -> float:
+    value = line.get(key)
+    if not isinstance(value, int | float) or isinstance(value, bool) or value < 0:
+        raise BenchFailed(
+            f"{where}'s log line for query {line.get('query_id')} has {key}={value!r}, "
+            "expected milliseconds: the log format changed; update bench_ledger"
+        )
+    return float(value)
+
+
+@dataclass(frozen=True, slots=True)
+class QueryTimes:
+    """One measured search: the client's round trip and what each service's log says."""
+
+    query_id: str
+    client_ms: float
+    gateway_total_ms: float
+    gateway_ledger_ms: float
+    receipt_ms: Mapping[str, float]
+
+    @property
+    def critical_path_ms(self) -> float:
+        """Gateway ledger waits + the slowest receipt (the nodes answer concurrently)."""
+        return self.gateway_ledger_ms + max(self.receipt_ms.values())
+
+    @property
+    def share(self) -> float:
+        return self.critical_path_ms / self.client_ms
+
+
+def match_logs(measured: Sequence[tuple[str, float]], run_dir: Path) -> list[QueryTimes]:
+    """Each measured search with its gateway and node log lines; fails if any is missing."""
+    gateway = _log_lines(run_dir / f"{GATEWAY_LOG}.log", "search")
+    nodes = {n: _log_lines(run_dir / f"{n}.log", "answered") for n in NODES}
+    wanted = [qid for qid, _ms in measured]
+    if len(set(wanted)) != len(wanted):
+        raise BenchFailed("the gateway gave two measured searches the same query id")
+    for name, lines in {GATEWAY_LOG: gateway, **nodes}.items():
+        missing = [qid for qid in wanted if qid not in lines]
+        if missing:
+            raise BenchFailed(
+                f"{len(missing)} of {len(wanted)} measured searches have no "
+                f"{'search' if name == GATEWAY_LOG else 'answered'} line in {name}'s log "
+                f"(first: {missing[0]}); every service must log every search"
+            )
+    return [
+        QueryTimes(
+            query_id=qid,
+            client_ms=client_ms,
+            gateway_total_ms=_ms(gateway[qid], "total_ms", GATEWAY_LOG),
+            gateway_ledger_ms=_ms(gateway[qid], "ledger_ms", GATEWAY_LOG),
+            receipt_ms={n: _ms(nodes[n][qid], "receipt_ms", n) for n in NODES},
+        )
+        for qid, client_ms in measured
+    ]
+
+
 def federation_section(s: Settings, progress: TextIO) -> dict[str, Any]:
-    clock = LedgerClock()
     with tempfile.TemporaryDirectory(prefix="liaison-bench-ledger-fed-") as tmp:
         root = Path(tmp)
-        print(f"  building the demo federation ({s.media} media records per node)", file=progress)
-        build_federation(root, media=s.media, accounts=300, tls=False, progress=progress)
-        with clocked_ledgers(clock), in_process_federation(root) as fed:
-            origins = {core.receipts.origin: node_id for node_id, core in fed.nodes.items()}
-            with grpc.insecure_channel(fed.gateway_address, options=CHANNEL_OPTIONS) as channel:
-                caller = FederatedCaller(
-                    channel, investigator_token(root), probe_query(), (), NODES
-                )
-                print(f"  {s.warmup} warm-up searches", file=progress)
-                for _ in range(s.warmup):
-                    caller.timed()
-                files = fed.ledger_files()
-                before = {name: _snapshot(p) for name, p in files.items()}
-                clock.take()
-                print(f"  {s.searches} measured searches", file=progress)
-                searches: list[float] = []
-                per_search: list[dict[str, float]] = []
-                step = max(1, s.searches // 5)
-                for i in range(s.searches):
-                    searches.append(caller.timed())
-                    per_search.append(_per_search(clock.take(), origins))
-                    if (i + 1) % step == 0:
-                        print(f"    {i + 1}/{s.searches}", file=progress)
-                after = {name: _snapshot(p) for name, p in files.items()}
-                new = {
-                    name: _new_rows(p, before[name].entries, before[name].checkpoints)
-                    for name, p in files.items()
-                }
-    return _federation_result(s, searches, per_search, before, after, new)
-
-
-def _per_search(events: list[tuple[str, float]], origins: Mapping[str, str]) -> dict[str, float]:
-    """One search's ledger times: exactly one request, one outcome, one receipt per node."""
-    seen: dict[str, list[float]] = {}
-    for who, ms in events:
-        seen.setdefault(origins.get(who, who), []).append(ms)
-    expected = {"gateway:request", "gateway:outcome", *origins.values()}
-    if set(seen) != expected or any(len(v) != 1 for v in seen.values()):
-        counts = {k: len(v) for k, v in sorted(seen.items())}
-        raise BenchFailed(
-            f"a search made ledger appends {counts}; expected one each of {sorted(expected)}"
+        print(
+            f"  building the demo federation ({s.media} media records per node, mutual TLS)",
+            file=progress,
         )
-    return {k: v[0] for k, v in seen.items()}
+        build_federation(root, media=s.media, accounts=300, tls=True, progress=progress)
+        print("  starting the nodes and the gateway as processes", file=progress)
+        with (
+            running_federation(root, progress=progress) as address,
+            grpc.insecure_channel(address, options=CHANNEL_OPTIONS) as channel,
+        ):
+            files = _ledger_files(root)
+            caller = IdentifiedCaller(channel, investigator_token(root), probe_query(), (), NODES)
+            print(f"  {s.warmup} warm-up searches", file=progress)
+            for _ in range(s.warmup):
+                caller.search()
+            before = {name: _snapshot(p) for name, p in files.items()}
+            print(f"  {s.searches} measured searches", file=progress)
+            measured: list[tuple[str, float]] = []
+            step = max(1, s.searches // 5)
+            for i in range(s.searches):
+                client_ms, query_id = caller.search()
+                measured.append((query_id, client_ms))
+                if (i + 1) % step == 0:
+                    print(f"    {i + 1}/{s.searches}", file=progress)
+            after = {name: _snapshot(p) for name, p in files.items()}
+            new = {
+                name: _new_rows(p, before[name].entries, before[name].checkpoints)
+                for name, p in files.items()
+            }
+            print("  stopping the federation", file=progress)
+        # Stopped: every service has flushed its log.
+        print("  matching the searches with the gateway's and nodes' logs", file=progress)
+        times = match_logs(measured, root / "run")
+    return _federation_result(s, times, before, after, new)
 
 
-def _federation_result(
-    s: Settings,
-    searches: list[float],
-    per_search: list[dict[str, float]],
+def _bytes_result(
+    k: int,
     before: Mapping[str, LedgerSnapshot],
     after: Mapping[str, LedgerSnapshot],
     new: Mapping[str, tuple[list[bytes], list[str]]],
 ) -> dict[str, Any]:
-    k = len(searches)
-    request = [p["gateway:request"] for p in per_search]
-    outcome = [p["gateway:outcome"] for p in per_search]
-    receipts = {n: [p[n] for p in per_search] for n in NODES}
-    slowest = [max(p[n] for n in NODES) for p in per_search]
-    on_path = [r + o + m for r, o, m in zip(request, outcome, slowest, strict=True)]
-    every = [
-        p["gateway:request"] + p["gateway:outcome"] + sum(p[n] for n in NODES) for p in per_search
-    ]
-    fed_s, path_s = Summary.of(searches), Summary.of(on_path)
-    share_p50 = path_s.p50 / fed_s.p50
     sizes: dict[str, list[int]] = {}
     ledgers: dict[str, Any] = {}
     for name, (entries, notes) in new.items():
@@ -1212,25 +1189,6 @@ def _federation_result(
         )
     }
     return {
-        "searches": k,
-        "warmup": s.warmup,
-        "media_records": s.media,
-        "transport": "plaintext loopback, all services in this process",
-        "latency_ms": {
-            "federated": _stats(searches, "ms"),
-            "gateway_request_log": _stats(request, "ms"),
-            "gateway_outcome_log": _stats(outcome, "ms"),
-            "node_receipt_append": _stats([x for v in receipts.values() for x in v], "ms"),
-            **{f"receipt_{n}": _stats(v, "ms") for n, v in receipts.items()},
-            "ledger_on_query_path": _stats(on_path, "ms"),
-            "ledger_all_appends": _stats(every, "ms"),
-        },
-        "share": {
-            "p50": round(share_p50, 4),
-            "mean": round(statistics.fmean(on_path) / statistics.fmean(searches), 4),
-            "all_appends_p50": round(Summary.of(every).p50 / fed_s.p50, 4),
-        },
-        "aim": {"share_p50_under": AIM_SHARE, "met": share_p50 < AIM_SHARE},
         "bytes": {"ledgers": ledgers, "total": total},
         "entry_bytes": {
             kind: {
@@ -1241,6 +1199,46 @@ def _federation_result(
             }
             for kind, v in sorted(sizes.items())
         },
+    }
+
+
+def _federation_result(
+    s: Settings,
+    times: Sequence[QueryTimes],
+    before: Mapping[str, LedgerSnapshot],
+    after: Mapping[str, LedgerSnapshot],
+    new: Mapping[str, tuple[list[bytes], list[str]]],
+) -> dict[str, Any]:
+    client = [t.client_ms for t in times]
+    critical = [t.critical_path_ms for t in times]
+    receipts = {n: [t.receipt_ms[n] for t in times] for n in NODES}
+    shares = Summary.of([t.share for t in times])
+    return {
+        "searches": len(times),
+        "warmup": s.warmup,
+        "media_records": s.media,
+        "transport": (
+            "gateway and 3 nodes as separate processes, mutual TLS between them; "
+            "client to gateway plaintext loopback"
+        ),
+        "latency_ms": {
+            "client": _stats(client, "ms"),
+            "gateway_total": _stats([t.gateway_total_ms for t in times], "ms"),
+            "gateway_ledger": _stats([t.gateway_ledger_ms for t in times], "ms"),
+            **{f"receipt_{n}": _stats(v, "ms") for n, v in receipts.items()},
+            "slowest_receipt": _stats([max(t.receipt_ms.values()) for t in times], "ms"),
+            "ledger_critical_path": _stats(critical, "ms"),
+        },
+        "share": {
+            # Per query: critical-path ledger ms / the client's ms; then its percentiles.
+            "p50": round(shares.p50, 4),
+            "p99": round(shares.p99, 4),
+            "mean": round(shares.mean, 4),
+            "of_means": round(statistics.fmean(critical) / statistics.fmean(client), 4),
+        },
+        "aim": {"share_p50_under": AIM_SHARE, "met": shares.p50 < AIM_SHARE},
+        "logs": "every measured search found once in the gateway's and every node's log",
+        **_bytes_result(len(times), before, after, new),
     }
 
 
@@ -1429,20 +1427,20 @@ def render_report(doc: dict[str, Any]) -> str:
     ]
     f = doc["federation"]
     lat = f["latency_ms"]
+    client_p50 = lat["client"]["p50_ms"]
 
     def row(label: str, key: str) -> list[str]:
         s = lat[key]
-        share = s["p50_ms"] / lat["federated"]["p50_ms"]
         cells = (s["p50_ms"], s["p99_ms"], s["mean_ms"])
-        return [label, *(f"{c:.2f}" for c in cells), f"{share:.1%}"]
+        return [label, *(f"{c:.2f}" for c in cells), f"{s['p50_ms'] / client_p50:.1%}"]
 
     fed_rows = [
-        row("federated search, end to end", "federated"),
-        row("gateway: request entry + proof (_log)", "gateway_request_log"),
-        row("gateway: outcome entry (_log)", "gateway_outcome_log"),
-        *(row(f"node {n}: receipt (Ledger.append)", f"receipt_{n}") for n in NODES),
-        row("ledger on the query's path", "ledger_on_query_path"),
-        row("ledger, every append summed", "ledger_all_appends"),
+        row("client: federated search, end to end", "client"),
+        row("gateway: whole search (total_ms)", "gateway_total"),
+        row("gateway: ledger waits, request + outcome (ledger_ms)", "gateway_ledger"),
+        *(row(f"node {n}: receipt durable (receipt_ms)", f"receipt_{n}") for n in NODES),
+        row("slowest node receipt", "slowest_receipt"),
+        row("ledger on the critical path", "ledger_critical_path"),
     ]
     by = f["bytes"]
     byte_rows = [
@@ -1473,14 +1471,17 @@ def render_report(doc: dict[str, Any]) -> str:
     share = f["share"]
     lines += [
         f"7. The ledger in a federated query: the same {f['searches']} searches, after "
-        f"{f['warmup']} warm-up ({f['transport']})",
+        f"{f['warmup']} warm-up ({f['transport']}); client times from this process, the "
+        "rest from each service's own log",
         "",
-        render.table(["what", "p50 ms", "p99 ms", "mean ms", "of p50"], fed_rows),
+        render.table(["what", "p50 ms", "p99 ms", "mean ms", "of client p50"], fed_rows),
         "",
         f"aim {'met' if f['aim']['met'] else 'NOT met'}: the ledger takes {share['p50']:.1%} of "
-        f"a federated query (p50; {share['mean']:.1%} of the mean) (aim: under "
-        f"{f['aim']['share_p50_under']:.0%})",
-        "on the query's path = gateway request + slowest node receipt + gateway outcome",
+        f"a federated query (p50 of the per-query share; p99 {share['p99']:.1%}; "
+        f"{share['of_means']:.1%} of the mean) (aim: under {f['aim']['share_p50_under']:.0%})",
+        "critical path = the gateway's ledger waits + the slowest node's receipt (the nodes "
+        "answer concurrently, so this is an upper bound)",
+        f"logs: {f['logs']}",
         "",
     ]
     lines += [

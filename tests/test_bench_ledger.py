@@ -12,6 +12,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+from liaison.bench_ledger import NODES, BenchFailed, match_logs
+
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "--entries", "3000",
@@ -54,5 +58,47 @@ def test_bench_ledger_reports_every_section() -> None:
     per_query = {name: x["entries_per_query"] for name, x in fed["bytes"]["ledgers"].items()}
     assert per_query == {"gateway": 2, "ruritania": 1, "freedonia": 1, "sylvania": 1}
     assert set(fed["entry_bytes"]) == {"request", "outcome", "receipt"}
-    assert 0 < fed["share"]["p50"] < 1
+    # Measured across real processes, from the client and from every service's log.
+    lat = fed["latency_ms"]
+    assert set(lat) == {
+        "client",
+        "gateway_total",
+        "gateway_ledger",
+        "slowest_receipt",
+        "ledger_critical_path",
+        *(f"receipt_{n}" for n in NODES),
+    }
+    assert all(x["samples"] == 4 for x in lat.values())
+    assert lat["gateway_total"]["max_ms"] <= lat["client"]["max_ms"]
+    assert lat["ledger_critical_path"]["min_ms"] >= lat["gateway_ledger"]["min_ms"]
+    assert 0 < fed["share"]["p50"] < 1 and 0 < fed["share"]["of_means"] < 1
+    assert isinstance(fed["aim"]["met"], bool)
     assert "machine" in doc and doc["machine"]["sqlite"]
+
+
+def _write_logs(run: Path, queries: list[str], skip_node: str | None = None) -> None:
+    run.mkdir()
+    gateway = [
+        json.dumps({"msg": "search", "query_id": q, "ledger_ms": 1.5, "total_ms": 8.0})
+        for q in queries
+    ]
+    (run / "gateway.log").write_text("\n".join(["not json", *gateway]) + "\n")
+    for i, node in enumerate(NODES):
+        lines = [
+            json.dumps({"msg": "answered", "query_id": q, "receipt_ms": 1.0 + i})
+            for q in queries
+            if not (node == skip_node and q == queries[-1])
+        ]
+        (run / f"{node}.log").write_text("\n".join(lines) + "\n")
+
+
+def test_match_logs_joins_by_query_id_and_fails_on_a_missing_line(tmp_path: Path) -> None:
+    queries = ["q-1", "q-2"]
+    _write_logs(tmp_path / "ok", queries)
+    times = match_logs([("q-1", 10.0), ("q-2", 20.0)], tmp_path / "ok")
+    assert [t.critical_path_ms for t in times] == [1.5 + 1.0 + len(NODES) - 1] * 2
+    assert [t.share for t in times] == pytest.approx([0.45, 0.225])
+
+    _write_logs(tmp_path / "gap", queries, skip_node=NODES[1])
+    with pytest.raises(BenchFailed, match=f"1 of 2 measured searches .* {NODES[1]}'s log"):
+        match_logs([("q-1", 10.0), ("q-2", 20.0)], tmp_path / "gap")
