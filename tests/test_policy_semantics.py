@@ -175,7 +175,8 @@ def plain_reading(rules: tuple[Rule, ...], ask: Ask) -> tuple[bool, tuple[str, .
 
     def generosity(r: Rule) -> tuple[int, int, int]:
         if q.operation is Operation.RECORDS:
-            return (-len(released(r, q)), -r.max_rows, r.min_count)
+            # A minimum count means nothing to a records answer: it cannot rank permits.
+            return (-len(released(r, q)), -r.max_rows, 0)
         return (r.min_count, -r.max_rows, 0)
 
     top = min(generosity(r) for r in fits)
