@@ -49,6 +49,11 @@ class Field:
     description: str
     # A selector identifies a person or an item; audit logs keep only its keyed hash.
     selector: bool = False
+    # A perceptual hash: queries may ask for near-duplicates within a distance.
+    near: bool = False
+    # Computed by the node from this other field, never stored: it can be
+    # released, not matched on or grouped by.
+    computed_from: str = ""
 
     def parse(self, text: str) -> SqlValue:
         """Parse canonical text into the Python value bound into SQL."""
@@ -161,8 +166,10 @@ def format_value(ftype: FieldType, value: object) -> str:
     return str(value)
 
 
-def _f(name: str, ftype: FieldType, description: str, *, selector: bool = False) -> Field:
-    return Field(name, ftype, description, selector)
+def _f(
+    name: str, ftype: FieldType, description: str, *, selector: bool = False, near: bool = False
+) -> Field:
+    return Field(name, ftype, description, selector, near)
 
 
 CATALOG_V1 = Catalog(
@@ -180,7 +187,20 @@ CATALOG_V1 = Catalog(
             (
                 _f("sha256", FieldType.HEX256, "SHA-256 of the file", selector=True),
                 _f("md5", FieldType.HEX128, "MD5 of the file", selector=True),
-                _f("pdq", FieldType.HEX256, "PDQ perceptual hash (256 bits)", selector=True),
+                _f(
+                    "pdq",
+                    FieldType.HEX256,
+                    "PDQ perceptual hash (256 bits)",
+                    selector=True,
+                    near=True,
+                ),
+                Field(
+                    "pdq_distance",
+                    FieldType.INT,
+                    "Bits between this record's PDQ and the nearest hash asked "
+                    "(near-duplicate queries only)",
+                    computed_from="pdq",
+                ),
                 _f("category", FieldType.TEXT, "Classification category"),
                 _f("first_seen", FieldType.DATE, "Date the agency first saw the file"),
                 _f("case_ref", FieldType.TEXT, "Agency case reference"),

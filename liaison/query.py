@@ -17,6 +17,9 @@ MAX_PREDICATES = 32
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100
 MAX_CASE_REF_LENGTH = 128
+# PDQ: 256 bits; 31 is Meta's recommended threshold for near-duplicates.
+DEFAULT_NEAR_DISTANCE = 31
+MAX_NEAR_DISTANCE = 64
 
 
 class Operation(StrEnum):
@@ -31,6 +34,9 @@ class Comparator(StrEnum):
     IN = "in"
     GTE = "gte"
     LTE = "lte"
+    # Perceptual near-duplicates: any of ``values`` within ``max_distance``
+    # bits (Hamming distance) of a stored hash.
+    NEAR = "near"
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +44,9 @@ class Predicate:
     field: str
     comparator: Comparator
     values: tuple[str, ...]
+    # NEAR only: the largest Hamming distance that counts as a match
+    # (None until validated, then the catalog's default).
+    max_distance: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +61,14 @@ class Query:
     @property
     def predicate_fields(self) -> frozenset[str]:
         return frozenset(p.field for p in self.predicates)
+
+    @property
+    def near_distance(self) -> int:
+        """The largest near-duplicate distance the query asks for (0 when it asks none)."""
+        return max(
+            (p.max_distance or 0 for p in self.predicates if p.comparator is Comparator.NEAR),
+            default=0,
+        )
 
 
 def validate_query(query: Query, catalog: Catalog) -> Query:
@@ -77,7 +94,8 @@ def validate_query(query: Query, catalog: Catalog) -> Query:
     if op is Operation.COUNT_BY:
         if not query.group_by:
             raise InvalidQuery("a count_by query needs a field to group by")
-        dataset.field(query.group_by)
+        if dataset.field(query.group_by).computed_from:
+            raise InvalidQuery(f"{query.group_by!r} is computed for each answer; it cannot group")
     elif query.group_by:
         raise InvalidQuery(f"only count_by groups; a {op.value} query has no group_by")
     if op is Operation.MATCH and not predicates:
@@ -89,11 +107,34 @@ def validate_query(query: Query, catalog: Catalog) -> Query:
 
 def _validate_predicate(predicate: Predicate, dataset: Dataset) -> Predicate:
     field = dataset.field(predicate.field)
+    if field.computed_from:
+        raise InvalidQuery(
+            f"{field.name!r} is computed for each answer; it can be asked for, not matched on"
+        )
     n = len(predicate.values)
     cmp = predicate.comparator
-    if cmp is Comparator.IN:
+    distance = predicate.max_distance
+    if cmp is Comparator.NEAR:
+        if not field.near:
+            raise InvalidQuery(
+                f"'near' works on perceptual hashes only; {field.name!r} is not one "
+                "(use eq or in for exact hashes)"
+            )
+        distance = DEFAULT_NEAR_DISTANCE if distance is None else distance
+        if not 0 <= distance <= MAX_NEAR_DISTANCE:
+            raise InvalidQuery(
+                f"near-duplicate distance must be between 0 and {MAX_NEAR_DISTANCE} bits, "
+                f"got {distance}"
+            )
+    elif distance is not None:
+        raise InvalidQuery(
+            f"only 'near' takes a distance; {cmp.value!r} on {field.name!r} does not"
+        )
+    if cmp in (Comparator.IN, Comparator.NEAR):
         if not 1 <= n <= MAX_IN_VALUES:
-            raise InvalidQuery(f"'in' on {field.name!r} takes 1 to {MAX_IN_VALUES} values, got {n}")
+            raise InvalidQuery(
+                f"{cmp.value!r} on {field.name!r} takes 1 to {MAX_IN_VALUES} values, got {n}"
+            )
     elif n != 1:
         raise InvalidQuery(f"{cmp.value!r} on {field.name!r} takes exactly one value, got {n}")
     if cmp in (Comparator.GTE, Comparator.LTE) and not field.type.orderable:
@@ -101,7 +142,7 @@ def _validate_predicate(predicate: Predicate, dataset: Dataset) -> Predicate:
             f"{field.name!r} is {field.type.value}; ranges work only on dates and numbers"
         )
     canonical = tuple(field.canonical(v) for v in predicate.values)
-    return Predicate(field.name, cmp, canonical)
+    return Predicate(field.name, cmp, canonical, distance)
 
 
 def validate_case_ref(case_ref: str) -> str:

@@ -46,6 +46,7 @@ _COMPARATORS = {
     Comparator.IN: pb_query.COMPARATOR_IN,
     Comparator.GTE: pb_query.COMPARATOR_GTE,
     Comparator.LTE: pb_query.COMPARATOR_LTE,
+    Comparator.NEAR: pb_query.COMPARATOR_NEAR,
 }
 _COMPARATORS_BACK = {v: k for k, v in _COMPARATORS.items()}
 _STATUS = {
@@ -106,7 +107,10 @@ def query_to_proto(query: Query) -> pb_query.Query:
         operation=_OPERATIONS[query.operation],
         predicates=[
             pb_query.Predicate(
-                field=p.field, comparator=_COMPARATORS[p.comparator], values=list(p.values)
+                field=p.field,
+                comparator=_COMPARATORS[p.comparator],
+                values=list(p.values),
+                max_distance=p.max_distance,
             )
             for p in query.predicates
         ],
@@ -125,8 +129,11 @@ def query_from_proto(message: pb_query.Query) -> Query:
     for p in message.predicates:
         comparator = _COMPARATORS_BACK.get(p.comparator)
         if comparator is None:
-            raise InvalidQuery(f"predicate on {p.field!r} names no comparator (eq, in, gte, lte)")
-        predicates.append(Predicate(p.field, comparator, tuple(p.values)))
+            raise InvalidQuery(
+                f"predicate on {p.field!r} names no comparator (eq, in, gte, lte, near)"
+            )
+        distance = p.max_distance if p.HasField("max_distance") else None
+        predicates.append(Predicate(p.field, comparator, tuple(p.values), distance))
     return Query(
         dataset=message.dataset,
         operation=operation,

@@ -75,6 +75,7 @@ namespace {NAMESPACE} {{
     predicate_fields: Set<String>,
     fields: Set<String>,
     group_by?: String,
+    near_distance: Long,
   }};
   action {", ".join(f'"{op.value}"' for op in Operation)} appliesTo {{
     principal: [Investigator],
@@ -209,7 +210,7 @@ def _touches(fields: frozenset[str]) -> str:
 
 
 def _permit_checks(rule: Rule) -> list[str]:
-    out = []
+    out = [f"context.near_distance <= {rule.max_distance}"]
     if rule.match_fields:
         out.append(f"{_strings(rule.match_fields)}.containsAll(context.predicate_fields)")
     else:
@@ -309,6 +310,7 @@ def request_context(
         "legal_basis": legal_basis,
         "predicate_fields": sorted(query.predicate_fields),
         "fields": sorted(set(query.fields)),
+        "near_distance": query.near_distance,
     }
     if query.group_by is not None:
         context["group_by"] = query.group_by

@@ -233,6 +233,11 @@ def _decide(
             explanation.append(
                 f"permit {rule.id}: applies, but not to grouping by {query.group_by}"
             )
+        elif query.near_distance > rule.max_distance:
+            explanation.append(
+                f"permit {rule.id}: applies, but only to near-duplicates within "
+                f"{rule.max_distance} bits (asked {query.near_distance})"
+            )
         else:
             candidates.append(rule)
     if not candidates:
@@ -245,6 +250,12 @@ def _decide(
             )
         elif op is Operation.COUNT_BY and not any(query.group_by in r.release for r in permits):
             detail = f"grouping by {query.group_by!r} is not permitted"
+        elif all(query.near_distance > r.max_distance for r in permits):
+            cap = max(r.max_distance for r in permits)
+            detail = (
+                f"near-duplicate distance {query.near_distance} is above this node's cap of "
+                f"{cap} bits; ask again with --distance {cap} or less"
+            )
         else:
             detail = "no single rule permits matching on all of " + ", ".join(sorted(needed_match))
         return _deny(tuple(r.id for r in permits), detail, explanation)

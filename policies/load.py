@@ -15,7 +15,7 @@ from typing import Any
 
 from liaison.catalog import Catalog, FieldType
 from liaison.errors import CatalogError, PolicyError
-from liaison.query import Comparator, Operation
+from liaison.query import DEFAULT_NEAR_DISTANCE, MAX_NEAR_DISTANCE, Comparator, Operation
 from policies.engine import DEFAULT_DENY, EVALUATION_ERROR
 from policies.model import (
     ANY,
@@ -35,6 +35,7 @@ _PERMIT_KEYS = {
     "release",
     "min_count",
     "max_rows",
+    "max_distance",
     "transforms",
     "row_filters",
     "rate_limit",
@@ -231,6 +232,12 @@ def _parse_rule(
     if effect is Effect.FORBID:
         return replace(rule, fields=_field_list(raw, "fields", where, datasets, catalog))
     match_fields = _field_list(raw, "match_fields", where, datasets, catalog)
+    computed = sorted(f for f in match_fields if _computed(f, datasets, catalog))
+    if computed:
+        raise PolicyError(
+            f"{where}: {', '.join(computed)} is computed for each answer; it can be released, "
+            "not matched on (remove it from `match_fields`)"
+        )
     release = _field_list(raw, "release", where, datasets, catalog)
     min_count = raw.get("min_count", 0)
     max_rows = raw.get("max_rows", 100)
@@ -247,15 +254,34 @@ def _parse_rule(
         or not (1 <= max_rows <= MAX_ROWS_CEILING)
     ):
         raise PolicyError(f"{where}: `max_rows` must be between 1 and {MAX_ROWS_CEILING}")
+    max_distance = raw.get("max_distance", DEFAULT_NEAR_DISTANCE)
+    if (
+        not isinstance(max_distance, int)
+        or isinstance(max_distance, bool)
+        or not (0 <= max_distance <= MAX_NEAR_DISTANCE)
+    ):
+        raise PolicyError(
+            f"{where}: `max_distance` (the largest near-duplicate distance in bits) must be "
+            f"between 0 and {MAX_NEAR_DISTANCE}"
+        )
     return replace(
         rule,
         match_fields=match_fields,
         release=release,
         min_count=min_count,
         max_rows=max_rows,
+        max_distance=max_distance,
         transforms=_transforms(raw, where, datasets, release, maps, catalog),
         row_filters=_row_filters(raw, where, datasets, catalog),
         rate_limits=_rate_limits(raw, where),
+    )
+
+
+def _computed(name: str, datasets: frozenset[str], catalog: Catalog) -> bool:
+    return any(
+        name in d.field_names and d.field(name).computed_from
+        for d in catalog.datasets
+        if ANY in datasets or d.name in datasets
     )
 
 

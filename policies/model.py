@@ -84,6 +84,8 @@ class Rule:
     # Counts (and count-by cells) below this are never shown exactly.
     min_count: int = 0
     max_rows: int = 100
+    # Permits only: the largest near-duplicate (PDQ) distance a query may ask.
+    max_distance: int = 31
     description: str = ""
     # Conditions on the requester and the request (permits and forbids):
     # each attribute named must have one of the listed values.

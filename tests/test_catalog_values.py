@@ -506,7 +506,7 @@ def test_queries_of_the_wrong_shape_are_refused(query: Query, message: str) -> N
         validate_query(query, CATALOG_V1)
 
 
-_MEDIA_FIELDS = "sha256, md5, pdq, category, first_seen, case_ref, victim_identified"
+_MEDIA_FIELDS = "sha256, md5, pdq, pdq_distance, category, first_seen, case_ref, victim_identified"
 
 
 @pytest.mark.parametrize(

@@ -69,6 +69,9 @@ LEGAL_BASES = ("eu-2016-680-art-8", "budapest", 'b"\\')
 PURPOSES = CATALOG_V1.purposes
 DATASET_FIELDS = {d.name: d.field_names for d in CATALOG_V1.datasets}
 ALL_FIELDS = tuple(sorted({f for names in DATASET_FIELDS.values() for f in names}))
+COMPUTED_FIELDS = frozenset(
+    f.name for d in CATALOG_V1.datasets for f in d.fields if f.computed_from
+)
 # Not in the catalog: the engine must still decide, and only "*" rules can apply.
 REQUEST_DATASETS = {**DATASET_FIELDS, "elsewhere": ("case_ref", "ip")}
 ID_SUFFIXES = ("", "-a", '"', "\\", "é", " x", "*")
@@ -316,9 +319,13 @@ def rule_documents(
         if forbidden:
             rule["fields"] = forbidden
         return rule
-    rule["match_fields"] = draw(some_fields)
+    # Computed fields (pdq_distance) are released, never matched on: the loader refuses them.
+    matchable = [f for f in fields if f not in COMPUTED_FIELDS]
+    rule["match_fields"] = draw(st.lists(st.sampled_from(matchable), max_size=4, unique=True))
     rule["release"] = draw(some_fields)
     rule["max_rows"] = draw(st.integers(1, 200))
+    if draw(st.booleans()):
+        rule["max_distance"] = draw(st.integers(0, 64))
     operations = set(rule["operations"])
     if "*" not in operations and operations <= {"count", "count_by"}:
         rule["min_count"] = draw(st.integers(0, 30))
@@ -349,6 +356,13 @@ def policy_documents(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
+def _predicate(rng: random.Random, field: str) -> Predicate:
+    """Perceptual hashes are asked as near-duplicates, at a distance a permit may cap."""
+    if field == "pdq" and rng.random() < 0.7:
+        return Predicate(field, Comparator.NEAR, ("x",), rng.choice((0, 8, 24, 31, 32, 48, 64)))
+    return Predicate(field, Comparator.EQ, ("x",))
+
+
 def _sample(rng: random.Random, pool: Sequence[str], low: int, high: int) -> list[str]:
     """``low`` to ``high`` values from ``pool``, with repeats."""
     return [rng.choice(pool) for _ in range(rng.randint(low, high))]
@@ -368,7 +382,7 @@ def random_ask(rng: random.Random, subject: str) -> Ask:
     dataset = rng.choice(sorted(REQUEST_DATASETS))
     fields = REQUEST_DATASETS[dataset]
     op = rng.choice(list(Operation))
-    predicates = tuple(Predicate(f, Comparator.EQ, ("x",)) for f in _sample(rng, fields, 0, 3))
+    predicates = tuple(_predicate(rng, f) for f in _sample(rng, fields, 0, 3))
     selected = tuple(_sample(rng, fields, 1, 4)) if op is Operation.RECORDS else ()
     group_by = rng.choice(fields) if op is Operation.COUNT_BY else None
     return Ask(
@@ -410,9 +424,7 @@ def ask_near(rng: random.Random, rule: Rule, subject: str) -> Ask:
     pool = REQUEST_DATASETS.get(dataset, ALL_FIELDS)
     aimed = rule.fields if rule.effect is Effect.FORBID else rule.match_fields
     predicate_pool = sorted(aimed) if aimed and fits() else pool
-    predicates = tuple(
-        Predicate(f, Comparator.EQ, ("x",)) for f in _sample(rng, predicate_pool, 0, 3)
-    )
+    predicates = tuple(_predicate(rng, f) for f in _sample(rng, predicate_pool, 0, 3))
     released = sorted(rule.release | rule.fields)
     selected: tuple[str, ...] = ()
     group_by = None

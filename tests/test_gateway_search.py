@@ -60,7 +60,9 @@ from tests.support import gateway_over, investigator_token, now_ms
 
 NODES = ("freedonia", "ruritania", "sylvania")
 PURPOSES = "csam-investigation, victim-identification, offender-identification, statistics"
-MEDIA_FIELDS = "sha256, md5, pdq, category, first_seen, case_ref, victim_identified, shareable"
+MEDIA_FIELDS = (
+    "sha256, md5, pdq, pdq_distance, category, first_seen, case_ref, victim_identified, shareable"
+)
 CASE_REF = "GEN-TEST-7"
 SHARED_SHA256 = probes().shared_sha256  # held by ruritania and freedonia, not sylvania
 

@@ -27,10 +27,10 @@ from node.server import build_node
 from policies import load_policy
 
 RURITANIA_TABLES = "dossiers, hash_register, online_ids"
-MEDIA_FIELDS = "sha256, md5, pdq, category, first_seen, case_ref, victim_identified"
+MEDIA_FIELDS = "sha256, md5, pdq, pdq_distance, category, first_seen, case_ref, victim_identified"
 NODE_KEYS = (
-    "clock_skew_s, database_url, default_limit, id, listen, max_request_age_s, policy, "
-    "signing_key, state_dir"
+    "clock_skew_s, database_url, default_limit, id, listen, max_request_age_s, pdq_refresh_s, "
+    "policy, signing_key, state_dir, transform_key"
 )
 
 NODE = """\

@@ -794,7 +794,7 @@ fields = ["category", "case_ref"]
         "released: expected [category, case_ref], got [category]",
         "withheld: expected nothing, got [case_ref]",
         "no obligation includes 'at most 50 rows' (obligations: release only: category; "
-        "withhold: case_ref; only rows where shareable eq true; at most 10 rows)",
+        "withhold: case_ref; only rows where shareable eq true; at most 1000 rows)",
         "reason does not include 'nothing withheld' (reason: 'withheld: case_ref')",
     )
 

@@ -25,6 +25,7 @@ from typing import Any
 
 from liaison.errors import ConfigError, EntryError
 from liaison.messages import NodeResult, QueryRequest
+from liaison.query import Predicate
 
 FORMAT = "liaison.ledger.entry"
 VERSION = 1
@@ -140,20 +141,24 @@ def request_entry(
             "dataset": query.dataset,
             "operation": query.operation.value,
             "targets": list(request.audience),
-            "predicates": [
-                {
-                    "field": p.field,
-                    "comparator": p.comparator.value,
-                    "values_hmac": [audit_key.hash(v) for v in p.values],
-                }
-                for p in query.predicates
-            ],
+            "predicates": [_predicate(p, audit_key) for p in query.predicates],
             "fields": list(query.fields),
             "group_by": query.group_by or "",
             "limit": query.limit,
             "audit_key_id": audit_key.key_id,
         },
     )
+
+
+def _predicate(p: Predicate, audit_key: AuditKey) -> dict[str, Any]:
+    logged: dict[str, Any] = {
+        "field": p.field,
+        "comparator": p.comparator.value,
+        "values_hmac": [audit_key.hash(v) for v in p.values],
+    }
+    if p.max_distance is not None:
+        logged["max_distance"] = p.max_distance
+    return logged
 
 
 def outcome_entry(

@@ -130,16 +130,21 @@ def _check_describes(entry: Entry, request: QueryRequest, digest: bytes, key_id:
         )
 
 
-def _shape(predicates: list[object]) -> list[tuple[object, object, int]] | None:
+def _shape(predicates: list[object]) -> list[tuple[object, object, int, object]] | None:
     # Values are keyed hashes the node cannot recompute, but their fields,
-    # comparators and number must match what it is asked.
+    # comparators, number and distance must match what it is asked.
     shape = []
     for p in predicates:
         if not isinstance(p, dict) or not isinstance(p.get("values_hmac"), list):
             return None
-        shape.append((p.get("field"), p.get("comparator"), len(p["values_hmac"])))
+        shape.append(
+            (p.get("field"), p.get("comparator"), len(p["values_hmac"]), p.get("max_distance"))
+        )
     return shape
 
 
-def _shape_of(request: QueryRequest) -> list[tuple[object, object, int]]:
-    return [(p.field, p.comparator.value, len(p.values)) for p in request.query.predicates]
+def _shape_of(request: QueryRequest) -> list[tuple[object, object, int, object]]:
+    return [
+        (p.field, p.comparator.value, len(p.values), p.max_distance)
+        for p in request.query.predicates
+    ]

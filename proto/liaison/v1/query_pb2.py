@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16liaison/v1/query.proto\x12\nliaison.v1\"V\n\tPredicate\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12*\n\ncomparator\x18\x02 \x01(\x0e\x32\x16.liaison.v1.Comparator\x12\x0e\n\x06values\x18\x03 \x03(\t\"\x9e\x01\n\x05Query\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12(\n\toperation\x18\x02 \x01(\x0e\x32\x15.liaison.v1.Operation\x12)\n\npredicates\x18\x03 \x03(\x0b\x32\x15.liaison.v1.Predicate\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x10\n\x08group_by\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\r\"\xb9\x01\n\tRequester\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0e\n\x06issuer\x18\x04 \x01(\t\x12\x39\n\nattributes\x18\x05 \x03(\x0b\x32%.liaison.v1.Requester.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x02\n\x0cQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x10\n\x08\x61udience\x18\x06 \x03(\t\x12(\n\trequester\x18\x07 \x01(\x0b\x32\x15.liaison.v1.Requester\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61se_ref\x18\t \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\n \x01(\t\x12 \n\x05query\x18\x0b \x01(\x0b\x32\x11.liaison.v1.Query\x12\x13\n\x0blegal_basis\x18\x0c \x01(\t\"f\n\x08\x44\x65\x63ision\x12\x11\n\tpermitted\x18\x01 \x01(\x08\x12\r\n\x05rules\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bobligations\x18\x04 \x03(\t\x12\x13\n\x0b\x65xplanation\x18\x05 \x03(\t\"&\n\x04\x43\x65ll\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t\"&\n\x03Row\x12\x1f\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x10.liaison.v1.Cell\"9\n\x06\x42ucket\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bkey_present\x18\x02 \x01(\x08\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\">\n\x05\x43ount\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x15\n\rbelow_minimum\x18\x02 \x01(\x08\x12\x0f\n\x07minimum\x18\x03 \x01(\x03\"\x95\x03\n\x0bQueryAnswer\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x16\n\x0erequest_digest\x18\x03 \x01(\x0c\x12\x16\n\x0e\x61nswered_at_ms\x18\x04 \x01(\x03\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.liaison.v1.AnswerStatus\x12&\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0b\x32\x14.liaison.v1.Decision\x12\x0b\n\x03hit\x18\x07 \x01(\x08\x12 \n\x05\x63ount\x18\x08 \x01(\x0b\x32\x11.liaison.v1.Count\x12#\n\x07\x62uckets\x18\t \x03(\x0b\x32\x12.liaison.v1.Bucket\x12\x1a\n\x12\x62uckets_suppressed\x18\n \x01(\x08\x12\x16\n\x0e\x62ucket_minimum\x18\x0b \x01(\x03\x12\x0e\n\x06\x66ields\x18\x0c \x03(\t\x12\x1d\n\x04rows\x18\r \x03(\x0b\x32\x0f.liaison.v1.Row\x12\x17\n\x0fwithheld_fields\x18\x0e \x03(\t\x12\x11\n\ttruncated\x18\x0f \x01(\x08*\x7f\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x13\n\x0fOPERATION_MATCH\x10\x01\x12\x13\n\x0fOPERATION_COUNT\x10\x02\x12\x16\n\x12OPERATION_COUNT_BY\x10\x03\x12\x15\n\x11OPERATION_RECORDS\x10\x04*v\n\nComparator\x12\x1a\n\x16\x43OMPARATOR_UNSPECIFIED\x10\x00\x12\x11\n\rCOMPARATOR_EQ\x10\x01\x12\x11\n\rCOMPARATOR_IN\x10\x02\x12\x12\n\x0e\x43OMPARATOR_GTE\x10\x03\x12\x12\n\x0e\x43OMPARATOR_LTE\x10\x04*c\n\x0c\x41nswerStatus\x12\x1d\n\x19\x41NSWER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41NSWER_STATUS_ANSWERED\x10\x01\x12\x18\n\x14\x41NSWER_STATUS_DENIED\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x16liaison/v1/query.proto\x12\nliaison.v1\"\x82\x01\n\tPredicate\x12\r\n\x05\x66ield\x18\x01 \x01(\t\x12*\n\ncomparator\x18\x02 \x01(\x0e\x32\x16.liaison.v1.Comparator\x12\x0e\n\x06values\x18\x03 \x03(\t\x12\x19\n\x0cmax_distance\x18\x04 \x01(\rH\x00\x88\x01\x01\x42\x0f\n\r_max_distance\"\x9e\x01\n\x05Query\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12(\n\toperation\x18\x02 \x01(\x0e\x32\x15.liaison.v1.Operation\x12)\n\npredicates\x18\x03 \x03(\x0b\x32\x15.liaison.v1.Predicate\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x10\n\x08group_by\x18\x05 \x01(\t\x12\r\n\x05limit\x18\x06 \x01(\r\"\xb9\x01\n\tRequester\x12\x0e\n\x06\x61gency\x18\x01 \x01(\t\x12\x0f\n\x07subject\x18\x02 \x01(\t\x12\r\n\x05roles\x18\x03 \x03(\t\x12\x0e\n\x06issuer\x18\x04 \x01(\t\x12\x39\n\nattributes\x18\x05 \x03(\x0b\x32%.liaison.v1.Requester.AttributesEntry\x1a\x31\n\x0f\x41ttributesEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x9f\x02\n\x0cQueryRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x12\n\ngateway_id\x18\x02 \x01(\t\x12\x14\n\x0cissued_at_ms\x18\x03 \x01(\x03\x12\x15\n\rexpires_at_ms\x18\x04 \x01(\x03\x12\r\n\x05nonce\x18\x05 \x01(\x0c\x12\x10\n\x08\x61udience\x18\x06 \x03(\t\x12(\n\trequester\x18\x07 \x01(\x0b\x32\x15.liaison.v1.Requester\x12\x0f\n\x07purpose\x18\x08 \x01(\t\x12\x10\n\x08\x63\x61se_ref\x18\t \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\n \x01(\t\x12 \n\x05query\x18\x0b \x01(\x0b\x32\x11.liaison.v1.Query\x12\x13\n\x0blegal_basis\x18\x0c \x01(\t\"f\n\x08\x44\x65\x63ision\x12\x11\n\tpermitted\x18\x01 \x01(\x08\x12\r\n\x05rules\x18\x02 \x03(\t\x12\x0e\n\x06reason\x18\x03 \x01(\t\x12\x13\n\x0bobligations\x18\x04 \x03(\t\x12\x13\n\x0b\x65xplanation\x18\x05 \x03(\t\"&\n\x04\x43\x65ll\x12\x0f\n\x07present\x18\x01 \x01(\x08\x12\r\n\x05value\x18\x02 \x01(\t\"&\n\x03Row\x12\x1f\n\x05\x63\x65lls\x18\x01 \x03(\x0b\x32\x10.liaison.v1.Cell\"9\n\x06\x42ucket\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\x13\n\x0bkey_present\x18\x02 \x01(\x08\x12\r\n\x05\x63ount\x18\x03 \x01(\x03\">\n\x05\x43ount\x12\r\n\x05value\x18\x01 \x01(\x03\x12\x15\n\rbelow_minimum\x18\x02 \x01(\x08\x12\x0f\n\x07minimum\x18\x03 \x01(\x03\"\x95\x03\n\x0bQueryAnswer\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x16\n\x0erequest_digest\x18\x03 \x01(\x0c\x12\x16\n\x0e\x61nswered_at_ms\x18\x04 \x01(\x03\x12(\n\x06status\x18\x05 \x01(\x0e\x32\x18.liaison.v1.AnswerStatus\x12&\n\x08\x64\x65\x63ision\x18\x06 \x01(\x0b\x32\x14.liaison.v1.Decision\x12\x0b\n\x03hit\x18\x07 \x01(\x08\x12 \n\x05\x63ount\x18\x08 \x01(\x0b\x32\x11.liaison.v1.Count\x12#\n\x07\x62uckets\x18\t \x03(\x0b\x32\x12.liaison.v1.Bucket\x12\x1a\n\x12\x62uckets_suppressed\x18\n \x01(\x08\x12\x16\n\x0e\x62ucket_minimum\x18\x0b \x01(\x03\x12\x0e\n\x06\x66ields\x18\x0c \x03(\t\x12\x1d\n\x04rows\x18\r \x03(\x0b\x32\x0f.liaison.v1.Row\x12\x17\n\x0fwithheld_fields\x18\x0e \x03(\t\x12\x11\n\ttruncated\x18\x0f \x01(\x08*\x7f\n\tOperation\x12\x19\n\x15OPERATION_UNSPECIFIED\x10\x00\x12\x13\n\x0fOPERATION_MATCH\x10\x01\x12\x13\n\x0fOPERATION_COUNT\x10\x02\x12\x16\n\x12OPERATION_COUNT_BY\x10\x03\x12\x15\n\x11OPERATION_RECORDS\x10\x04*\x8b\x01\n\nComparator\x12\x1a\n\x16\x43OMPARATOR_UNSPECIFIED\x10\x00\x12\x11\n\rCOMPARATOR_EQ\x10\x01\x12\x11\n\rCOMPARATOR_IN\x10\x02\x12\x12\n\x0e\x43OMPARATOR_GTE\x10\x03\x12\x12\n\x0e\x43OMPARATOR_LTE\x10\x04\x12\x13\n\x0f\x43OMPARATOR_NEAR\x10\x05*c\n\x0c\x41nswerStatus\x12\x1d\n\x19\x41NSWER_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x41NSWER_STATUS_ANSWERED\x10\x01\x12\x18\n\x14\x41NSWER_STATUS_DENIED\x10\x02\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,32 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_REQUESTER_ATTRIBUTESENTRY']._loaded_options = None
   _globals['_REQUESTER_ATTRIBUTESENTRY']._serialized_options = b'8\001'
-  _globals['_OPERATION']._serialized_start=1480
-  _globals['_OPERATION']._serialized_end=1607
-  _globals['_COMPARATOR']._serialized_start=1609
-  _globals['_COMPARATOR']._serialized_end=1727
-  _globals['_ANSWERSTATUS']._serialized_start=1729
-  _globals['_ANSWERSTATUS']._serialized_end=1828
-  _globals['_PREDICATE']._serialized_start=38
-  _globals['_PREDICATE']._serialized_end=124
-  _globals['_QUERY']._serialized_start=127
-  _globals['_QUERY']._serialized_end=285
-  _globals['_REQUESTER']._serialized_start=288
-  _globals['_REQUESTER']._serialized_end=473
-  _globals['_REQUESTER_ATTRIBUTESENTRY']._serialized_start=424
-  _globals['_REQUESTER_ATTRIBUTESENTRY']._serialized_end=473
-  _globals['_QUERYREQUEST']._serialized_start=476
-  _globals['_QUERYREQUEST']._serialized_end=763
-  _globals['_DECISION']._serialized_start=765
-  _globals['_DECISION']._serialized_end=867
-  _globals['_CELL']._serialized_start=869
-  _globals['_CELL']._serialized_end=907
-  _globals['_ROW']._serialized_start=909
-  _globals['_ROW']._serialized_end=947
-  _globals['_BUCKET']._serialized_start=949
-  _globals['_BUCKET']._serialized_end=1006
-  _globals['_COUNT']._serialized_start=1008
-  _globals['_COUNT']._serialized_end=1070
-  _globals['_QUERYANSWER']._serialized_start=1073
-  _globals['_QUERYANSWER']._serialized_end=1478
+  _globals['_OPERATION']._serialized_start=1525
+  _globals['_OPERATION']._serialized_end=1652
+  _globals['_COMPARATOR']._serialized_start=1655
+  _globals['_COMPARATOR']._serialized_end=1794
+  _globals['_ANSWERSTATUS']._serialized_start=1796
+  _globals['_ANSWERSTATUS']._serialized_end=1895
+  _globals['_PREDICATE']._serialized_start=39
+  _globals['_PREDICATE']._serialized_end=169
+  _globals['_QUERY']._serialized_start=172
+  _globals['_QUERY']._serialized_end=330
+  _globals['_REQUESTER']._serialized_start=333
+  _globals['_REQUESTER']._serialized_end=518
+  _globals['_REQUESTER_ATTRIBUTESENTRY']._serialized_start=469
+  _globals['_REQUESTER_ATTRIBUTESENTRY']._serialized_end=518
+  _globals['_QUERYREQUEST']._serialized_start=521
+  _globals['_QUERYREQUEST']._serialized_end=808
+  _globals['_DECISION']._serialized_start=810
+  _globals['_DECISION']._serialized_end=912
+  _globals['_CELL']._serialized_start=914
+  _globals['_CELL']._serialized_end=952
+  _globals['_ROW']._serialized_start=954
+  _globals['_ROW']._serialized_end=992
+  _globals['_BUCKET']._serialized_start=994
+  _globals['_BUCKET']._serialized_end=1051
+  _globals['_COUNT']._serialized_start=1053
+  _globals['_COUNT']._serialized_end=1115
+  _globals['_QUERYANSWER']._serialized_start=1118
+  _globals['_QUERYANSWER']._serialized_end=1523
 # @@protoc_insertion_point(module_scope)

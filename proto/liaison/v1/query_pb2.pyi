@@ -22,6 +22,7 @@ class Comparator(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     COMPARATOR_IN: _ClassVar[Comparator]
     COMPARATOR_GTE: _ClassVar[Comparator]
     COMPARATOR_LTE: _ClassVar[Comparator]
+    COMPARATOR_NEAR: _ClassVar[Comparator]
 
 class AnswerStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,19 +39,22 @@ COMPARATOR_EQ: Comparator
 COMPARATOR_IN: Comparator
 COMPARATOR_GTE: Comparator
 COMPARATOR_LTE: Comparator
+COMPARATOR_NEAR: Comparator
 ANSWER_STATUS_UNSPECIFIED: AnswerStatus
 ANSWER_STATUS_ANSWERED: AnswerStatus
 ANSWER_STATUS_DENIED: AnswerStatus
 
 class Predicate(_message.Message):
-    __slots__ = ("field", "comparator", "values")
+    __slots__ = ("field", "comparator", "values", "max_distance")
     FIELD_FIELD_NUMBER: _ClassVar[int]
     COMPARATOR_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DISTANCE_FIELD_NUMBER: _ClassVar[int]
     field: str
     comparator: Comparator
     values: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, field: _Optional[str] = ..., comparator: _Optional[_Union[Comparator, str]] = ..., values: _Optional[_Iterable[str]] = ...) -> None: ...
+    max_distance: int
+    def __init__(self, field: _Optional[str] = ..., comparator: _Optional[_Union[Comparator, str]] = ..., values: _Optional[_Iterable[str]] = ..., max_distance: _Optional[int] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("dataset", "operation", "predicates", "fields", "group_by", "limit")
