@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 
 from liaison import __version__
 from liaison.cli_audit import add_audit, cmd_audit
+from liaison.cli_hash import add_hash, cmd_hash
 from liaison.errors import LiaisonError
 from liaison.query import MAX_LIMIT, Comparator, Operation, Predicate, Query
 
@@ -72,6 +73,20 @@ def _add_query_shape(p: argparse.ArgumentParser, *, limit: bool = True) -> None:
         default=[],
         metavar="FIELD=V1,V2",
         help="FIELD is one of the comma-separated values",
+    )
+    p.add_argument(
+        "--near",
+        action="append",
+        default=[],
+        metavar="FIELD=HASH[,HASH]",
+        help="perceptual near-duplicates: FIELD (pdq) within --distance bits of a hash",
+    )
+    p.add_argument(
+        "--distance",
+        type=_bounded(0, 64),
+        default=None,
+        metavar="BITS",
+        help="largest Hamming distance for --near (0..64; default 31, Meta's recommendation)",
     )
     if limit:
         p.add_argument(
@@ -210,6 +225,15 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="show what each node's policy would decide, without reading or releasing any data",
     )
+    p.add_argument(
+        "--image",
+        action="append",
+        default=[],
+        type=Path,
+        metavar="FILE|DIR",
+        help="hash these images here (SHA-256 and PDQ) and ask for them; repeatable. "
+        "No image byte leaves this machine",
+    )
     p.add_argument("--nodes", help="comma-separated agencies to ask (default: all)")
     p.add_argument(
         "--deadline-ms",
@@ -230,6 +254,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_policy(sub)
     add_audit(sub)
+    add_hash(sub)
 
     p = sub.add_parser("demo", help="run a whole federation on this machine and query it")
     p.add_argument("--workdir", type=Path, help="keep the federation in this folder")
@@ -245,7 +270,14 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_predicates(where: list[str], any_of: list[str]) -> tuple[Predicate, ...]:
+def parse_predicates(
+    where: list[str],
+    any_of: list[str],
+    near: list[str] | None = None,
+    distance: int | None = None,
+    *,
+    image: bool = False,
+) -> tuple[Predicate, ...]:
     out = []
     for cond in where:
         for symbol, comparator in (
@@ -266,6 +298,14 @@ def parse_predicates(where: list[str], any_of: list[str]) -> tuple[Predicate, ..
         out.append(
             Predicate(field.strip(), Comparator.IN, tuple(v.strip() for v in values.split(",")))
         )
+    for cond in near or []:
+        field, sep, values = cond.partition("=")
+        if not sep or not field.strip() or not values:
+            raise LiaisonError(f"--near {cond!r}: write FIELD=HASH or FIELD=HASH1,HASH2,...")
+        hashes = tuple(v.strip() for v in values.split(","))
+        out.append(Predicate(field.strip(), Comparator.NEAR, hashes, distance))
+    if distance is not None and not near and not image:
+        raise LiaisonError("--distance applies to --near or --image; add --near pdq=HASH")
     return tuple(out)
 
 
@@ -282,9 +322,10 @@ def _query_from_args(args: argparse.Namespace) -> Query:
             tuple(f.strip() for f in args.fields.split(",") if f.strip()),
             None,
         )
-    return Query(
-        args.dataset, op, parse_predicates(args.where, args.any), fields, group, args.limit
+    predicates = parse_predicates(
+        args.where, args.any, args.near, args.distance, image=bool(getattr(args, "image", []))
     )
+    return Query(args.dataset, op, predicates, fields, group, args.limit)
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
@@ -305,6 +346,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
         raise LiaisonError("name the gateway with --gateway HOST:PORT (or --federation DIR)")
     if not token:
         raise LiaisonError("give a bearer token with --token, --token-file or --federation")
+    if args.image:
+        return _query_images(args, gateway, token)
     search_input = SearchInput(
         query=_query_from_args(args),
         purpose=args.purpose,
@@ -325,6 +368,31 @@ def _cmd_query(args: argparse.Namespace) -> int:
         print(render.to_json(render.result_to_dict(result)))
     else:
         print(render.render_result(result, args.purpose, args.case_ref))
+    return 0
+
+
+def _query_images(args: argparse.Namespace, gateway: str, token: str) -> int:
+    from liaison import render
+    from liaison.image_query import image_triage_to_dict, render_image_triage, run_image_query
+    from liaison.messages import SearchInput
+
+    if args.dry_run:
+        raise LiaisonError("--dry-run asks about one query; leave out --image")
+    template = SearchInput(
+        query=_query_from_args(args),
+        purpose=args.purpose,
+        case_ref=args.case_ref,
+        nodes=tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip()),
+        deadline_ms=args.deadline_ms,
+        legal_basis=args.legal_basis,
+    )
+    triage = run_image_query(
+        gateway, token, template, args.image, distance=args.distance, tls_ca=args.tls_ca
+    )
+    if args.json:
+        print(render.to_json(image_triage_to_dict(triage)))
+    else:
+        print(render_image_triage(triage))
     return 0
 
 
@@ -541,6 +609,7 @@ COMMANDS = {
     "policy": _cmd_policy,
     "demo": _cmd_demo,
     "audit": cmd_audit,
+    "hash": cmd_hash,
 }
 
 

@@ -60,6 +60,9 @@ class NodeConfig:
     # The node's receipts ledger: a SQLite path or a SQLAlchemy URL.
     receipts: str = ""
     checkpoint_interval_s: int = DEFAULT_CHECKPOINT_INTERVAL_S
+    # How often the PDQ index is rebuilt from the database: a deleted hash
+    # stops matching within this (plus the build).
+    pdq_refresh_s: int = 30
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +220,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
             "clock_skew_s",
             "default_limit",
             "transform_key",
+            "pdq_refresh_s",
         }
     )
     trusted = []
@@ -267,6 +271,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         max_request_age_s=node.integer("max_request_age_s", DEFAULT_MAX_REQUEST_AGE_S, 1, 3600),
         clock_skew_s=node.integer("clock_skew_s", DEFAULT_CLOCK_SKEW_S, 0, 600),
         default_limit=node.integer("default_limit", 100, 1, 10_000),
+        pdq_refresh_s=node.integer("pdq_refresh_s", 30, 1, 60),
         tls=_tls(doc, "tls", "client_ca", path, ca_required=True),
         transform_key=node.path("transform_key") if "transform_key" in node.table else None,
         receipts=_ledger_location(

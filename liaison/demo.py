@@ -35,7 +35,7 @@ from liaison.ledger.reconcile import NodeLedger, ReconcileReport, reconcile
 from liaison.ledger.store import LedgerStore
 from liaison.messages import SearchInput
 from liaison.processes import Service, running_in, start_service, stop_service
-from liaison.query import Comparator, Operation, Predicate, Query
+from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
 
 POLICY_DIR = Path(__file__).resolve().parent.parent / "policies" / "demo"
@@ -109,6 +109,33 @@ def demo_queries(p: Probes) -> list[DemoQuery]:
                 q(dataset="accounts", operation=Operation.COUNT_BY, group_by="platform"),
                 "statistics",
                 "GEN-STATS-2026",
+            ),
+        ),
+        DemoQuery(
+            "6. Has anyone seen an image like this one? (PDQ within 31 bits of a re-encoded copy)",
+            SearchInput(
+                q(
+                    dataset="media",
+                    operation=Operation.MATCH,
+                    predicates=(
+                        Predicate("pdq", Comparator.NEAR, (p.near_pdq,), DEFAULT_NEAR_DISTANCE),
+                    ),
+                ),
+                "victim-identification",
+                CASE_REF,
+            ),
+        ),
+        DemoQuery(
+            f"7. Triage a seized device: {len(p.device_sha256s)} file hashes in one request",
+            SearchInput(
+                q(
+                    dataset="media",
+                    operation=Operation.RECORDS,
+                    predicates=(Predicate("sha256", Comparator.IN, p.device_sha256s),),
+                    fields=("sha256", "category"),
+                ),
+                "csam-investigation",
+                CASE_REF,
             ),
         ),
     ]

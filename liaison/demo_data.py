@@ -294,6 +294,11 @@ class Probes:
 
     shared_sha256: str  # held by ruritania and freedonia, not sylvania
     shared_email: str  # held by ruritania and sylvania, not freedonia
+    # A re-encoded copy of the shared file: its PDQ is 9 bits from the one
+    # ruritania and freedonia hold, and 21 from a variant sylvania holds.
+    near_pdq: str
+    # A seized device's SHA-256s: mostly unknown, three known somewhere.
+    device_sha256s: tuple[str, ...]
 
 
 def _hex(rng: random.Random, bits: int) -> str:
@@ -338,9 +343,35 @@ def _shared_pools(seed: int, media: int, accounts: int) -> tuple[list[_Media], l
     return m, a
 
 
+def flip_bits(hex_value: str, bits: int, rng: random.Random) -> str:
+    """``hex_value`` (a 256-bit hash) with ``bits`` distinct bits flipped."""
+    value = int(hex_value, 16)
+    for bit in rng.sample(range(256), bits):
+        value ^= 1 << bit
+    return f"{value:064x}"
+
+
+def _near_variants(seed: int, pdq: str) -> tuple[str, str]:
+    """The investigator's re-encoded copy (9 bits off) and sylvania's edited copy (12 bits off)."""
+    rng = random.Random(seed * 31 + 5)
+    while True:
+        asked = flip_bits(pdq, 9, rng)
+        held = flip_bits(pdq, 12, rng)
+        if bin(int(asked, 16) ^ int(held, 16)).count("1") == 21:
+            return asked, held
+
+
 def probes(seed: int = 7) -> Probes:
-    media, accounts = _shared_pools(seed, 1, 1)
-    return Probes(media[0].sha256, accounts[0].email)
+    media, accounts = _shared_pools(seed, 4, 1)
+    rng = random.Random(seed * 17 + 3)
+    device = [_hex(rng, 256) for _ in range(37)] + [m.sha256 for m in media[1:4]]
+    rng.shuffle(device)
+    return Probes(
+        media[0].sha256,
+        accounts[0].email,
+        _near_variants(seed, media[0].pdq)[0],
+        tuple(device),
+    )
 
 
 def _local_value(column: sa.Column[Any], value: object) -> object:
@@ -370,6 +401,10 @@ def populate(
     picked_media = [m for i, m in enumerate(shared_media[1:]) if (i + index) % 3 != 0][: media // 8]
     if agency.agency_id in media_holders:
         picked_media.insert(0, shared_media[0])
+    elif agency.agency_id == "sylvania":
+        # An edited copy of the shared image: another file, a nearby PDQ.
+        edited = _near_variants(seed, shared_media[0].pdq)[1]
+        picked_media.insert(0, _Media(_hex(rng, 256), _hex(rng, 128), edited))
     picked_accounts = [a for i, a in enumerate(shared_accounts[1:]) if (i + index) % 3 != 0][
         : accounts // 10
     ]

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liaison.messages import DryRunResult, NodeResult, NodeStatus, QueryAnswer, SearchResult
-from liaison.query import Operation, Query
+from liaison.query import Comparator, Operation, Predicate, Query
 
 if TYPE_CHECKING:
     # Type names only: rendering never runs policy code.
@@ -31,12 +31,17 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[str]], indent: str = "
     return "\n".join(out)
 
 
+def _describe_predicate(p: Predicate) -> str:
+    values = ",".join(_short(v) for v in p.values[:MAX_VALUES_SHOWN])
+    if len(p.values) > MAX_VALUES_SHOWN:
+        values += f" (+{len(p.values) - MAX_VALUES_SHOWN} more)"
+    if p.comparator is Comparator.NEAR:
+        return f"{p.field} within {p.max_distance} bits of {values}"
+    return f"{p.field} {'=' if p.comparator is Comparator.EQ else p.comparator.value} {values}"
+
+
 def describe_query(query: Query) -> str:
-    preds = " and ".join(
-        f"{p.field} {'=' if p.comparator.value == 'eq' else p.comparator.value} "
-        + (",".join(_short(v) for v in p.values))
-        for p in query.predicates
-    )
+    preds = " and ".join(_describe_predicate(p) for p in query.predicates)
     what = {
         Operation.MATCH: "hit/no-hit",
         Operation.COUNT: "count",
@@ -48,6 +53,9 @@ def describe_query(query: Query) -> str:
 
 def _short(value: str) -> str:
     return value if len(value) <= 20 else value[:16] + "…"
+
+
+MAX_VALUES_SHOWN = 3
 
 
 def _summary(result: NodeResult, op: Operation) -> str:
@@ -146,17 +154,7 @@ def result_to_dict(result: SearchResult) -> dict[str, Any]:
     q = result.query
     return {
         "query_id": result.query_id,
-        "query": {
-            "dataset": q.dataset,
-            "operation": q.operation.value,
-            "predicates": [
-                {"field": p.field, "comparator": p.comparator.value, "values": list(p.values)}
-                for p in q.predicates
-            ],
-            "fields": list(q.fields),
-            "group_by": q.group_by,
-            "limit": q.limit,
-        },
+        "query": {**query_to_dict(q), "limit": q.limit},
         "results": [
             {
                 "node_id": r.node_id,
@@ -183,7 +181,12 @@ def query_to_dict(query: Query) -> dict[str, Any]:
         "dataset": query.dataset,
         "operation": query.operation.value,
         "predicates": [
-            {"field": p.field, "comparator": p.comparator.value, "values": list(p.values)}
+            {
+                "field": p.field,
+                "comparator": p.comparator.value,
+                "values": list(p.values),
+                **({} if p.max_distance is None else {"max_distance": p.max_distance}),
+            }
             for p in query.predicates
         ],
         "fields": list(query.fields),

@@ -37,6 +37,7 @@ from liaison.wire import PublishedPolicy, answer_to_bytes, published_policy_to_b
 from node.database import MappedDataset
 from node.differencing import RecentAggregates
 from node.execute import Executor, Refusal
+from node.near import NearIndexes
 from node.ratelimit import RateLedger
 from node.replay import ReplayGuard
 from node.verify import TrustedGateway, VerifiedRequest, verify_request
@@ -77,6 +78,7 @@ class NodeCore:
         state_dir: Path,
         transform_secret: bytes = b"",
         policy_document: str = "",
+        near: NearIndexes | None = None,
     ) -> None:
         self.node_id = node_id
         self.signing_key = signing_key
@@ -95,7 +97,9 @@ class NodeCore:
             maps=policy.maps,
             recent=RecentAggregates(state_dir / "aggregates.sqlite3"),
             default_limit=limits.default_limit,
+            near=near,
         )
+        self.near = near
         self._answered = 0
         # The document ``policy`` was parsed from, signed once here: it is what
         # a gateway dry-runs queries against. Empty when the caller has no text.
@@ -255,8 +259,8 @@ class NodeCore:
         if not decision.permitted or decision.grant is None:
             return deny(decision.rules, decision.reason, decision.explanation)
         grant = decision.grant
-        held = tuple(f for f in grant.fields if f in mapped.columns)
-        not_held = tuple(f for f in grant.fields if f not in mapped.columns)
+        held = tuple(f for f in grant.fields if mapped.holds(f))
+        not_held = tuple(f for f in grant.fields if not mapped.holds(f))
         grant = replace(grant, fields=held, withheld=grant.withheld + not_held)
         unenforceable = [f.field for f in grant.row_filters if f.field not in mapped.columns]
         if unenforceable:
@@ -297,6 +301,8 @@ def query_cost(query: Query) -> int:
 
 def close_core(core: NodeCore) -> None:
     """Release the node's files and connections."""
+    if core.near is not None:
+        core.near.close()
     core.replay.close()
     core.receipts.close()
     core.rates.close()

@@ -62,13 +62,19 @@ def compile_records(
     mapped: MappedDataset, query: Query, grant: Grant, limit: int
 ) -> sa.Select[Any]:
     """Select the granted fields; one row past ``limit`` shows truncation."""
-    missing = [f for f in grant.fields if f not in mapped.columns]
+    missing = [f for f in grant.fields if not mapped.holds(f)]
     if missing:
         raise InvalidQuery(f"this node does not hold field(s) {', '.join(missing)}")
-    columns = [mapped.columns[f].label(f) for f in grant.fields]
+    # A computed field is selected as its source; the executor computes it.
+    sources = {f: mapped.dataset.field(f).computed_from or f for f in grant.fields}
+    columns = [mapped.columns[sources[f]].label(f) for f in grant.fields]
     # Ordering by a transformed column would let row order (and which rows
     # the cap keeps) reveal what the transform hides.
-    order = [mapped.columns[f] for f in grant.fields if f not in grant.transforms]
+    order = [
+        mapped.columns[sources[f]]
+        for f in grant.fields
+        if f not in grant.transforms and sources[f] == f
+    ]
     where = _where(mapped, conditions_of(query, grant))
     return sa.select(*columns).where(*where).order_by(*order).limit(limit + 1)
 

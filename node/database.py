@@ -72,7 +72,16 @@ class MappedDataset:
 
     @property
     def provided_fields(self) -> tuple[str, ...]:
-        return tuple(f for f in self.dataset.field_names if f in self.columns)
+        return tuple(f for f in self.dataset.field_names if self.holds(f))
+
+    def holds(self, field: str) -> bool:
+        """Whether this node can answer with ``field``: mapped, or computed from a mapped one."""
+        if field in self.columns:
+            return True
+        source = (
+            self.dataset.field(field).computed_from if field in self.dataset.field_names else ""
+        )
+        return bool(source) and source in self.columns
 
 
 def bind_schema(

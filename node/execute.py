@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from collections import defaultdict
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import sqlalchemy as sa
@@ -20,16 +20,20 @@ from sqlalchemy.exc import SQLAlchemyError
 from liaison.catalog import format_value
 from liaison.errors import BackendError, CatalogError, InvalidQuery
 from liaison.messages import Bucket, Count
-from liaison.query import Operation, Query
+from liaison.query import Comparator, Operation, Predicate, Query
 from node import compile as sql
 from node.database import MappedDataset
 from node.differencing import GUARD_RULE, RecentAggregates, RecentQuery, TooManyRecent
+from node.near import NearIndexes
 from node.transforms import apply_transform
 from policies import Grant
 
 log = logging.getLogger("liaison.node")
 
 MAX_BUCKETS = 1000
+# Beyond this many matched hashes a near-duplicate query is refused: it would
+# be a list of the agency's collection, not a question about one image.
+MAX_NEAR_MATCHES = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +53,9 @@ class Executor:
         maps: Mapping[str, Mapping[str, str]],
         recent: RecentAggregates,
         default_limit: int,
+        near: NearIndexes | None = None,
     ) -> None:
+        self.near = near
         self.engine = engine
         self.transform_secret = transform_secret
         self.maps = maps
@@ -74,12 +80,39 @@ class Executor:
 
         return formatted
 
+    def resolve_near(self, mapped: MappedDataset, query: Query) -> tuple[Query, dict[str, int]]:
+        """``query`` with each near-duplicate predicate replaced by the stored hashes it matches.
+
+        The index finds them; the database then applies every other predicate
+        and the grant's row filters to exactly those hashes. Returns the
+        nearest distance per matched hash too.
+        """
+        nearest: dict[str, int] = {}
+        predicates = []
+        for p in query.predicates:
+            if p.comparator is not Comparator.NEAR:
+                predicates.append(p)
+                continue
+            if self.near is None or self.near.index(mapped.dataset.name, p.field) is None:
+                raise InvalidQuery(f"this node does not hold field {p.field!r}")
+            found = self.near.lookup(mapped.dataset.name, p.field, p.values, p.max_distance or 0)
+            if len(found) > MAX_NEAR_MATCHES:
+                raise InvalidQuery(
+                    f"more than {MAX_NEAR_MATCHES} stored hashes are within "
+                    f"{p.max_distance} bits; ask for a smaller distance"
+                )
+            for value, distance in found.items():
+                nearest[value] = min(distance, nearest.get(value, distance))
+            predicates.append(Predicate(p.field, Comparator.IN, tuple(sorted(found))))
+        return replace(query, predicates=tuple(predicates)), nearest
+
     def run(
         self, mapped: MappedDataset, query: Query, grant: Grant, agency: str, now_ms: int
     ) -> dict[str, Any] | Refusal:
         op = query.operation
         if op is Operation.COUNT_BY and query.group_by not in mapped.columns:
             raise InvalidQuery(f"this node does not hold field {query.group_by!r}")
+        query, nearest = self.resolve_near(mapped, query)
         try:
             with self.engine.connect() as conn:
                 if op is Operation.MATCH:
@@ -94,7 +127,7 @@ class Executor:
                     return {"count": _suppress(n, grant.min_count)}
                 if op is Operation.COUNT_BY:
                     return self._count_by(conn, mapped, query, grant)
-                return self._records(conn, mapped, query, grant)
+                return self._records(conn, mapped, query, grant, nearest)
         except SQLAlchemyError as exc:
             log.error("database error", extra={"error": type(exc).__name__, "detail": str(exc)})
             raise BackendError(
@@ -102,11 +135,21 @@ class Executor:
             ) from exc
 
     def _records(
-        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+        self,
+        conn: sa.Connection,
+        mapped: MappedDataset,
+        query: Query,
+        grant: Grant,
+        nearest: Mapping[str, int],
     ) -> dict[str, Any]:
         limit = min(query.limit or self.default_limit, grant.max_rows)
         rows = conn.execute(sql.compile_records(mapped, query, grant, limit)).all()
-        formats = [self._formatter(mapped, f, grant) for f in grant.fields]
+        formats = [
+            _distance_of(nearest)
+            if mapped.dataset.field(f).computed_from
+            else self._formatter(mapped, f, grant)
+            for f in grant.fields
+        ]
         transformed = [
             tuple(None if v is None else fmt(v) for fmt, v in zip(formats, row, strict=True))
             for row in rows[:limit]
@@ -206,6 +249,16 @@ class Executor:
                         )
         self.recent.remember(agency, mapped.dataset.name, new, now_ms)
         return None
+
+
+def _distance_of(nearest: Mapping[str, int]) -> Callable[[Any], str | None]:
+    """The computed ``pdq_distance`` of a row, from the hash selected in its place."""
+
+    def distance(value: Any) -> str | None:
+        found = nearest.get(str(value).strip().lower())
+        return None if found is None else str(found)
+
+    return distance
 
 
 def _key(fmt: Callable[[Any], str], value: Any) -> str | None:

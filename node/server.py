@@ -26,6 +26,7 @@ from liaison.tls import TlsFiles
 from liaison.wire import document_sha256
 from node.answering import NodeCore, NodeLimits, close_core
 from node.database import bind_schema, open_read_only
+from node.near import NearIndexes
 from node.replay import ReplayGuard
 from node.service import NodeServicer
 from node.verify import TrustedGateway
@@ -60,6 +61,12 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
     except BaseException:
         engine.dispose()
         raise
+    try:
+        near = NearIndexes(engine, schema, refresh_s=config.pdq_refresh_s)
+    except BaseException:
+        engine.dispose()
+        raise
+    near.start()
     replay = ReplayGuard(config.state_dir / "replay.sqlite3")
     try:
         receipts = Ledger.open(
@@ -69,6 +76,7 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
             checkpoint_interval_s=config.checkpoint_interval_s,
         )
     except BaseException:
+        near.close()
         replay.close()
         engine.dispose()
         raise
@@ -86,6 +94,7 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         state_dir=config.state_dir,
         transform_secret=secret,
         policy_document=policy_document,
+        near=near,
     )
 
 

@@ -174,10 +174,10 @@ def test_demo_json_reports_every_agency_answer(tmp_path: Path) -> None:
     # The demo ends with an audit: every ledger verifies and they reconcile.
     assert doc["audit"]["ok"] is True
     assert sorted(doc["audit"]["receipts"]) == sorted(DEMO_AGENCIES)
-    assert all(n == 5 for n in doc["audit"]["receipts"].values())
+    assert all(n == 7 for n in doc["audit"]["receipts"].values())
     assert doc["audit"]["differences"] == []
     queries = doc["queries"]
-    assert len(queries) == 5
+    assert len(queries) == 7
     assert all(sorted(results_by_node(q)) == sorted(DEMO_AGENCIES) for q in queries)
 
     match = results_by_node(queries[0])
@@ -205,6 +205,27 @@ def test_demo_json_reports_every_agency_answer(tmp_path: Path) -> None:
     statistics = results_by_node(queries[4])
     assert {n: r["status"] for n, r in statistics.items()} == dict.fromkeys(DEMO_AGENCIES, "denied")
     assert all(r["answer"]["decision"]["rules"] for r in statistics.values())
+
+    # A re-encoded copy found as a near-duplicate; Sylvania's policy caps the distance.
+    near = results_by_node(queries[5])
+    assert queries[5]["query"]["predicates"][0]["comparator"] == "near"
+    assert queries[5]["query"]["predicates"][0]["max_distance"] == 31
+    assert near["ruritania"]["answer"]["hit"] is True
+    assert near["freedonia"]["answer"]["hit"] is True
+    assert near["sylvania"]["status"] == "denied"
+    assert "cap of 24 bits" in near["sylvania"]["detail"]
+
+    # Device triage: forty hashes in one request; each agency lists the ones it holds.
+    triage = results_by_node(queries[6])
+    assert len(queries[6]["query"]["predicates"][0]["values"]) == 40
+    for agency in ("ruritania", "freedonia"):
+        answer = triage[agency]["answer"]
+        assert triage[agency]["status"] == "answered"
+        assert answer["fields"] == ["sha256", "category"]
+        asked = set(queries[6]["query"]["predicates"][0]["values"])
+        assert {row[0] for row in answer["rows"]} <= asked
+        assert answer["rows"]
+    assert triage["sylvania"]["status"] == "denied"
 
 
 def test_demo_prints_tables(tmp_path: Path) -> None:
@@ -637,9 +658,11 @@ def test_node_serve_starts_and_stops_cleanly_on_sigterm(initialised: Path, tmp_p
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     logged = [json.loads(line) for line in stderr.splitlines()]
-    assert [e["msg"] for e in logged] == ["node serving", "node stopping"]
-    assert logged[0]["node_id"] == "a"
-    assert logged[0]["address"] == f"{host}:{port}"
+    # The PDQ index is built from the database before the node serves.
+    assert [e["msg"] for e in logged] == ["pdq index built", "node serving", "node stopping"]
+    assert logged[0]["dataset"] == "media"
+    assert logged[1]["node_id"] == "a"
+    assert logged[1]["address"] == f"{host}:{port}"
     assert stdout == ""
 
 
