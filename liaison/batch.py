@@ -69,6 +69,7 @@ def batch_search(
     predicate: Predicate,
     *,
     concurrency: int = DEFAULT_CONCURRENCY,
+    chunk_size: int = CHUNK,
     on_progress: Progress | None = None,
     tls_ca: Path | None = None,
 ) -> BatchResult:
@@ -83,7 +84,9 @@ def batch_search(
         )
     if predicate.comparator not in (Comparator.IN, Comparator.NEAR):
         raise InvalidQuery("a batch matches values with 'in' (exact) or 'near' (perceptual)")
-    parts = chunks_of(values)
+    if not 1 <= chunk_size <= CHUNK:
+        raise InvalidQuery(f"a chunk holds 1 to {CHUNK} values, got {chunk_size}")
+    parts = chunks_of(values, chunk_size)
     result = BatchResult(predicate.field, len(values), len(parts))
     done = 0
 

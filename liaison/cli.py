@@ -234,6 +234,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="hash these images here (SHA-256 and PDQ) and ask for them; repeatable. "
         "No image byte leaves this machine",
     )
+    p.add_argument(
+        "--chunk-size",
+        type=_bounded(1, 1000),
+        default=1000,
+        metavar="N",
+        help="with --image: hashes per federated request (default 1000; smaller for nodes "
+        "whose rate limits count each hash)",
+    )
     p.add_argument("--nodes", help="comma-separated agencies to ask (default: all)")
     p.add_argument(
         "--deadline-ms",
@@ -387,7 +395,13 @@ def _query_images(args: argparse.Namespace, gateway: str, token: str) -> int:
         legal_basis=args.legal_basis,
     )
     triage = run_image_query(
-        gateway, token, template, args.image, distance=args.distance, tls_ca=args.tls_ca
+        gateway,
+        token,
+        template,
+        args.image,
+        distance=args.distance,
+        tls_ca=args.tls_ca,
+        chunk_size=args.chunk_size,
     )
     if args.json:
         print(render.to_json(image_triage_to_dict(triage)))

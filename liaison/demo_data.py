@@ -218,7 +218,7 @@ def _freedonia() -> DemoAgency:
 
 
 def _sylvania() -> DemoAgency:
-    # A unit without a case register and without PDQ hashes.
+    # A unit without a case register; its perceptual hashes sit beside the file hashes.
     md = sa.MetaData()
     media = sa.Table(
         "evidence_files",
@@ -226,6 +226,7 @@ def _sylvania() -> DemoAgency:
         sa.Column("file_id", sa.Integer, primary_key=True),
         sa.Column("sha256", sa.String(64), index=True),
         sa.Column("md5", sa.String(32), index=True),
+        sa.Column("perceptual_hash", sa.String(64)),
         sa.Column("category_code", sa.String(16)),
         sa.Column("added", sa.Date),
         sa.Column("ref", sa.String(32)),
@@ -255,6 +256,7 @@ def _sylvania() -> DemoAgency:
                 {
                     "sha256": "sha256",
                     "md5": "md5",
+                    "pdq": "perceptual_hash",
                     "category": "category_code",
                     "first_seen": "added",
                     "case_ref": "ref",

@@ -246,6 +246,7 @@ def create_catalog_schema(database_url: str) -> None:
             *(
                 sa.Column(f.name, types.get(f.type, sa.String(256)), index=f.selector)
                 for f in d.fields
+                if not f.computed_from
             ),
         )
     engine = sa.create_engine(database_url)
@@ -283,7 +284,11 @@ def init_federation(
         write_dev_idp(root, agency)
     addresses = {}
     for i, node_id in enumerate(node_ids, start=1):
-        mapping = {d.name: (d.name, {f: f for f in d.field_names}) for d in CATALOG_V1.datasets}
+        # Computed fields (pdq_distance) have no column: nodes compute them.
+        mapping = {
+            d.name: (d.name, {f.name: f.name for f in d.fields if not f.computed_from})
+            for d in CATALOG_V1.datasets
+        }
         folder = root / "nodes" / node_id
         addresses[node_id] = f"127.0.0.1:{base_port + i}"
         write_node(

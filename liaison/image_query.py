@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from liaison.batch import BatchResult, NodeTriage, batch_search
+from liaison.batch import CHUNK, BatchResult, NodeTriage, batch_search
 from liaison.errors import InvalidQuery
 from liaison.messages import SearchInput
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate
@@ -45,6 +45,7 @@ def run_image_query(
     *,
     distance: int | None,
     tls_ca: Path | None,
+    chunk_size: int = CHUNK,
     progress: TextIO = sys.stderr,
 ) -> ImageTriage:
     from liaison.hashing import PDQ_MIN_QUALITY, hash_paths
@@ -90,6 +91,7 @@ def run_image_query(
             _with_field(template, "sha256"),
             Predicate("sha256", Comparator.IN, tuple(exact)),
             on_progress=reporter("exact"),
+            chunk_size=chunk_size,
             tls_ca=tls_ca,
         )
         if exact
@@ -103,6 +105,7 @@ def run_image_query(
             _with_field(template, "pdq"),
             Predicate("pdq", Comparator.NEAR, tuple(near), t),
             on_progress=reporter(f"near-duplicates within {t} bits"),
+            chunk_size=chunk_size,
             tls_ca=tls_ca,
         )
         if near

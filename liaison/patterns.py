@@ -7,7 +7,7 @@ same seed gives the same pixels on every run with the same Pillow.
 
 Which variants PDQ matches (distance ≤ 31):
 
-* ``resize`` (to 60%), ``jpeg`` (re-encoded at quality 70), ``crop`` (a 4%
+* ``resize`` (to 60%), ``jpeg`` (re-encoded at quality 70), ``crop`` (a 1%
   border off each side), ``brightness`` (+20%), ``grayscale``: yes.
 * ``flip`` (left-right mirror): no. PDQ is not flip- or rotation-invariant;
   matching mirrored copies needs the dihedral hashes, which Liaison does not

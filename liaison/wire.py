@@ -28,7 +28,7 @@ from liaison.messages import (
     SearchInput,
     SearchResult,
 )
-from liaison.query import Comparator, Operation, Predicate, Query
+from liaison.query import MAX_NEAR_DISTANCE, Comparator, Operation, Predicate, Query
 from proto.liaison.v1 import envelope_pb2 as pb_envelope
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -102,6 +102,13 @@ def signed_request_from_proto(message: pb_node.AnswerRequest) -> SignedRequest:
 
 
 def query_to_proto(query: Query) -> pb_query.Query:
+    for p in query.predicates:
+        # The wire holds an unsigned distance: say what is wrong before protobuf does.
+        if p.max_distance is not None and not 0 <= p.max_distance <= MAX_NEAR_DISTANCE:
+            raise InvalidQuery(
+                f"near-duplicate distance must be between 0 and {MAX_NEAR_DISTANCE} bits, "
+                f"got {p.max_distance}"
+            )
     return pb_query.Query(
         dataset=query.dataset,
         operation=_OPERATIONS[query.operation],

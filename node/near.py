@@ -48,11 +48,17 @@ def near_columns(schema: Mapping[str, MappedDataset]) -> list[NearColumn]:
     ]
 
 
-def load_index(engine: Engine, mapped: MappedDataset, field: str) -> tuple[PdqIndex, int]:
-    """Build an index of the column's distinct hashes; return it and the rows skipped."""
+def load_index(engine: Engine, mapped: MappedDataset, field: str) -> tuple[PdqIndex, int, int]:
+    """Build an index of the column's distinct hashes.
+
+    Also returns the values skipped (not 64 hex digits) and those stored in
+    another spelling than lower-case hex, which exact-comparing databases
+    (SQLite, PostgreSQL) will not match: the operator should normalise them.
+    """
     column = mapped.columns[field]
     hexes: list[str] = []
     skipped = 0
+    noncanonical = 0
     with engine.connect() as conn:
         result = conn.execution_options(yield_per=READ_BATCH).execute(
             sa.select(column).where(column.is_not(None)).distinct()
@@ -61,6 +67,7 @@ def load_index(engine: Engine, mapped: MappedDataset, field: str) -> tuple[PdqIn
             text = str(value).strip().lower()
             if len(text) == 64:
                 hexes.append(text)
+                noncanonical += text != str(value)
             else:
                 skipped += 1
     try:
@@ -76,7 +83,7 @@ def load_index(engine: Engine, mapped: MappedDataset, field: str) -> tuple[PdqIn
                 continue
             good.append(text)
         words = words_from_hex(good)
-    return PdqIndex.build(words), skipped
+    return PdqIndex.build(words), skipped, noncanonical
 
 
 class NearIndexes:
@@ -125,7 +132,9 @@ class NearIndexes:
     def _rebuild(self, column: NearColumn) -> None:
         started = time.perf_counter()
         try:
-            index, skipped = load_index(self.engine, self.schema[column.dataset], column.field)
+            index, skipped, noncanonical = load_index(
+                self.engine, self.schema[column.dataset], column.field
+            )
         except SQLAlchemyError as exc:
             log.error(
                 "pdq index refresh failed",
@@ -148,6 +157,16 @@ class NearIndexes:
                 "seconds": round(time.perf_counter() - started, 3),
             },
         )
+        if noncanonical:
+            log.warning(
+                "pdq values not in lower-case hex",
+                extra={
+                    "dataset": column.dataset,
+                    "field": column.field,
+                    "values": noncanonical,
+                    "fix": "store PDQ hashes as 64 lower-case hex digits, or they may not match",
+                },
+            )
 
     def index(self, dataset: str, field: str) -> PdqIndex | None:
         return self._indexes.get(NearColumn(dataset, field))
