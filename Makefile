@@ -14,7 +14,7 @@ BUF := .tools/node_modules/.bin/buf
 help:
 	@echo "make demo    run the whole federation demo (SQLite, loopback)"
 	@echo "make test    lint, type-check, check protos, run every test"
-	@echo "make bench   benchmarks (federated vs direct call, policy engine, ledger)"
+	@echo "make bench   benchmarks (federated vs direct call, policy engine, ledger, PDQ index)"
 	@echo "make proto   regenerate proto/liaison/v1/*_pb2*.py after editing .proto files"
 
 $(STAMP): pyproject.toml
@@ -59,6 +59,7 @@ bench: $(STAMP)
 	$(PY) -m liaison.bench
 	$(PY) -m liaison.bench_policy
 	$(PY) -m liaison.bench_ledger
+	$(PY) -m liaison.bench_pdq
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis
