@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -397,53 +396,20 @@ def _cmd_verify_proof(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-@dataclass(frozen=True, slots=True)
-class _Side:
-    node_id: str
-    ledger: str
-    key: Path
-
-
-def _federation_sides(folder: Path) -> tuple[_Side, list[_Side]]:
-    from liaison.catalog import CATALOG_V1
-    from liaison.config import load_gateway_config, load_node_config
-
-    gateway_config = load_gateway_config(folder / "gateway" / "gateway.toml")
-    gateway = _Side("gateway", gateway_config.ledger, folder / "gateway" / "gateway.pub")
-    nodes = []
-    for config_path in sorted((folder / "nodes").glob("*/node.toml")):
-        config = load_node_config(config_path, CATALOG_V1)
-        nodes.append(_Side(config.node_id, config.receipts, config_path.parent / "node.pub"))
-    return gateway, nodes
-
-
 def _cmd_reconcile(args: argparse.Namespace) -> int:
-    from liaison.ledger.reconcile import NodeLedger, reconcile
+    from liaison.ledger.reconcile import LedgerFiles, federation_ledgers, reconcile_files
 
+    nodes: list[LedgerFiles]
     if args.federation:
-        gateway, sides = _federation_sides(args.federation)
+        gateway, nodes = federation_ledgers(args.federation)
     elif args.gateway and args.gateway_key:
-        gateway, sides = _Side("gateway", args.gateway, args.gateway_key), []
+        gateway, nodes = LedgerFiles("gateway", args.gateway, args.gateway_key), []
     else:
         raise InvalidQuery("name the ledgers: --federation DIR, or --gateway and --gateway-key")
-    sides += [_Side(i, ledger, Path(key)) for i, ledger, key in args.node]
-    if not sides:
+    nodes += [LedgerFiles(i, ledger, Path(key)) for i, ledger, key in args.node]
+    if not nodes:
         raise InvalidQuery("name at least one node: --node ID LEDGER PUB")
-    stores = []
-    try:
-        gateway_store = _store(gateway.ledger)
-        stores.append(gateway_store)
-        nodes = []
-        for side in sides:
-            store = _store(side.ledger)
-            stores.append(store)
-            nodes.append(NodeLedger(side.node_id, store, _key(side.key)))
-        report = reconcile(
-            gateway_store, _key(gateway.key), nodes, allow_unsigned_tail=args.allow_unsigned_tail
-        )
-    finally:
-        for store in stores:
-            store.close()
+    report = reconcile_files(gateway, nodes, allow_unsigned_tail=args.allow_unsigned_tail)
     if args.json:
         _print_json(
             {

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liaison.errors import LiaisonError
+from liaison.query import MIN_PDQ_QUALITY
 
 if TYPE_CHECKING:
     from liaison.hashing import FileHashes, ProgressCallback
@@ -25,9 +26,8 @@ if TYPE_CHECKING:
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+PDQ_MIN_QUALITY = MIN_PDQ_QUALITY
 
-PDQ_MIN_QUALITY = 50
-"""The same floor as ``liaison.hashing.PDQ_MIN_QUALITY`` (a test keeps them equal)."""
 
 PROGRESS_EVERY_S = 0.1
 """On a terminal, redraw the progress line at most this often."""

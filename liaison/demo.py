@@ -30,9 +30,8 @@ from liaison.federation import (
     write_node,
     write_pki,
 )
-from liaison.keys import SigningKey, VerifyingKey
-from liaison.ledger.reconcile import NodeLedger, ReconcileReport, reconcile
-from liaison.ledger.store import LedgerStore
+from liaison.keys import SigningKey
+from liaison.ledger.reconcile import ReconcileReport, federation_ledgers, reconcile_files
 from liaison.messages import SearchInput
 from liaison.processes import Service, running_in, start_service, stop_service
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate, Query
@@ -220,26 +219,8 @@ DEMO_ATTRIBUTES = {"clearance": "secret", "unit": "victim-identification"}
 
 def audit_federation(root: Path, *, live: bool = False) -> ReconcileReport:
     """Verify the gateway's ledger and every node's receipts, and reconcile them."""
-    gateway = LedgerStore(root / "gateway" / "ledger.sqlite3", create=False)
-    stores = [gateway]
-    try:
-        nodes = []
-        for agency in demo_agencies():
-            folder = root / "nodes" / agency.agency_id
-            store = LedgerStore(folder / "state" / "receipts.sqlite3", create=False)
-            stores.append(store)
-            nodes.append(
-                NodeLedger(agency.agency_id, store, VerifyingKey.from_pem_file(folder / "node.pub"))
-            )
-        return reconcile(
-            gateway,
-            VerifyingKey.from_pem_file(root / "gateway" / "gateway.pub"),
-            nodes,
-            allow_unsigned_tail=live,
-        )
-    finally:
-        for store in stores:
-            store.close()
+    gateway, nodes = federation_ledgers(root)
+    return reconcile_files(gateway, nodes, allow_unsigned_tail=live)
 
 
 def render_audit(report: ReconcileReport) -> str:

@@ -33,11 +33,11 @@ import numpy.typing as npt
 import pdqhash
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-PDQ_MIN_QUALITY = 50
-"""Hashes of quality below this are not to be used for near-duplicate search."""
+from liaison.query import DEFAULT_NEAR_DISTANCE, MIN_PDQ_QUALITY
 
-PDQ_MATCH_DISTANCE = 31
-"""Two PDQ hashes match when their Hamming distance is at most this."""
+# The query model's thresholds, under the names hashing code reads best.
+PDQ_MIN_QUALITY = MIN_PDQ_QUALITY
+PDQ_MATCH_DISTANCE = DEFAULT_NEAR_DISTANCE
 
 DEFAULT_MAX_PIXELS = 89_478_485
 """Refuse to decode images larger than this (Pillow's own decompression-bomb limit)."""

@@ -15,14 +15,14 @@ import numpy as np
 import numpy.typing as npt
 
 from liaison.errors import InvalidValue
+from liaison.query import DEFAULT_NEAR_DISTANCE, MAX_NEAR_DISTANCE, MIN_PDQ_QUALITY
 
+DEFAULT_DISTANCE = DEFAULT_NEAR_DISTANCE
+MAX_DISTANCE = MAX_NEAR_DISTANCE
+MIN_QUALITY = MIN_PDQ_QUALITY
 PDQ_HEX_DIGITS = 64
 PDQ_BITS = 256
 PDQ_WORDS = 4
-DEFAULT_DISTANCE = 31
-MAX_DISTANCE = 64
-# Meta's threshold: hashes of quality 49 or below are discarded, not matched.
-MIN_QUALITY = 50
 
 _HEX_DIGITS = frozenset("0123456789abcdefABCDEF")
 _BIG_ENDIAN_WORDS = np.dtype(">u8")

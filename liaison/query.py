@@ -20,6 +20,8 @@ MAX_CASE_REF_LENGTH = 128
 # PDQ: 256 bits; 31 is Meta's recommended threshold for near-duplicates.
 DEFAULT_NEAR_DISTANCE = 31
 MAX_NEAR_DISTANCE = 64
+# Meta's rule: PDQ hashes of quality 49 or below are discarded, not matched.
+MIN_PDQ_QUALITY = 50
 
 
 class Operation(StrEnum):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from liaison.errors import CheckpointError, EntryError
@@ -219,3 +220,50 @@ def _check_witnessed(
             "this node: its history was rewritten",
         )
     return None
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerFiles:
+    """Where one party's ledger is and the public key its checkpoints verify under."""
+
+    name: str
+    location: str
+    key: Path
+
+
+def federation_ledgers(folder: Path) -> tuple[LedgerFiles, list[LedgerFiles]]:
+    """The gateway's ledger and every node's receipts, as a federation folder's configs say."""
+    from liaison.catalog import CATALOG_V1
+    from liaison.config import load_gateway_config, load_node_config
+
+    gateway_config = load_gateway_config(folder / "gateway" / "gateway.toml")
+    gateway = LedgerFiles("gateway", gateway_config.ledger, folder / "gateway" / "gateway.pub")
+    nodes = []
+    for config_path in sorted((folder / "nodes").glob("*/node.toml")):
+        config = load_node_config(config_path, CATALOG_V1)
+        nodes.append(LedgerFiles(config.node_id, config.receipts, config_path.parent / "node.pub"))
+    return gateway, nodes
+
+
+def reconcile_files(
+    gateway: LedgerFiles, nodes: Sequence[LedgerFiles], *, allow_unsigned_tail: bool = False
+) -> ReconcileReport:
+    """Open every ledger read-only, reconcile them, and close them again."""
+    stores: list[LedgerStore] = []
+    try:
+        gateway_store = LedgerStore(gateway.location, create=False)
+        stores.append(gateway_store)
+        opened = []
+        for node in nodes:
+            store = LedgerStore(node.location, create=False)
+            stores.append(store)
+            opened.append(NodeLedger(node.name, store, VerifyingKey.from_pem_file(node.key)))
+        return reconcile(
+            gateway_store,
+            VerifyingKey.from_pem_file(gateway.key),
+            opened,
+            allow_unsigned_tail=allow_unsigned_tail,
+        )
+    finally:
+        for store in stores:
+            store.close()
