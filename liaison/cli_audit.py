@@ -56,7 +56,9 @@ def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         "verify",
         help="recompute every leaf and the tree; check every checkpoint",
         description="Exit status: 0 when the ledger verifies; 1 when anything is wrong, "
-        "with the first bad entry or checkpoint named.",
+        "with the first bad entry or checkpoint named. A copy on its own cannot show that it "
+        "is whole (a copy rolled back to an earlier checkpoint verifies too): give witnesses "
+        "(--witness, --checkpoint) and, for a live ledger, --max-age.",
     )
     _add_ledger(v)
     v.add_argument(
@@ -65,7 +67,24 @@ def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=[],
         type=Path,
         metavar="FILE",
-        help="a checkpoint you kept from an earlier audit; the ledger must still extend it",
+        help="a checkpoint you kept from an earlier audit (--save-checkpoint); the ledger must "
+        "still extend it",
+    )
+    v.add_argument(
+        "--witness",
+        action="append",
+        default=[],
+        metavar="LEDGER",
+        help="a ledger holding checkpoints of this log: a node's receipts ledger (for the "
+        "gateway's ledger) or an earlier copy of this ledger; the ledger must extend every "
+        "one of them (repeatable)",
+    )
+    v.add_argument(
+        "--max-age",
+        type=_seconds,
+        metavar="SECONDS",
+        help="fail when the newest checkpoint is older than this: for a copy of a live "
+        "ledger, whose writer signs one every checkpoint interval (30 s by default)",
     )
     v.add_argument(
         "--save-checkpoint",
@@ -153,6 +172,18 @@ def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     rp.add_argument("--json", action="store_true", help="print JSON")
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a number of seconds above 0; e.g. 120 for two minutes"
+        )
+    return value
+
+
 def cmd_audit(args: argparse.Namespace) -> int:
     return ACTIONS[args.action](args)
 
@@ -202,6 +233,9 @@ def _cmd_verify(args: argparse.Namespace) -> int:
             store,
             _key(args.key),
             kept=_read_notes(args.checkpoint),
+            witnesses=_witnesses(args.witness),
+            warn_unwitnessed=True,
+            max_age_s=args.max_age,
             allow_unsigned_tail=args.allow_unsigned_tail,
             progress=_progress("verifying"),
         )
@@ -218,6 +252,20 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def _witnesses(locations: list[str]) -> list[Any]:
+    """Each witness ledger's checkpoints, read and the ledger closed again."""
+    from liaison.ledger.verify import receipts_witness
+
+    found = []
+    for location in locations:
+        store = _store(location)
+        try:
+            found.append(receipts_witness(store, f"witness {location}"))
+        finally:
+            store.close()
+    return found
+
+
 def _save_latest(store: Any, latest: Any, path: Path) -> None:
     if latest is None:
         raise LedgerError("the ledger has no verified checkpoint to save")
@@ -227,8 +275,24 @@ def _save_latest(store: Any, latest: Any, path: Path) -> None:
             return
 
 
+def _checkpoint_json(cp: Any, checked_at_ms: int) -> dict[str, Any] | None:
+    from liaison.ledger.views import format_time
+
+    if cp is None:
+        return None
+    return {
+        "size": cp.size,
+        "root": cp.root.hex(),
+        "time_ms": cp.time_ms,
+        "time": format_time(cp.time_ms),
+        "age_s": (checked_at_ms - cp.time_ms) / 1000,
+    }
+
+
 def _report_json(report: Any) -> dict[str, Any]:
-    latest = report.latest
+    from liaison.ledger.views import format_time
+
+    at = report.checked_at_ms
     return {
         "ledger": report.ledger,
         "origin": report.origin,
@@ -236,9 +300,22 @@ def _report_json(report: Any) -> dict[str, Any]:
         "entries": report.size,
         "root": report.root.hex(),
         "checkpoints": report.checkpoints,
-        "latest_checkpoint": None
-        if latest is None
-        else {"size": latest.size, "root": latest.root.hex(), "time_ms": latest.time_ms},
+        "latest_checkpoint": _checkpoint_json(report.latest, at),
+        "checked_at": format_time(at),
+        "checked_at_ms": at,
+        "max_age_s": report.max_age_s,
+        # The largest checkpoint any witness holds that this copy extends: null
+        # when none does, and then nothing shows the copy was not rolled back.
+        "witnessed_checkpoint": _checkpoint_json(report.witnessed, at),
+        "witnesses": [
+            {
+                "name": w.name,
+                "checkpoints_of_this_log": w.seen,
+                "checkpoints_verified": w.checkpoints,
+                "largest": _checkpoint_json(w.largest, at),
+            }
+            for w in report.witnesses
+        ],
         "kinds": report.kinds,
         "unfinished_requests": report.unfinished,
         "problems": [_finding_json(f) for f in report.problems],
@@ -251,6 +328,7 @@ def _finding_json(finding: Any) -> dict[str, Any]:
 
 
 def _render_report(report: Any) -> str:
+    from liaison.ledger.verify import describe_age
     from liaison.ledger.views import format_time
 
     latest = report.latest
@@ -267,18 +345,43 @@ def _render_report(report: Any) -> str:
             else f"  (newest: {latest.size:,} entries, signed {format_time(latest.time_ms)})"
         ),
     ]
+    for w in report.witnesses:
+        lines.append(
+            f"witness     {w.name.removeprefix('witness ')}: "
+            + (
+                f"{w.checkpoints:,} of {w.seen:,} checkpoint(s) of this log check out, the "
+                f"largest {w.largest.size:,} entries"
+                if w.largest is not None
+                else f"{w.seen:,} checkpoint(s) of this log, none checks out"
+            )
+        )
     if report.unfinished:
         lines.append(
             f"unfinished  {report.unfinished} request(s) without an outcome (cut short by a stop)"
         )
     lines += [f"WARNING  {f}" for f in report.warnings]
     lines += [f"PROBLEM  {f}" for f in report.problems]
-    lines.append(
-        "VERIFIED: every entry, the tree and every checkpoint check out"
-        if report.ok
-        else f"FAILED: {len(report.problems)} problem(s); the first is at "
-        f"{report.problems[0].where}"
+    if not report.ok:
+        lines.append(
+            f"FAILED: {len(report.problems)} problem(s); the first is at {report.problems[0].where}"
+        )
+        return "\n".join(lines)
+    verdict = "VERIFIED: every entry, the tree and every checkpoint check out"
+    if latest is None:
+        lines.append(f"{verdict}; no checkpoint vouches for the entries yet")
+        return "\n".join(lines)
+    verdict += (
+        f", up to the newest checkpoint: {latest.size:,} entries signed "
+        f"{format_time(latest.time_ms)} ({describe_age(report.latest_age_ms)} ago)"
     )
+    witnessed = report.witnessed
+    if witnessed is None:
+        verdict += "; no witness, so a longer log may exist"
+    elif witnessed.size >= latest.size:
+        verdict += "; no witness saw more"
+    else:
+        verdict += f"; witnesses saw {witnessed.size:,} of them, none saw more"
+    lines.append(verdict)
     return "\n".join(lines)
 
 

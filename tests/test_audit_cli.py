@@ -37,7 +37,7 @@ NODE_SIZE = 1 + QUERIES
 GATEWAY = Path("gateway") / "ledger.sqlite3"
 GATEWAY_PUB = Path("gateway") / "gateway.pub"
 AUDIT_KEY = Path("audit") / "audit.key"
-VERIFIED = "VERIFIED: every entry, the tree and every checkpoint check out"
+VERIFIED = "VERIFIED: every entry, the tree and every checkpoint check out, up to the newest"
 RECONCILED = "RECONCILED: every answered request is on both sides with the same digests"
 
 
@@ -162,7 +162,8 @@ def test_verify_passes_on_an_untouched_ledger(
 
     assert run.returncode == 0, run
     assert run.stderr == ""
-    assert last_line(run) == VERIFIED
+    assert last_line(run).startswith(f"{VERIFIED} checkpoint: {size} entries signed ")
+    assert last_line(run).endswith(" ago); no witness, so a longer log may exist")
     assert f"entries     {size}  " in run.stdout
     assert "PROBLEM" not in run.stdout
 
@@ -306,7 +307,8 @@ def test_a_saved_checkpoint_passes_later_and_reveals_a_rollback(demo: Demo) -> N
 
     # assert
     assert again.returncode == 0, again
-    assert last_line(again) == VERIFIED
+    assert last_line(again).startswith(VERIFIED)
+    assert last_line(again).endswith("; no witness saw more")
 
     # prepare: the operator removes the last query and re-signs with the real key
     roll_back_as_insider(demo, keep=GATEWAY_SIZE - 2)
@@ -326,6 +328,31 @@ def test_a_saved_checkpoint_passes_later_and_reveals_a_rollback(demo: Demo) -> N
         f"{GATEWAY_SIZE - 1}: entries {GATEWAY_SIZE - 1}..{GATEWAY_SIZE - 1} were removed "
         "(truncated)" in caught.stdout
     )
+
+
+def test_the_real_nodes_receipts_witness_a_rollback_of_the_gateways_copy(demo: Demo) -> None:
+    # prepare: a copy cut back to the gateway's first checkpoint (its `opened`
+    # entry) with the sqlite3 module alone: no key needed, and it verifies alone
+    with tampering(demo.root / GATEWAY) as conn:
+        conn.execute("DELETE FROM liaison_ledger_entries WHERE idx >= 1")
+        conn.execute("DELETE FROM liaison_ledger_checkpoints WHERE size > 1")
+    alone = audit(demo, "verify", GATEWAY, "--key", GATEWAY_PUB)
+    assert alone.returncode == 0, alone
+    assert "WARNING  witnesses: none given" in alone.stdout
+
+    # execute: the receipts the demo's nodes wrote hold the checkpoints they were shown
+    witnesses = [a for node in NODES for a in ("--witness", str(receipts(node)))]
+    run = audit(demo, "verify", GATEWAY, "--key", GATEWAY_PUB, *witnesses, "--json")
+
+    # assert: each node saw each query's request logged past the cut
+    assert_failed_cleanly(run)
+    doc = json.loads(run.stdout)
+    assert len(doc["problems"]) == len(NODES) * QUERIES
+    assert {p["message"].split(",")[0] for p in doc["problems"]} == {
+        f"the witness saw {1 + 2 * q + 1} entries" for q in range(QUERIES)
+    }
+    assert [w["checkpoints_verified"] for w in doc["witnesses"]] == [0] * len(NODES)
+    assert doc["warnings"] == []
 
 
 def test_a_failing_ledger_saves_no_checkpoint(demo: Demo) -> None:

@@ -24,6 +24,9 @@ from liaison.ledger.store import LedgerStore
 from liaison.ledger.verify import VerifyReport, verify_ledger
 
 ANSWERING = ("answered", "denied")
+# A node's compensating receipt: the answer of its earlier receipt for the same
+# request (same answer digest) never left the node.
+NOT_DELIVERED = "not-delivered"
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,19 +79,26 @@ def reconcile(
     *,
     allow_unsigned_tail: bool = False,
 ) -> ReconcileReport:
+    """Compare every receipt of every node with the gateway's ledger, and back.
+
+    Nothing is keyed by query id alone: an id may have been used twice (a
+    gateway that sent an unlogged request, then a logged one, under the same
+    id), so each receipt is matched to the gateway entry it names by index and
+    digest, and each outcome to its request digest.
+    """
     gateway_report, tree = verify_ledger(
         gateway, gateway_key, allow_unsigned_tail=allow_unsigned_tail
     )
     report = ReconcileReport(gateway_report)
-    raw_at: dict[int, bytes] = {}
-    requests: dict[str, tuple[int, Entry]] = {}
-    outcomes: dict[str, dict[str, Any]] = {}
+    logged_at: dict[int, Entry] = {}
+    requests: dict[str, list[int]] = {}
+    outcomes: dict[tuple[str, str], dict[str, Any]] = {}
     for index, entry in _entries(gateway):
         if entry.kind is EntryKind.REQUEST:
-            requests[entry.query_id] = (index, entry)
-            raw_at[index] = entry.raw
+            logged_at[index] = entry
+            requests.setdefault(entry.query_id, []).append(index)
         elif entry.kind is EntryKind.OUTCOME:
-            outcomes[entry.query_id] = {
+            outcomes[(entry.query_id, entry.text("request_digest"))] = {
                 str(r.get("node_id")): r for r in entry.fields["results"] if isinstance(r, dict)
             }
     origin = gateway.get_meta("origin") or ""
@@ -97,25 +107,48 @@ def reconcile(
             node.store, node.key, allow_unsigned_tail=allow_unsigned_tail
         )
         report.nodes[node.node_id] = node_report
-        receipts = {e.query_id: e for _, e in _entries(node.store) if e.kind is EntryKind.RECEIPT}
+        receipts = [e for _, e in _entries(node.store) if e.kind is EntryKind.RECEIPT]
         report.receipts[node.node_id] = len(receipts)
         diff = report.differences
         seen_checkpoints: set[str] = set()
-        for query_id, receipt in receipts.items():
+        answered: set[tuple[str, str]] = set()
+        withdrawn = {
+            (r.query_id, r.text("request_digest"), r.text("answer_digest"))
+            for r in receipts
+            if r.text("status") == NOT_DELIVERED
+        }
+        withdrawn_requests = {(query_id, digest) for query_id, digest, _ in withdrawn}
+        for receipt in receipts:
+            asked = (receipt.query_id, receipt.text("request_digest"))
+            delivered = (
+                receipt.text("status") != NOT_DELIVERED
+                and (*asked, receipt.text("answer_digest")) not in withdrawn
+            )
+            if delivered:
+                answered.add(asked)
             diff.extend(
-                _check_receipt(node.node_id, receipt, requests, raw_at, outcomes.get(query_id))
+                _check_receipt(
+                    node.node_id,
+                    receipt,
+                    logged_at,
+                    requests,
+                    outcomes.get(asked),
+                    delivered=delivered,
+                )
             )
             note = receipt.text("gateway_checkpoint")
             if note not in seen_checkpoints:
                 seen_checkpoints.add(note)
-                found = _check_witnessed(node.node_id, query_id, note, gateway_key, origin, tree)
+                found = _check_witnessed(
+                    node.node_id, receipt.query_id, note, gateway_key, origin, tree
+                )
                 if found is not None:
                     diff.append(found)
-        for query_id, results in outcomes.items():
+        for (query_id, digest), results in outcomes.items():
             result = results.get(node.node_id)
             if result is None or result.get("status") not in ANSWERING:
                 continue
-            if query_id not in receipts:
+            if (query_id, digest) not in answered and (query_id, digest) not in withdrawn_requests:
                 diff.append(
                     Difference(
                         node.node_id,
@@ -130,27 +163,47 @@ def reconcile(
 def _check_receipt(
     node_id: str,
     receipt: Entry,
-    requests: dict[str, tuple[int, Entry]],
-    raw_at: dict[int, bytes],
+    logged_at: dict[int, Entry],
+    requests: dict[str, list[int]],
     outcome: dict[str, Any] | None,
+    *,
+    delivered: bool = True,
 ) -> list[Difference]:
+    """What is wrong with one receipt; ``delivered`` is false for an answer the node withdrew."""
     query_id = receipt.query_id
     index = receipt.fields["gateway_leaf_index"]
-    logged = raw_at.get(index)
-    if logged is None or leaf_hash(logged) != leaf_hash(receipt.text("gateway_entry").encode()):
-        where = f"entry {index}" if query_id not in requests else f"entry {requests[query_id][0]}"
+    request = logged_at.get(index)
+    if request is None or leaf_hash(request.raw) != leaf_hash(
+        receipt.text("gateway_entry").encode()
+    ):
+        same_id = requests.get(query_id, [])
+        where = (
+            f"at entry {index}; the gateway logged query {query_id} only at "
+            + ", ".join(f"entry {i}" for i in same_id)
+            + ", for another request: it sent two requests under one query id"
+            if same_id
+            else f"at entry {index}"
+        )
         return [
             Difference(
                 node_id,
                 query_id,
-                f"the node answered a request that the gateway's ledger does not hold as logged "
-                f"(expected at {where})",
+                "the node answered a request that the gateway's ledger does not hold as logged "
+                f"(expected {where}); ask the gateway's operator what this request was and "
+                "why it is not in the ledger",
             )
         ]
-    _, request = requests[query_id]
     found = []
     if request.text("request_digest") != receipt.text("request_digest"):
-        found.append(Difference(node_id, query_id, "request digests differ"))
+        found.append(
+            Difference(
+                node_id,
+                query_id,
+                f"request digests differ: the node answered {receipt.text('request_digest')[:16]}"
+                f"…, the gateway logged {request.text('request_digest')[:16]}… at entry {index}",
+            )
+        )
+        return found
     if node_id not in request.fields["targets"]:
         found.append(
             Difference(node_id, query_id, "the node answered a request not addressed to it")
@@ -168,6 +221,24 @@ def _check_receipt(
         return found
     result = outcome.get(node_id)
     status = None if result is None else result.get("status")
+    if not delivered:
+        # The node says this answer never left: the gateway cannot have it.
+        # The not-delivered receipt speaks for the pair; the one it withdraws is quiet.
+        if (
+            receipt.text("status") == NOT_DELIVERED
+            and status in ANSWERING
+            and result is not None
+            and result.get("answer_digest") == receipt.text("answer_digest")
+        ):
+            found.append(
+                Difference(
+                    node_id,
+                    query_id,
+                    "the node recorded this answer as not delivered, yet the gateway recorded "
+                    "receiving it (same answer digest): one of the two ledgers is wrong",
+                )
+            )
+        return found
     if status not in ANSWERING:
         found.append(
             Difference(
@@ -217,7 +288,8 @@ def _check_witnessed(
             node_id,
             query_id,
             f"the gateway's first {cp.size} entries no longer hash to the checkpoint it gave "
-            "this node: its history was rewritten",
+            "this node: its history was rewritten, or it showed this node another history "
+            "(a forked log)",
         )
     return None
 

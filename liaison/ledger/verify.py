@@ -4,16 +4,26 @@ Everything is recomputed: every leaf from the entry's bytes, the tree from
 the leaves, every checkpoint's signature, and each checkpoint's root against
 the recomputed tree. A problem names the first place it shows: an entry by
 index, a checkpoint by its position and time.
+
+A prefix of a valid log is itself a valid log, so a lone copy cannot show
+that it is whole: one rolled back to an earlier checkpoint verifies just as
+cleanly. What can show it is a checkpoint of the same log held by someone the
+writer cannot reach afterwards, a *witness*: a checkpoint file an auditor
+saved earlier, or the gateway checkpoints every node keeps in its receipts.
+A witness that saw a larger tree than the copy holds, or a different one,
+fails the copy. For a live ledger, a maximum age of the newest checkpoint
+catches a copy rolled back to a stale one.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 from liaison.errors import CheckpointError, EntryError, ProofError
 from liaison.keys import VerifyingKey
-from liaison.ledger.checkpoint import Checkpoint, open_checkpoint
+from liaison.ledger.checkpoint import Checkpoint, open_checkpoint, parse_unverified
 from liaison.ledger.entries import EntryKind, parse_entry
 from liaison.ledger.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, verify_consistency
 from liaison.ledger.store import LedgerStore, StoredCheckpoint
@@ -34,6 +44,39 @@ class Finding:
         return f"{self.where}: {self.message}"
 
 
+@dataclass(frozen=True, slots=True)
+class Witness:
+    """Signed checkpoints of a log kept by someone other than its writer.
+
+    ``notes`` pairs where each checkpoint was found (for messages) with its
+    signed note. Build one with :func:`kept_witness` or :func:`receipts_witness`.
+    """
+
+    name: str
+    notes: tuple[tuple[str, str], ...]
+    # The auditor's own saved checkpoints: each must be of this log.
+    kept: bool = False
+
+    @property
+    def saw(self) -> str:
+        return "you saw" if self.kept else "the witness saw"
+
+    @property
+    def whom(self) -> str:
+        return "you" if self.kept else "the witness"
+
+
+@dataclass(slots=True)
+class WitnessSummary:
+    """What one witness vouched for: how many checkpoints of this log, and the largest."""
+
+    name: str
+    # Checkpoints of this log it holds, and how many of them check out.
+    seen: int = 0
+    checkpoints: int = 0
+    largest: Checkpoint | None = None
+
+
 @dataclass(slots=True)
 class VerifyReport:
     ledger: str
@@ -46,6 +89,20 @@ class VerifyReport:
     unfinished: int = 0
     problems: list[Finding] = field(default_factory=list)
     warnings: list[Finding] = field(default_factory=list)
+    # When the check ran, for the age of the newest checkpoint.
+    checked_at_ms: int = 0
+    max_age_s: float | None = None
+    witnesses: list[WitnessSummary] = field(default_factory=list)
+
+    @property
+    def witnessed(self) -> Checkpoint | None:
+        """The largest checkpoint a witness holds that this copy checks out against."""
+        found = [w.largest for w in self.witnesses if w.largest is not None]
+        return max(found, key=lambda c: (c.size, c.time_ms), default=None)
+
+    @property
+    def latest_age_ms(self) -> int | None:
+        return None if self.latest is None else self.checked_at_ms - self.latest.time_ms
 
     @property
     def ok(self) -> bool:
@@ -65,12 +122,28 @@ def verify_ledger(
     *,
     origin: str | None = None,
     kept: Sequence[str] = (),
+    witnesses: Sequence[Witness] = (),
+    warn_unwitnessed: bool = False,
+    max_age_s: float | None = None,
+    now_ms: int | None = None,
     allow_unsigned_tail: bool = False,
     progress: Progress | None = None,
 ) -> tuple[VerifyReport, MerkleTree]:
-    """Check ``store`` against ``key``; ``kept`` are checkpoint notes the auditor saved earlier."""
+    """Check ``store`` against ``key``.
+
+    ``kept`` are checkpoint notes the auditor saved earlier and ``witnesses``
+    other parties' checkpoints of this log: the copy fails if any saw a larger
+    or a different tree. ``warn_unwitnessed`` warns when no witness holds a
+    checkpoint of this log (a lone copy may be rolled back); ``max_age_s``
+    fails a copy whose newest checkpoint is older than that at ``now_ms``.
+    """
     origin = origin or store.get_meta("origin") or ""
-    report = VerifyReport(ledger=store.url, origin=origin)
+    report = VerifyReport(
+        ledger=store.url,
+        origin=origin,
+        checked_at_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms,
+        max_age_s=max_age_s,
+    )
     rebuilt = _rebuild(store, report, progress)
     tree = rebuilt.tree
     report.size = tree.size
@@ -79,8 +152,9 @@ def verify_ledger(
     failed_before = len(report.problems)
     covered = _check_checkpoints(store.checkpoints(), key, origin, rebuilt, report, interval_s)
     checkpoints_failed = len(report.problems) > failed_before
-    for i, note in enumerate(kept, start=1):
-        covered = max(covered, _check_kept(note, i, key, origin, tree, report))
+    every = [kept_witness(kept), *witnesses] if kept else list(witnesses)
+    for witness in every:
+        covered = max(covered, _check_witness(witness, key, origin, rebuilt, report))
     if covered < tree.size:
         advice = (
             "not covered by any checkpoint that verifies (see the problems above)"
@@ -92,7 +166,177 @@ def verify_ledger(
         )
         finding = Finding(f"entries {covered}..{tree.size - 1}", advice, covered)
         (report.warnings if allow_unsigned_tail else report.problems).append(finding)
+    if max_age_s is not None:
+        _check_age(report, max_age_s)
+    if warn_unwitnessed and not any(w.seen for w in report.witnesses):
+        report.warnings.append(
+            Finding(
+                "witnesses",
+                f"{'none holds a checkpoint of this log' if report.witnesses else 'none given'}"
+                f": this copy shows that its {tree.size:,} entries are a log signed "
+                "by the key, not that the log ends there; a copy rolled back to an earlier "
+                "checkpoint verifies just the same. Check it against a witness: --witness with "
+                "a node's receipts ledger (or an earlier copy of this ledger), or --checkpoint "
+                "with a checkpoint saved by an earlier `liaison audit verify --save-checkpoint`",
+            )
+        )
     return report, tree
+
+
+def kept_witness(notes: Sequence[str]) -> Witness:
+    """The checkpoints an auditor saved from earlier audits, numbered from 1."""
+    return Witness(
+        "kept checkpoints",
+        tuple((f"kept checkpoint {i}", note) for i, note in enumerate(notes, start=1)),
+        kept=True,
+    )
+
+
+def receipts_witness(store: LedgerStore, name: str) -> Witness:
+    """Every checkpoint held in the ledger at ``store``, each once.
+
+    A node's receipts ledger holds, in each receipt, the gateway checkpoint
+    that proved the request was logged; an earlier copy of a ledger holds
+    that ledger's own checkpoints. Both are signed by the log's key, so the
+    witness ledger need not be trusted or verified for them to count.
+    Checkpoints of other logs are kept here and skipped by the verifier.
+    """
+    found: dict[str, str] = {}
+    for position, row in enumerate(store.checkpoints(), start=1):
+        found.setdefault(row.note, f"{name} checkpoint #{position}")
+    for index, _leaf, raw in store.rows():
+        try:
+            entry = parse_entry(raw)
+        except EntryError:
+            continue  # that ledger's own verification reports it
+        if entry.kind is EntryKind.RECEIPT:
+            found.setdefault(entry.text("gateway_checkpoint"), f"{name} entry {index}")
+    return Witness(name, tuple((where, note) for note, where in found.items()))
+
+
+def _check_witness(
+    witness: Witness, key: VerifyingKey, origin: str, rebuilt: _Rebuilt, report: VerifyReport
+) -> int:
+    """Check every checkpoint of this log that ``witness`` holds; return the largest that fits."""
+    summary = WitnessSummary(witness.name)
+    report.witnesses.append(summary)
+    for where, note in witness.notes:
+        if not witness.kept and origin:
+            # A node may answer several gateways: their checkpoints are not this log's.
+            try:
+                if parse_unverified(note).origin != origin:
+                    continue
+            except CheckpointError as exc:
+                report.problems.append(
+                    Finding(where, f"holds a checkpoint that does not parse ({exc})")
+                )
+                continue
+        summary.seen += 1
+        cp = _check_witnessed(where, note, witness, key, origin, rebuilt, report)
+        if cp is not None:
+            summary.checkpoints += 1
+            if summary.largest is None or (cp.size, cp.time_ms) > (
+                summary.largest.size,
+                summary.largest.time_ms,
+            ):
+                summary.largest = cp
+    if not summary.seen and not witness.kept:
+        report.warnings.append(
+            Finding(
+                witness.name,
+                f"holds no checkpoint of log {origin or '(unknown origin)'}, so it witnesses "
+                "nothing for this ledger; give the receipts ledger of a node this log's "
+                "gateway asks, or an earlier copy of this ledger",
+            )
+        )
+    return 0 if summary.largest is None else summary.largest.size
+
+
+def _check_witnessed(
+    where: str,
+    note: str,
+    witness: Witness,
+    key: VerifyingKey,
+    origin: str,
+    rebuilt: _Rebuilt,
+    report: VerifyReport,
+) -> Checkpoint | None:
+    tree = rebuilt.tree
+    try:
+        cp = open_checkpoint(note, key, origin=origin or None)
+    except CheckpointError as exc:
+        report.problems.append(Finding(where, f"does not verify ({exc})"))
+        return None
+    where = f"{where} (size {cp.size}, time {cp.time_ms})"
+    if cp.size > tree.size:
+        report.problems.append(
+            Finding(
+                where,
+                f"{witness.saw} {cp.size} entries, the ledger now holds {tree.size}: "
+                f"entries {tree.size}..{cp.size - 1} were removed (truncated): this copy was "
+                "cut short or rolled back to an earlier checkpoint; ask the ledger's operator "
+                "for the whole ledger and why this copy lacks them",
+                tree.size,
+            )
+        )
+        return None
+    if rebuilt.first_missing is not None and cp.size > rebuilt.first_missing:
+        report.problems.append(
+            Finding(
+                where,
+                f"cannot be checked: entry {rebuilt.first_missing}, which it covers, is missing",
+                rebuilt.first_missing,
+            )
+        )
+        return None
+    if tree.root(cp.size) != cp.root:
+        report.problems.append(
+            Finding(
+                where,
+                f"the ledger's first entries no longer hash to what {witness.saw}: rewritten, or "
+                f"the writer showed {witness.whom} another history "
+                "(a forked log); keep both copies as evidence and ask the operator",
+            )
+        )
+        return None
+    return cp
+
+
+def _check_age(report: VerifyReport, max_age_s: float) -> None:
+    latest = report.latest
+    if latest is None:
+        report.problems.append(
+            Finding(
+                "newest checkpoint",
+                f"none verifies, so nothing shows this copy is younger than --max-age "
+                f"{max_age_s:g} s; fetch a fresh copy of the ledger",
+            )
+        )
+        return
+    age_ms = report.checked_at_ms - latest.time_ms
+    if age_ms > max_age_s * 1000:
+        report.problems.append(
+            Finding(
+                f"newest checkpoint (size {latest.size}, time {latest.time_ms})",
+                f"signed {describe_age(age_ms)} ago, expected at most {max_age_s:g} s for a "
+                "live ledger: its writer stopped signing, or this copy was rolled back to an "
+                "earlier checkpoint; fetch a fresh copy, and check it against a witness "
+                "(a node's receipts)",
+                latest.size,
+            )
+        )
+
+
+def describe_age(ms: int) -> str:
+    """A duration for people: "42 s", "17 min", "5 h", "3 d"."""
+    seconds = ms / 1000
+    if abs(seconds) < 120:
+        return f"{seconds:.0f} s"
+    if abs(seconds) < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    if abs(seconds) < 2 * 86400:
+        return f"{seconds / 3600:.0f} h"
+    return f"{seconds / 86400:.0f} d"
 
 
 def _float(text: str | None) -> float:
@@ -118,6 +362,8 @@ def _rebuild(store: LedgerStore, report: VerifyReport, progress: Progress | None
     edited: list[int] = []
     first_missing: int | None = None
     requests: dict[str, int] = {}
+    # A node's receipts by query id: the first receipt's index and request digest.
+    receipts: dict[str, tuple[int, str]] = {}
     finished: set[str] = set()
     kinds: dict[EntryKind, int] = dict.fromkeys(EntryKind, 0)
     expected = 0
@@ -162,7 +408,10 @@ def _rebuild(store: LedgerStore, report: VerifyReport, progress: Progress | None
                     Finding(
                         f"entry {index}",
                         f"a second request entry for query {query_id} "
-                        f"(the first is entry {requests[query_id]}): copied or replayed",
+                        f"(the first is entry {requests[query_id]}): copied or replayed, or two "
+                        "requests sent under one query id; expected one request per query id. "
+                        "Reconcile with the nodes' receipts (`liaison audit reconcile`) to see "
+                        "which of them each node answered",
                         index,
                     )
                 )
@@ -179,6 +428,8 @@ def _rebuild(store: LedgerStore, report: VerifyReport, progress: Progress | None
                     )
                 )
             finished.add(query_id)
+        elif kind is EntryKind.RECEIPT:
+            _check_receipt_id(index, entry.query_id, entry.text("request_digest"), receipts, report)
         if progress is not None and expected % 50_000 == 0:
             progress(expected)
     report.kinds.update({k.value: n for k, n in kinds.items() if n})
@@ -187,6 +438,42 @@ def _rebuild(store: LedgerStore, report: VerifyReport, progress: Progress | None
     report.unfinished = len(set(requests) - finished)
     # Built in one pass at the end: level by level is cheaper than leaf by leaf.
     return _Rebuilt(MerkleTree.from_leaf_hashes(leaves), edited, first_missing)
+
+
+def _check_receipt_id(
+    index: int,
+    query_id: str,
+    digest: str,
+    receipts: dict[str, tuple[int, str]],
+    report: VerifyReport,
+) -> None:
+    """One receipt per query id: a second one for other bytes is a second request under its id."""
+    first = receipts.setdefault(query_id, (index, digest))
+    if first[0] == index:
+        return
+    first_index, first_digest = first
+    if digest != first_digest:
+        report.problems.append(
+            Finding(
+                f"entry {index}",
+                f"a second receipt for query {query_id} (the first is entry {first_index}) "
+                f"for another request (request digest {digest[:16]}…, the first "
+                f"{first_digest[:16]}…): the gateway sent two requests under one query id, "
+                "expected one. Reconcile with the gateway's ledger (`liaison audit reconcile`) "
+                "to see which one it logged",
+                index,
+            )
+        )
+    else:
+        report.warnings.append(
+            Finding(
+                f"entry {index}",
+                f"a second receipt for the same request of query {query_id} (the first is "
+                f"entry {first_index}): the node answered it twice (a retry after a failed "
+                "answer) or the entry was copied",
+                index,
+            )
+        )
 
 
 def _check_checkpoints(
@@ -295,34 +582,6 @@ def _check_sequence(
                 f"{interval_s:g} s): the log was stopped, or checkpoints were removed",
             )
         )
-
-
-def _check_kept(
-    note: str, number: int, key: VerifyingKey, origin: str, tree: MerkleTree, report: VerifyReport
-) -> int:
-    where = f"kept checkpoint {number}"
-    try:
-        cp = open_checkpoint(note, key, origin=origin or None)
-    except CheckpointError as exc:
-        report.problems.append(Finding(where, f"does not verify ({exc})"))
-        return 0
-    where = f"kept checkpoint {number} (size {cp.size}, time {cp.time_ms})"
-    if cp.size > tree.size:
-        report.problems.append(
-            Finding(
-                where,
-                f"you saw {cp.size} entries, the ledger now holds {tree.size}: "
-                f"entries {tree.size}..{cp.size - 1} were removed (truncated)",
-                tree.size,
-            )
-        )
-        return 0
-    if tree.root(cp.size) != cp.root:
-        report.problems.append(
-            Finding(where, "the ledger's first entries no longer hash to what you saw: rewritten")
-        )
-        return 0
-    return cp.size
 
 
 def _first(start: int, edited: list[int]) -> int:

@@ -219,19 +219,22 @@ class Summary:
 def summarise(all_rows: Iterable[Row], filters: Filters) -> Summary:
     """Count requests in the period and the outcome each node gave them."""
     summary = Summary(filters.since_ms, filters.until_ms)
-    counted: set[str] = set()
-    outcomes: dict[str, Row] = {}
+    # By query id and request digest: an id used for two requests (which
+    # `verify` reports) must not lend one request the other's outcome.
+    counted: set[tuple[str, str]] = set()
+    outcomes: dict[tuple[str, str], Row] = {}
     for row in all_rows:
+        asked = (row.query_id, str(row.entry.get("request_digest", "")))
         if row.kind == EntryKind.OUTCOME.value:
-            outcomes[row.query_id] = row
+            outcomes[asked] = row
         elif row.kind == EntryKind.REQUEST.value and filters.match(row):
-            counted.add(row.query_id)
+            counted.add(asked)
             summary.queries += 1
             summary.by_agency[row.agency] += 1
             summary.by_purpose[row.purpose] += 1
             summary.by_dataset[row.dataset] += 1
-    for query_id in counted:
-        outcome = outcomes.get(query_id)
+    for asked in counted:
+        outcome = outcomes.get(asked)
         if outcome is None:
             summary.unfinished += 1
             continue
