@@ -18,6 +18,7 @@ from gateway.service import GatewayServicer
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import GatewayConfig, load_gateway_config
 from liaison.errors import ConfigError
+from liaison.grpc_errors import MalformedRequestsAio
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger
@@ -54,6 +55,7 @@ def build_gateway(
         signing_key,
         gateway_origin(config.gateway_id),
         checkpoint_interval_s=config.checkpoint_interval_s,
+        timeouts=config.ledger_timeouts,
     )
     core = GatewayCore(
         gateway_id=config.gateway_id,
@@ -77,15 +79,15 @@ async def start_gateway_server(
     dry_runner: DryRunner | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Serve ``core``; ``dry_runner`` defaults to one caching policies for a minute."""
-    server = grpc.aio.server(options=SERVER_OPTIONS)
+    server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MalformedRequestsAio()])
     servicer = GatewayServicer(core, verifier, dry_runner)
     pb_gateway_grpc.add_GatewayServiceServicer_to_server(servicer, server)
     health = await add_health_and_reflection_aio(server, [SERVICE_NAME])
     loop = asyncio.get_running_loop()
 
     def ledger_health(healthy: bool) -> None:
-        # Called from the ledger's writer thread: a gateway that cannot log
-        # cannot ask, and load balancers should hear so.
+        # Called from the ledger's writer or watchdog thread: a gateway that
+        # cannot log cannot ask, and load balancers should hear so.
         status = (
             health_pb2.HealthCheckResponse.SERVING
             if healthy
@@ -95,6 +97,9 @@ async def start_gateway_server(
             asyncio.run_coroutine_threadsafe(health.set(name, status), loop)
 
     core.ledger.on_health_change = ledger_health
+    if not core.ledger.healthy:
+        # It failed before anyone was listening: say so now.
+        ledger_health(False)
     port = bind(server, listen, tls)
     await server.start()
     return server, port

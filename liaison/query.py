@@ -14,6 +14,13 @@ from liaison.errors import InvalidQuery
 
 MAX_IN_VALUES = 1000
 MAX_PREDICATES = 32
+# Values in all of a query's predicates together. Every value is logged as a
+# 64-hex-digit keyed hash, and a node's receipt quotes the gateway's entry
+# whole, so this keeps both entries under the ledger's MAX_ENTRY_BYTES (1 MiB)
+# with room to spare: 10,000 values make a request entry of about 0.7 MB and
+# a receipt of about 0.75 MB. Larger sets go out as several queries, as
+# liaison.batch sends them (1,000 values at a time).
+MAX_QUERY_VALUES = 10_000
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100
 MAX_CASE_REF_LENGTH = 128
@@ -82,6 +89,12 @@ def validate_query(query: Query, catalog: Catalog) -> Query:
     dataset = catalog.dataset(query.dataset)
     if len(query.predicates) > MAX_PREDICATES:
         raise InvalidQuery(f"a query takes at most {MAX_PREDICATES} predicates")
+    total = sum(len(p.values) for p in query.predicates)
+    if total > MAX_QUERY_VALUES:
+        raise InvalidQuery(
+            f"a query takes at most {MAX_QUERY_VALUES} values in all its predicates together, "
+            f"got {total}; split the values over several queries"
+        )
     predicates = tuple(_validate_predicate(p, dataset) for p in query.predicates)
     op = query.operation
     if op is Operation.RECORDS:

@@ -391,8 +391,10 @@ def test_an_unwritable_ledger_refuses_searches_until_it_is_writable(
 def test_a_ledger_that_does_not_confirm_in_time_refuses_the_search_then_recovers(
     federation: Federation, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # prepare: another writer holds the ledger file's lock past the gateway's patience
-    monkeypatch.setattr(gateway.search, "LEDGER_TIMEOUT_S", 1.0)
+    # prepare: another writer holds the ledger file's lock past the gateway's
+    # patience, here its backstop, brought forward to 1 s
+    write_s = federation.gateway.core.ledger.write_timeout_s
+    monkeypatch.setattr(gateway.search, "LEDGER_TIMEOUT_MARGIN_S", 1.0 - write_s)
     token = investigator_token(federation.root)
     address = federation.gateway.address
     nonces_before = nonces_seen(federation.root)

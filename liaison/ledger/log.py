@@ -9,6 +9,12 @@ so it needs no lock.
 The writer also signs a checkpoint every ``checkpoint_interval_s``, even
 when nothing was appended: a deleted tail or a stopped log then shows as a
 missing stretch of checkpoints.
+
+A watchdog bounds every write by the store's ``timeouts.write_s``: a write
+that has not returned by then (a database that stopped answering, its
+connection still open) marks the ledger unavailable, refuses everyone waiting
+and everyone who comes until a probe commits again, and cuts the stuck
+connection. While unavailable, the writer probes every ``retry_interval_s``.
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, InvalidStateError
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 from liaison import __version__
 from liaison.errors import LedgerError, LedgerUnavailable
@@ -27,11 +35,13 @@ from liaison.keys import SigningKey
 from liaison.ledger.checkpoint import Checkpoint, SignedCheckpoint, check_origin, sign_checkpoint
 from liaison.ledger.entries import opened_entry
 from liaison.ledger.merkle import MerkleTree, leaf_hash
-from liaison.ledger.store import LedgerStore
+from liaison.ledger.store import LedgerStore, LedgerTimeouts
 
 log = logging.getLogger("liaison.ledger")
 
 DEFAULT_CHECKPOINT_INTERVAL_S = 30.0
+# While writes fail, how often the writer tries a committed probe.
+DEFAULT_RETRY_INTERVAL_S = 1.0
 MAX_BATCH = 1024
 
 
@@ -65,6 +75,17 @@ def _closed_error() -> LedgerUnavailable:
     return LedgerUnavailable("the ledger is closed; restart the service")
 
 
+def _settle(future: Future[Appended], result: Appended | BaseException) -> None:
+    """Resolve ``future`` unless the watchdog already failed it (a write that came back late)."""
+    try:
+        if isinstance(result, BaseException):
+            future.set_exception(result)
+        else:
+            future.set_result(result)
+    except InvalidStateError:
+        pass
+
+
 class Ledger:
     """An append-only, signed Merkle log over a :class:`LedgerStore`."""
 
@@ -75,11 +96,14 @@ class Ledger:
         origin: str,
         *,
         checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S,
+        retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
     ) -> None:
         self.store = store
         self.key = key
         self.origin = check_origin(origin)
         self.checkpoint_interval_s = checkpoint_interval_s
+        self.retry_interval_s = retry_interval_s
+        self.write_timeout_s = store.timeouts.write_s
         try:
             store.lock_writer()
             self._check_identity()
@@ -99,6 +123,17 @@ class Ledger:
         self._commit_lock = threading.Lock()
         # Told True/False when writes start failing or work again (health checks).
         self.on_health_change: Callable[[bool], None] | None = None
+        # Orders failure and recovery, which the watchdog and the writer both report.
+        self._health_lock = threading.Lock()
+        # When the store call under way began (None when none is), the entries
+        # it is writing, and whether one overran the write timeout; then every
+        # append is refused at once until a write succeeds again.
+        self._busy_since: float | None = None
+        self._inflight: list[_Pending] = []
+        self._stalled = False
+        self._watch_stop = threading.Event()
+        self._watchdog = threading.Thread(target=self._watch, name="ledger-watchdog", daemon=True)
+        self._watchdog.start()
         # The reopening is itself logged and checkpointed before anything else,
         # so requests cut short by a crash are explained by the next entry.
         self._commit(
@@ -117,6 +152,7 @@ class Ledger:
         )
         self._store_checkpoint()
         if not self.healthy:
+            self._stop_watchdog()
             store.close()
             raise self._failure or LedgerUnavailable(f"cannot write the ledger at {store.url}")
         self._thread = threading.Thread(target=self._run, name="ledger-writer", daemon=True)
@@ -130,8 +166,16 @@ class Ledger:
         origin: str,
         *,
         checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S,
+        timeouts: LedgerTimeouts | None = None,
+        retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
     ) -> Ledger:
-        return cls(LedgerStore(location), key, origin, checkpoint_interval_s=checkpoint_interval_s)
+        return cls(
+            LedgerStore(location, timeouts=timeouts),
+            key,
+            origin,
+            checkpoint_interval_s=checkpoint_interval_s,
+            retry_interval_s=retry_interval_s,
+        )
 
     def _check_identity(self) -> None:
         # One file, one log: appending under another origin or key would make
@@ -163,11 +207,18 @@ class Ledger:
         """Queue ``entry``; the future resolves once it is durable (or fails)."""
         future: Future[Appended] = Future()
         with self._gate:
-            if not self._closed:
+            refusal = _closed_error() if self._closed else self._stalled_error()
+            if refusal is None:
                 self._queue.put(_Pending(entry, prove, future))
                 return future
-        future.set_exception(_closed_error())
+        future.set_exception(refusal)
         return future
+
+    def _stalled_error(self) -> LedgerError | None:
+        # A write is stuck or was: waiting behind it would only time out later.
+        if not self._stalled:
+            return None
+        return self._failure or LedgerUnavailable(f"cannot write the ledger at {self.store.url}")
 
     def append(self, entry: bytes, *, prove: bool = False, timeout_s: float = 30) -> Appended:
         """Append ``entry`` and wait until it is durable.
@@ -177,6 +228,9 @@ class Ledger:
         costs two thread switches, which on a busy machine cost more than the
         fsync. Otherwise it queues and waits, as ``submit`` does.
         """
+        refusal = self._stalled_error()
+        if refusal is not None:
+            raise refusal
         if not self._commit_lock.acquire(blocking=False):
             return self.submit(entry, prove=prove).result(timeout_s)
         try:
@@ -220,7 +274,13 @@ class Ledger:
                     break
                 if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
                     item.future.set_exception(_closed_error())
+            self._stop_watchdog()
             self.store.close()
+
+    def _stop_watchdog(self) -> None:
+        self._watch_stop.set()
+        if self._watchdog is not threading.current_thread():
+            self._watchdog.join(5)
 
     def _run(self) -> None:
         try:
@@ -236,8 +296,10 @@ class Ledger:
 
     def _loop(self) -> None:
         next_checkpoint = time.monotonic() + self.checkpoint_interval_s
+        next_probe = next_checkpoint
         while True:
-            wait = max(0.0, next_checkpoint - time.monotonic())
+            wake = next_checkpoint if self._failure is None else min(next_checkpoint, next_probe)
+            wait = max(0.0, wake - time.monotonic())
             try:
                 first = self._queue.get(timeout=wait)
             except queue.Empty:
@@ -258,13 +320,65 @@ class Ledger:
             with self._commit_lock:
                 if batch:
                     self._commit(batch)
-                if stop or time.monotonic() >= next_checkpoint:
-                    if self._failure is not None:
-                        self._probe()
+                checkpoint_due = stop or time.monotonic() >= next_checkpoint
+                if self._failure is not None and (checkpoint_due or time.monotonic() >= next_probe):
+                    self._probe()
+                    next_probe = time.monotonic() + self.retry_interval_s
+                if checkpoint_due:
                     self._store_checkpoint()
                     next_checkpoint = time.monotonic() + self.checkpoint_interval_s
             if stop:
                 return
+
+    @contextmanager
+    def _watched(self, batch: list[_Pending] | None = None) -> Iterator[None]:
+        """Mark a store call under way, for the watchdog to time."""
+        self._inflight = batch or []
+        self._busy_since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._busy_since = None
+            self._inflight = []
+
+    def _watch(self) -> None:
+        limit = self.write_timeout_s
+        tick = min(0.05, limit / 4)
+        handled: float | None = None
+        last_cut = 0.0
+        while not self._watch_stop.wait(tick):
+            since = self._busy_since
+            if since is None or time.monotonic() - since < limit:
+                continue
+            if since != handled:
+                handled = since
+                self._stall(limit, inflight=list(self._inflight))
+                last_cut = time.monotonic()
+            elif time.monotonic() - last_cut >= limit:
+                # Still stuck: a reconnect may have opened another hung connection.
+                self.store.cut_connections()
+                last_cut = time.monotonic()
+
+    def _stall(self, limit: float, *, inflight: list[_Pending]) -> None:
+        """A write overran ``limit``: unavailable, tell everyone waiting, cut the connection."""
+        failure = LedgerUnavailable(
+            f"the ledger at {self.store.url} did not confirm a write within {limit:g} s; "
+            "its database is not answering (stopped, unreachable or locked), "
+            "so no query is sent until a write succeeds again"
+        )
+        self._stalled = True
+        self._fail(failure, reason="write timed out", timeout_s=limit)
+        for p in inflight:
+            _settle(p.future, failure)
+        for p in self._drain():
+            if p.future.set_running_or_notify_cancel():
+                p.future.set_exception(failure)
+        cut = self.store.cut_connections()
+        if cut:
+            log.warning(
+                "ledger connections cut",
+                extra={"ledger": self.store.url, "connections": cut, "timeout_s": limit},
+            )
 
     def _commit(self, batch: list[_Pending]) -> None:
         # A caller that gave up (a timeout, a cancelled RPC) asked nothing of
@@ -274,10 +388,11 @@ class Ledger:
             return
         leaves = [leaf_hash(p.entry) for p in batch]
         try:
-            self._resync()
-            self.store.append(
-                self.tree.size, list(zip(leaves, (p.entry for p in batch), strict=True))
-            )
+            with self._watched(batch):
+                self._resync()
+                self.store.append(
+                    self.tree.size, list(zip(leaves, (p.entry for p in batch), strict=True))
+                )
         except Exception as exc:
             failure = (
                 exc
@@ -288,7 +403,7 @@ class Ledger:
             )
             self._fail(failure)
             for p in batch:
-                p.future.set_exception(failure)
+                _settle(p.future, failure)
             return
         self._recovered()
         start = self.tree.size
@@ -301,9 +416,9 @@ class Ledger:
             index = start + i
             if p.prove and signed is not None:
                 path = tuple(self.tree.inclusion_proof(index, signed.checkpoint.size))
-                p.future.set_result(Appended(index, leaves[i], signed, path))
+                _settle(p.future, Appended(index, leaves[i], signed, path))
             else:
-                p.future.set_result(Appended(index, leaves[i]))
+                _settle(p.future, Appended(index, leaves[i]))
 
     def _resync(self) -> None:
         # After a failed commit whose fate is unknown (a dropped connection
@@ -322,11 +437,13 @@ class Ledger:
         return sign_checkpoint(self.key, checkpoint)
 
     def _probe(self) -> None:
-        # Only a write to the entries table proves entries can be written again;
-        # a checkpoint row landing in its own table proves nothing about them.
+        # Only a committed write to the entries table proves entries can be
+        # written again; a checkpoint row landing in its own table proves
+        # nothing about them.
         try:
-            self.store.probe()
-            self._resync()
+            with self._watched():
+                self.store.probe()
+                self._resync()
         except LedgerError:
             return
         self._recovered()
@@ -334,26 +451,33 @@ class Ledger:
     def _store_checkpoint(self) -> None:
         signed = self._sign()
         try:
-            self.store.add_checkpoint(
-                signed.checkpoint.size, signed.checkpoint.time_ms, signed.note
-            )
+            with self._watched():
+                self.store.add_checkpoint(
+                    signed.checkpoint.size, signed.checkpoint.time_ms, signed.note
+                )
         except LedgerError as exc:
             self._fail(exc)
             return
         self._last_checkpoint = signed
 
-    def _fail(self, exc: LedgerError) -> None:
-        first = self._failure is None
-        self._failure = exc
-        if first:
-            log.error("ledger write failed", extra={"ledger": self.store.url, "error": str(exc)})
-            if self.on_health_change is not None:
-                self.on_health_change(False)
+    def _fail(self, exc: LedgerError, **details: Any) -> None:
+        with self._health_lock:
+            first = self._failure is None
+            self._failure = exc
+            if first:
+                log.error(
+                    "ledger write failed",
+                    extra={"ledger": self.store.url, "error": str(exc), **details},
+                )
+                if self.on_health_change is not None:
+                    self.on_health_change(False)
 
     def _recovered(self) -> None:
-        if self._failure is None:
-            return
-        self._failure = None
-        log.warning("ledger writable again", extra={"ledger": self.store.url})
-        if self.on_health_change is not None:
-            self.on_health_change(True)
+        with self._health_lock:
+            self._stalled = False
+            if self._failure is None:
+                return
+            self._failure = None
+            log.warning("ledger writable again", extra={"ledger": self.store.url})
+            if self.on_health_change is not None:
+                self.on_health_change(True)

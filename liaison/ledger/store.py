@@ -9,7 +9,11 @@ store edited behind the ledger's back is found out, not believed.
 from __future__ import annotations
 
 import fcntl
+import os
+import socket
 import sqlite3
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -50,6 +54,58 @@ meta_table = sa.Table(
 )
 
 READ_BATCH = 20_000
+# The probe's row: never a real index, and deleted in the same transaction.
+PROBE_INDEX = -1
+# libpq drivers, which take connect_timeout, keepalives and server options.
+_LIBPQ_DRIVERS = ("psycopg", "psycopg2")
+
+
+@dataclass(frozen=True, slots=True)
+class LedgerTimeouts:
+    """How long the ledger waits on its database before it calls the database down.
+
+    ``write_s`` bounds every write (a commit, a checkpoint, a probe): one that
+    has not returned by then marks the ledger unavailable, and its connection
+    is cut so the writer can try again. The others are handed to the database:
+    ``connect_s`` as libpq's connect_timeout, ``statement_s`` as PostgreSQL's
+    statement_timeout; lock waits (PostgreSQL lock_timeout, SQLite
+    busy_timeout) end with ``write_s``.
+    """
+
+    connect_s: int = 5
+    write_s: float = 5.0
+    statement_s: int = 30
+
+    def __post_init__(self) -> None:
+        if self.connect_s < 1 or self.write_s <= 0 or self.statement_s < 1:
+            raise ConfigError(
+                "ledger timeouts must be positive (connect_timeout_s and statement_timeout_s "
+                f"at least 1), got {self.connect_s}, {self.write_s}, {self.statement_s}"
+            )
+
+
+def _libpq_arguments(url: sa.URL, timeouts: LedgerTimeouts) -> dict[str, Any]:
+    """Connection parameters that keep a hung or vanished PostgreSQL from hanging us.
+
+    Anything the URL sets itself wins, except that our server options are
+    appended to its ``options``.
+    """
+    wanted: dict[str, Any] = {
+        "connect_timeout": timeouts.connect_s,
+        # A server that vanished (host down, network cut) is noticed by TCP
+        # even while no statement runs, and unacknowledged data is dropped.
+        "keepalives": 1,
+        "keepalives_idle": 10,
+        "keepalives_interval": 5,
+        "keepalives_count": 3,
+        "tcp_user_timeout": max(1000, int(timeouts.write_s * 1000)),
+    }
+    arguments = {k: v for k, v in wanted.items() if k not in url.query}
+    lock_ms = max(1, int(timeouts.write_s * 1000))
+    server = f"-c statement_timeout={timeouts.statement_s * 1000} -c lock_timeout={lock_ms}"
+    given = url.query.get("options")
+    arguments["options"] = f"{given} {server}" if isinstance(given, str) and given else server
+    return arguments
 
 
 def _as_bytes(value: object) -> bytes:
@@ -84,22 +140,58 @@ def ledger_url(location: str | Path) -> str:
     return f"sqlite:///{Path(text).resolve()}"
 
 
-def _durable_sqlite(dbapi_connection: Any, _record: Any) -> None:
-    # WAL with synchronous=FULL: a commit that returned survives power loss,
-    # and readers (auditors, `liaison audit` on a live file) never block the writer.
-    if isinstance(dbapi_connection, sqlite3.Connection):
-        cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA busy_timeout=10000")
-        cursor.close()
+def _durable_sqlite(busy_ms: int) -> Any:
+    def on_connect(dbapi_connection: Any, _record: Any) -> None:
+        # WAL with synchronous=FULL: a commit that returned survives power loss,
+        # and readers (auditors, `liaison audit` on a live file) never block the writer.
+        if isinstance(dbapi_connection, sqlite3.Connection):
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            cursor.close()
+
+    return on_connect
+
+
+def _cut(dbapi_connection: Any) -> None:
+    """Shut down a libpq connection's socket, so a call blocked on it returns an error.
+
+    Only the socket is shut down (never its descriptor closed), from any
+    thread: libpq sees the connection end and the driver raises, as it would
+    had the server gone away.
+    """
+    try:
+        fd = int(dbapi_connection.fileno())
+    except Exception:  # a connection already closed has no socket left to cut
+        return
+    try:
+        cut = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        return
+    try:
+        cut.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        cut.close()
 
 
 class LedgerStore:
     """Entries, leaf hashes and checkpoints in three tables."""
 
-    def __init__(self, location: str | Path, *, create: bool = True) -> None:
+    def __init__(
+        self,
+        location: str | Path,
+        *,
+        create: bool = True,
+        timeouts: LedgerTimeouts | None = None,
+    ) -> None:
         self._writer_lock: Any = None
+        self.timeouts = timeouts or LedgerTimeouts()
+        # Every driver connection the engine opened, so a hung one can be cut.
+        self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
+        self._opened_lock = threading.Lock()
         url = ledger_url(location)
         try:
             parsed = sa.make_url(url)
@@ -114,12 +206,24 @@ class LedgerStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
             elif not path.is_file():
                 raise ConfigError(f"no ledger at {path}; check the path")
+        connect_args: dict[str, Any] = {}
+        if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in _LIBPQ_DRIVERS:
+            connect_args = _libpq_arguments(parsed, self.timeouts)
         try:
-            self.engine: Engine = sa.create_engine(parsed, pool_pre_ping=True)
+            self.engine: Engine = sa.create_engine(
+                parsed,
+                pool_pre_ping=True,
+                # Entries and selectors never appear in exception text or logs.
+                hide_parameters=True,
+                connect_args=connect_args,
+            )
         except (ArgumentError, ImportError) as exc:
             raise ConfigError(f"cannot use ledger database {self.url} ({exc})") from exc
         if parsed.get_backend_name() == "sqlite":
-            sa.event.listen(self.engine, "connect", _durable_sqlite)
+            busy_ms = max(1, int(self.timeouts.write_s * 1000))
+            sa.event.listen(self.engine, "connect", _durable_sqlite(busy_ms))
+        if parsed.get_backend_name() == "postgresql":
+            sa.event.listen(self.engine, "connect", self._remember)
         try:
             self._prepare(create)
         except BaseException:
@@ -191,6 +295,33 @@ class LedgerStore:
             self._writer_lock = None
         self.engine.dispose()
 
+    def _remember(self, dbapi_connection: Any, _record: Any) -> None:
+        with self._opened_lock:
+            self._opened.add(dbapi_connection)
+
+    def cut_connections(self) -> int:
+        """Cut every open PostgreSQL connection but the writer's lock; return how many.
+
+        For a database that stopped answering with the connection still open:
+        no timeout of libpq's ends a statement that waits for a reply that
+        never comes (the peer's kernel still acknowledges every byte), so a
+        write stuck past ``timeouts.write_s`` is ended from outside. Other
+        backends are left alone (SQLite's waits end with its busy_timeout).
+        """
+        if self.engine.dialect.name != "postgresql":
+            return 0
+        keep = None
+        if self._writer_lock is not None:
+            try:
+                keep = self._writer_lock.connection.dbapi_connection
+            except SQLAlchemyError:  # the lock's connection is already gone
+                keep = None
+        with self._opened_lock:
+            opened = [c for c in self._opened if c is not keep]
+        for dbapi_connection in opened:
+            _cut(dbapi_connection)
+        return len(opened)
+
     @contextmanager
     def _reading(self) -> Iterator[sa.Connection]:
         """A connection whose database errors become LedgerUnavailable."""
@@ -208,16 +339,20 @@ class LedgerStore:
         return 0 if top is None else int(top) + 1
 
     def probe(self) -> None:
-        """Raise LedgerUnavailable unless an entry could be written now (nothing is kept)."""
+        """Raise LedgerUnavailable unless an entry can be written now (nothing is kept).
+
+        The probe commits: it inserts a row into the entries table and deletes
+        it in one transaction, so the commit must reach the disk (the WAL and
+        its fsync) as an append's does. A rolled-back insert proves nothing:
+        it never leaves the page cache, so it succeeds on a full or read-only
+        disk, and health would flap between "writable" and "failed".
+        """
         try:
-            with self.engine.connect() as conn:
-                transaction = conn.begin()
-                try:
-                    conn.execute(
-                        entries_table.insert().values(idx=-1, leaf_hash=b"\0" * 32, entry=b"")
-                    )
-                finally:
-                    transaction.rollback()
+            with self.engine.begin() as conn:
+                conn.execute(
+                    entries_table.insert().values(idx=PROBE_INDEX, leaf_hash=b"\0" * 32, entry=b"")
+                )
+                conn.execute(entries_table.delete().where(entries_table.c.idx == PROBE_INDEX))
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(
                 f"cannot write the ledger at {self.url} ({_first_line(exc)})"
@@ -336,4 +471,6 @@ class LedgerStore:
                 conn.execute(meta_table.delete().where(meta_table.c.name == name))
                 conn.execute(meta_table.insert().values(name=name, value=value))
         except SQLAlchemyError as exc:
-            raise LedgerUnavailable(f"cannot write the ledger at {self.url} ({exc})") from exc
+            raise LedgerUnavailable(
+                f"cannot write the ledger at {self.url} ({_first_line(exc)})"
+            ) from exc
