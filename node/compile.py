@@ -36,6 +36,14 @@ def _condition(mapped: MappedDataset, predicate: Predicate) -> ColumnElement[boo
     if column is None:
         raise InvalidQuery(f"this node does not hold field {predicate.field!r}")
     values = [_bind(column, field.type, field.parse(v)) for v in predicate.values]
+    spelling = mapped.spelling(predicate.field)
+    if spelling is not None and predicate.comparator in (Comparator.EQ, Comparator.IN):
+        # Hex as the column stores it, compared with the bare column so its
+        # index stays usable (never LOWER(column)).
+        forms = list(dict.fromkeys(f for v in values for f in spelling.forms(str(v))))
+        if len(forms) == 1:
+            return column == forms[0]
+        return column.in_(forms)
     if predicate.comparator is Comparator.EQ:
         return column == values[0]  # type: ignore[no-any-return]  # Column[Any] comparisons are Any
     if predicate.comparator is Comparator.IN:

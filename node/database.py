@@ -6,17 +6,25 @@ never writing), so a bug in query compilation still cannot change data.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+import logging
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from liaison.catalog import Catalog, Dataset
-from liaison.config import DatasetMapping
+from liaison.catalog import Catalog, Dataset, FieldType
+from liaison.config import DatasetMapping, HexCase
 from liaison.errors import BackendError, ConfigError
+
+log = logging.getLogger("liaison.node")
+
+# Values read from each hex column at start to tell how it spells hex: the
+# first in storage order, and the first and last in the column's index order.
+HEX_SAMPLE = 1000
+_HEX_TYPES = (FieldType.HEX256, FieldType.HEX128)
 
 _READ_ONLY_SQL = {
     "sqlite": "PRAGMA query_only = ON",
@@ -29,7 +37,9 @@ _READ_ONLY_SQL = {
 def open_read_only(url: str) -> Engine:
     """Create an engine whose every connection refuses writes."""
     try:
-        engine = sa.create_engine(url, pool_pre_ping=True)
+        # hide_parameters: a failing query's exception text (and so any log
+        # line or traceback quoting it) must not carry the selectors asked.
+        engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
     except (ArgumentError, NoSuchModuleError) as exc:
         raise ConfigError(
             f"cannot use database_url ({exc}); install the driver, e.g. "
@@ -63,12 +73,59 @@ def open_read_only(url: str) -> Engine:
 
 
 @dataclass(frozen=True, slots=True)
+class HexSpelling:
+    """How one hex column stores hashes, so SQL is asked for them as stored.
+
+    Queries carry canonical lower-case hex; an equality on the column as it
+    is (no ``LOWER(column)``, which would defeat its index) finds a hash only
+    in the spelling it was stored in. ``case`` is LOWER, UPPER or MIXED (both
+    spellings asked), never DETECT. ``aliases`` holds other spellings met in a
+    full read of the column (padded, or mixing cases within one hash), by
+    canonical hash: the PDQ index learns them on every rebuild.
+    """
+
+    case: HexCase
+    aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+
+    def base_forms(self, canonical: str) -> tuple[str, ...]:
+        if self.case is HexCase.UPPER:
+            return (canonical.upper(),)
+        if self.case is HexCase.MIXED:
+            return (canonical, canonical.upper())
+        return (canonical,)
+
+    def forms(self, canonical: str) -> tuple[str, ...]:
+        """Every spelling of ``canonical`` to ask the database for."""
+        base = self.base_forms(canonical)
+        extra = tuple(a for a in self.aliases.get(canonical, ()) if a not in base)
+        return base + extra
+
+    def covers(self, canonical: str, stored: str) -> bool:
+        """Whether asking for :meth:`base_forms` finds ``stored``."""
+        return stored in self.base_forms(canonical)
+
+
+@dataclass(frozen=True, slots=True)
 class MappedDataset:
     """A catalog dataset bound to a reflected local table."""
 
     dataset: Dataset
     table: sa.Table
     columns: Mapping[str, sa.Column[Any]]  # catalog field -> local column
+    # Hex fields mapped to text columns -> how the column spells hex. Entries
+    # are replaced whole (see learn_aliases), never changed in place.
+    spellings: dict[str, HexSpelling] = field(default_factory=dict)
+
+    def spelling(self, field: str) -> HexSpelling | None:
+        return self.spellings.get(field)
+
+    def learn_aliases(self, field: str, aliases: Mapping[str, Iterable[str]]) -> None:
+        """Replace the spellings of ``field`` met beyond its case (from a full read)."""
+        current = self.spellings.get(field)
+        if current is not None:
+            self.spellings[field] = replace(
+                current, aliases={k: tuple(sorted(set(v))) for k, v in aliases.items()}
+            )
 
     @property
     def provided_fields(self) -> tuple[str, ...]:
@@ -111,12 +168,134 @@ def bind_schema(
                             f"{mapping.table}: {', '.join(c.name for c in table.c)}"
                         )
                     columns[field_name] = table.c[column_name]
-                bound[mapping.dataset] = MappedDataset(
-                    catalog.dataset(mapping.dataset), table, columns
-                )
+                dataset = catalog.dataset(mapping.dataset)
+                spellings = {
+                    name: _hex_spelling(conn, mapping, name, column)
+                    for name, column in columns.items()
+                    if dataset.field(name).type in _HEX_TYPES and isinstance(column.type, sa.String)
+                }
+                bound[mapping.dataset] = MappedDataset(dataset, table, columns, spellings)
+                if conn.dialect.name in ("mysql", "mariadb"):
+                    _check_collations(conn, mapping, dataset)
             return bound
     except SQLAlchemyError as exc:
         raise BackendError(
             f"cannot reach the agency database ({type(exc).__name__}); check database_url, "
             "that the server is up, and the account's rights"
         ) from exc
+
+
+def _hex_spelling(
+    conn: sa.Connection, mapping: DatasetMapping, name: str, column: sa.Column[Any]
+) -> HexSpelling:
+    """The configured case of a hex column, or the one a sample of it shows."""
+    configured = mapping.hex_case.get(name, HexCase.DETECT)
+    if configured is not HexCase.DETECT:
+        return HexSpelling(configured)
+    present = column.is_not(None)
+    sample: list[str] = []
+    for select in (
+        sa.select(column).where(present).limit(HEX_SAMPLE),
+        sa.select(column).where(present).order_by(column).limit(HEX_SAMPLE),
+        sa.select(column).where(present).order_by(column.desc()).limit(HEX_SAMPLE),
+    ):
+        sample.extend(str(v) for v in conn.execute(select).scalars())
+    lower = sum(1 for v in sample if v != v.upper())
+    upper = sum(1 for v in sample if v != v.lower())
+    within = sum(1 for v in sample if v != v.upper() and v != v.lower())
+    padded = sum(1 for v in sample if v != v.strip())
+    if lower and not upper:
+        case = HexCase.LOWER
+    elif upper and not lower:
+        case = HexCase.UPPER
+    else:
+        # Both spellings, or nothing to tell by (an empty column): ask for both.
+        case = HexCase.MIXED
+    where = {
+        "dataset": mapping.dataset,
+        "field": name,
+        "column": f"{mapping.table}.{column.name}",
+        "sampled": len(sample),
+    }
+    log.info("hex case detected", extra={**where, "case": case.value})
+    if (lower and upper) or padded:
+        log.warning(
+            "hex column spelled inconsistently",
+            extra={
+                **where,
+                "lower_case": lower - within,
+                "upper_case": upper - within,
+                "mixed_within_a_value": within,
+                "padded": padded,
+                "fix": (
+                    "both cases are asked for, so lower- and upper-case hashes match; a hash "
+                    "mixing cases within itself or padded with spaces matches only where the "
+                    "database ignores them: normalise the column (e.g. UPDATE ... SET col = "
+                    "LOWER(TRIM(col))) and set hex_case under [datasets.<name>.hex_case]"
+                ),
+            },
+        )
+    return HexSpelling(case)
+
+
+def _check_collations(conn: sa.Connection, mapping: DatasetMapping, dataset: Dataset) -> None:
+    """Warn about selector columns whose collation makes equality ignore case.
+
+    MariaDB's and MySQL's default collations (``*_ci``) compare ``'Alice'``
+    equal to ``'alice '``: a selector asked for could hit another person's
+    record. Hex fields are asked for in every spelling anyway; for them the
+    warning says the same, since a binary collation keeps lookups exact.
+    """
+    rows = conn.execute(
+        sa.text(
+            "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
+            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table"
+        ),
+        {"table": mapping.table},
+    )
+    collations = {str(c): str(k) for c, k in rows if k is not None}
+    for name, column_name in mapping.columns.items():
+        collation = collations.get(column_name)
+        if not dataset.field(name).selector or collation is None:
+            continue
+        if not collation.lower().endswith("_ci"):
+            continue
+        log.warning(
+            "selector column collation ignores case",
+            extra={
+                "dataset": mapping.dataset,
+                "field": name,
+                "column": f"{mapping.table}.{column_name}",
+                "collation": collation,
+                "fix": (
+                    "equality on this column ignores case (and, with a PAD SPACE collation, "
+                    "trailing spaces), so a selector can match another spelling of it; give "
+                    f"the column a binary collation, e.g. ALTER TABLE {mapping.table} MODIFY "
+                    f"{column_name} VARCHAR(n) COLLATE utf8mb4_bin"
+                ),
+            },
+        )
+
+
+def describe_database_error(exc: BaseException) -> dict[str, str]:
+    """Log fields for a failed query that never carry the values it was asked for.
+
+    The driver's message is left out: it can quote a bound value (PostgreSQL's
+    ``invalid input syntax for type ...: "<value>"``). The SQLSTATE or error
+    number says what went wrong, and the statement holds only placeholders.
+    """
+    detail = {"error": type(exc).__name__}
+    orig = getattr(exc, "orig", None)
+    if orig is not None:
+        detail["driver_error"] = type(orig).__name__
+        code = getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)
+        if code is None and isinstance(getattr(orig, "args", None), tuple) and orig.args:
+            code = orig.args[0] if isinstance(orig.args[0], int) else None
+        if code is None:
+            code = getattr(orig, "sqlite_errorname", None)
+        if code is not None:
+            detail["code"] = str(code)
+    statement = getattr(exc, "statement", None)
+    if isinstance(statement, str):
+        detail["statement"] = " ".join(statement.split())[:2000]
+    return detail

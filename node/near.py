@@ -51,11 +51,13 @@ def near_columns(schema: Mapping[str, MappedDataset]) -> list[NearColumn]:
 def load_index(engine: Engine, mapped: MappedDataset, field: str) -> tuple[PdqIndex, int, int]:
     """Build an index of the column's distinct hashes.
 
-    Also returns the values skipped (not 64 hex digits) and those stored in
-    another spelling than lower-case hex, which exact-comparing databases
-    (SQLite, PostgreSQL) will not match: the operator should normalise them.
+    Also returns the values skipped (not 64 hex digits) and those stored in a
+    spelling beyond the column's hex case (padded, or mixing cases): the
+    dataset learns those spellings, so SQL is asked for them as stored.
     """
     column = mapped.columns[field]
+    spelling = mapped.spelling(field)
+    aliases: dict[str, list[str]] = {}
     hexes: list[str] = []
     skipped = 0
     noncanonical = 0
@@ -67,7 +69,9 @@ def load_index(engine: Engine, mapped: MappedDataset, field: str) -> tuple[PdqIn
             text = str(value).strip().lower()
             if len(text) == 64:
                 hexes.append(text)
-                noncanonical += text != str(value)
+                if spelling is not None and not spelling.covers(text, str(value)):
+                    aliases.setdefault(text, []).append(str(value))
+                    noncanonical += 1
             else:
                 skipped += 1
     try:
@@ -83,7 +87,9 @@ def load_index(engine: Engine, mapped: MappedDataset, field: str) -> tuple[PdqIn
                 continue
             good.append(text)
         words = words_from_hex(good)
-    return PdqIndex.build(words), skipped, noncanonical
+    index = PdqIndex.build(words)
+    mapped.learn_aliases(field, aliases)
+    return index, skipped, noncanonical
 
 
 class NearIndexes:
@@ -159,12 +165,13 @@ class NearIndexes:
         )
         if noncanonical:
             log.warning(
-                "pdq values not in lower-case hex",
+                "pdq values spelled unusually",
                 extra={
                     "dataset": column.dataset,
                     "field": column.field,
                     "values": noncanonical,
-                    "fix": "store PDQ hashes as 64 lower-case hex digits, or they may not match",
+                    "fix": "they match as stored; store PDQ hashes as 64 hex digits of one "
+                    "case, without spaces, to keep lookups to one spelling",
                 },
             )
 

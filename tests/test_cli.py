@@ -658,11 +658,21 @@ def test_node_serve_starts_and_stops_cleanly_on_sigterm(initialised: Path, tmp_p
     assert process.returncode == 0, stderr
     assert "Traceback" not in stderr
     logged = [json.loads(line) for line in stderr.splitlines()]
-    # The PDQ index is built from the database before the node serves.
-    assert [e["msg"] for e in logged] == ["pdq index built", "node serving", "node stopping"]
-    assert logged[0]["dataset"] == "media"
-    assert logged[1]["node_id"] == "a"
-    assert logged[1]["address"] == f"{host}:{port}"
+    # The hex case of each hash column is learnt and the PDQ index built from
+    # the database before the node serves.
+    messages = [e["msg"] for e in logged]
+    detected = [e for e in logged if e["msg"] == "hex case detected"]
+    assert {e["field"] for e in detected} == {"sha256", "md5", "pdq"}
+    assert [m for m in messages if m != "hex case detected"] == [
+        "pdq index built",
+        "node serving",
+        "node stopping",
+    ]
+    assert messages.index("pdq index built") > messages.index("hex case detected")
+    built, serving = (next(e for e in logged if e["msg"] == m) for m in messages[-3:-1])
+    assert built["dataset"] == "media"
+    assert serving["node_id"] == "a"
+    assert serving["address"] == f"{host}:{port}"
     assert stdout == ""
 
 

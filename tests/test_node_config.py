@@ -291,7 +291,7 @@ def test_no_mapped_dataset_is_refused(site: Site) -> None:
             (NODE, TRUSTED, MEDIA.replace("table =", "tabel =")),
             " [datasets.media]",
             "tabel",
-            "fields, table",
+            "fields, hex_case, table",
         ),
     ],
     ids=["top-level", "node", "trusted-gateway", "dataset"],
