@@ -54,6 +54,15 @@ class Field:
     # Computed by the node from this other field, never stored: it can be
     # released, not matched on or grouped by.
     computed_from: str = ""
+    # Identifies a record (a hash, an e-mail, a handle, an IP, a case
+    # reference): a lookup by it asks about something known. Every other field
+    # is a category or a detail, and matching on it alone would list records.
+    identifies: bool = False
+
+    @property
+    def category(self) -> bool:
+        """A field that sorts records into groups rather than naming one."""
+        return not self.identifies and not self.computed_from
 
     def parse(self, text: str) -> SqlValue:
         """Parse canonical text into the Python value bound into SQL."""
@@ -80,6 +89,11 @@ class Dataset:
     @property
     def field_names(self) -> tuple[str, ...]:
         return tuple(f.name for f in self.fields)
+
+    @property
+    def identifying_fields(self) -> frozenset[str]:
+        """Fields whose value names a record: a records query must look one of them up."""
+        return frozenset(f.name for f in self.fields if f.identifies)
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,14 +176,21 @@ def format_value(ftype: FieldType, value: object) -> str:
             return value.isoformat()
         return str(value)[:10]
     if ftype in _HEX_LENGTH or ftype is FieldType.EMAIL:
-        return str(value).lower()
+        return str(value).strip().lower()
     return str(value)
 
 
 def _f(
-    name: str, ftype: FieldType, description: str, *, selector: bool = False, near: bool = False
+    name: str,
+    ftype: FieldType,
+    description: str,
+    *,
+    selector: bool = False,
+    near: bool = False,
+    identifies: bool = False,
 ) -> Field:
-    return Field(name, ftype, description, selector, near)
+    """A catalog field; selectors always identify a record, other fields may too."""
+    return Field(name, ftype, description, selector, near, identifies=identifies or selector)
 
 
 CATALOG_V1 = Catalog(
@@ -203,7 +224,7 @@ CATALOG_V1 = Catalog(
                 ),
                 _f("category", FieldType.TEXT, "Classification category"),
                 _f("first_seen", FieldType.DATE, "Date the agency first saw the file"),
-                _f("case_ref", FieldType.TEXT, "Agency case reference"),
+                _f("case_ref", FieldType.TEXT, "Agency case reference", identifies=True),
                 _f("victim_identified", FieldType.BOOL, "Whether the victim is identified"),
                 _f("shareable", FieldType.BOOL, "Whether the agency marked it shareable"),
             ),
@@ -218,7 +239,7 @@ CATALOG_V1 = Catalog(
                 _f("ip", FieldType.IP, "Last known IP address", selector=True),
                 _f("first_seen", FieldType.DATE, "First activity seen"),
                 _f("last_seen", FieldType.DATE, "Last activity seen"),
-                _f("case_ref", FieldType.TEXT, "Agency case reference"),
+                _f("case_ref", FieldType.TEXT, "Agency case reference", identifies=True),
                 _f("shareable", FieldType.BOOL, "Whether the agency marked it shareable"),
             ),
         ),

@@ -11,8 +11,12 @@ Three kinds of finding, from the most to the least serious:
   granted field that a forbid makes unusable, or (given the node's dataset
   mappings) a field or dataset the node does not map.
 * **note**: worth a lawyer's second look, but possibly intended: a forbid
-  that overrides part of a permit, a records permit that answers queries
-  with no predicate at all, a policy without permits.
+  that overrides part of a permit, a policy without permits.
+
+Two warnings guard against what a policy releases by accident: a permit with
+``releases_lists`` (records without a lookup: a list), and a permit that lets
+a perceptual hash be matched without its own ``near_budget`` (repeated near
+queries are a distance oracle; the node's default budget applies).
 
 Every finding is judged against the engine's semantics (``policies.engine``):
 a rule *can never apply* only when no request that passes the gateway's
@@ -29,7 +33,7 @@ from enum import StrEnum
 from itertools import product
 from typing import TYPE_CHECKING, Any
 
-from liaison.catalog import Catalog
+from liaison.catalog import CATALOG_V1, Catalog
 from liaison.errors import PolicyError
 from liaison.messages import Requester
 from liaison.query import (
@@ -38,9 +42,9 @@ from liaison.query import (
     Operation,
     Query,
 )
-from policies.engine import EVALUATION_ERROR, PolicyDecision, decide
+from policies.engine import EVALUATION_ERROR, IDENTIFYING, PolicyDecision, decide
 from policies.load import parse_policy
-from policies.model import ANY, Effect, Policy, Rule, TransformKind
+from policies.model import ANY, DEFAULT_NEAR_BUDGET, Effect, Policy, Rule, TransformKind
 
 if TYPE_CHECKING:
     from liaison.config import NodeConfig
@@ -64,7 +68,8 @@ class Kind(StrEnum):
     UNMAPPED_FIELD = "unmapped-field"
     UNENFORCEABLE_ROW_FILTER = "unenforceable-row-filter"
     MISSING_TRANSFORM_KEY = "missing-transform-key"
-    LISTING = "records-without-predicate"
+    LISTING = "records-without-predicate"  # a permit that releases lists
+    NEAR_WITHOUT_BUDGET = "near-without-budget"
     MATCHABLE_TRANSFORM = "matchable-transformed-field"
     NO_PERMITS = "no-permits"
     OTHER_POLICY = "other-policy"
@@ -179,6 +184,7 @@ def analyse(policy: Policy, node: NodeMapping | None = None) -> tuple[Finding, .
             findings += _shadowing(rule, unconditional)
             findings += _forbidden_fields(rule, field_only)
             findings += _listing(rule)
+            findings += _near_budget(rule)
             findings += _matchable_transforms(rule)
             if node is not None:
                 findings += _mapping(rule, node)
@@ -268,6 +274,16 @@ def _never_permits(rule: Rule) -> list[Finding]:
             )
         elif op is Operation.RECORDS and not rule.release:
             dead[op] = ("records answers need a released field, and it releases none", "`release`")
+        elif op is Operation.RECORDS and not rule.releases_lists and not _lookup_keys(rule):
+            keys = sorted(
+                frozenset().union(*(IDENTIFYING.get(d, frozenset()) for d in rule.datasets))
+            )
+            dead[op] = (
+                "a records query must look up a field that identifies a record "
+                f"({', '.join(keys)}), and the rule lets none be matched on",
+                "an identifying field to `match_fields`, or `releases_lists = true` if the "
+                "rule is meant to release lists",
+            )
         elif op is Operation.COUNT_BY and not rule.release:
             dead[op] = (
                 "count_by groups only by a released field, and it releases none",
@@ -405,18 +421,56 @@ def _forbidden_fields(permit: Rule, forbids: Sequence[Rule]) -> list[Finding]:
     return out
 
 
+# Perceptual-hash fields per dataset: matching on them asks near-duplicates.
+_NEAR_FIELDS = {d.name: frozenset(f.name for f in d.fields if f.near) for d in CATALOG_V1.datasets}
+
+
+def _lookup_keys(rule: Rule) -> frozenset[str]:
+    """Match fields that identify a record in one of the rule's datasets."""
+    return frozenset().union(
+        *(rule.match_fields & IDENTIFYING.get(d, frozenset()) for d in rule.datasets)
+    )
+
+
 def _listing(permit: Rule) -> list[Finding]:
-    # A permit with match_fields answers records queries only when they match
-    # on something; one without lists records with no selector at all.
-    if Operation.RECORDS not in permit.operations or not permit.release or permit.match_fields:
+    # Records answers without a lookup by an identifying field are lists; only
+    # a permit that says releases_lists gives them.
+    if Operation.RECORDS not in permit.operations or not permit.release:
+        return []
+    if not permit.releases_lists:
         return []
     return [
         Finding(
-            Severity.NOTE,
+            Severity.WARNING,
             Kind.LISTING,
             permit.id,
-            "has no match_fields, so it answers records queries without any predicate: a "
-            f"requester in scope can list up to {permit.max_rows} records with no selector",
+            "releases lists (`releases_lists = true`): a requester in scope can have up to "
+            f"{permit.max_rows} records a query with no identifying field asked, "
+            f"{_list(sorted(permit.release))} each; remove `releases_lists` unless "
+            "the agency means to hand out lists",
+        )
+    ]
+
+
+def _near_budget(permit: Rule) -> list[Finding]:
+    """A near-duplicate match with no budget of the policy's own."""
+    near = sorted(
+        frozenset().union(
+            *(permit.match_fields & _NEAR_FIELDS.get(d, frozenset()) for d in permit.datasets)
+        )
+    )
+    if permit.near_budget is not None or not near:
+        return []
+    return [
+        Finding(
+            Severity.WARNING,
+            Kind.NEAR_WITHOUT_BUDGET,
+            permit.id,
+            f"lets {_list(near)} be matched as near-duplicates but sets no `near_budget`: "
+            "repeated near "
+            "queries measure the distance to a stored hash, so the node applies its default "
+            f'of {DEFAULT_NEAR_BUDGET}; set `near_budget` (e.g. "100/hour") to make the '
+            "limit the policy's own",
         )
     ]
 

@@ -18,6 +18,7 @@ language)::
     context    purpose, case_ref, legal_basis: String
                predicate_fields, fields: Set<String>
                group_by?: String                      (absent when the query has none)
+               lookups: Set<String>                   (identifying fields looked up by value)
 
 One rule becomes one Cedar policy, annotated ``@id("<rule id>")``:
 
@@ -34,8 +35,10 @@ One rule becomes one Cedar policy, annotated ``@id("<rule id>")``:
 * a permit carries the checks that make *it* allow the query, because our
   engine answers under one permit that passes all of them: predicate fields
   within ``match_fields``; for ``count_by`` the grouping field released; for
-  ``records`` at least one requested field released and, if the permit names
-  match fields, at least one predicate.
+  ``records`` at least one requested field released and, unless the permit
+  says ``releases_lists``, a lookup: an eq, in or near predicate on a field
+  that identifies a record (``context.lookups``, which the request
+  translation takes from the catalog as ``policies.engine.lookup_fields``).
 
 Strings are written with Cedar escapes: printable ASCII stays as it is except
 ``"`` and ``\\``, everything else becomes ``\\u{hex}``. In a ``like`` pattern
@@ -53,6 +56,7 @@ from typing import Any
 
 from liaison.messages import Requester
 from liaison.query import Operation, Query
+from policies.engine import lookup_fields
 from policies.model import ANY, Effect, Policy, Rule
 
 NAMESPACE = "Liaison"
@@ -76,6 +80,7 @@ namespace {NAMESPACE} {{
     fields: Set<String>,
     group_by?: String,
     near_distance: Long,
+    lookups: Set<String>,
   }};
   action {", ".join(f'"{op.value}"' for op in Operation)} appliesTo {{
     principal: [Investigator],
@@ -225,12 +230,12 @@ def _permit_checks(rule: Rule) -> list[str]:
         )
         out.append(_only_for(Operation.COUNT_BY, grouped, only=only))
     if Operation.RECORDS in rule.operations:
-        # A records query asks for at least one released field, and matches on
-        # something when the permit names match fields (records about what was
-        # asked, never a list).
+        # A records query asks for at least one released field, and looks up
+        # an identifying field unless the permit releases lists (records about
+        # what was asked, never a list).
         released = f"context.fields.containsAny({_strings(rule.release)})" if rule.release else ""
-        if released and rule.match_fields:
-            released += " && !context.predicate_fields.isEmpty()"
+        if released and not rule.releases_lists:
+            released += " && !context.lookups.isEmpty()"
         out.append(_only_for(Operation.RECORDS, released, only=only))
     return out
 
@@ -311,6 +316,7 @@ def request_context(
         "predicate_fields": sorted(query.predicate_fields),
         "fields": sorted(set(query.fields)),
         "near_distance": query.near_distance,
+        "lookups": sorted(lookup_fields(query)),
     }
     if query.group_by is not None:
         context["group_by"] = query.group_by

@@ -11,10 +11,13 @@ Semantics (each pinned by a test; README "How decisions are made" says the same)
   ``default-deny``.
 * Forbid overrides permit: any applicable forbid denies, naming every
   applicable forbid.
-* A permit that names match fields answers a records query only when the
-  query matches on something: it releases records about what was asked,
-  never a list. A permit without match fields lists records (up to its
-  row cap).
+* A permit answers a records query only when the query looks up something
+  that identifies a record: an eq, in or near predicate on a field the
+  catalog marks as identifying (a hash, an e-mail, a handle, an IP, a case
+  reference). It releases records about what was asked, never a list; a
+  category (platform, offence) narrows a lookup but is not one. Only a
+  permit with ``releases_lists`` answers records queries without a lookup
+  (up to its row cap).
 * A permit is a self-contained grant: its obligations are never mixed with
   another permit's. Among the applicable permits that allow the query's
   predicates (and grouping), the node answers under exactly one. For records:
@@ -34,8 +37,9 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
+from liaison.catalog import CATALOG_V1
 from liaison.messages import Requester
-from liaison.query import Operation, Query
+from liaison.query import Comparator, Operation, Query
 from policies.model import (
     ANY,
     Effect,
@@ -50,6 +54,22 @@ from policies.model import case_ref_matches as _case_ref_matches
 
 DEFAULT_DENY = "default-deny"
 EVALUATION_ERROR = "evaluation-error"
+
+# Per dataset, the fields whose value names a record; a lookup is by value.
+IDENTIFYING = {d.name: d.identifying_fields for d in CATALOG_V1.datasets}
+_LOOKUPS = frozenset({Comparator.EQ, Comparator.IN, Comparator.NEAR})
+
+
+def lookup_fields(query: Query) -> frozenset[str]:
+    """The identifying fields ``query`` looks up by value (eq, in, near).
+
+    Empty for a query that only narrows by categories, dates or ranges: as a
+    records query, that one would list records.
+    """
+    identifying = IDENTIFYING.get(query.dataset, frozenset())
+    return frozenset(
+        p.field for p in query.predicates if p.comparator in _LOOKUPS and p.field in identifying
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +86,8 @@ class Grant:
     rate_limits: tuple[RateLimit, ...] = ()
     # The grouped field of a count_by: its transform applies to the group keys.
     group_by: str | None = None
+    # Near-duplicate queries per investigator (None: the node's default budget).
+    near_budget: RateLimit | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,6 +239,8 @@ def _decide(
         return _deny((DEFAULT_DENY,), reason, explanation)
 
     needed_match = query.predicate_fields
+    lookups = lookup_fields(query)
+    identifying = IDENTIFYING.get(query.dataset, frozenset())
     candidates = []
     for rule in permits:
         hidden = needed_match - rule.match_fields
@@ -224,10 +248,11 @@ def _decide(
             explanation.append(
                 f"permit {rule.id}: applies, but not to matching on {', '.join(sorted(hidden))}"
             )
-        elif op is Operation.RECORDS and rule.match_fields and not query.predicates:
+        elif op is Operation.RECORDS and not rule.releases_lists and not lookups:
+            keys = sorted(rule.match_fields & identifying)
             explanation.append(
-                f"permit {rule.id}: applies, but only to records queries that match on "
-                f"{', '.join(sorted(rule.match_fields))}"
+                f"permit {rule.id}: applies, but only to records queries that look up "
+                + (" or ".join(keys) if keys else "an identifying field it does not let match")
             )
         elif op is Operation.COUNT_BY and query.group_by not in rule.release:
             explanation.append(
@@ -244,10 +269,8 @@ def _decide(
         hidden_all = sorted(needed_match - frozenset().union(*(r.match_fields for r in permits)))
         if hidden_all:
             detail = f"matching on {', '.join(hidden_all)} is not permitted"
-        elif op is Operation.RECORDS and not query.predicates:
-            detail = "a records query must match on something: " + ", ".join(
-                sorted(frozenset().union(*(r.match_fields for r in permits)))
-            )
+        elif op is Operation.RECORDS and not lookups:
+            detail = _list_refusal(query, permits, identifying)
         elif op is Operation.COUNT_BY and not any(query.group_by in r.release for r in permits):
             detail = f"grouping by {query.group_by!r} is not permitted"
         elif all(query.near_distance > r.max_distance for r in permits):
@@ -273,6 +296,7 @@ def _decide(
             rule.row_filters,
             rule.rate_limits,
             query.group_by if op is Operation.COUNT_BY else None,
+            rule.near_budget,
         )
 
     def generosity(g: Grant) -> tuple[int, int, int, int, int, int, str]:
@@ -298,4 +322,34 @@ def _decide(
     return PolicyDecision(True, (best.rule_id,), reason, best, tuple(explanation))
 
 
-__all__ = ["ANY", "DEFAULT_DENY", "EVALUATION_ERROR", "Effect", "Grant", "PolicyDecision", "decide"]
+def _list_refusal(query: Query, permits: list[Rule], identifying: frozenset[str]) -> str:
+    """Why a records query without a lookup is refused, and what to ask instead."""
+    keys = sorted(frozenset().union(*(r.match_fields for r in permits)) & identifying)
+    narrowing = sorted(query.predicate_fields)
+    if narrowing:
+        found = (
+            f"it matches only on {', '.join(narrowing)}, which "
+            + ("does" if len(narrowing) == 1 else "do")
+            + " not identify a record, so the answer would be a list"
+        )
+    else:
+        found = "it matches on nothing, so the answer would be a list"
+    fix = (
+        f"look up what you ask about by {' or '.join(keys)} (eq or in)"
+        if keys
+        else "no permit here looks records up by an identifying field; ask for a match or count"
+    )
+    return f"records are released about what was asked, never as a list: {found}; {fix}"
+
+
+__all__ = [
+    "ANY",
+    "DEFAULT_DENY",
+    "EVALUATION_ERROR",
+    "IDENTIFYING",
+    "Effect",
+    "Grant",
+    "PolicyDecision",
+    "decide",
+    "lookup_fields",
+]

@@ -39,6 +39,8 @@ _PERMIT_KEYS = {
     "transforms",
     "row_filters",
     "rate_limit",
+    "releases_lists",
+    "near_budget",
 }
 _FORBID_KEYS = {"fields"}
 _COMMON_KEYS = {
@@ -274,7 +276,49 @@ def _parse_rule(
         transforms=_transforms(raw, where, datasets, release, maps, catalog),
         row_filters=_row_filters(raw, where, datasets, catalog),
         rate_limits=_rate_limits(raw, where),
+        releases_lists=_releases_lists(raw, where, operations),
+        near_budget=_near_budget(raw, where, datasets, match_fields, catalog),
     )
+
+
+def _releases_lists(raw: dict[str, Any], where: str, operations: frozenset[Operation]) -> bool:
+    value = raw.get("releases_lists", False)
+    if not isinstance(value, bool):
+        raise PolicyError(f"{where}: `releases_lists` is true or false")
+    if value and Operation.RECORDS not in operations:
+        raise PolicyError(
+            f"{where}: `releases_lists` applies to records; the rule does not permit records"
+        )
+    return value
+
+
+def _near_budget(
+    raw: dict[str, Any],
+    where: str,
+    datasets: frozenset[str],
+    match_fields: frozenset[str],
+    catalog: Catalog,
+) -> RateLimit | None:
+    if "near_budget" not in raw:
+        return None
+    spec = raw["near_budget"]
+    amount, _, unit = str(spec).partition("/")
+    if not isinstance(spec, str) or not amount.isdigit() or int(amount) < 1 or unit not in _WINDOWS:
+        raise PolicyError(
+            f"{where}: `near_budget` {spec!r}: write N/minute, N/hour or N/day "
+            "(near-duplicate queries per investigator)"
+        )
+    if not any(
+        name in d.field_names and d.field(name).near
+        for d in catalog.datasets
+        if d.name in datasets
+        for name in match_fields
+    ):
+        raise PolicyError(
+            f"{where}: `near_budget` limits near-duplicate queries, and the rule lets no "
+            "perceptual hash (pdq) be matched on; remove it or add the hash to `match_fields`"
+        )
+    return RateLimit(RateScope.INVESTIGATOR, int(amount), _WINDOWS[unit])
 
 
 def _computed(name: str, datasets: frozenset[str], catalog: Catalog) -> bool:

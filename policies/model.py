@@ -66,6 +66,11 @@ class RateLimit:
         return f"{self.amount} per {self.window_s} s per {self.scope.value}"
 
 
+# Near-duplicate (PDQ) queries a node answers per investigator when the
+# permit sets no ``near_budget``: a distance oracle must not be free.
+DEFAULT_NEAR_BUDGET = RateLimit(RateScope.INVESTIGATOR, 100, 3600)
+
+
 @dataclass(frozen=True, slots=True)
 class Rule:
     """One rule. Scope sets hold names or ``ANY``; groups are already expanded."""
@@ -100,6 +105,12 @@ class Rule:
     transforms: Mapping[str, Transform] = field(default_factory=dict)
     row_filters: tuple[RowFilter, ...] = ()
     rate_limits: tuple[RateLimit, ...] = ()
+    # Permits only: records answers without a lookup by an identifying field
+    # (lists). Off unless the policy says so: a permit answers about what was asked.
+    releases_lists: bool = False
+    # Permits only: near-duplicate queries per investigator (None: the node's
+    # DEFAULT_NEAR_BUDGET).
+    near_budget: RateLimit | None = None
 
     def in_scope(
         self, agency: str, roles: frozenset[str], purpose: str, dataset: str, operation: Operation

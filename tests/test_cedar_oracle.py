@@ -208,6 +208,7 @@ def _simpler_policies(policy: Policy) -> list[Policy]:
             replace(rule, case_ref_pattern=""),
             replace(rule, legal_bases=frozenset()),
             replace(rule, fields=frozenset()),
+            replace(rule, releases_lists=False),
         ]
         if len(rule.operations) > 1:
             wider += [replace(rule, operations=rule.operations - {op}) for op in rule.operations]
@@ -329,6 +330,8 @@ def rule_documents(
     operations = set(rule["operations"])
     if "*" not in operations and operations <= {"count", "count_by"}:
         rule["min_count"] = draw(st.integers(0, 30))
+    if ("*" in operations or "records" in operations) and draw(st.integers(0, 2)) == 0:
+        rule["releases_lists"] = True
     return rule
 
 
@@ -360,7 +363,11 @@ def _predicate(rng: random.Random, field: str) -> Predicate:
     """Perceptual hashes are asked as near-duplicates, at a distance a permit may cap."""
     if field == "pdq" and rng.random() < 0.7:
         return Predicate(field, Comparator.NEAR, ("x",), rng.choice((0, 8, 24, 31, 32, 48, 64)))
-    return Predicate(field, Comparator.EQ, ("x",))
+    # Now and then a range: on an identifying field it is no lookup (the gateway
+    # refuses ranges on text, but the engine and Cedar must still agree).
+    if rng.random() < 0.1:
+        return Predicate(field, rng.choice((Comparator.GTE, Comparator.LTE)), ("x",))
+    return Predicate(field, rng.choice((Comparator.EQ, Comparator.EQ, Comparator.IN)), ("x",))
 
 
 def _sample(rng: random.Random, pool: Sequence[str], low: int, high: int) -> list[str]:
@@ -513,6 +520,7 @@ def raw_rules(draw: st.DrawFn, rule_id: str, effect: Effect) -> Rule:
         case_ref_pattern=draw(st.text(CASE_REF_ALPHABET, max_size=4)),
         legal_bases=frozenset(draw(st.lists(st.sampled_from(("", *LEGAL_BASES)), max_size=2))),
         fields=fields() if effect is Effect.FORBID else frozenset(),
+        releases_lists=effect is Effect.PERMIT and draw(st.booleans()),
     )
 
 

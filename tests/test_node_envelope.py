@@ -844,7 +844,9 @@ def test_hostile_predicate_values_are_refused_or_find_nothing(
     assert database_snapshot(database) == before
     reached_sql = sum(a.status is AnswerStatus.ANSWERED for _, a in answers)
     if not any(ord(c) < 32 for c in value) and len(value) <= 256:
-        assert reached_sql >= 4  # handle, platform, category: the values did reach SQL
+        # handle and category: the values did reach SQL (a records query on
+        # platform alone is a list, denied before SQL)
+        assert reached_sql >= 3
 
 
 @pytest.mark.parametrize("value", INJECTIONS, ids=INJECTION_IDS)

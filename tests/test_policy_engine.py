@@ -605,6 +605,7 @@ def _rule_near(draw: st.DrawFn, request: Request, effect: Effect | None) -> Rule
         release=_subset_near(draw, common, asked),
         min_count=draw(_MIN_COUNT),
         max_rows=draw(_MAX_ROWS),
+        releases_lists=draw(_COIN),
     )
 
 
@@ -782,11 +783,18 @@ def _read_the_docstring(rules: list[Rule], request: Request) -> tuple[bool, tupl
     if not permits:
         return False, (DEFAULT_DENY,)
     names = tuple(r.id for r in permits)
+    # Records answer a lookup: an eq, in or near predicate on a field that identifies a record.
+    looked_up = [
+        p
+        for p in query.predicates
+        if p.comparator in (Comparator.EQ, Comparator.IN, Comparator.NEAR)
+        and CATALOG_V1.dataset(query.dataset).field(p.field).identifies
+    ]
     fits = [
         r
         for r in permits
         if all(p.field in r.match_fields for p in query.predicates)
-        and not (op is Operation.RECORDS and r.match_fields and not query.predicates)
+        and not (op is Operation.RECORDS and not r.releases_lists and not looked_up)
     ]
     if not fits:
         return False, names

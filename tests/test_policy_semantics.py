@@ -163,12 +163,20 @@ def plain_reading(rules: tuple[Rule, ...], ask: Ask) -> tuple[bool, tuple[str, .
     permits = [unique[i] for i in sorted(unique)]
     if not permits:
         return False, (DEFAULT_DENY,)
+    # Records answer lookups: an eq, in or near predicate on a field that identifies a record.
+    looked_up = [
+        p
+        for p in q.predicates
+        if p.comparator in (Comparator.EQ, Comparator.IN, Comparator.NEAR)
+        and q.dataset in DATASETS
+        and CATALOG_V1.dataset(q.dataset).field(p.field).identifies
+    ]
     fits = [
         r
         for r in permits
         if q.predicate_fields <= r.match_fields
         and (q.operation is not Operation.COUNT_BY or q.group_by in r.release)
-        and not (q.operation is Operation.RECORDS and r.match_fields and not q.predicates)
+        and not (q.operation is Operation.RECORDS and not r.releases_lists and not looked_up)
     ]
     if not fits:
         return False, tuple(r.id for r in permits)
@@ -432,6 +440,7 @@ def _covering_permit(draw: st.DrawFn, ask: Ask) -> Rule:
         transforms=_transforms(draw, release, frozenset({q.dataset})),
         row_filters=_row_filters(draw, names),
         rate_limits=draw(_RATE_LIMITS),
+        releases_lists=draw(_COIN),
     )
 
 
@@ -506,6 +515,8 @@ def _open_permit(ask: Ask, rule_id: str = "open") -> Rule:
         operations=frozenset(Operation),
         match_fields=names,
         release=names,
+        # Whole: records without a lookup too.
+        releases_lists=True,
     )
 
 

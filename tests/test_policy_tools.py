@@ -23,7 +23,7 @@ from liaison.demo import investigator_token
 from policies import load_policy, parse_policy
 from policies.analysis import Finding, Kind, NodeMapping, Severity, analyse, policy_errors
 from policies.cases import CaseFileError, cases_path_for, load_cases, parse_cases, run_cases
-from policies.model import Policy
+from policies.model import Policy, RateLimit, RateScope
 from tests.conftest import Federation
 
 REPO = Path(__file__).resolve().parent.parent
@@ -351,9 +351,8 @@ def test_policy_of_forbids_only_is_noted() -> None:
     assert (finding.kind, finding.severity) == (Kind.NO_PERMITS, Severity.NOTE)
 
 
-def test_records_permits_without_match_fields_are_noted_for_listing() -> None:
-    demo = load_policy(DEMO / "ruritania.toml", CATALOG_V1)
-    lister = parse_policy(
+def _case_lister(**more: object) -> Policy:
+    return parse_policy(
         {
             "version": 1,
             "agency": "testland",
@@ -368,14 +367,72 @@ def test_records_permits_without_match_fields_are_noted_for_listing() -> None:
                     "operations": ["records"],
                     "release": ["offence", "status"],
                     "max_rows": 30,
+                    **more,
                 }
             ],
         },
         CATALOG_V1,
     )
 
+
+def test_a_records_permit_that_releases_lists_is_a_warning() -> None:
+    demo = load_policy(DEMO / "ruritania.toml", CATALOG_V1)
+    lister = _case_lister(releases_lists=True)
+
+    (finding,) = [f for f in analyse(lister) if f.kind is Kind.LISTING]
+
     assert [f.rule for f in analyse(demo) if f.kind is Kind.LISTING] == []
-    assert [f.rule for f in analyse(lister) if f.kind is Kind.LISTING] == ["case-list"]
+    assert (finding.rule, finding.severity) == ("case-list", Severity.WARNING)
+    assert finding.message == (
+        "releases lists (`releases_lists = true`): a requester in scope can have up to 30 "
+        "records a query with no identifying field asked, offence, status each; remove "
+        "`releases_lists` unless the agency means to hand out lists"
+    )
+
+
+def test_a_records_permit_with_no_identifying_match_field_never_answers_records() -> None:
+    by_offence = _case_lister(match_fields=["offence"])
+
+    findings = [f for f in analyse(by_offence) if f.rule == "case-list"]
+
+    assert [(f.kind, f.severity) for f in findings] == [(Kind.NEVER_APPLIES, Severity.WARNING)]
+    assert findings[0].message == (
+        "can never permit anything: a records query must look up a field that identifies a "
+        "record (case_ref), and the rule lets none be matched on (add an identifying field "
+        "to `match_fields`, or `releases_lists = true` if the rule is meant to release lists)"
+    )
+
+
+def test_a_near_match_without_a_budget_of_its_own_is_a_warning() -> None:
+    rule: dict[str, Any] = {
+        "id": "pdq-hits",
+        "effect": "permit",
+        "agencies": ["*"],
+        "roles": ["investigator"],
+        "purposes": ["csam-investigation"],
+        "datasets": ["media"],
+        "operations": ["match"],
+        "match_fields": ["sha256", "pdq"],
+    }
+    document = {"version": 1, "agency": "testland", "rule": [rule]}
+    bare = parse_policy(document, CATALOG_V1)
+    budgeted = parse_policy({**document, "rule": [{**rule, "near_budget": "30/hour"}]}, CATALOG_V1)
+
+    (finding,) = [f for f in analyse(bare) if f.kind is Kind.NEAR_WITHOUT_BUDGET]
+
+    assert finding.severity is Severity.WARNING
+    assert finding.message == (
+        "lets pdq be matched as near-duplicates but sets no `near_budget`: repeated near "
+        "queries measure the distance to a stored hash, so the node applies its default of "
+        '100 per 3600 s per investigator; set `near_budget` (e.g. "100/hour") to make the '
+        "limit the policy's own"
+    )
+    assert [f for f in analyse(budgeted) if f.kind is Kind.NEAR_WITHOUT_BUDGET] == []
+    assert budgeted.rules[0].near_budget == RateLimit(RateScope.INVESTIGATOR, 30, 3600)
+    for path in sorted(DEMO.glob("*.toml")):
+        if not path.name.endswith(".cases.toml"):
+            policy = load_policy(path, CATALOG_V1)
+            assert [f for f in analyse(policy) if f.kind is Kind.NEAR_WITHOUT_BUDGET] == []
 
 
 def write_node_config(folder: Path, *, policy: str = "policy.toml", key: bool = False) -> Path:
@@ -694,7 +751,7 @@ def test_policy_test_command_finds_the_cases_beside_the_policy() -> None:
     report = liaison("policy", "test", DEMO / "freedonia.toml", "--json")
 
     assert run.returncode == 0, run
-    assert run.stdout.splitlines()[-1] == "11 cases: 11 passed, 0 failed"
+    assert run.stdout.splitlines()[-1] == "13 cases: 13 passed, 0 failed"
     assert "pass    a partner learns whether we hold a file" in run.stdout
     assert report.returncode == 0, report
     assert report.json()["failed"] == 0
