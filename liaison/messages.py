@@ -53,18 +53,38 @@ class Decision:
 
 @dataclass(frozen=True, slots=True)
 class Count:
+    """A count as released: exact, "fewer than ``minimum``", or within ``noise_bound``.
+
+    Under a minimum count the node adds bounded noise (``node/noise.py``), so
+    that released counts cannot be added and subtracted to isolate a small one:
+    the true count is then within ``noise_bound`` of ``value``, and at least
+    ``minimum``.
+    """
+
     value: int
     below_minimum: bool = False
     minimum: int = 0
+    noise_bound: int = 0
+
+    @property
+    def approximate(self) -> bool:
+        return self.noise_bound > 0 and not self.below_minimum
 
     def __str__(self) -> str:
-        return f"fewer than {self.minimum}" if self.below_minimum else str(self.value)
+        if self.below_minimum:
+            return f"fewer than {self.minimum}"
+        if self.approximate:
+            return f"≈ {self.value} (±{self.noise_bound})"
+        return str(self.value)
 
 
 @dataclass(frozen=True, slots=True)
 class Bucket:
+    """One count-by cell; ``noise_bound`` as for :class:`Count`."""
+
     key: str | None
     count: int
+    noise_bound: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,6 +114,8 @@ class NodeStatus(StrEnum):
     TIMED_OUT = "timed out"
     UNREACHABLE = "unreachable"
     ERROR = "error"
+    # Not in the request's audience: it does not offer the dataset.
+    NOT_ASKED = "not asked"
 
 
 @dataclass(frozen=True, slots=True)

@@ -7,7 +7,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from liaison.messages import DryRunResult, NodeResult, NodeStatus, QueryAnswer, SearchResult
+from liaison.messages import (
+    Bucket,
+    DryRunResult,
+    NodeResult,
+    NodeStatus,
+    QueryAnswer,
+    SearchResult,
+)
 from liaison.query import Comparator, Operation, Predicate, Query
 
 if TYPE_CHECKING:
@@ -78,6 +85,13 @@ def _summary(result: NodeResult, op: Operation) -> str:
     return text
 
 
+def _cell(bucket: Bucket) -> str:
+    """A count-by cell; an approximate one says by how much it may be off."""
+    if bucket.noise_bound:
+        return f"≈ {bucket.count} (±{bucket.noise_bound})"
+    return str(bucket.count)
+
+
 def render_result(result: SearchResult, purpose: str = "", case_ref: str = "") -> str:
     op = result.query.operation
     head = f"query {result.query_id}\n  {describe_query(result.query)}"
@@ -109,7 +123,7 @@ def render_result(result: SearchResult, purpose: str = "", case_ref: str = "") -
                 ),
             ]
         if op is Operation.COUNT_BY and (a.buckets or a.buckets_suppressed):
-            cells = [[b.key if b.key is not None else "(none)", str(b.count)] for b in a.buckets]
+            cells = [[b.key if b.key is not None else "(none)", _cell(b)] for b in a.buckets]
             if a.buckets_suppressed:
                 cells.append(["(others)", f"each fewer than {a.bucket_minimum}"])
             parts += [
@@ -137,9 +151,13 @@ def answer_to_dict(answer: QueryAnswer) -> dict[str, Any]:
             "value": None if answer.count.below_minimum else answer.count.value,
             "below_minimum": answer.count.below_minimum,
             "minimum": answer.count.minimum,
+            # Non-zero: the value is approximate, the true count within this many of it.
+            "noise_bound": answer.count.noise_bound,
         }
     if answer.buckets or answer.buckets_suppressed:
-        out["buckets"] = [{"key": b.key, "count": b.count} for b in answer.buckets]
+        out["buckets"] = [
+            {"key": b.key, "count": b.count, "noise_bound": b.noise_bound} for b in answer.buckets
+        ]
         out["buckets_suppressed"] = answer.buckets_suppressed
         out["bucket_minimum"] = answer.bucket_minimum
     if answer.fields:

@@ -210,7 +210,12 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
         ),
         hit=answer.hit,
         buckets=[
-            pb_query.Bucket(key=b.key or "", key_present=b.key is not None, count=b.count)
+            pb_query.Bucket(
+                key=b.key or "",
+                key_present=b.key is not None,
+                count=b.count,
+                noise_bound=b.noise_bound,
+            )
             for b in answer.buckets
         ],
         buckets_suppressed=answer.buckets_suppressed,
@@ -229,6 +234,7 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
                 value=answer.count.value,
                 below_minimum=answer.count.below_minimum,
                 minimum=answer.count.minimum,
+                noise_bound=answer.count.noise_bound,
             )
         )
     return message
@@ -268,11 +274,19 @@ def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
         decision=decision_from_proto(d),
         hit=message.hit,
         count=(
-            Count(message.count.value, message.count.below_minimum, message.count.minimum)
+            Count(
+                message.count.value,
+                message.count.below_minimum,
+                message.count.minimum,
+                message.count.noise_bound,
+            )
             if message.HasField("count")
             else None
         ),
-        buckets=tuple(Bucket(b.key if b.key_present else None, b.count) for b in message.buckets),
+        buckets=tuple(
+            Bucket(b.key if b.key_present else None, b.count, b.noise_bound)
+            for b in message.buckets
+        ),
         buckets_suppressed=message.buckets_suppressed,
         bucket_minimum=message.bucket_minimum,
         fields=tuple(message.fields),
@@ -294,6 +308,7 @@ _NODE_STATUS = {
     NodeStatus.TIMED_OUT: pb_gateway.NODE_STATUS_TIMED_OUT,
     NodeStatus.UNREACHABLE: pb_gateway.NODE_STATUS_UNREACHABLE,
     NodeStatus.ERROR: pb_gateway.NODE_STATUS_ERROR,
+    NodeStatus.NOT_ASKED: pb_gateway.NODE_STATUS_NOT_ASKED,
 }
 _NODE_STATUS_BACK = {v: k for k, v in _NODE_STATUS.items()}
 

@@ -1,15 +1,16 @@
 """Running a permitted query read-only and applying the grant's obligations.
 
 Everything that shapes what leaves the node happens here, after SQL and
-before signing: field transforms, count suppression, count-by cells below
-the minimum, row caps, and the differencing guard.
+before signing: field transforms, count suppression, sticky noise on counts
+under a minimum count, count-by cells below the minimum, row caps, the
+differencing guard, and saying when held records are not releasable.
 """
 
 from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,14 +20,15 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from liaison.catalog import format_value
 from liaison.errors import BackendError, CatalogError, InvalidQuery
-from liaison.messages import Bucket, Count
+from liaison.messages import Bucket, Count, QueryRequest, Requester
 from liaison.query import Comparator, Operation, Predicate, Query
 from node import compile as sql
-from node.database import MappedDataset
+from node.database import MappedDataset, describe_database_error
 from node.differencing import GUARD_RULE, RecentAggregates, RecentQuery, TooManyRecent
 from node.near import NearIndexes
+from node.noise import RecordSet, StickyNoise
 from node.transforms import apply_transform
-from policies import Grant
+from policies import Grant, Policy, decide
 
 log = logging.getLogger("liaison.node")
 
@@ -60,6 +62,7 @@ class Executor:
         self.transform_secret = transform_secret
         self.maps = maps
         self.recent = recent
+        self.noise = StickyNoise(recent.noise_key)
         self.default_limit = default_limit
 
     def _formatter(self, mapped: MappedDataset, field: str, grant: Grant) -> Callable[[Any], str]:
@@ -107,11 +110,24 @@ class Executor:
         return replace(query, predicates=tuple(predicates)), nearest
 
     def run(
-        self, mapped: MappedDataset, query: Query, grant: Grant, agency: str, now_ms: int
+        self,
+        mapped: MappedDataset,
+        query: Query,
+        grant: Grant,
+        request: QueryRequest,
+        now_ms: int,
+        policy: Policy | None = None,
     ) -> dict[str, Any] | Refusal:
+        """Run ``query`` (as validated from ``request``) under ``grant``.
+
+        ``policy`` is the node's whole policy: a records answer that finds
+        only rows its row filters exclude asks it what a match would have told
+        the same requester (see :meth:`_held_not_released`).
+        """
         op = query.operation
         if op is Operation.COUNT_BY and query.group_by not in mapped.columns:
             raise InvalidQuery(f"this node does not hold field {query.group_by!r}")
+        asked = query
         query, nearest = self.resolve_near(mapped, query)
         try:
             with self.engine.connect() as conn:
@@ -119,17 +135,26 @@ class Executor:
                     hit = conn.execute(sql.compile_match(mapped, query, grant)).first()
                     return {"hit": hit is not None}
                 if op in (Operation.COUNT, Operation.COUNT_BY) and grant.min_count > 0:
-                    refusal = self._differencing(conn, mapped, query, grant, agency, now_ms)
+                    refusal = self._differencing(
+                        conn, mapped, query, grant, request.requester, now_ms
+                    )
                     if refusal is not None:
                         return refusal
                 if op is Operation.COUNT:
-                    n = int(conn.execute(sql.compile_count(mapped, query, grant)).scalar_one())
-                    return {"count": _suppress(n, grant.min_count)}
+                    return {"count": self._count(conn, mapped, query, grant)}
                 if op is Operation.COUNT_BY:
                     return self._count_by(conn, mapped, query, grant)
-                return self._records(conn, mapped, query, grant, nearest)
+                answer = self._records(conn, mapped, query, grant, nearest)
+                if not answer["rows"] and grant.row_filters and policy is not None:
+                    refusal = self._held_not_released(
+                        conn, mapped, asked, query, grant, request, policy
+                    )
+                    if refusal is not None:
+                        return refusal
+                return answer
         except SQLAlchemyError as exc:
-            log.error("database error", extra={"error": type(exc).__name__, "detail": str(exc)})
+            # Never str(exc): a driver's message can quote the selectors asked for.
+            log.error("database error", extra=describe_database_error(exc))
             raise BackendError(
                 "the agency database could not answer; the node operator's log has details"
             ) from exc
@@ -179,14 +204,54 @@ class Executor:
                 cells[None if key is None else fmt(key)] += int(n)
         return cells
 
+    def _count(
+        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+    ) -> Count:
+        if grant.min_count <= 0:
+            return Count(int(conn.execute(sql.compile_count(mapped, query, grant)).scalar_one()))
+        counted = self.noise.records()
+        for row in _stream(conn, _listing(mapped, query, grant)):
+            counted.add(row)
+        return self.noise.release(mapped.dataset.name, counted, grant.min_count)
+
+    def _noisy_cells(
+        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+    ) -> dict[str | None, tuple[int, int]]:
+        """Per (transformed) group key: the noisy count and its bound, cells at k or more."""
+        assert query.group_by is not None  # checked by compile_count_by's callers
+        fmt = self._formatter(mapped, query.group_by, grant)
+        group = mapped.columns[query.group_by]
+        sets: dict[str | None, RecordSet] = {}
+        for key, *identity in _stream(conn, _listing(mapped, query, grant, group)):
+            cell = None if key is None else fmt(key)
+            counted = sets.get(cell)
+            if counted is None:
+                counted = sets[cell] = self.noise.records()
+            counted.add(identity)
+        out: dict[str | None, tuple[int, int]] = {}
+        for cell, counted in sets.items():
+            released = self.noise.release(mapped.dataset.name, counted, grant.min_count)
+            out[cell] = (
+                (-1, 0) if released.below_minimum else (released.value, released.noise_bound)
+            )
+        return out
+
     def _count_by(
         self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
     ) -> dict[str, Any]:
-        raw = conn.execute(sql.compile_count_by(mapped, query, grant))
-        cells = self._cells(raw, mapped, query.group_by, grant)
+        sql.compile_count_by(mapped, query, grant)  # checks the grouping, as before
+        if grant.min_count > 0:
+            # Cells below the minimum are marked -1; the others are noisy, and
+            # ordered by their noisy counts, so the order says nothing more.
+            cells = self._noisy_cells(conn, mapped, query, grant)
+        else:
+            raw = conn.execute(sql.compile_count_by(mapped, query, grant))
+            cells = {k: (n, 0) for k, n in self._cells(raw, mapped, query.group_by, grant).items()}
         # Same order on every database: biggest first, then the absent key, then by key.
-        ordered = sorted(cells.items(), key=lambda kv: (-kv[1], kv[0] is not None, kv[0] or ""))
-        buckets = [Bucket(k, n) for k, n in ordered if n >= grant.min_count]
+        ordered = sorted(cells.items(), key=lambda kv: (-kv[1][0], kv[0] is not None, kv[0] or ""))
+        buckets = [
+            Bucket(k, n, bound) for k, (n, bound) in ordered if n >= grant.min_count and n >= 0
+        ]
         cap = min(grant.max_rows, MAX_BUCKETS)
         return {
             "buckets": tuple(buckets[:cap]),
@@ -201,7 +266,7 @@ class Executor:
         mapped: MappedDataset,
         query: Query,
         grant: Grant,
-        agency: str,
+        who: Requester,
         now_ms: int,
     ) -> Refusal | None:
         k = grant.min_count
@@ -210,7 +275,7 @@ class Executor:
             query.group_by if query.operation is Operation.COUNT_BY else None,
         )
         try:
-            history = self.recent.recent(agency, mapped.dataset.name, now_ms)
+            history = self.recent.recent(who, mapped.dataset.name, now_ms)
         except TooManyRecent as exc:
             return Refusal(GUARD_RULE, str(exc))
         for old in history:
@@ -243,12 +308,56 @@ class Executor:
                     if 0 < differ < k:
                         return Refusal(
                             GUARD_RULE,
-                            "this count differs from one your agency asked recently by fewer "
+                            "this count differs from one you asked recently by fewer "
                             f"than {k} records, which could single out individuals; ask a "
                             "broader question",
                         )
-        self.recent.remember(agency, mapped.dataset.name, new, now_ms)
+        self.recent.remember(who, mapped.dataset.name, new, now_ms)
         return None
+
+    def _held_not_released(
+        self,
+        conn: sa.Connection,
+        mapped: MappedDataset,
+        asked: Query,
+        resolved: Query,
+        grant: Grant,
+        request: QueryRequest,
+        policy: Policy,
+    ) -> Refusal | None:
+        """Say so when held records match but the records rule's row filters exclude them all.
+
+        Only when the same requester, for the same purpose, would be told a
+        HIT by a match on the same selectors: the policy then already tells
+        them that a record is held, and an empty answer would read as "not
+        held". Otherwise the empty answer stands, and says no more than the
+        policy names (its obligations list the row filters).
+        """
+        probe = replace(asked, operation=Operation.MATCH, fields=(), group_by=None, limit=0)
+        decision = decide(
+            policy,
+            request.requester,
+            request.purpose,
+            probe,
+            case_ref=request.case_ref,
+            legal_basis=request.legal_basis,
+        )
+        if not decision.permitted or decision.grant is None:
+            return None
+        matching = replace(resolved, operation=Operation.MATCH, fields=(), limit=0)
+        try:
+            statement = sql.compile_match(mapped, matching, decision.grant)
+        except (InvalidQuery, CatalogError):
+            return None  # a row filter this node cannot apply: the match would be denied
+        if conn.execute(statement).first() is None:
+            return None
+        filters = "; ".join(str(f) for f in grant.row_filters)
+        return Refusal(
+            grant.rule_id,
+            "records matching your selectors are held here, but none is releasable to you "
+            f"under rule {grant.rule_id} (it releases only rows where {filters}); "
+            f"a match under rule {decision.grant.rule_id} says HIT for them",
+        )
 
 
 def _distance_of(nearest: Mapping[str, int]) -> Callable[[Any], str | None]:
@@ -265,7 +374,22 @@ def _key(fmt: Callable[[Any], str], value: Any) -> str | None:
     return None if value is None else fmt(value)
 
 
-def _suppress(n: int, minimum: int) -> Count:
-    if n < minimum:
-        return Count(0, below_minimum=True, minimum=minimum)
-    return Count(n, minimum=minimum)
+def _identity(mapped: MappedDataset) -> list[sa.Column[Any]]:
+    """What tells one counted row from another: the primary key, or every column."""
+    key = list(mapped.table.primary_key.columns)
+    return key or list(mapped.table.columns)
+
+
+def _listing(
+    mapped: MappedDataset, query: Query, grant: Grant, *first: sa.Column[Any]
+) -> sa.Select[Any]:
+    """The identities of the rows a count of ``query`` counts (after ``first`` columns)."""
+    count = sql.compile_count(mapped, query, grant)
+    return count.with_only_columns(*first, *_identity(mapped), maintain_column_froms=True)
+
+
+def _stream(conn: sa.Connection, statement: sa.Select[Any]) -> Iterator[tuple[Any, ...]]:
+    """Rows in batches, through a server-side cursor where the database has one."""
+    result = conn.execution_options(stream_results=True, yield_per=10_000).execute(statement)
+    for row in result:
+        yield tuple(row)

@@ -16,12 +16,14 @@ class NodeStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     NODE_STATUS_TIMED_OUT: _ClassVar[NodeStatus]
     NODE_STATUS_UNREACHABLE: _ClassVar[NodeStatus]
     NODE_STATUS_ERROR: _ClassVar[NodeStatus]
+    NODE_STATUS_NOT_ASKED: _ClassVar[NodeStatus]
 NODE_STATUS_UNSPECIFIED: NodeStatus
 NODE_STATUS_ANSWERED: NodeStatus
 NODE_STATUS_DENIED: NodeStatus
 NODE_STATUS_TIMED_OUT: NodeStatus
 NODE_STATUS_UNREACHABLE: NodeStatus
 NODE_STATUS_ERROR: NodeStatus
+NODE_STATUS_NOT_ASKED: NodeStatus
 
 class SearchRequest(_message.Message):
     __slots__ = ("query", "purpose", "case_ref", "nodes", "deadline_ms", "legal_basis")

@@ -150,24 +150,28 @@ class Row(_message.Message):
     def __init__(self, cells: _Optional[_Iterable[_Union[Cell, _Mapping]]] = ...) -> None: ...
 
 class Bucket(_message.Message):
-    __slots__ = ("key", "key_present", "count")
+    __slots__ = ("key", "key_present", "count", "noise_bound")
     KEY_FIELD_NUMBER: _ClassVar[int]
     KEY_PRESENT_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
+    NOISE_BOUND_FIELD_NUMBER: _ClassVar[int]
     key: str
     key_present: bool
     count: int
-    def __init__(self, key: _Optional[str] = ..., key_present: _Optional[bool] = ..., count: _Optional[int] = ...) -> None: ...
+    noise_bound: int
+    def __init__(self, key: _Optional[str] = ..., key_present: _Optional[bool] = ..., count: _Optional[int] = ..., noise_bound: _Optional[int] = ...) -> None: ...
 
 class Count(_message.Message):
-    __slots__ = ("value", "below_minimum", "minimum")
+    __slots__ = ("value", "below_minimum", "minimum", "noise_bound")
     VALUE_FIELD_NUMBER: _ClassVar[int]
     BELOW_MINIMUM_FIELD_NUMBER: _ClassVar[int]
     MINIMUM_FIELD_NUMBER: _ClassVar[int]
+    NOISE_BOUND_FIELD_NUMBER: _ClassVar[int]
     value: int
     below_minimum: bool
     minimum: int
-    def __init__(self, value: _Optional[int] = ..., below_minimum: _Optional[bool] = ..., minimum: _Optional[int] = ...) -> None: ...
+    noise_bound: int
+    def __init__(self, value: _Optional[int] = ..., below_minimum: _Optional[bool] = ..., minimum: _Optional[int] = ..., noise_bound: _Optional[int] = ...) -> None: ...
 
 class QueryAnswer(_message.Message):
     __slots__ = ("query_id", "node_id", "request_digest", "answered_at_ms", "status", "decision", "hit", "count", "buckets", "buckets_suppressed", "bucket_minimum", "fields", "rows", "withheld_fields", "truncated")
