@@ -1,4 +1,10 @@
-"""One federated search: validate, build and sign the request once, fan out, merge."""
+"""One federated search: validate, build and sign the request once, fan out, merge.
+
+A request is read by every node in its audience, so the audience is kept as
+small as the gateway can make it: nodes that said (in Describe) that they do
+not offer the dataset are not asked. A node whose offer is unknown (it did not
+answer Describe in time) is asked, and says so itself.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +14,8 @@ import logging
 import os
 import time
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
 
 import grpc
 
@@ -32,14 +39,22 @@ from liaison.messages import (
 )
 from liaison.query import Query, validate_case_ref, validate_legal_basis, validate_query
 from liaison.wire import request_to_bytes
+from proto.liaison.v1 import node_pb2 as pb_node
 
 log = logging.getLogger("liaison.gateway")
 
 # Nodes accept a request until its expiry; a small margin past the fan-out
 # deadline lets a retry that started in time still be answered.
 EXPIRY_MARGIN_MS = 1000
-# A ledger that cannot make an entry durable in this time is treated as down.
-LEDGER_TIMEOUT_S = 10.0
+# A backstop beyond the ledger's own write deadline (which marks it down and
+# says why): a search never waits on the ledger longer than this past it.
+LEDGER_TIMEOUT_MARGIN_S = 5.0
+# How long a node's Describe (which datasets it offers) is trusted before it is
+# asked again, and how long a search waits for it at most.
+OFFERS_TTL_S = 60.0
+OFFERS_TIMEOUT_S = 0.5
+# How soon a node whose Describe failed is asked again.
+OFFERS_RETRY_S = 5.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,9 +90,15 @@ class GatewayCore:
         self.audit_key = audit_key
         self.default_deadline_ms = default_deadline_ms
         self.max_deadline_ms = max_deadline_ms
+        # node id -> (when fetched, monotonic s; datasets it offers, None: unknown)
+        self._offers: dict[str, tuple[float, frozenset[str] | None]] = {}
+        self._describing: dict[str, asyncio.Task[None]] = {}
 
     async def close(self) -> None:
         """Close the channels to the nodes, then seal the ledger with a final checkpoint."""
+        for task in list(self._describing.values()):
+            task.cancel()
+        await asyncio.gather(*self._describing.values(), return_exceptions=True)
         await self.fanout.close()
         await asyncio.to_thread(self.ledger.close)
 
@@ -111,7 +132,87 @@ class GatewayCore:
 
     def build_request(self, requester: Requester, search: SearchInput) -> QueryRequest:
         """Validate ``search`` and turn it into the request every target node will verify."""
-        checked = self.check_search(search)
+        return self.request_for(requester, self.check_search(search))
+
+    async def narrow(self, checked: CheckedSearch) -> tuple[CheckedSearch, tuple[str, ...]]:
+        """``checked`` without the targets known (from Describe) not to offer its dataset.
+
+        Returns the narrowed search and the nodes left out.
+        """
+        dataset = checked.query.dataset
+        offers = await self.offers(
+            checked.targets, min(OFFERS_TIMEOUT_S, checked.deadline_ms / 4000)
+        )
+        skipped = tuple(n for n in checked.targets if dataset not in (offers[n] or {dataset}))
+        if not skipped:
+            return checked, ()
+        targets = tuple(n for n in checked.targets if n not in skipped)
+        if not targets:
+            raise InvalidQuery(
+                f"no node asked offers dataset {dataset!r} ({', '.join(skipped)} said they do "
+                "not); ask for a dataset they offer"
+            )
+        log.info(
+            "not asked: dataset not offered", extra={"dataset": dataset, "nodes": list(skipped)}
+        )
+        return replace(checked, targets=targets), skipped
+
+    async def offers(
+        self, node_ids: Sequence[str], timeout_s: float
+    ) -> dict[str, frozenset[str] | None]:
+        """The datasets each node offers (None: unknown), from a cache refreshed by Describe.
+
+        Only a node never described is waited for (at most ``timeout_s``); a
+        stale answer is used while a fresh one is fetched in the background,
+        and a failed Describe is retried only after ``OFFERS_RETRY_S``, so a
+        node that is down does not slow every search.
+        """
+        now = time.monotonic()
+        unknown: list[str] = []
+        for node_id in node_ids:
+            fetched = self._offers.get(node_id)
+            if fetched is None:
+                unknown.append(node_id)
+                continue
+            at, offered = fetched
+            if now - at >= (OFFERS_TTL_S if offered is not None else OFFERS_RETRY_S):
+                self._refresh_later(node_id)
+        if unknown:
+            await asyncio.gather(*(self._describe(n, timeout_s) for n in unknown))
+        return {n: self._offers.get(n, (0.0, None))[1] for n in node_ids}
+
+    def _refresh_later(self, node_id: str) -> None:
+        if node_id in self._describing:
+            return
+        task = asyncio.get_running_loop().create_task(self._describe(node_id, OFFERS_TIMEOUT_S))
+        self._describing[node_id] = task
+        task.add_done_callback(lambda _: self._describing.pop(node_id, None))
+
+    async def _describe(self, node_id: str, timeout_s: float) -> None:
+        offered: frozenset[str] | None = None
+        try:
+            response = await self.fanout.stub(node_id).Describe(
+                pb_node.DescribeRequest(), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.info("describe failed", extra={"node_id": node_id, "code": exc.code().name})
+        else:
+            if response.node_id == node_id:
+                offered = frozenset(d.dataset for d in response.datasets)
+            else:
+                log.warning(
+                    "describe names another node",
+                    extra={"node_id": node_id, "named": response.node_id},
+                )
+        previous = self._offers.get(node_id)
+        # A failed refresh keeps what the node said before, but retries sooner.
+        if offered is None and previous is not None and previous[1] is not None:
+            self._offers[node_id] = (time.monotonic() - OFFERS_TTL_S + OFFERS_RETRY_S, previous[1])
+        else:
+            self._offers[node_id] = (time.monotonic(), offered)
+
+    def request_for(self, requester: Requester, checked: CheckedSearch) -> QueryRequest:
+        """The request for a checked search, addressed to exactly its targets."""
         issued = time.time_ns() // 1_000_000
         return QueryRequest(
             query_id=str(uuid.uuid4()),
@@ -130,7 +231,9 @@ class GatewayCore:
 
     async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
         started = time.perf_counter()
-        request = self.build_request(requester, search)
+        # Validate before asking any node anything, then keep the audience minimal.
+        checked, skipped = await self.narrow(self.check_search(search))
+        request = self.request_for(requester, checked)
         payload = request_to_bytes(request)
         digest = hashlib.sha256(payload).digest()
         envelope = seal(self.signing_key, REQUEST_TYPE, payload)
@@ -151,7 +254,12 @@ class GatewayCore:
         replies = await self.fanout.ask_all(
             request.audience, SignedRequest(envelope, proof), deadline_ms / 1000
         )
-        results = tuple(self._result(r, request, digest) for r in replies)
+        results = tuple(self._result(r, request, digest) for r in replies) + tuple(
+            NodeResult(
+                n, NodeStatus.NOT_ASKED, f"not asked: does not offer {request.query.dataset!r}"
+            )
+            for n in skipped
+        )
         # What was released is on record before the investigator sees it.
         outcome_started = time.perf_counter()
         await self._log(
@@ -182,11 +290,12 @@ class GatewayCore:
 
     async def _log(self, entry: bytes, *, prove: bool = False) -> Appended:
         future = self.ledger.submit(entry, prove=prove)
+        limit_s = self.ledger.write_timeout_s + LEDGER_TIMEOUT_MARGIN_S
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), LEDGER_TIMEOUT_S)
+            return await asyncio.wait_for(asyncio.wrap_future(future), limit_s)
         except TimeoutError as exc:
             raise LedgerUnavailable(
-                f"the gateway's ledger did not confirm a write within {LEDGER_TIMEOUT_S:g} s; "
+                f"the gateway's ledger did not confirm a write within {limit_s:g} s; "
                 "no query is sent until it does"
             ) from exc
         except LedgerUnavailable as exc:

@@ -209,6 +209,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--issuer", help="issuer URL (default: the dev IdP URL of the agency)")
     t.add_argument("--audience", default="liaison-gateway")
     t.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
+    t.add_argument(
+        "--out",
+        type=Path,
+        metavar="FILE",
+        help="write the token to FILE, readable by its owner only (default: print it)",
+    )
 
     p = sub.add_parser("query", help="ask the federation through a gateway")
     _add_query_shape(p)
@@ -554,17 +560,22 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if not 1 <= args.ttl <= 12 * 3600:
         raise LiaisonError("--ttl must be between 1 and 43200 seconds")
     key = SigningKey.from_pem_file(args.key)
-    print(
-        issue_dev_token(
-            key,
-            issuer=args.issuer or dev_issuer(args.agency),
-            audience=args.audience,
-            agency=args.agency,
-            subject=args.subject,
-            roles=roles,
-            ttl_s=args.ttl,
-        )
+    token = issue_dev_token(
+        key,
+        issuer=args.issuer or dev_issuer(args.agency),
+        audience=args.audience,
+        agency=args.agency,
+        subject=args.subject,
+        roles=roles,
+        ttl_s=args.ttl,
     )
+    if args.out is None:
+        print(token)
+    else:
+        from liaison.federation import write_private_text
+
+        # A bearer token: whoever reads the file can ask as this investigator.
+        write_private_text(args.out, token + "\n")
     return 0
 
 

@@ -8,20 +8,35 @@ from __future__ import annotations
 
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from liaison.catalog import Catalog
+from liaison.catalog import Catalog, Dataset, FieldType
 from liaison.errors import CatalogError, ConfigError
+from liaison.ledger.store import LedgerTimeouts
 from liaison.tls import TlsFiles
 
 DEFAULT_MAX_REQUEST_AGE_S = 300
 DEFAULT_CLOCK_SKEW_S = 30
 DEFAULT_CHECKPOINT_INTERVAL_S = 30
+
+
+class HexCase(StrEnum):
+    """How a hex column spells its letters, so a node asks for hashes as they are stored.
+
+    ``detect`` (the default) samples the column when the node starts; ``mixed``
+    asks for both the lower- and the upper-case spelling of every hash.
+    """
+
+    LOWER = "lower"
+    UPPER = "upper"
+    MIXED = "mixed"
+    DETECT = "detect"
 
 
 @dataclass(frozen=True, slots=True)
@@ -31,12 +46,19 @@ class DatasetMapping:
     dataset: str
     table: str
     columns: Mapping[str, str]  # catalog field -> local column
+    # catalog hex field -> how its column spells hex; unlisted hex fields: DETECT
+    hex_case: Mapping[str, HexCase] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
 class TrustedKey:
     id: str
     public_key: Path
+    # The TLS identity this gateway connects with: the SHA-256 (hex) of its
+    # certificate's public key (SubjectPublicKeyInfo), and/or DNS or URI
+    # subjectAltNames it carries. Required with [tls]; every key given must match.
+    tls_spki_sha256: tuple[str, ...] = ()
+    tls_san: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +122,8 @@ class GatewayConfig:
     # HMAC key under which selectors are logged; auditors hold a copy.
     audit_key: Path | None = None
     checkpoint_interval_s: int = DEFAULT_CHECKPOINT_INTERVAL_S
+    # How long the ledger waits on its database before it reports NOT_SERVING.
+    ledger_timeouts: LedgerTimeouts = field(default_factory=LedgerTimeouts)
 
 
 ALLOWED_JWT_ALGORITHMS = ("EdDSA", "ES256", "RS256")
@@ -226,10 +250,18 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
     trusted = []
     for i, t in enumerate(top.tables("trusted_gateway"), start=1):
         r = _Reader(t, f"{path} [[trusted_gateway]] #{i}", base)
-        r.check_keys({"id", "public_key"})
-        trusted.append(TrustedKey(r.text("id"), r.path("public_key")))
+        r.check_keys({"id", "public_key", "tls_spki_sha256", "tls_san"})
+        trusted.append(
+            TrustedKey(
+                r.text("id"),
+                r.path("public_key"),
+                _spki_pins(r) if "tls_spki_sha256" in t else (),
+                r.str_list("tls_san") if "tls_san" in t else (),
+            )
+        )
     if not trusted:
         raise ConfigError(f"{path}: at least one [[trusted_gateway]] with a public_key is needed")
+    _check_gateway_identities(path, trusted, tls="tls" in doc)
     raw_datasets = doc.get("datasets", {})
     if not isinstance(raw_datasets, dict) or not raw_datasets:
         raise ConfigError(f"{path}: map at least one catalog dataset under [datasets.<name>]")
@@ -246,7 +278,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
                 "mapping"
             )
         r = _Reader(table, where, base)
-        r.check_keys({"table", "fields"})
+        r.check_keys({"table", "fields", "hex_case"})
         fields = table.get("fields", {})
         if not isinstance(fields, dict) or not fields:
             raise ConfigError(f"{where}: map catalog fields to columns under `fields`")
@@ -257,7 +289,11 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
                 raise ConfigError(f"{where}: {exc}") from exc
             if not isinstance(column, str) or not column:
                 raise ConfigError(f"{where}: field {field_name!r} must map to a column name")
-        mappings.append(DatasetMapping(name, r.text("table"), dict(fields)))
+        mappings.append(
+            DatasetMapping(
+                name, r.text("table"), dict(fields), _hex_case(table, fields, dataset, where)
+            )
+        )
     return NodeConfig(
         path=path,
         node_id=node.text("id"),
@@ -279,6 +315,63 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         ),
         checkpoint_interval_s=_checkpoint_interval(doc, path),
     )
+
+
+def _hex_case(
+    table: Mapping[str, Any], fields: Mapping[str, Any], dataset: Dataset, where: str
+) -> dict[str, HexCase]:
+    """The optional ``[datasets.<name>.hex_case]`` table: field -> lower, upper, mixed, detect."""
+    raw = table.get("hex_case", {})
+    if not isinstance(raw, dict):
+        raise ConfigError(f'{where}: `hex_case` must be a table of field = "lower"|"upper"|...')
+    allowed = ", ".join(c.value for c in HexCase)
+    cases = {}
+    for field_name, value in raw.items():
+        if field_name not in fields:
+            raise ConfigError(
+                f"{where}: hex_case names field {field_name!r}, which is not mapped under `fields`"
+            )
+        if dataset.field(field_name).type not in (FieldType.HEX256, FieldType.HEX128):
+            raise ConfigError(
+                f"{where}: hex_case applies to hex fields only; {field_name!r} is "
+                f"{dataset.field(field_name).type.value}"
+            )
+        if value not in tuple(HexCase):
+            raise ConfigError(
+                f"{where}: hex_case for {field_name!r} must be one of {allowed}, got {value!r}"
+            )
+        cases[field_name] = HexCase(value)
+    return cases
+
+
+def _spki_pins(r: _Reader) -> tuple[str, ...]:
+    pins = tuple(p.lower().replace(":", "") for p in r.str_list("tls_spki_sha256"))
+    for pin in pins:
+        if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
+            raise ConfigError(
+                f"{r.where}: `tls_spki_sha256` entries must be 64 hex digits (the SHA-256 of "
+                f"the gateway certificate's public key), got {pin!r}"
+            )
+    return pins
+
+
+def _check_gateway_identities(path: Path, trusted: list[TrustedKey], *, tls: bool) -> None:
+    """With TLS every trusted gateway is bound to its certificate; without, none can be."""
+    for i, t in enumerate(trusted, start=1):
+        bound = bool(t.tls_spki_sha256 or t.tls_san)
+        where = f"{path} [[trusted_gateway]] #{i}"
+        if tls and not bound:
+            raise ConfigError(
+                f"{where}: with [tls] the node must know the gateway's TLS identity, or any "
+                "holder of a certificate from client_ca could replay requests to it; add "
+                "`tls_spki_sha256 = [...]` (SHA-256 of the gateway certificate's public key) "
+                "or `tls_san = [...]` (a DNS name or URI its certificate carries)"
+            )
+        if bound and not tls:
+            raise ConfigError(
+                f"{where}: `tls_spki_sha256`/`tls_san` need [tls] with client_ca (mutual TLS), "
+                "or the node could not check them; add [tls] or remove them"
+            )
 
 
 def _ledger_reader(doc: Mapping[str, Any], path: Path, allowed: set[str]) -> _Reader:
@@ -356,14 +449,34 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         max_deadline_ms=gw.integer("max_deadline_ms", 30_000, default_deadline, 600_000),
         tls=_tls(doc, "tls", "client_ca", path, ca_required=False),
         node_tls=_tls(doc, "node_tls", "ca", path, ca_required=True),
-        ledger=_ledger_location(doc, path, "ledger.sqlite3", {"location", "audit_key"}),
+        ledger=_ledger_location(doc, path, "ledger.sqlite3", _GATEWAY_LEDGER_KEYS),
         audit_key=_audit_key(doc, path),
         checkpoint_interval_s=_checkpoint_interval(doc, path),
+        ledger_timeouts=_ledger_timeouts(doc, path),
+    )
+
+
+_GATEWAY_LEDGER_KEYS = {
+    "location",
+    "audit_key",
+    "connect_timeout_s",
+    "write_timeout_s",
+    "statement_timeout_s",
+}
+
+
+def _ledger_timeouts(doc: Mapping[str, Any], path: Path) -> LedgerTimeouts:
+    reader = _ledger_reader(doc, path, _GATEWAY_LEDGER_KEYS)
+    default = LedgerTimeouts()
+    return LedgerTimeouts(
+        connect_s=reader.integer("connect_timeout_s", default.connect_s, 1, 60),
+        write_s=reader.integer("write_timeout_s", int(default.write_s), 1, 60),
+        statement_s=reader.integer("statement_timeout_s", default.statement_s, 1, 3600),
     )
 
 
 def _audit_key(doc: Mapping[str, Any], path: Path) -> Path:
-    reader = _ledger_reader(doc, path, {"location", "audit_key"})
+    reader = _ledger_reader(doc, path, _GATEWAY_LEDGER_KEYS)
     if "audit_key" not in reader.table:
         raise ConfigError(
             f"{path}: the gateway logs selectors as keyed hashes and needs "

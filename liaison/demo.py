@@ -29,6 +29,7 @@ from liaison.federation import (
     write_gateway_keys,
     write_node,
     write_pki,
+    write_private_text,
 )
 from liaison.keys import SigningKey
 from liaison.ledger.reconcile import ReconcileReport, federation_ledgers, reconcile_files
@@ -316,7 +317,8 @@ def run_demo(
         build_federation(root, tls=True, progress=progress)
     print("[2/4] starting nodes and gateway on loopback", file=progress)
     token = investigator_token(root)
-    (root / "investigator.jwt").write_text(token + "\n")
+    # A bearer token: whoever reads it can ask as the investigator.
+    write_private_text(root / "investigator.jwt", token + "\n")
     results = []
     try:
         with running_federation(root, detach=keep_running, progress=progress) as address:
@@ -355,7 +357,8 @@ def run_demo(
         print(
             f"\nAudit it yourself (public keys only):\n"
             f"  liaison audit verify {root}/gateway/ledger.sqlite3 \\\n"
-            f"      --key {root}/gateway/gateway.pub\n"
+            f"      --key {root}/gateway/gateway.pub \\\n"
+            f"      --witness {root}/nodes/ruritania/state/receipts.sqlite3\n"
             f"  liaison audit reconcile --federation {root}",
             file=progress,
         )

@@ -10,11 +10,13 @@ LiaisonError
 ├── EnvelopeError          a signed envelope does not verify or parse
 │   ├── BadSignature       wrong key, forged or tampered bytes
 │   ├── RequestRejected    valid signature but stale, early, misaddressed
-│   │   ├── ReplayDetected the nonce was already used with other bytes
-│   │   └── UnloggedRequest no valid proof that the gateway logged the request
+│   │   ├── ReplayDetected the nonce or query id was already used with other bytes
+│   │   ├── UnloggedRequest no valid proof that the gateway logged the request
+│   │   └── UntrustedPeer  the TLS peer is not a gateway this node trusts
 │   └── RequestInProgress  the same request is being answered; retry
 ├── PolicyDenied           the node's policy does not permit the query
 ├── BackendError           the agency's database cannot be used
+├── StateUnavailable       a node's own state (replay guard) cannot be written
 └── LedgerError            the audit ledger cannot be written or does not verify
     ├── LedgerUnavailable  the ledger store cannot be written; nothing is asked
     ├── ProofError         an inclusion or consistency proof does not verify
@@ -66,11 +68,15 @@ class RequestRejected(EnvelopeError):
 
 
 class ReplayDetected(RequestRejected):
-    """The request's nonce was already answered for different bytes."""
+    """The request's nonce or query id was already answered for different bytes."""
 
 
 class UnloggedRequest(RequestRejected):
     """The request carries no valid proof that the gateway's ledger holds it."""
+
+
+class UntrustedPeer(RequestRejected):
+    """The TLS peer on the line is not a gateway this node trusts (or not the signer)."""
 
 
 class RequestInProgress(EnvelopeError):
@@ -87,6 +93,10 @@ class PolicyDenied(LiaisonError):
 
 class BackendError(LiaisonError):
     """The agency's database is unreachable or rejected the compiled query."""
+
+
+class StateUnavailable(LiaisonError):
+    """A node cannot write its own state (replay guard); it answers nothing until it can."""
 
 
 class LedgerError(LiaisonError):

@@ -60,19 +60,29 @@ PKI_DIR = "pki"
 AUDIT_KEY = "audit/audit.key"
 
 
-def write_secret(path: Path) -> None:
-    """32 random bytes in hex, owner-only."""
+def write_private_text(path: Path, text: str) -> None:
+    """Write ``text`` owner-only (0600), also over an existing file with a wider mode."""
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     os.fchmod(fd, 0o600)
     with os.fdopen(fd, "w") as fh:
-        fh.write(secrets.token_hex(32) + "\n")
+        fh.write(text)
+
+
+def write_secret(path: Path) -> None:
+    """32 random bytes in hex, owner-only."""
+    write_private_text(path, secrets.token_hex(32) + "\n")
 
 
 def write_pki(root: Path, node_ids: Sequence[str]) -> None:
-    """A development CA and certificates for the gateway and every node (mutual TLS)."""
-    from liaison.tls import write_dev_pki
+    """A development CA and certificates for the gateway and every node (mutual TLS).
 
-    write_dev_pki(root / PKI_DIR, [GATEWAY_ID, *node_ids])
+    Each certificate carries only the key usage of its role: nodes serve
+    (serverAuth), the gateway connects (clientAuth).
+    """
+    from liaison.tls import CertRole, write_dev_pki
+
+    roles = {GATEWAY_ID: [CertRole.CLIENT], **{n: [CertRole.SERVER] for n in node_ids}}
+    write_dev_pki(root / PKI_DIR, roles)
 
 
 def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = False) -> None:
@@ -104,6 +114,15 @@ def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = Fals
         f"id = {_toml_str(GATEWAY_ID)}",
         f"public_key = {_toml_str(gw_rel.as_posix())}",
     ]
+    if tls:
+        from liaison.tls import certificate_identity
+
+        pin = certificate_identity(folder.parent.parent / PKI_DIR / f"{GATEWAY_ID}.crt")
+        lines += [
+            "# Only a TLS peer with this gateway's certificate key may ask (SHA-256 of its",
+            "# public key); a co-member's certificate from the same CA gets PERMISSION_DENIED.",
+            f"tls_spki_sha256 = {_toml_list([pin.spki_sha256])}",
+        ]
     for dataset, (table, columns) in layout.mapping.items():
         lines += [
             "",

@@ -1,17 +1,24 @@
 """Mutual TLS between gateway and nodes, on top of the signed envelopes.
 
 Signatures say who asked and who answered; TLS keeps the exchange private on
-the wire and lets each side refuse connections from strangers before any
-bytes are parsed. ``write_dev_pki`` makes a throwaway CA for demos and tests;
-real deployments use their agencies' own PKI.
+the wire, lets each side refuse connections from strangers before any bytes
+are parsed, and tells a node *who is on the line*: a node answers only the
+gateway identities its config names (see ``CertificateIdentity``), so a
+co-member agency that holds a certificate from the same CA cannot replay a
+captured request to it. ``write_dev_pki`` makes a throwaway CA for demos and
+tests, with certificates that carry only the key usage of their role; real
+deployments use their agencies' own PKI.
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import ipaddress
 import os
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 
 import grpc
@@ -85,11 +92,82 @@ def _write_key(path: Path, key: ec.EllipticCurvePrivateKey) -> None:
         )
 
 
-def write_dev_pki(folder: Path, names: list[str], days: int = 365) -> None:
+class CertRole(StrEnum):
+    """What a certificate may be used for (its extended key usage)."""
+
+    SERVER = "server"  # serverAuth: nodes, which only ever accept connections
+    CLIENT = "client"  # clientAuth: the gateway, which only ever connects to nodes
+
+
+_EKU = {
+    CertRole.SERVER: ExtendedKeyUsageOID.SERVER_AUTH,
+    CertRole.CLIENT: ExtendedKeyUsageOID.CLIENT_AUTH,
+}
+DEV_SAN_SUFFIX = ".liaison.invalid"
+
+
+@dataclass(frozen=True, slots=True)
+class CertificateIdentity:
+    """Who a certificate names: its public key's fingerprint and its DNS/URI names."""
+
+    # SHA-256 of the DER SubjectPublicKeyInfo, lower-case hex (a key pin that
+    # survives re-issuing the certificate for the same key).
+    spki_sha256: str
+    # DNS names and URIs from the subjectAltName extension.
+    names: frozenset[str]
+    subject: str
+
+    @classmethod
+    def from_pem(cls, pem: bytes) -> CertificateIdentity:
+        """The identity of the first certificate in ``pem``; raise ConfigError if none parses."""
+        try:
+            cert = x509.load_pem_x509_certificate(pem)
+        except ValueError as exc:
+            raise ConfigError(f"not a PEM certificate ({exc})") from exc
+        return cls.of(cert)
+
+    @classmethod
+    def of(cls, cert: x509.Certificate) -> CertificateIdentity:
+        spki = cert.public_key().public_bytes(
+            serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo
+        )
+        try:
+            san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        except x509.ExtensionNotFound:
+            names: frozenset[str] = frozenset()
+        else:
+            names = frozenset(
+                [
+                    *san.get_values_for_type(x509.DNSName),
+                    *san.get_values_for_type(x509.UniformResourceIdentifier),
+                ]
+            )
+        return cls(hashlib.sha256(spki).hexdigest(), names, cert.subject.rfc4514_string())
+
+
+def certificate_identity(path: Path) -> CertificateIdentity:
+    """The identity of the certificate in the PEM file at ``path``."""
+    try:
+        pem = path.read_bytes()
+    except FileNotFoundError as exc:
+        raise ConfigError(f"certificate file {path} does not exist") from exc
+    try:
+        return CertificateIdentity.from_pem(pem)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from exc
+
+
+def write_dev_pki(
+    folder: Path, certificates: Mapping[str, Iterable[CertRole]], days: int = 365
+) -> None:
     """Write a development CA (ca.pem) and a certificate and key per name.
 
-    Certificates are valid for localhost and 127.0.0.1, for both server and
-    client use, so one pair serves a process in either role. Demo use only.
+    ``certificates`` maps each name to the roles its certificate may play:
+    nodes get ``SERVER`` only and the gateway ``CLIENT`` only, so a node's
+    certificate cannot open a connection to another node (TLS refuses a
+    certificate used outside its extended key usage). Each certificate is
+    valid for localhost and 127.0.0.1 and also names ``<name>.liaison.invalid``.
+    Demo use only: the CA's key is thrown away once the certificates are signed.
     """
     folder.mkdir(parents=True, exist_ok=True)
     now = dt.datetime.now(dt.UTC)
@@ -121,7 +199,10 @@ def write_dev_pki(folder: Path, names: list[str], days: int = 365) -> None:
         .sign(ca_key, hashes.SHA256())
     )
     (folder / "ca.pem").write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    for name in names:
+    for name, roles in certificates.items():
+        usages = [_EKU[r] for r in CertRole if r in set(roles)]
+        if not usages:
+            raise ConfigError(f"certificate {name!r} needs a role (server or client)")
         key = ec.generate_private_key(ec.SECP256R1())
         cert = (
             x509.CertificateBuilder()
@@ -133,16 +214,15 @@ def write_dev_pki(folder: Path, names: list[str], days: int = 365) -> None:
             .not_valid_after(now + dt.timedelta(days=days))
             .add_extension(
                 x509.SubjectAlternativeName(
-                    [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+                    [
+                        x509.DNSName("localhost"),
+                        x509.IPAddress(ipaddress.ip_address("127.0.0.1")),
+                        x509.DNSName(f"{name}{DEV_SAN_SUFFIX}"),
+                    ]
                 ),
                 critical=False,
             )
-            .add_extension(
-                x509.ExtendedKeyUsage(
-                    [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
-                ),
-                critical=False,
-            )
+            .add_extension(x509.ExtendedKeyUsage(usages), critical=False)
             .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
             .sign(ca_key, hashes.SHA256())
         )

@@ -1,9 +1,14 @@
 """The node's core: from a signed request to a signed answer.
 
-verify -> proof of logging -> replay guard -> policy decision -> compile ->
-run read-only -> obligations -> sign -> receipt. Each step lives in its own
-module; this one only orders them and keeps what must happen once (the
-replay claim, the receipt) in one place.
+peer -> verify -> proof of logging -> replay guard -> policy decision ->
+compile -> run read-only -> obligations -> sign -> receipt -> stored answer.
+Each step lives in its own module; this one only orders them and keeps what
+must happen once (the replay claim, the receipt, the rate charge) in one place.
+
+The receipt is durable before the answer is stored for retries, and the
+answer leaves only once both are. If the store fails after the receipt, a
+second receipt for the same request says "not-delivered", the rate charge is
+refunded, and the caller is told UNAVAILABLE: receipts say what happened.
 """
 
 from __future__ import annotations
@@ -20,12 +25,20 @@ from sqlalchemy.engine import Engine
 
 from liaison.catalog import Catalog
 from liaison.envelope import ANSWER_TYPE, POLICY_TYPE, Envelope, seal
-from liaison.errors import CatalogError, ConfigError, InvalidQuery, LedgerUnavailable
+from liaison.errors import (
+    CatalogError,
+    ConfigError,
+    InvalidQuery,
+    LedgerUnavailable,
+    ReplayDetected,
+    StateUnavailable,
+    UntrustedPeer,
+)
 from liaison.keys import KeyId, SigningKey
 from liaison.ledger.entries import ReceiptFacts, receipt_entry
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LoggedRequest, SignedRequest, check_logged
-from liaison.messages import AnswerStatus, Decision, QueryAnswer
+from liaison.messages import AnswerStatus, Decision, QueryAnswer, Requester
 from liaison.query import (
     Operation,
     Query,
@@ -38,18 +51,34 @@ from node.database import MappedDataset
 from node.differencing import RecentAggregates
 from node.execute import Executor, Refusal
 from node.near import NearIndexes
+from node.near_guard import NearGuard
 from node.ratelimit import RateLedger
-from node.replay import ReplayGuard
-from node.verify import TrustedGateway, VerifiedRequest, verify_request
+from node.replay import ReplayGuard, private_dir, private_file
+from node.verify import Peer, TrustedGateway, VerifiedRequest, peer_gateways, verify_request
 from policies import Policy, decide
+from policies.model import RateLimit
 
 log = logging.getLogger("liaison.node")
 
 NOT_OFFERED = "dataset-not-offered"
+# The status of a compensating receipt: the answer of the receipt before it
+# (same request digest and answer digest) never left this node.
+NOT_DELIVERED = "not-delivered"
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class Charge:
+    """One rate-limit charge, kept so that it can be refunded if no answer leaves."""
+
+    rule_id: str
+    limits: tuple[RateLimit, ...]
+    requester: Requester
+    cost: int
+    at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +119,12 @@ class NodeCore:
         self.replay = replay
         self.receipts = receipts
         self.limits = limits
+        # Replay answers, rate usage and recent aggregates describe who asked
+        # what and what was released: owner-only.
+        private_dir(state_dir)
+        private_file(state_dir / "aggregates.sqlite3")
         self.rates = RateLedger(state_dir / "rates.sqlite3")
+        self.near_guard = NearGuard(state_dir / "near.sqlite3")
         self.executor = Executor(
             engine=engine,
             transform_secret=transform_secret,
@@ -125,8 +159,22 @@ class NodeCore:
             )
         return self.published_policy
 
-    def answer(self, signed: SignedRequest) -> Envelope:
-        """Verify ``signed`` and return the signed answer (the same one on a retry)."""
+    def check_peer(self, peer: Peer) -> frozenset[str]:
+        """The trusted gateway ids ``peer`` proved to be; refuse (and log) anyone else."""
+        try:
+            return peer_gateways(peer, self.trusted)
+        except UntrustedPeer:
+            log.warning("refused: peer is not a trusted gateway", extra=peer.describe())
+            raise
+
+    def answer(self, signed: SignedRequest, peer: Peer | None = None) -> Envelope:
+        """Verify ``signed`` and return the signed answer (the same one on a retry).
+
+        ``peer`` is who is on the line; None only for in-process callers of a
+        node without TLS identities (tests).
+        """
+        peer = peer or Peer("in-process", None)
+        gateways = self.check_peer(peer)
         envelope = signed.envelope
         verified = verify_request(
             envelope,
@@ -137,6 +185,22 @@ class NodeCore:
             clock_skew_s=self.limits.clock_skew_s,
         )
         request = verified.request
+        if request.gateway_id not in gateways:
+            # A trusted gateway presenting another gateway's request.
+            log.warning(
+                "refused: request signed by another gateway than the peer",
+                extra={
+                    **peer.describe(),
+                    "query_id": request.query_id,
+                    "signer": request.gateway_id,
+                },
+            )
+            raise UntrustedPeer(
+                f"this request is signed by gateway {request.gateway_id!r}; only that gateway "
+                "may present it"
+            )
+        # Identity of the line, not of the bytes: a stored answer goes back only to it.
+        peer_id = request.gateway_id if peer.certificate is not None else ""
         # Before the nonce is spent: a gateway that did not log gets nothing.
         logged = check_logged(
             signed.proof,
@@ -145,12 +209,31 @@ class NodeCore:
             request_key_id=envelope.key_id,
             gateway_key=self.trusted[envelope.key_id].key,
         )
-        cached = self.replay.claim(request.nonce, verified.digest, request.expires_at_ms)
+        try:
+            cached = self.replay.claim(
+                request.nonce,
+                verified.digest,
+                request.expires_at_ms,
+                query_id=request.query_id,
+                peer=peer_id,
+            )
+        except (ReplayDetected, UntrustedPeer) as exc:
+            log.warning(
+                "refused: replay",
+                extra={
+                    **peer.describe(),
+                    "query_id": request.query_id,
+                    "gateway_id": request.gateway_id,
+                    "reason": str(exc),
+                },
+            )
+            raise
         if cached is not None:
             log.info("retry answered from store", extra={"query_id": request.query_id})
             return cached
+        charges: list[Charge] = []
         try:
-            answer = self._decide_and_run(verified)
+            answer = self._decide_and_run(verified, charges)
             sealed = seal(self.signing_key, ANSWER_TYPE, answer_to_bytes(answer))
             # The receipt is durable before the answer can leave.
             receipt_started = time.perf_counter()
@@ -163,9 +246,17 @@ class NodeCore:
                     "try again later (the node's operator sees why in its log)"
                 ) from exc
             receipt_ms = (time.perf_counter() - receipt_started) * 1000
-            self.replay.complete(request.nonce, sealed)
+            try:
+                self.replay.complete(request.nonce, sealed)
+            except StateUnavailable:
+                self._withdraw(verified, logged, answer, sealed)
+                raise
         except BaseException:
             self.replay.release(request.nonce)
+            for charge in charges:
+                self.rates.refund(
+                    charge.rule_id, charge.limits, charge.requester, charge.cost, charge.at_ms
+                )
             raise
         self._answered += 1
         if self._answered % 256 == 0:
@@ -193,17 +284,45 @@ class NodeCore:
         )
         return sealed
 
+    def _withdraw(
+        self,
+        verified: VerifiedRequest,
+        logged: LoggedRequest,
+        answer: QueryAnswer,
+        sealed: Envelope,
+    ) -> None:
+        """Record that the receipted answer never left (its store write failed)."""
+        query_id = verified.request.query_id
+        facts = self._receipt(verified, logged, answer, sealed, status=NOT_DELIVERED)
+        try:
+            self.receipts.append(receipt_entry(facts))
+        except LedgerUnavailable:
+            # Both stores failed: the receipts ledger overstates (answered, never
+            # delivered) and only this log line says so. It errs towards
+            # recording, never towards releasing unrecorded.
+            log.critical(
+                "receipt says answered but the answer was not delivered",
+                extra={"query_id": query_id, "answer_digest": facts.answer_digest},
+            )
+        else:
+            log.error(
+                "answer not delivered: the replay guard could not store it",
+                extra={"query_id": query_id, "answer_digest": facts.answer_digest},
+            )
+
     def _receipt(
         self,
         verified: VerifiedRequest,
         logged: LoggedRequest,
         answer: QueryAnswer,
         sealed: Envelope,
+        *,
+        status: str = "",
     ) -> ReceiptFacts:
         request = verified.request
         return ReceiptFacts(
             node_id=self.node_id,
-            time_ms=answer.answered_at_ms,
+            time_ms=answer.answered_at_ms if not status else now_ms(),
             query_id=request.query_id,
             request_digest=verified.digest,
             gateway_id=request.gateway_id,
@@ -212,14 +331,15 @@ class NodeCore:
             gateway_entry=logged.proof.entry,
             gateway_leaf_index=logged.proof.leaf_index,
             gateway_checkpoint=logged.proof.checkpoint,
-            status=answer.status.value,
+            status=status or answer.status.value,
             rules=answer.decision.rules,
             obligations=answer.decision.obligations,
             answer_digest=hashlib.sha256(sealed.payload).hexdigest(),
             answer_key_id=self.signing_key.key_id,
         )
 
-    def _decide_and_run(self, verified: VerifiedRequest) -> QueryAnswer:
+    def _decide_and_run(self, verified: VerifiedRequest, charges: list[Charge]) -> QueryAnswer:
+        """Decide and run ``verified``; append any rate charge made to ``charges``."""
         request = verified.request
         query = validate_query(request.query, self.catalog)
         validate_case_ref(request.case_ref)
@@ -273,14 +393,30 @@ class NodeCore:
         if query.operation is Operation.RECORDS and not grant.fields:
             reason = "none of the requested fields is held here"
             return deny(decision.rules, reason, (*decision.explanation, f"node: {reason}"))
+        # Near-duplicate budget and probing, before any rate limit is charged.
+        near_reason = self.near_guard.admit(grant, query, request.requester, now_ms())
+        if near_reason:
+            return deny(
+                decision.rules, near_reason, (*decision.explanation, f"node: {near_reason}")
+            )
+        charged_at_ms = now_ms()
         limit_reason = self.rates.charge(
-            grant.rule_id, grant.rate_limits, request.requester, query_cost(query), now_ms()
+            grant.rule_id, grant.rate_limits, request.requester, query_cost(query), charged_at_ms
         )
         if limit_reason:
             return deny(
                 decision.rules, limit_reason, (*decision.explanation, f"node: {limit_reason}")
             )
-        outcome = self.executor.run(mapped, query, grant, request.requester.agency, now_ms())
+        charges.append(
+            Charge(
+                grant.rule_id,
+                grant.rate_limits,
+                request.requester,
+                query_cost(query),
+                charged_at_ms,
+            )
+        )
+        outcome = self.executor.run(mapped, query, grant, request, now_ms(), self.policy)
         if isinstance(outcome, Refusal):
             return deny(
                 (outcome.rule,),

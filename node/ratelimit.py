@@ -12,6 +12,7 @@ import threading
 from pathlib import Path
 
 from liaison.messages import Requester
+from node.replay import private_dir, private_file
 from policies.model import RateLimit, RateScope
 
 _SCHEMA = """
@@ -33,7 +34,9 @@ def scope_key(limit: RateLimit, requester: Requester) -> str:
 
 class RateLedger:
     def __init__(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        # Who asked how much, and when: owner-only, like the rest of the node's state.
+        private_dir(path.parent)
+        private_file(path)
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode = WAL")
         # NORMAL in WAL mode survives a process crash; a power cut may lose the
@@ -41,6 +44,7 @@ class RateLedger:
         # towards releasing data. The replay guard, which must not err, keeps FULL.
         self._db.execute("PRAGMA synchronous = NORMAL")
         self._db.executescript(_SCHEMA)
+        private_file(path)  # the -wal and -shm now exist
         self._lock = threading.Lock()
 
     def charge(
@@ -85,6 +89,27 @@ class RateLedger:
                 )
             self._db.execute("COMMIT")
             return ""
+
+    def refund(
+        self,
+        rule_id: str,
+        limits: tuple[RateLimit, ...],
+        requester: Requester,
+        cost: int,
+        charged_at_ms: int,
+    ) -> None:
+        """Take back one charge made by :meth:`charge` for an answer that was never given."""
+        if not limits:
+            return
+        with self._lock:
+            self._db.execute("BEGIN")
+            for limit in limits:
+                self._db.execute(
+                    "DELETE FROM usage WHERE rowid = (SELECT rowid FROM usage WHERE rule_id = ? "
+                    "AND scope_key = ? AND at_ms = ? AND cost = ? LIMIT 1)",
+                    (rule_id, scope_key(limit, requester), charged_at_ms, cost),
+                )
+            self._db.execute("COMMIT")
 
     def _wait_s(self, rule_id: str, key: str, since: int, excess: int, limit: RateLimit) -> int:
         """Seconds until enough of the window's usage expires to make room for ``excess``."""

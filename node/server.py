@@ -11,6 +11,7 @@ import grpc
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import NodeConfig, load_node_config
 from liaison.errors import ConfigError
+from liaison.grpc_errors import MalformedRequests
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import node_origin
@@ -29,7 +30,7 @@ from node.database import bind_schema, open_read_only
 from node.near import NearIndexes
 from node.replay import ReplayGuard
 from node.service import NodeServicer
-from node.verify import TrustedGateway
+from node.verify import GatewayIdentity, TrustedGateway
 from policies.load import load_policy_and_text
 from policies.model import TransformKind
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -45,7 +46,10 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
     trusted = {}
     for gw in config.trusted_gateways:
         key = VerifyingKey.from_pem_file(gw.public_key)
-        trusted[key.key_id] = TrustedGateway(gw.id, key)
+        identity = None
+        if gw.tls_spki_sha256 or gw.tls_san:
+            identity = GatewayIdentity(frozenset(gw.tls_spki_sha256), frozenset(gw.tls_san))
+        trusted[key.key_id] = TrustedGateway(gw.id, key, identity)
     policy, policy_document = load_policy_and_text(config.policy, catalog)
     secret = _transform_secret(config.transform_key)
     if not secret and any(
@@ -115,9 +119,34 @@ def _transform_secret(path: Path | None) -> bytes:
 def start_node_server(
     core: NodeCore, listen: str, workers: int = 16, tls: TlsFiles | None = None
 ) -> tuple[grpc.Server, int]:
+    """Serve ``core``; with ``tls``, only its trusted gateways' certificates get answers.
+
+    Without TLS a node cannot tell who is on the line: anyone who can reach
+    ``listen`` and holds a request addressed to it within its validity can
+    have it answered. That is for loopback development only, and is logged.
+    """
+    unbound = sorted(g.gateway_id for g in core.trusted.values() if g.identity is None)
+    if tls is not None and unbound:
+        raise ConfigError(
+            f"node {core.node_id} serves TLS but does not know the TLS identity of gateway(s) "
+            f"{', '.join(unbound)}; set tls_spki_sha256 or tls_san in their [[trusted_gateway]]"
+        )
+    if tls is None and len(unbound) != len(core.trusted):
+        raise ConfigError(
+            f"node {core.node_id} names gateway TLS identities but serves without TLS, so it "
+            "could not check them; add [tls] with client_ca"
+        )
+    if tls is None:
+        log.warning(
+            "node serving WITHOUT TLS: it cannot tell which gateway is on the line, and any "
+            "process that reaches this address with a captured request can have it answered; "
+            "use only on loopback for development",
+            extra={"node_id": core.node_id, "listen": listen},
+        )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="node"),
         options=SERVER_OPTIONS,
+        interceptors=[MalformedRequests()],
     )
     pb_node_grpc.add_NodeServiceServicer_to_server(NodeServicer(core), server)
     add_health_and_reflection(server, [SERVICE_NAME])

@@ -1,4 +1,9 @@
-"""The node's gRPC servicer: convert, delegate, map errors. Nothing else."""
+"""The node's gRPC servicer: convert, delegate, map errors. Nothing else.
+
+Converting includes who is on the line: the TLS peer certificate, from
+``context.auth_context()``, becomes a ``Peer`` that the core checks against
+the gateway identities in the node's config before it reads anything.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +13,12 @@ from typing import NoReturn
 import grpc
 
 from liaison.catalog import CATALOG_VERSION
+from liaison.errors import ConfigError
 from liaison.grpc_errors import status_for
+from liaison.tls import CertificateIdentity
 from liaison.wire import envelope_to_proto, signed_request_from_proto
 from node.answering import NodeCore
+from node.verify import Peer
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
@@ -23,6 +31,19 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
+def peer_of(context: grpc.ServicerContext) -> Peer:
+    """Who is on the line: the address and, over TLS, the certificate the peer proved it holds."""
+    pems = [bytes(pem) for pem in context.auth_context().get("x509_pem_cert", ())]
+    certificate = None
+    if pems:
+        try:
+            certificate = CertificateIdentity.from_pem(pems[0])
+        except ConfigError:
+            # TLS verified it, so this cannot happen; if it does, the peer is nobody.
+            log.warning("peer certificate does not parse", extra={"peer": context.peer()})
+    return Peer(context.peer(), certificate)
+
+
 class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # generated base is untyped
     def __init__(self, core: NodeCore) -> None:
         self.core = core
@@ -31,7 +52,9 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
         self, request: pb_node.AnswerRequest, context: grpc.ServicerContext
     ) -> pb_node.AnswerResponse:
         try:
-            answer = self.core.answer(signed_request_from_proto(request))
+            peer = peer_of(context)
+            self.core.check_peer(peer)  # before a byte of the request is parsed
+            answer = self.core.answer(signed_request_from_proto(request), peer)
         except Exception as exc:
             _abort(context, exc)
         return pb_node.AnswerResponse(answer=envelope_to_proto(answer))
@@ -39,6 +62,10 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
     def Describe(
         self, request: pb_node.DescribeRequest, context: grpc.ServicerContext
     ) -> pb_node.DescribeResponse:
+        try:
+            self.core.check_peer(peer_of(context))
+        except Exception as exc:
+            _abort(context, exc)
         return pb_node.DescribeResponse(
             node_id=self.core.node_id,
             catalog_version=CATALOG_VERSION,
@@ -53,6 +80,7 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
         self, request: pb_node.GetPolicyRequest, context: grpc.ServicerContext
     ) -> pb_node.GetPolicyResponse:
         try:
+            self.core.check_peer(peer_of(context))
             envelope = self.core.policy_envelope()
         except Exception as exc:
             _abort(context, exc)

@@ -1,4 +1,4 @@
-"""Verifying a signed request: signature, type, freshness, audience.
+"""Verifying a signed request: who is on the line, signature, type, freshness, audience.
 
 ``VerifiedRequest`` can only come out of :func:`verify_request`, so code that
 needs a verified request cannot be handed an unverified one by mistake.
@@ -14,18 +14,80 @@ from google.protobuf.message import DecodeError
 
 from liaison.catalog import CATALOG_VERSION
 from liaison.envelope import REQUEST_TYPE, Envelope, open_envelope
-from liaison.errors import EnvelopeError, InvalidQuery, RequestRejected
+from liaison.errors import EnvelopeError, InvalidQuery, RequestRejected, UntrustedPeer
 from liaison.keys import KeyId, VerifyingKey
 from liaison.messages import QueryRequest
+from liaison.tls import CertificateIdentity
 from liaison.wire import request_from_bytes
 
 MIN_NONCE_BYTES = 16
 
 
 @dataclass(frozen=True, slots=True)
+class GatewayIdentity:
+    """The TLS certificate a trusted gateway connects with; every part given must match."""
+
+    spki_sha256: frozenset[str] = frozenset()
+    names: frozenset[str] = frozenset()
+
+    def __post_init__(self) -> None:
+        if not self.spki_sha256 and not self.names:
+            # An empty identity would match every certificate: deny by default.
+            raise ValueError("a gateway identity needs a key pin or a name")
+
+    def matches(self, peer: CertificateIdentity) -> bool:
+        if self.spki_sha256 and peer.spki_sha256 not in self.spki_sha256:
+            return False
+        return not self.names or bool(self.names & peer.names)
+
+
+@dataclass(frozen=True, slots=True)
 class TrustedGateway:
     gateway_id: str
     key: VerifyingKey
+    # None only on a node serving without TLS, which cannot tell who is on the line.
+    identity: GatewayIdentity | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Who is on the line: the address, and the certificate it proved it holds (None: plaintext)."""
+
+    address: str
+    certificate: CertificateIdentity | None
+
+    def describe(self) -> dict[str, object]:
+        """The peer's facts for a structured log record."""
+        facts: dict[str, object] = {"peer": self.address}
+        if self.certificate is not None:
+            facts["peer_subject"] = self.certificate.subject
+            facts["peer_names"] = sorted(self.certificate.names)
+            facts["peer_spki_sha256"] = self.certificate.spki_sha256
+        return facts
+
+
+def peer_gateways(peer: Peer, trusted: Mapping[KeyId, TrustedGateway]) -> frozenset[str]:
+    """The ids of the trusted gateways ``peer`` proved to be; raise if it is none of them.
+
+    A node serving plaintext (no identity configured) cannot check and trusts
+    every trusted gateway id; config refuses identities without TLS, so the two
+    never mix.
+    """
+    gateways = list(trusted.values())
+    if all(g.identity is None for g in gateways):
+        return frozenset(g.gateway_id for g in gateways)
+    cert = peer.certificate
+    found = frozenset(
+        g.gateway_id
+        for g in gateways
+        if cert is not None and g.identity is not None and g.identity.matches(cert)
+    )
+    if not found:
+        raise UntrustedPeer(
+            "this node answers only the gateways named in its config; the certificate you "
+            "connected with is not one of them"
+        )
+    return found
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +140,8 @@ def verify_request(
             f"request speaks catalog {request.catalog_version!r}; this node speaks "
             f"{CATALOG_VERSION!r}"
         )
+    if not request.query_id:
+        raise RequestRejected("request has no query id; the gateway must give each request one")
     if not request.requester.agency or not request.requester.subject:
         raise RequestRejected("request names no requesting agency or subject")
     return VerifiedRequest(request, hashlib.sha256(payload).digest(), envelope)

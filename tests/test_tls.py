@@ -19,7 +19,7 @@ from liaison.federation import write_gateway_config
 from liaison.keys import SigningKey
 from liaison.messages import NodeStatus
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.tls import TlsFiles, write_dev_pki
+from liaison.tls import CertRole, TlsFiles, write_dev_pki
 from liaison.wire import signed_request_to_proto
 from node.answering import close_core
 from node.server import build_node, start_node_server
@@ -102,7 +102,7 @@ def test_client_without_certificate_is_refused(tls_federation: Path) -> None:
 
 
 def test_certificate_from_another_ca_is_refused(tls_federation: Path, tmp_path: Path) -> None:
-    write_dev_pki(tmp_path / "other", ["intruder"])
+    write_dev_pki(tmp_path / "other", {"intruder": [CertRole.CLIENT]})
     intruder = TlsFiles(
         tmp_path / "other" / "intruder.crt",
         tmp_path / "other" / "intruder.key",

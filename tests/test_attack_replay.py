@@ -1,0 +1,242 @@
+"""Reused query ids, and an answer whose replay-guard write fails (issue 9, items 2 and 3).
+
+Real nodes on loopback, requests signed with the demo gateway's key, real
+SQLite state files: the failure is injected the way a full disk shows
+itself to SQLite, through a trigger added from a connection of our own.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import pytest
+
+from liaison.errors import ReplayDetected
+from liaison.keys import SigningKey
+from liaison.ledger.entries import EntryKind, parse_entry
+from liaison.ledger.store import LedgerStore
+from liaison.query import Comparator, Operation, Predicate, Query
+from liaison.wire import signed_request_to_proto
+from node.verify import verify_request
+from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
+from tests.support import call_node, make_request, running_node, sign_request
+
+NODE_ID = "ruritania"
+RATED_RULE = "partner-hash-match"  # rate_limit = { investigator = "2000/hour" }
+
+
+def match(sha256: str) -> Query:
+    return Query("media", Operation.MATCH, (Predicate("sha256", Comparator.EQ, (sha256,)),))
+
+
+def node_config(root: Path) -> Path:
+    return root / "nodes" / NODE_ID / "node.toml"
+
+
+def state(root: Path) -> Path:
+    return root / "nodes" / NODE_ID / "state"
+
+
+def gateway_key(root: Path) -> SigningKey:
+    return SigningKey.from_pem_file(root / "gateway" / "gateway.key")
+
+
+def refused(address: str, signed: object) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as caught:
+        call_node(address, signed)  # type: ignore[arg-type]  # a SignedRequest
+    return caught.value
+
+
+def receipts_for(root: Path, query_id: str) -> list[tuple[str, str]]:
+    """(status, answer digest) of every receipt the node holds for ``query_id``, in order."""
+    store = LedgerStore(str(state(root) / "receipts.sqlite3"), create=False)
+    try:
+        entries = [parse_entry(raw) for _, _, raw in store.rows()]
+    finally:
+        store.close()
+    return [
+        (e.text("status"), e.text("answer_digest"))
+        for e in entries
+        if e.kind is EntryKind.RECEIPT and e.query_id == query_id
+    ]
+
+
+def rate_used(root: Path, rule_id: str) -> int:
+    conn = sqlite3.connect(f"file:{state(root) / 'rates.sqlite3'}?mode=ro", uri=True)
+    try:
+        (used,) = conn.execute(
+            "SELECT COALESCE(SUM(cost), 0) FROM usage WHERE rule_id = ?", (rule_id,)
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(used)
+
+
+@contextmanager
+def replay_store_full(root: Path) -> Iterator[None]:
+    """Make every write of the node's replay guard fail, as a full disk would, until exit."""
+    conn = sqlite3.connect(state(root) / "replay.sqlite3", isolation_level=None)
+    conn.execute(
+        "CREATE TRIGGER fail_seen_nonce BEFORE INSERT ON seen_nonce "
+        "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+    )
+    try:
+        yield
+    finally:
+        conn.execute("DROP TRIGGER IF EXISTS fail_seen_nonce")
+        conn.close()
+
+
+# --- item 2: one query id, one request ---------------------------------------------------
+
+
+def test_a_reused_query_id_is_refused_and_an_identical_retry_is_answered(
+    federation_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # prepare: one answered request, and another request carrying its query id
+    key = gateway_key(federation_dir)
+    first = make_request(match("ab" * 32), audience=(NODE_ID,))
+    second = make_request(match("cd" * 32), audience=(NODE_ID,), query_id=first.query_id)
+    signed_first, signed_second = sign_request(key, first), sign_request(key, second)
+    caplog.set_level(logging.WARNING, logger="liaison.node")
+
+    with running_node(node_config(federation_dir)) as node:
+        # execute
+        answered = call_node(node.address, signed_first)
+        reused = refused(node.address, signed_second)
+        retried = call_node(node.address, signed_first)
+    # A restart does not forget which query ids were answered.
+    third = make_request(match("ef" * 32), audience=(NODE_ID,), query_id=first.query_id)
+    with running_node(node_config(federation_dir)) as node:
+        after_restart = refused(node.address, sign_request(key, third))
+
+    # assert
+    expected = (
+        f"query id {first.query_id!r} was already answered for a different request; the "
+        "gateway must give every request a new query id"
+    )
+    for refusal in (reused, after_restart):
+        assert refusal.code() == grpc.StatusCode.ALREADY_EXISTS
+        assert refusal.details() == expected
+    assert retried == answered
+    assert [s for s, _ in receipts_for(federation_dir, first.query_id)] == ["answered"]
+    logged = [r for r in caplog.records if r.getMessage() == "refused: replay"]
+    assert [r.query_id for r in logged] == [first.query_id] * 2  # type: ignore[attr-defined]
+    assert all(r.reason == expected for r in logged)  # type: ignore[attr-defined]
+
+
+def test_concurrent_requests_sharing_a_query_id_do_not_both_get_answers(
+    federation_dir: Path,
+) -> None:
+    # The second claim arrives while the first is still pending in memory.
+    key = gateway_key(federation_dir)
+    first = make_request(match("ab" * 32), audience=(NODE_ID,))
+    second = make_request(match("cd" * 32), audience=(NODE_ID,), query_id=first.query_id)
+    with running_node(node_config(federation_dir)) as node:
+        core = node.core
+        verified = [
+            verify_request(
+                sign_request(key, r).envelope,
+                trusted=core.trusted,
+                node_id=NODE_ID,
+                now_ms=r.issued_at_ms,
+                max_age_s=300,
+                clock_skew_s=30,
+            )
+            for r in (first, second)
+        ]
+        assert (
+            core.replay.claim(
+                first.nonce,
+                verified[0].digest,
+                first.expires_at_ms,
+                query_id=first.query_id,
+                peer="",
+            )
+            is None
+        )
+        with pytest.raises(ReplayDetected, match="already answered for a different request"):
+            core.replay.claim(
+                second.nonce,
+                verified[1].digest,
+                second.expires_at_ms,
+                query_id=second.query_id,
+                peer="",
+            )
+        core.replay.release(first.nonce)
+
+
+# --- item 3: an answer that cannot be stored never leaves, and costs nothing -----------------
+
+
+def test_unwritable_replay_store_withdraws_the_answer_and_refunds_the_charge(
+    federation_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # prepare
+    request = make_request(match("ab" * 32), audience=(NODE_ID,))
+    signed = sign_request(gateway_key(federation_dir), request)
+    caplog.set_level(logging.ERROR, logger="liaison.node")
+
+    with running_node(node_config(federation_dir)) as node:
+        used_before = rate_used(federation_dir, RATED_RULE)
+        # execute: the store fails after the receipt was written, then recovers
+        with replay_store_full(federation_dir):
+            failed = refused(node.address, signed)
+        used_while_failed = rate_used(federation_dir, RATED_RULE)
+        receipts_while_failed = receipts_for(federation_dir, request.query_id)
+        recovered = call_node(node.address, signed)
+        used_after = rate_used(federation_dir, RATED_RULE)
+
+    # assert: a plain UNAVAILABLE, receipts that say what happened, nothing charged
+    assert failed.code() == grpc.StatusCode.UNAVAILABLE
+    assert failed.details() == (
+        "this node cannot record requests against replay right now, so it answers nothing; "
+        "nothing was released or charged; try again later (the node's operator sees why in "
+        "its log)"
+    )
+    (answered, withdrawn) = receipts_while_failed
+    assert answered[0] == "answered"
+    assert withdrawn == ("not-delivered", answered[1])
+    assert used_while_failed == used_before
+    # the retry is answered, receipted and charged once
+    assert recovered.answer.signature
+    statuses = [s for s, _ in receipts_for(federation_dir, request.query_id)]
+    assert statuses == ["answered", "not-delivered", "answered"]
+    assert used_after == used_before + 1
+    assert any(r.getMessage() == "replay guard cannot be used" for r in caplog.records)
+
+
+def test_a_request_failing_after_its_charge_is_refunded(federation_dir: Path) -> None:
+    # A receipts ledger that cannot be written: nothing leaves, nothing is charged.
+    request = make_request(match("ab" * 32), audience=(NODE_ID,))
+    signed = sign_request(gateway_key(federation_dir), request)
+    with running_node(node_config(federation_dir)) as node:
+        used_before = rate_used(federation_dir, RATED_RULE)
+        conn = sqlite3.connect(state(federation_dir) / "receipts.sqlite3", isolation_level=None)
+        tables = [
+            r[0]
+            for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
+        ]
+        for table in tables:
+            conn.execute(
+                f'CREATE TRIGGER "fail_{table}" BEFORE INSERT ON "{table}" '
+                "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
+            )
+        try:
+            with grpc.insecure_channel(node.address) as channel:
+                stub = pb_node_grpc.NodeServiceStub(channel)
+                with pytest.raises(grpc.RpcError) as caught:
+                    stub.Answer(signed_request_to_proto(signed), timeout=30)
+        finally:
+            for table in tables:
+                conn.execute(f'DROP TRIGGER IF EXISTS "fail_{table}"')
+            conn.close()
+        used_after = rate_used(federation_dir, RATED_RULE)
+
+    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert used_after == used_before
