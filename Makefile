@@ -57,9 +57,9 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m liaison.bench
-	$(PY) -m liaison.bench_policy
-	$(PY) -m liaison.bench_ledger
-	$(PY) -m liaison.bench_pdq
+	$(PY) -m liaison.bench.policy
+	$(PY) -m liaison.bench.ledger
+	$(PY) -m liaison.bench.pdq
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis

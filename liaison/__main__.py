@@ -1,5 +1,5 @@
 """`python -m liaison` is the `liaison` command."""
 
-from liaison.cli import main
+from liaison.cli.main import main
 
 raise SystemExit(main())

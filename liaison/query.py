@@ -19,7 +19,7 @@ MAX_PREDICATES = 32
 # whole, so this keeps both entries under the ledger's MAX_ENTRY_BYTES (1 MiB)
 # with room to spare: 10,000 values make a request entry of about 0.7 MB and
 # a receipt of about 0.75 MB. Larger sets go out as several queries, as
-# liaison.batch sends them (1,000 values at a time).
+# liaison.cli.batch sends them (1,000 values at a time).
 MAX_QUERY_VALUES = 10_000
 MAX_LIMIT = 10_000
 DEFAULT_LIMIT = 100

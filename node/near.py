@@ -22,7 +22,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from liaison.errors import BackendError, InvalidValue
-from liaison.pdq import words_from_hex
+from liaison.hashing.pdq import words_from_hex
 from node.database import MappedDataset
 from node.pdq_index import PdqIndex
 

@@ -37,8 +37,8 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+from liaison.hashing.pdq import words_from_hex
 from liaison.messages import Requester
-from liaison.pdq import words_from_hex
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Predicate, Query
 from node.pdq_index import PdqIndex
 from policies.engine import Grant

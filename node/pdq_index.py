@@ -54,7 +54,7 @@ from functools import cache
 import numpy as np
 import numpy.typing as npt
 
-from liaison.pdq import MAX_DISTANCE, PDQ_WORDS, hex_from_words
+from liaison.hashing.pdq import MAX_DISTANCE, PDQ_WORDS, hex_from_words
 
 # Substrings as (word, shift, width), in the order the index numbers them.
 # Substring 0 must be the top bits of word 0: sorting the hashes then sorts

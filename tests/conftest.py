@@ -19,9 +19,9 @@ import pytest
 import sqlalchemy as sa
 from hypothesis import settings
 
-from liaison.demo import build_federation
-from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies
-from liaison.federation import write_gateway_config
+from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies
+from liaison.demo.federation import write_gateway_config
+from liaison.demo.run import build_federation
 from tests.support import RunningGateway, RunningNode, running_gateway, running_node
 
 POSTGRES_ADMIN_URL = os.environ.get(

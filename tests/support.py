@@ -24,10 +24,10 @@ from gateway.search import GatewayCore
 from gateway.server import build_gateway, start_gateway_server
 from liaison.catalog import CATALOG_V1, CATALOG_VERSION
 from liaison.config import load_gateway_config, load_node_config
-from liaison.demo import DEMO_ATTRIBUTES
-from liaison.demo_data import INVESTIGATOR_AGENCY
+from liaison.demo.data import INVESTIGATOR_AGENCY
+from liaison.demo.federation import AUDIENCE, GATEWAY_ID, write_gateway_config
+from liaison.demo.run import DEMO_ATTRIBUTES
 from liaison.envelope import REQUEST_TYPE, Envelope, seal
-from liaison.federation import AUDIENCE, GATEWAY_ID, write_gateway_config
 from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey, request_entry
 from liaison.ledger.log import Ledger

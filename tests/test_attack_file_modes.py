@@ -13,7 +13,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from liaison.cli import main as cli_main
+from liaison.cli.main import main as cli_main
 from liaison.keys import SigningKey
 from liaison.query import Comparator, Operation, Predicate, Query
 from tests.support import call_node, make_request, running_node, sign_request

@@ -18,7 +18,7 @@ import sqlite3
 from pathlib import Path
 
 from liaison import client
-from liaison.demo_data import PLATFORMS, demo_agencies
+from liaison.demo.data import PLATFORMS, demo_agencies
 from liaison.messages import AnswerStatus, NodeStatus, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
 from tests.conftest import Federation

@@ -32,12 +32,12 @@ import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_node_config
+from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
+from liaison.demo.pdq_data import near, random_hashes
 from liaison.envelope import ANSWER_TYPE, open_envelope
-from liaison.federation import NodeLayout, write_gateway_keys, write_node
+from liaison.hashing.pdq import hex_from_words, words_from_hex
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Count, QueryAnswer
-from liaison.pdq import hex_from_words, words_from_hex
-from liaison.pdq_data import near, random_hashes
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import answer_from_bytes, envelope_from_proto
 from node.near_guard import SPOT_ALLOWANCE

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from liaison.demo_data import probes
+from liaison.demo.data import probes
 from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger

@@ -1,7 +1,7 @@
 """The ledger benchmark runs end to end at toy sizes and reports every section.
 
 Prepare: nothing (the benchmark builds its own ledgers and demo federation).
-Execute: `python -m liaison.bench_ledger --json` with tiny sizes, in a subprocess.
+Execute: `python -m liaison.bench.ledger --json` with tiny sizes, in a subprocess.
 Assert: the JSON document holds each section, and what it measured is coherent.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from liaison.bench_ledger import NODES, BenchFailed, match_logs
+from liaison.bench.ledger import NODES, BenchFailed, match_logs
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = [
@@ -35,7 +35,7 @@ TINY = [
 
 def test_bench_ledger_reports_every_section() -> None:
     done = subprocess.run(
-        [sys.executable, "-m", "liaison.bench_ledger", *TINY],
+        [sys.executable, "-m", "liaison.bench.ledger", *TINY],
         cwd=ROOT,
         capture_output=True,
         text=True,

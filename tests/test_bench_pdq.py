@@ -1,7 +1,7 @@
 """The PDQ benchmark runs end to end at toy sizes, and its reference scan is exact.
 
 Prepare: nothing (the benchmark generates its own hashes and demo federation).
-Execute: `python -m liaison.bench_pdq --json` at toy sizes, in a subprocess;
+Execute: `python -m liaison.bench.pdq --json` at toy sizes, in a subprocess;
 threatexchange only if it is installed (it is not a Liaison dependency).
 Assert: every contender answered exactly what the brute force answers, and the
 federated batch was answered by every node that holds PDQ hashes.
@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from liaison.bench_pdq import THRESHOLD, NumpyScan, compare, make_queries
-from liaison.pdq import distances, hex_from_words
-from liaison.pdq_data import synthetic_hashes
+from liaison.bench.pdq import THRESHOLD, NumpyScan, compare, make_queries
+from liaison.demo.pdq_data import synthetic_hashes
+from liaison.hashing.pdq import distances, hex_from_words
 
 ROOT = Path(__file__).resolve().parent.parent
 HAS_THREATEXCHANGE = importlib.util.find_spec("threatexchange") is not None
@@ -37,7 +37,7 @@ def test_bench_pdq_reports_exact_answers_and_the_federated_batch() -> None:
     args = TINY if HAS_THREATEXCHANGE else [*TINY, "--no-threatexchange"]
 
     done = subprocess.run(
-        [sys.executable, "-m", "liaison.bench_pdq", *args],
+        [sys.executable, "-m", "liaison.bench.pdq", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -75,7 +75,7 @@ def test_bench_pdq_reports_exact_answers_and_the_federated_batch() -> None:
 def test_bench_pdq_tables_without_threatexchange_or_federation() -> None:
     done = subprocess.run(
         [
-            sys.executable, "-m", "liaison.bench_pdq",
+            sys.executable, "-m", "liaison.bench.pdq",
             "--sizes", "2000", "--queries", "40", "--singles", "10",
             "--no-threatexchange", "--no-federated",
         ],

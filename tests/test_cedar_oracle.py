@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from liaison.catalog import CATALOG_V1
-from liaison.demo_data import demo_agencies
+from liaison.demo.data import demo_agencies
 from liaison.messages import Requester
 from liaison.query import Comparator, Operation, Predicate, Query
 from policies import Effect, Policy, decide, load_policy, parse_policy

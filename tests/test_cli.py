@@ -25,7 +25,7 @@ import pytest
 from gateway.auth import TokenVerifier
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_gateway_config, load_node_config
-from liaison.demo_data import probes
+from liaison.demo.data import probes
 from liaison.tokens import dev_issuer
 
 COMMAND_TIMEOUT_S = 60

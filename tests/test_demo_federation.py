@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from liaison import client
-from liaison.demo import demo_queries
-from liaison.demo_data import probes
+from liaison.demo.data import probes
+from liaison.demo.run import demo_queries
 from liaison.messages import NodeStatus
 from tests.conftest import Federation
 from tests.support import investigator_token

@@ -28,8 +28,8 @@ from gateway.server import build_gateway, start_gateway_server
 from liaison import client
 from liaison.catalog import CATALOG_VERSION
 from liaison.config import load_gateway_config
-from liaison.demo import POLICY_DIR, demo_queries
-from liaison.demo_data import probes
+from liaison.demo.data import probes
+from liaison.demo.run import POLICY_DIR, demo_queries
 from liaison.envelope import ANSWER_TYPE, POLICY_TYPE, Envelope, open_envelope, seal
 from liaison.errors import AuthenticationError, BadSignature, InvalidQuery
 from liaison.keys import SigningKey, VerifyingKey

@@ -26,9 +26,9 @@ import gateway.search
 from gateway.server import SERVICE_NAME
 from liaison import client
 from liaison.catalog import CATALOG_V1, FieldType
-from liaison.demo_data import probes
+from liaison.demo.data import probes
+from liaison.demo.federation import GATEWAY_ID
 from liaison.errors import InvalidQuery
-from liaison.federation import GATEWAY_ID
 from liaison.keys import VerifyingKey
 from liaison.ledger.checkpoint import open_checkpoint
 from liaison.ledger.entries import AuditKey, Entry, EntryKind, parse_entry

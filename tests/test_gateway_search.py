@@ -29,7 +29,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from gateway.answers import reduce_to_query, verify_answer
 from liaison import client
-from liaison.demo_data import probes
+from liaison.demo.data import probes
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, Envelope, pae, seal
 from liaison.errors import BadSignature, EnvelopeError, InvalidQuery
 from liaison.keys import SigningKey

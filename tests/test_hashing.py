@@ -26,8 +26,8 @@ import pdqhash
 import pytest
 from PIL import Image
 
-from liaison import cli_hash
-from liaison.hashing import (
+from liaison.cli import hashes as cli_hash
+from liaison.hashing.files import (
     PDQ_MATCH_DISTANCE,
     PDQ_MIN_QUALITY,
     FileHashes,

@@ -25,9 +25,9 @@ import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import HexCase, load_node_config
+from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import ConfigError
-from liaison.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Count, QueryAnswer
 from liaison.query import Comparator, Operation, Predicate, Query

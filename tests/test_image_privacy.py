@@ -39,13 +39,13 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from liaison.demo import investigator_token
-from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies, flip_bits
-from liaison.federation import write_gateway_config
-from liaison.hashing import hash_file
+from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, flip_bits
+from liaison.demo.federation import write_gateway_config
+from liaison.demo.processes import Service, start_service, stop_service
+from liaison.demo.run import investigator_token
+from liaison.hashing.files import hash_file
 from liaison.ledger.entries import AuditKey
 from liaison.patterns import pattern, write_series
-from liaison.processes import Service, start_service, stop_service
 from liaison.serving import CHANNEL_OPTIONS
 
 COMMAND_TIMEOUT_S = 60

@@ -27,9 +27,9 @@ from typing import Any
 import grpc
 import pytest
 
-from liaison.demo_data import probes
+from liaison.demo.data import probes
+from liaison.demo.federation import GATEWAY_ID
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, Envelope, open_envelope, seal
-from liaison.federation import GATEWAY_ID
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.checkpoint import open_checkpoint, parse_unverified, sign_checkpoint
 from liaison.ledger.entries import Entry, EntryKind, outcome_entry, parse_entry, request_entry

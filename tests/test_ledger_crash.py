@@ -31,8 +31,8 @@ from pathlib import Path
 
 from liaison import client
 from liaison.client import GatewayUnavailable
-from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies, probes
-from liaison.federation import write_gateway_config
+from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
+from liaison.demo.federation import write_gateway_config
 from liaison.keys import VerifyingKey
 from liaison.ledger.store import LedgerStore
 from liaison.ledger.verify import VerifyReport, verify_ledger

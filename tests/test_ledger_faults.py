@@ -32,9 +32,9 @@ from sqlalchemy.pool import NullPool
 
 from gateway.server import SERVICE_NAME
 from liaison import client
-from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies, probes
+from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
+from liaison.demo.federation import write_gateway_config
 from liaison.errors import LedgerUnavailable
-from liaison.federation import write_gateway_config
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import ReceiptFacts, receipt_entry
 from liaison.ledger.log import Ledger

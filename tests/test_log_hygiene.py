@@ -24,7 +24,7 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from liaison.federation import NodeLayout, write_gateway_keys, write_node
+from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.keys import SigningKey
 from liaison.query import Comparator, Operation, Predicate, Query
 from tests.support import call_node, make_request, sign_request

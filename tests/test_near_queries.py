@@ -1,7 +1,7 @@
 """Near-duplicate (PDQ) queries: validation, exact answers from real nodes, caps, the ledger.
 
 A test node keeps a register of a few thousand structured PDQ hashes (series
-of near-duplicates and random ones, ``liaison.pdq_data``) in a local schema of
+of near-duplicates and random ones, ``liaison.demo.pdq_data``) in a local schema of
 its own, on SQLite, PostgreSQL and MariaDB. Every count, hit and record it
 answers to a near-duplicate query is compared with a brute-force scan of the
 stored rows: every row within the distance, none beyond it, each with its
@@ -32,17 +32,17 @@ import pytest
 import sqlalchemy as sa
 
 from liaison import client
-from liaison.batch import CHUNK, MAX_BATCH_VALUES, batch_search
 from liaison.catalog import CATALOG_V1
-from liaison.demo_data import demo_agencies, probes
+from liaison.cli.batch import CHUNK, MAX_BATCH_VALUES, batch_search
+from liaison.demo.data import demo_agencies, probes
+from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
+from liaison.demo.pdq_data import near, random_hashes, synthetic_hashes
 from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import CatalogError, InvalidQuery, InvalidValue
-from liaison.federation import NodeLayout, write_gateway_keys, write_node
+from liaison.hashing.pdq import hex_from_words, words_from_hex
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey, EntryKind, parse_entry
 from liaison.messages import AnswerStatus, Count, NodeStatus, QueryAnswer, SearchInput
-from liaison.pdq import hex_from_words, words_from_hex
-from liaison.pdq_data import near, random_hashes, synthetic_hashes
 from liaison.query import (
     DEFAULT_NEAR_DISTANCE,
     MAX_IN_VALUES,

@@ -40,8 +40,8 @@ from hypothesis import strategies as st
 
 from liaison.catalog import CATALOG_V1, FieldType
 from liaison.config import load_node_config
+from liaison.demo.federation import GATEWAY_ID
 from liaison.envelope import ANSWER_TYPE, open_envelope
-from liaison.federation import GATEWAY_ID
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer, Requester
 from liaison.query import Comparator, Operation, Predicate, Query

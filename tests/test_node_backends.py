@@ -22,10 +22,10 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from liaison.demo_data import DemoAgency, demo_agencies, populate
+from liaison.demo.data import DemoAgency, demo_agencies, populate
+from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import BackendError
-from liaison.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer
 from liaison.query import Comparator, Operation, Predicate, Query

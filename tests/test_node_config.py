@@ -17,10 +17,10 @@ import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import NodeConfig, load_node_config
-from liaison.demo import POLICY_DIR
-from liaison.demo_data import demo_agencies, populate
+from liaison.demo.data import demo_agencies, populate
+from liaison.demo.federation import write_gateway_keys
+from liaison.demo.run import POLICY_DIR
 from liaison.errors import ConfigError, PolicyError
-from liaison.federation import write_gateway_keys
 from liaison.keys import SigningKey
 from node.answering import NodeCore, close_core
 from node.server import build_node

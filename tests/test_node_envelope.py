@@ -21,11 +21,11 @@ import grpc
 import pytest
 
 from liaison.catalog import CATALOG_VERSION
-from liaison.demo_data import probes
+from liaison.demo.data import probes
+from liaison.demo.federation import GATEWAY_ID
 from liaison.envelope import ANSWER_TYPE, MAX_PAYLOAD_BYTES, REQUEST_TYPE, Envelope, open_envelope
 from liaison.envelope import seal as seal_envelope
 from liaison.errors import BadSignature
-from liaison.federation import GATEWAY_ID
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.logged import SignedRequest
 from liaison.messages import AnswerStatus, QueryAnswer, QueryRequest, Requester

@@ -34,11 +34,11 @@ import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_node_config
-from liaison.demo import DEMO_ATTRIBUTES
-from liaison.demo_data import probes
+from liaison.demo.data import probes
+from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
+from liaison.demo.run import DEMO_ATTRIBUTES
 from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import ConfigError
-from liaison.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer, Requester
 from liaison.query import Comparator, Operation, Predicate, Query

@@ -18,8 +18,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from liaison.demo.pdq_data import near, random_hashes, synthetic_hashes
 from liaison.errors import InvalidValue
-from liaison.pdq import (
+from liaison.hashing.pdq import (
     DEFAULT_DISTANCE,
     MAX_DISTANCE,
     PDQ_HEX_DIGITS,
@@ -27,7 +28,6 @@ from liaison.pdq import (
     hex_from_words,
     words_from_hex,
 )
-from liaison.pdq_data import near, random_hashes, synthetic_hashes
 from node import pdq_index
 from node.pdq_index import LAYOUT_12X21, LAYOUT_16X16, Layout, PdqIndex
 

@@ -21,9 +21,9 @@ from cryptography import x509
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from liaison.catalog import CATALOG_V1
-from liaison.cli import main as cli_main
+from liaison.cli.main import main as cli_main
 from liaison.config import load_node_config
-from liaison.demo import build_federation
+from liaison.demo.run import build_federation
 from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import ConfigError
 from liaison.keys import SigningKey, VerifyingKey

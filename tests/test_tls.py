@@ -13,9 +13,9 @@ import pytest
 from liaison import client
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_node_config
-from liaison.demo import build_federation, demo_queries
-from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies, probes
-from liaison.federation import write_gateway_config
+from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
+from liaison.demo.federation import write_gateway_config
+from liaison.demo.run import build_federation, demo_queries
 from liaison.keys import SigningKey
 from liaison.messages import NodeStatus
 from liaison.query import Comparator, Operation, Predicate, Query

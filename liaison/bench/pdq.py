@@ -1,4 +1,4 @@
-"""`python -m liaison.bench_pdq`: exact near-duplicate PDQ search, on one node and federated.
+"""`python -m liaison.bench.pdq`: exact near-duplicate PDQ search, on one node and federated.
 
 From the issue: on one node holding 2.7 million and 10 million PDQ hashes,
 the index's build time, resident memory, single-query latency (p50, p99) at
@@ -30,10 +30,10 @@ contender is given. All of them take hex text and run on one thread
 Then federated: the demo federation with a million PDQ hashes per node (rows
 written straight into each agency's own media table), asked a batch of
 10,000 hashes through the gateway as an investigator would
-(``liaison.batch.batch_search``: chunks of 1,000, each one signed, logged,
+(``liaison.cli.batch.batch_search``: chunks of 1,000, each one signed, logged,
 policy-checked request), end to end.
 
-    python -m liaison.bench_pdq [--sizes 2700000,10000000] [--queries N] [--quick]
+    python -m liaison.bench.pdq [--sizes 2700000,10000000] [--queries N] [--quick]
         [--no-threatexchange] [--federated/--no-federated] [--json]
 """
 
@@ -62,16 +62,16 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from liaison import render
+from liaison.cli import render
+from liaison.demo.pdq_data import near, random_hashes, synthetic_hashes
 from liaison.errors import LiaisonError
-from liaison.pdq import PDQ_WORDS, hex_from_words, words_from_hex
-from liaison.pdq_data import near, random_hashes, synthetic_hashes
+from liaison.hashing.pdq import PDQ_WORDS, hex_from_words, words_from_hex
 from node.pdq_index import PdqIndex
 
 if TYPE_CHECKING:
-    from liaison.demo_data import LocalTable
+    from liaison.demo.data import LocalTable
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 THRESHOLD = 31  # Meta's recommended distance; threatexchange's PDQIndex has it fixed
 NEAR_SHARE = 0.5  # of the queries: near-duplicates of a stored hash; the rest random
 MAX_FLIPS = 30  # a near-duplicate query is 1..MAX_FLIPS bits from its stored hash
@@ -526,7 +526,7 @@ def worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
 
 def _cross_check(contender: Contender, queries: Words, batch_pairs: Words) -> dict[str, Any]:
     """The scan's answers for the first queries against liaison.pdq.distances (row layout)."""
-    from liaison.pdq import distances
+    from liaison.hashing.pdq import distances
 
     assert isinstance(contender, NumpyScan)
     rows = np.stack(contender.cols, axis=1)
@@ -557,7 +557,7 @@ def worker_main(spec_json: str) -> int:
 
 
 _WORKER_CODE = (
-    "import sys; from liaison.bench_pdq import worker_main; sys.exit(worker_main(sys.argv[1]))"
+    "import sys; from liaison.bench.pdq import worker_main; sys.exit(worker_main(sys.argv[1]))"
 )
 
 
@@ -792,9 +792,9 @@ def _index_log(path: Path) -> list[dict[str, Any]]:
 
 
 def federated_section(s: Settings, progress: TextIO) -> dict[str, Any]:
-    from liaison.batch import CHUNK, DEFAULT_CONCURRENCY, batch_search
-    from liaison.demo import build_federation, investigator_token, running_federation
-    from liaison.demo_data import demo_agencies
+    from liaison.cli.batch import CHUNK, DEFAULT_CONCURRENCY, batch_search
+    from liaison.demo.data import demo_agencies
+    from liaison.demo.run import build_federation, investigator_token, running_federation
     from liaison.messages import SearchInput
     from liaison.query import Comparator, Operation, Predicate, Query
 
@@ -990,7 +990,7 @@ def _aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(s: Settings, progress: TextIO) -> dict[str, Any]:
-    from liaison.bench import machine
+    from liaison.bench.federated import machine
 
     started = time.perf_counter()
     tx_version = _threatexchange_version()
@@ -1269,10 +1269,10 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from liaison.bench import at_least
+    from liaison.bench.federated import at_least
 
     p = argparse.ArgumentParser(
-        prog="python -m liaison.bench_pdq",
+        prog="python -m liaison.bench.pdq",
         description="Exact PDQ near-duplicate search: ours, a numpy scan and threatexchange.",
     )
     p.add_argument("--sizes", type=_sizes, help="hashes per index (2700000,10000000)")

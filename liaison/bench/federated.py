@@ -42,13 +42,14 @@ from typing import Any, TextIO
 
 import grpc
 
-from liaison import __version__, render
+from liaison import __version__
 from liaison.catalog import CATALOG_VERSION
-from liaison.demo import build_federation, investigator_token, running_federation
-from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies, probes
+from liaison.cli import render
+from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
+from liaison.demo.federation import AUDIT_KEY, GATEWAY_ID, PKI_DIR
+from liaison.demo.run import build_federation, investigator_token, running_federation
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, open_envelope, seal
 from liaison.errors import LiaisonError
-from liaison.federation import AUDIT_KEY, GATEWAY_ID, PKI_DIR
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey, request_entry
 from liaison.ledger.log import Ledger

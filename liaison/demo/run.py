@@ -18,9 +18,10 @@ from typing import Any, TextIO
 
 import sqlalchemy as sa
 
-from liaison import client, render
-from liaison.demo_data import INVESTIGATOR_AGENCY, Probes, demo_agencies, populate, probes
-from liaison.federation import (
+from liaison import client
+from liaison.cli import render
+from liaison.demo.data import INVESTIGATOR_AGENCY, Probes, demo_agencies, populate, probes
+from liaison.demo.federation import (
     AUDIENCE,
     PKI_DIR,
     NodeLayout,
@@ -31,14 +32,14 @@ from liaison.federation import (
     write_pki,
     write_private_text,
 )
+from liaison.demo.processes import Service, running_in, start_service, stop_service
 from liaison.keys import SigningKey
 from liaison.ledger.reconcile import ReconcileReport, federation_ledgers, reconcile_files
 from liaison.messages import SearchInput
-from liaison.processes import Service, running_in, start_service, stop_service
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
 
-POLICY_DIR = Path(__file__).resolve().parent.parent / "policies" / "demo"
+POLICY_DIR = Path(__file__).resolve().parents[2] / "policies" / "demo"
 CASE_REF = "GEN-2026-0142"
 
 

@@ -1,4 +1,4 @@
-"""`python -m liaison.bench_ledger`: what the audit ledger costs.
+"""`python -m liaison.bench.ledger`: what the audit ledger costs.
 
 From the issue: durable appends per second (one writer, and group commit
 under concurrent writers), the time to verify a ledger of one million
@@ -29,7 +29,7 @@ outcome entries (byte for byte what ``request_entry``/``outcome_entry``
 write, checked at start) stored in bulk with ``LedgerStore.append``, with a
 checkpoint signed by the ledger's key every 10,000 entries.
 
-    python -m liaison.bench_ledger [--entries N] [--quick] [--no-postgres] [--json]
+    python -m liaison.bench.ledger [--entries N] [--quick] [--no-postgres] [--json]
 """
 
 from __future__ import annotations
@@ -57,13 +57,21 @@ import grpc
 import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
-from liaison import __version__, render
-from liaison.bench import CALL_TIMEOUT_S, FederatedCaller, Summary, at_least, machine, probe_query
+from liaison import __version__
+from liaison.bench.federated import (
+    CALL_TIMEOUT_S,
+    FederatedCaller,
+    Summary,
+    at_least,
+    machine,
+    probe_query,
+)
 from liaison.catalog import CATALOG_VERSION
-from liaison.demo import build_federation, investigator_token, running_federation
-from liaison.demo_data import INVESTIGATOR_AGENCY, demo_agencies
+from liaison.cli import render
+from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies
+from liaison.demo.federation import GATEWAY_ID
+from liaison.demo.run import build_federation, investigator_token, running_federation
 from liaison.errors import LiaisonError
-from liaison.federation import GATEWAY_ID
 from liaison.keys import SigningKey
 from liaison.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from liaison.ledger.entries import (
@@ -1512,7 +1520,7 @@ def _positive(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m liaison.bench_ledger",
+        prog="python -m liaison.bench.ledger",
         description="What the audit ledger costs: appends, verifying, proofs, bytes, share.",
     )
     p.add_argument("--entries", type=at_least(2), help=f"entries to verify and prove ({MILLION:,})")

@@ -14,7 +14,7 @@ from __future__ import annotations
 import numpy as np
 import numpy.typing as npt
 
-from liaison.pdq import PDQ_BITS, PDQ_WORDS
+from liaison.hashing.pdq import PDQ_BITS, PDQ_WORDS
 
 # Share of variants that are light edits (1..12 bits); the rest flip up to max_flips.
 _LIGHT_EDIT_SHARE = 0.85

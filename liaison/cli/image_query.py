@@ -1,7 +1,7 @@
 """`liaison query media --image FILE|DIR`: hash here, ask everyone, name the files that matched.
 
 Images are hashed on the investigator's machine; only their SHA-256 and
-PDQ hashes leave it, in chunks (see ``liaison.batch``). Files that cannot be
+PDQ hashes leave it, in chunks (see ``liaison.cli.batch``). Files that cannot be
 read, and PDQ hashes of quality 49 or below (Meta's rule: too little detail
 to compare), are reported and not sent.
 """
@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TextIO
 
-from liaison.batch import CHUNK, BatchResult, NodeTriage, batch_search
+from liaison.cli.batch import CHUNK, BatchResult, NodeTriage, batch_search
 from liaison.errors import InvalidQuery
 from liaison.messages import SearchInput
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate
@@ -48,7 +48,7 @@ def run_image_query(
     chunk_size: int = CHUNK,
     progress: TextIO = sys.stderr,
 ) -> ImageTriage:
-    from liaison.hashing import PDQ_MIN_QUALITY, hash_paths
+    from liaison.hashing.files import PDQ_MIN_QUALITY, hash_paths
 
     if template.query.dataset != "media":
         raise InvalidQuery("--image asks the media dataset: liaison query media --image ...")
@@ -116,7 +116,7 @@ def run_image_query(
 
 def _matched_files(triage: ImageTriage, node: str) -> list[tuple[Path, str]]:
     """Files a node's released rows tie to, with how they matched."""
-    from liaison.hashing import pdq_distance
+    from liaison.hashing.files import pdq_distance
 
     found: list[tuple[Path, str]] = []
     exact = triage.exact.nodes.get(node) if triage.exact else None
@@ -147,7 +147,7 @@ def _state(t: NodeTriage | None) -> str:
 
 
 def render_image_triage(triage: ImageTriage) -> str:
-    from liaison.render import table
+    from liaison.cli.render import table
 
     nodes = sorted(
         set(triage.exact.nodes if triage.exact else {})

@@ -28,7 +28,7 @@ disagreement fails the run.
 The aim, from the issue: our decision at least 10x faster than Cedar's (p50).
 When it is missed, the report shows where our decision spends its time.
 
-    python -m liaison.bench_policy [--requests N] [--warmup N] [--seed N] [--profile] [--json]
+    python -m liaison.bench.policy [--requests N] [--warmup N] [--seed N] [--profile] [--json]
 """
 
 from __future__ import annotations
@@ -51,9 +51,10 @@ from typing import Any, TextIO
 
 import cedarpy
 
-from liaison import __version__, render
-from liaison.bench import Summary, at_least  # shared: latency summary, argument type
+from liaison import __version__
+from liaison.bench.federated import Summary, at_least  # shared: latency summary, argument type
 from liaison.catalog import CATALOG_V1
+from liaison.cli import render
 from liaison.errors import LiaisonError
 from liaison.messages import Requester
 from liaison.query import Comparator, Operation, Predicate, Query
@@ -765,7 +766,7 @@ def build_parser() -> argparse.ArgumentParser:
         return value
 
     p = argparse.ArgumentParser(
-        prog="python -m liaison.bench_policy",
+        prog="python -m liaison.bench.policy",
         description="Our policy decisions against Cedar's (cedarpy) on the same requests.",
     )
     p.add_argument("--requests", type=at_least(2), default=5000, help="measured requests (5000)")

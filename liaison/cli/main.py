@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from liaison import __version__
-from liaison.cli_audit import add_audit, cmd_audit
-from liaison.cli_hash import add_hash, cmd_hash
+from liaison.cli.audit import add_audit, cmd_audit
+from liaison.cli.hashes import add_hash, cmd_hash
 from liaison.errors import LiaisonError
 from liaison.query import MAX_LIMIT, Comparator, Operation, Predicate, Query
 
@@ -343,7 +343,8 @@ def _query_from_args(args: argparse.Namespace) -> Query:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    from liaison import client, render
+    from liaison import client
+    from liaison.cli import render
     from liaison.messages import SearchInput
 
     gateway, token = args.gateway, args.token
@@ -386,8 +387,8 @@ def _cmd_query(args: argparse.Namespace) -> int:
 
 
 def _query_images(args: argparse.Namespace, gateway: str, token: str) -> int:
-    from liaison import render
-    from liaison.image_query import image_triage_to_dict, render_image_triage, run_image_query
+    from liaison.cli import render
+    from liaison.cli.image_query import image_triage_to_dict, render_image_triage, run_image_query
     from liaison.messages import SearchInput
 
     if args.dry_run:
@@ -425,8 +426,8 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 
 
 def _policy_check(args: argparse.Namespace) -> int:
-    from liaison import render
     from liaison.catalog import CATALOG_V1
+    from liaison.cli import render
     from liaison.config import load_node_config
     from policies.analysis import NodeMapping, Severity
 
@@ -484,8 +485,8 @@ def _split(values: list[str]) -> tuple[str, ...]:
 
 
 def _policy_explain(args: argparse.Namespace) -> int:
-    from liaison import render
     from liaison.catalog import CATALOG_V1
+    from liaison.cli import render
     from liaison.errors import CatalogError
     from liaison.messages import Requester
     from liaison.query import validate_case_ref, validate_legal_basis, validate_query
@@ -530,8 +531,8 @@ def _policy_explain(args: argparse.Namespace) -> int:
 
 
 def _policy_test(args: argparse.Namespace) -> int:
-    from liaison import render
     from liaison.catalog import CATALOG_V1
+    from liaison.cli import render
     from policies import load_policy
     from policies.cases import CaseFileError, cases_path_for, load_cases, run_cases
 
@@ -572,7 +573,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
     if args.out is None:
         print(token)
     else:
-        from liaison.federation import write_private_text
+        from liaison.demo.federation import write_private_text
 
         # A bearer token: whoever reads the file can ask as this investigator.
         write_private_text(args.out, token + "\n")
@@ -580,7 +581,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
 
 
 def _cmd_init(args: argparse.Namespace) -> int:
-    from liaison.federation import init_federation
+    from liaison.demo.federation import init_federation
 
     agencies = args.agency or ["investigators"]
     init_federation(args.folder, args.node, agencies, args.base_port)
@@ -596,8 +597,8 @@ def _cmd_init(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from liaison.demo import run_demo
-    from liaison.processes import stop_run_dir
+    from liaison.demo.processes import stop_run_dir
+    from liaison.demo.run import run_demo
 
     if args.stop:
         if args.workdir is None:

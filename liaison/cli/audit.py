@@ -189,7 +189,7 @@ def cmd_audit(args: argparse.Namespace) -> int:
 
 
 def _print_json(value: Any) -> None:
-    from liaison.render import to_json
+    from liaison.cli.render import to_json
 
     print(to_json(value))
 
@@ -418,8 +418,8 @@ def _selector_hash(value: str, field: str, audit_key: Path | None) -> str:
 
 
 def _cmd_show(args: argparse.Namespace) -> int:
+    from liaison.cli.render import table
     from liaison.ledger.views import format_time, select
-    from liaison.render import table
 
     selector = _selector_hash(args.selector, args.field, args.audit_key) if args.selector else ""
     store = _store(args.ledger)
@@ -537,7 +537,7 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
 
 
 def _render_reconcile(report: Any) -> str:
-    from liaison.render import table
+    from liaison.cli.render import table
 
     def state(r: Any) -> str:
         return "verified" if r.ok else f"FAILED at {r.problems[0].where}: {r.problems[0].message}"
@@ -581,9 +581,9 @@ def _cmd_hash(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
+    from liaison.cli.render import table
     from liaison.ledger.verify import verify_ledger
     from liaison.ledger.views import format_time, rows, summarise
-    from liaison.render import table
 
     filters = _filters(args)
     store = _store(args.ledger)
@@ -631,7 +631,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 
 def _counts(what: str, counter: Any) -> str:
-    from liaison.render import table
+    from liaison.cli.render import table
 
     return table([what, "queries"], [[k, f"{n:,}"] for k, n in sorted(counter.items())])
 

@@ -19,9 +19,9 @@ from liaison.errors import LiaisonError
 from liaison.query import MIN_PDQ_QUALITY
 
 if TYPE_CHECKING:
-    from liaison.hashing import FileHashes, ProgressCallback
+    from liaison.hashing.files import FileHashes, ProgressCallback
 
-# liaison.hashing (numpy, Pillow, pdqhash) is imported only when `hash` runs, so
+# liaison.hashing.files (numpy, Pillow, pdqhash) is imported only when `hash` runs, so
 # that building the parser does not slow down every other `liaison` command.
 
 EXIT_OK = 0
@@ -86,7 +86,7 @@ def add_hash(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
 
 
 def _usable(h: FileHashes, min_quality: int) -> bool:
-    from liaison.hashing import usable
+    from liaison.hashing.files import usable
 
     return usable(h, min_quality)
 
@@ -170,8 +170,8 @@ def _progress() -> tuple[ProgressCallback, Callable[[], None]]:
 
 
 def cmd_hash(args: argparse.Namespace) -> int:
-    from liaison.hashing import hash_paths
-    from liaison.render import table, to_json
+    from liaison.cli.render import table, to_json
+    from liaison.hashing.files import hash_paths
 
     min_quality: int = args.min_quality
     walking = any(p.is_dir() for p in args.paths)
