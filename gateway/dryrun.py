@@ -29,13 +29,16 @@ from liaison.catalog import Catalog
 from liaison.envelope import POLICY_TYPE, Envelope, open_envelope
 from liaison.errors import BadSignature, EnvelopeError, LiaisonError
 from liaison.keys import VerifyingKey
-from liaison.messages import Decision, DryRunNodeResult, DryRunResult, Requester, SearchInput
-from liaison.wire import (
+from liaison.messages import (
+    Decision,
+    DryRunNodeResult,
+    DryRunResult,
     PublishedPolicy,
+    Requester,
+    SearchInput,
     document_sha256,
-    envelope_from_proto,
-    published_policy_from_bytes,
 )
+from liaison.wire import envelope_from_proto, published_policy_from_bytes
 from policies import Policy, decide, parse_policy
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc

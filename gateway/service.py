@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+from typing import NoReturn
 
 import grpc
 
 from gateway.auth import TokenVerifier
 from gateway.dryrun import DryRunner
 from gateway.search import GatewayCore
-from liaison.grpc_errors import status_for
+from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
 from liaison.wire import (
     dry_run_request_from_proto,
     dry_run_result_to_proto,
@@ -20,6 +21,12 @@ from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 
 log = logging.getLogger("liaison.gateway")
+
+
+async def _abort(context: grpc.aio.ServicerContext[object, object], exc: BaseException) -> NoReturn:
+    code, message = status_for(exc, log)
+    await context.abort(code, message, trailing_metadata=((ERROR_KIND_KEY, error_kind(exc)),))
+    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
 def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | None:
@@ -48,8 +55,7 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
             requester = self.verifier.verify(bearer_token(context))
             result = await self.core.search(requester, search_from_proto(request))
         except Exception as exc:
-            code, message = status_for(exc, log)
-            await context.abort(code, message)
+            await _abort(context, exc)
         return search_result_to_proto(result)
 
     async def ListNodes(
@@ -60,8 +66,7 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
         try:
             self.verifier.verify(bearer_token(context))
         except Exception as exc:
-            code, message = status_for(exc, log)
-            await context.abort(code, message)
+            await _abort(context, exc)
         return pb_gateway.ListNodesResponse(
             nodes=[
                 pb_gateway.NodeInfo(
@@ -80,6 +85,5 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
             requester = self.verifier.verify(bearer_token(context))
             result = await self.dry_runner.run(requester, dry_run_request_from_proto(request))
         except Exception as exc:
-            code, message = status_for(exc, log)
-            await context.abort(code, message)
+            await _abort(context, exc)
         return dry_run_result_to_proto(result)

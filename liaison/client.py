@@ -6,7 +6,14 @@ from pathlib import Path
 
 import grpc
 
-from liaison.errors import AuthenticationError, ConfigError, InvalidQuery, LiaisonError
+from liaison.errors import (
+    AuthenticationError,
+    ConfigError,
+    InvalidQuery,
+    LedgerUnavailable,
+    LiaisonError,
+)
+from liaison.grpc_errors import kind_name, kind_of
 from liaison.messages import DryRunResult, SearchInput, SearchResult
 from liaison.serving import CHANNEL_OPTIONS
 from liaison.wire import (
@@ -44,7 +51,7 @@ def _refused(exc: grpc.RpcError, address: str, what: str) -> LiaisonError:
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidQuery(detail)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        if code == grpc.StatusCode.UNAVAILABLE and "ledger" in detail:
+        if kind_of(exc) == kind_name(LedgerUnavailable):
             # The gateway runs, but refuses to ask anyone it cannot log.
             return GatewayUnavailable(f"gateway at {address} refused the {what}: {detail}")
         return GatewayUnavailable(

@@ -6,6 +6,7 @@ LiaisonError
 │   └── InvalidValue       a value does not parse as its field's type
 ├── InvalidQuery           a query is malformed (shape, missing purpose, ...)
 ├── PolicyError            a policy document fails to load
+│   └── CaseFileError      a policy's test cases file is malformed
 ├── AuthenticationError    an investigator's token is not acceptable
 ├── EnvelopeError          a signed envelope does not verify or parse
 │   ├── BadSignature       wrong key, forged or tampered bytes
@@ -49,6 +50,10 @@ class InvalidQuery(LiaisonError):
 
 class PolicyError(LiaisonError):
     """A policy document fails to load; the message names the rule and key."""
+
+
+class CaseFileError(PolicyError):
+    """A policy's test cases file is malformed; the message names the file and the case."""
 
 
 class AuthenticationError(LiaisonError):

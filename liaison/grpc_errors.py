@@ -52,6 +52,28 @@ _CATALOG: tuple[tuple[type[LiaisonError], grpc.StatusCode], ...] = (
 )
 
 MAX_MESSAGE_CHARS = 500
+# Trailing metadata that names the kind of a refusal ("ledger-unavailable"),
+# for clients that act on it: a message's words are for people and may change.
+ERROR_KIND_KEY = "liaison-error"
+
+
+def kind_name(cls: type[LiaisonError]) -> str:
+    """A Liaison error class as a refusal kind: ``LedgerUnavailable`` -> "ledger-unavailable"."""
+    return "".join(f"-{c.lower()}" if c.isupper() else c for c in cls.__name__).lstrip("-")
+
+
+def error_kind(exc: BaseException) -> str:
+    """The kind of refusal ``exc`` becomes: its Liaison error class, or "internal"."""
+    return kind_name(type(exc)) if isinstance(exc, LiaisonError) else "internal"
+
+
+def kind_of(exc: grpc.RpcError) -> str:
+    """The kind a Liaison server named in a refusal's trailing metadata ("" if none)."""
+    trailing = getattr(exc, "trailing_metadata", None)
+    for key, value in (trailing() if callable(trailing) else None) or ():
+        if key == ERROR_KIND_KEY:
+            return str(value)
+    return ""
 
 
 def status_for(exc: BaseException, log: logging.Logger) -> tuple[grpc.StatusCode, str]:

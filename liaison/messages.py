@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -162,3 +163,36 @@ class DryRunNodeResult:
 class DryRunResult:
     query: Query
     results: tuple[DryRunNodeResult, ...]
+
+
+def document_sha256(document: str) -> str:
+    """Hex SHA-256 of a policy document's UTF-8 bytes, as a PublishedPolicy names it."""
+    return hashlib.sha256(document.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishedPolicy:
+    """The payload a node signs when it publishes its policy document.
+
+    The node builds it once at startup and signs its wire form; the gateway
+    reads it back after verifying the signature.
+    """
+
+    node_id: str
+    catalog_version: str
+    # The policy document (TOML) exactly as the node loaded it.
+    document: str
+    document_sha256: str
+    published_at_ms: int
+
+    @classmethod
+    def of(
+        cls, *, node_id: str, catalog_version: str, document: str, published_at_ms: int
+    ) -> PublishedPolicy:
+        return cls(
+            node_id=node_id,
+            catalog_version=catalog_version,
+            document=document,
+            document_sha256=document_sha256(document),
+            published_at_ms=published_at_ms,
+        )

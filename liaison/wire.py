@@ -6,9 +6,6 @@ mistaken for the domain types of the same name.
 
 from __future__ import annotations
 
-import hashlib
-from dataclasses import dataclass
-
 from liaison.envelope import Envelope
 from liaison.errors import InvalidQuery
 from liaison.keys import KeyId
@@ -22,6 +19,7 @@ from liaison.messages import (
     DryRunResult,
     NodeResult,
     NodeStatus,
+    PublishedPolicy,
     QueryAnswer,
     QueryRequest,
     Requester,
@@ -398,39 +396,6 @@ def dry_run_result_from_proto(message: pb_gateway.DryRunResponse, query: Query) 
             for r in message.results
         ),
     )
-
-
-def document_sha256(document: str) -> str:
-    """Hex SHA-256 of a policy document's UTF-8 bytes, as a PublishedPolicy names it."""
-    return hashlib.sha256(document.encode("utf-8")).hexdigest()
-
-
-@dataclass(frozen=True, slots=True)
-class PublishedPolicy:
-    """The payload a node signs when it publishes its policy document.
-
-    Kept beside its conversions because only the wire needs it whole: the node
-    builds it once at startup, the gateway reads it back after verifying it.
-    """
-
-    node_id: str
-    catalog_version: str
-    # The policy document (TOML) exactly as the node loaded it.
-    document: str
-    document_sha256: str
-    published_at_ms: int
-
-    @classmethod
-    def of(
-        cls, *, node_id: str, catalog_version: str, document: str, published_at_ms: int
-    ) -> PublishedPolicy:
-        return cls(
-            node_id=node_id,
-            catalog_version=catalog_version,
-            document=document,
-            document_sha256=document_sha256(document),
-            published_at_ms=published_at_ms,
-        )
 
 
 def published_policy_to_bytes(published: PublishedPolicy) -> bytes:

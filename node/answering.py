@@ -38,7 +38,7 @@ from liaison.keys import KeyId, SigningKey
 from liaison.ledger.entries import ReceiptFacts, receipt_entry
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LoggedRequest, SignedRequest, check_logged
-from liaison.messages import AnswerStatus, Decision, QueryAnswer, Requester
+from liaison.messages import AnswerStatus, Decision, PublishedPolicy, QueryAnswer, Requester
 from liaison.query import (
     Operation,
     Query,
@@ -46,7 +46,7 @@ from liaison.query import (
     validate_legal_basis,
     validate_query,
 )
-from liaison.wire import PublishedPolicy, answer_to_bytes, published_policy_to_bytes
+from liaison.wire import answer_to_bytes, published_policy_to_bytes
 from node.database import MappedDataset
 from node.differencing import RecentAggregates
 from node.execute import Executor, Refusal

@@ -15,6 +15,7 @@ from liaison.grpc_errors import MalformedRequests
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import node_origin
+from liaison.messages import document_sha256
 from liaison.serving import (
     SERVER_OPTIONS,
     add_health_and_reflection,
@@ -24,7 +25,6 @@ from liaison.serving import (
     write_port_file,
 )
 from liaison.tls import TlsFiles
-from liaison.wire import document_sha256
 from node.answering import NodeCore, NodeLimits, close_core
 from node.database import bind_schema, open_read_only
 from node.near import NearIndexes

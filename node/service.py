@@ -14,7 +14,7 @@ import grpc
 
 from liaison.catalog import CATALOG_VERSION
 from liaison.errors import ConfigError
-from liaison.grpc_errors import status_for
+from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
 from liaison.tls import CertificateIdentity
 from liaison.wire import envelope_to_proto, signed_request_from_proto
 from node.answering import NodeCore
@@ -27,6 +27,7 @@ log = logging.getLogger("liaison.node")
 
 def _abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     code, message = status_for(exc, log)
+    context.set_trailing_metadata(((ERROR_KIND_KEY, error_kind(exc)),))
     context.abort(code, message)
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
@@ -53,7 +54,8 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
     ) -> pb_node.AnswerResponse:
         try:
             peer = peer_of(context)
-            self.core.check_peer(peer)  # before a byte of the request is parsed
+            # Before the request is read: the interceptor only parsed its outer message.
+            self.core.check_peer(peer)
             answer = self.core.answer(signed_request_from_proto(request), peer)
         except Exception as exc:
             _abort(context, exc)

@@ -42,7 +42,7 @@ from pathlib import Path
 from typing import Any
 
 from liaison.catalog import Catalog
-from liaison.errors import CatalogError, InvalidQuery, LiaisonError
+from liaison.errors import CaseFileError, CatalogError, InvalidQuery
 from liaison.messages import Requester
 from liaison.query import (
     Comparator,
@@ -57,10 +57,6 @@ from policies.engine import PolicyDecision, decide
 from policies.model import Policy
 
 CASES_SUFFIX = ".cases.toml"
-
-
-class CaseFileError(LiaisonError):
-    """A policy-test file is malformed; the message names the file and the case."""
 
 
 @dataclass(frozen=True, slots=True)

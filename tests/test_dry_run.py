@@ -38,11 +38,11 @@ from liaison.messages import (
     DryRunNodeResult,
     DryRunResult,
     NodeStatus,
+    PublishedPolicy,
     SearchInput,
 )
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import (
-    PublishedPolicy,
     dry_run_request_to_proto,
     dry_run_result_from_proto,
     dry_run_result_to_proto,

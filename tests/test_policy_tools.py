@@ -20,9 +20,10 @@ import pytest
 from liaison import client
 from liaison.catalog import CATALOG_V1
 from liaison.demo.run import investigator_token
+from liaison.errors import CaseFileError
 from policies import load_policy, parse_policy
 from policies.analysis import Finding, Kind, NodeMapping, Severity, analyse, policy_errors
-from policies.cases import CaseFileError, cases_path_for, load_cases, parse_cases, run_cases
+from policies.cases import cases_path_for, load_cases, parse_cases, run_cases
 from policies.model import Policy, RateLimit, RateScope
 from tests.conftest import Federation
 

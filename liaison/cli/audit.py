@@ -10,10 +10,19 @@ import argparse
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from liaison.errors import ConfigError, InvalidQuery, LedgerError
 from liaison.keys import VerifyingKey
+
+if TYPE_CHECKING:
+    # The ledger modules are imported only when an audit command runs, so that
+    # `liaison --help` stays quick; their types are still checked.
+    from liaison.ledger.checkpoint import Checkpoint
+    from liaison.ledger.reconcile import ReconcileReport
+    from liaison.ledger.store import LedgerStore
+    from liaison.ledger.verify import Finding, VerifyReport, Witness
+    from liaison.ledger.views import Filters
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -188,13 +197,13 @@ def cmd_audit(args: argparse.Namespace) -> int:
     return ACTIONS[args.action](args)
 
 
-def _print_json(value: Any) -> None:
+def _print_json(value: object) -> None:
     from liaison.cli.render import to_json
 
     print(to_json(value))
 
 
-def _store(location: str) -> Any:
+def _store(location: str) -> LedgerStore:
     from liaison.ledger.store import LedgerStore
 
     return LedgerStore(location, create=False)
@@ -252,7 +261,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _witnesses(locations: list[str]) -> list[Any]:
+def _witnesses(locations: list[str]) -> list[Witness]:
     """Each witness ledger's checkpoints, read and the ledger closed again."""
     from liaison.ledger.verify import receipts_witness
 
@@ -266,7 +275,7 @@ def _witnesses(locations: list[str]) -> list[Any]:
     return found
 
 
-def _save_latest(store: Any, latest: Any, path: Path) -> None:
+def _save_latest(store: LedgerStore, latest: Checkpoint | None, path: Path) -> None:
     if latest is None:
         raise LedgerError("the ledger has no verified checkpoint to save")
     for row in reversed(store.checkpoints()):
@@ -275,7 +284,7 @@ def _save_latest(store: Any, latest: Any, path: Path) -> None:
             return
 
 
-def _checkpoint_json(cp: Any, checked_at_ms: int) -> dict[str, Any] | None:
+def _checkpoint_json(cp: Checkpoint | None, checked_at_ms: int) -> dict[str, Any] | None:
     from liaison.ledger.views import format_time
 
     if cp is None:
@@ -289,7 +298,7 @@ def _checkpoint_json(cp: Any, checked_at_ms: int) -> dict[str, Any] | None:
     }
 
 
-def _report_json(report: Any) -> dict[str, Any]:
+def _report_json(report: VerifyReport) -> dict[str, Any]:
     from liaison.ledger.views import format_time
 
     at = report.checked_at_ms
@@ -323,11 +332,11 @@ def _report_json(report: Any) -> dict[str, Any]:
     }
 
 
-def _finding_json(finding: Any) -> dict[str, Any]:
+def _finding_json(finding: Finding) -> dict[str, Any]:
     return {"where": finding.where, "index": finding.index, "message": finding.message}
 
 
-def _render_report(report: Any) -> str:
+def _render_report(report: VerifyReport) -> str:
     from liaison.ledger.verify import describe_age
     from liaison.ledger.views import format_time
 
@@ -372,7 +381,7 @@ def _render_report(report: Any) -> str:
         return "\n".join(lines)
     verdict += (
         f", up to the newest checkpoint: {latest.size:,} entries signed "
-        f"{format_time(latest.time_ms)} ({describe_age(report.latest_age_ms)} ago)"
+        f"{format_time(latest.time_ms)} ({describe_age(report.checked_at_ms - latest.time_ms)} ago)"
     )
     witnessed = report.witnessed
     if witnessed is None:
@@ -385,7 +394,7 @@ def _render_report(report: Any) -> str:
     return "\n".join(lines)
 
 
-def _filters(args: argparse.Namespace, selector_hash: str = "") -> Any:
+def _filters(args: argparse.Namespace, selector_hash: str = "") -> Filters:
     from liaison.ledger.views import Filters, parse_time
 
     return Filters(
@@ -536,10 +545,10 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
-def _render_reconcile(report: Any) -> str:
+def _render_reconcile(report: ReconcileReport) -> str:
     from liaison.cli.render import table
 
-    def state(r: Any) -> str:
+    def state(r: VerifyReport) -> str:
         return "verified" if r.ok else f"FAILED at {r.problems[0].where}: {r.problems[0].message}"
 
     rows = [["gateway", f"{report.gateway.size:,}", "", state(report.gateway)]]
@@ -628,12 +637,6 @@ def _cmd_report(args: argparse.Namespace) -> int:
     ]
     print("\n".join(out))
     return EXIT_OK if report.ok else EXIT_FAILED
-
-
-def _counts(what: str, counter: Any) -> str:
-    from liaison.cli.render import table
-
-    return table([what, "queries"], [[k, f"{n:,}"] for k, n in sorted(counter.items())])
 
 
 ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {

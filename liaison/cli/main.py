@@ -533,8 +533,9 @@ def _policy_explain(args: argparse.Namespace) -> int:
 def _policy_test(args: argparse.Namespace) -> int:
     from liaison.catalog import CATALOG_V1
     from liaison.cli import render
+    from liaison.errors import CaseFileError
     from policies import load_policy
-    from policies.cases import CaseFileError, cases_path_for, load_cases, run_cases
+    from policies.cases import cases_path_for, load_cases, run_cases
 
     policy = load_policy(args.file, CATALOG_V1)
     cases_path = args.cases or cases_path_for(args.file)
