@@ -28,9 +28,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
-import platform
-import statistics
-import sys
 import tempfile
 import time
 import uuid
@@ -42,14 +39,13 @@ from typing import Any, TextIO
 
 import grpc
 
-from liaison import __version__
+from liaison.bench.runner import BenchFailed, Summary, at_least, bench_main, machine, ratios
 from liaison.catalog import CATALOG_VERSION
 from liaison.cli import render
 from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
 from liaison.demo.federation import AUDIT_KEY, GATEWAY_ID, PKI_DIR
 from liaison.demo.run import build_federation, investigator_token, running_federation
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, open_envelope, seal
-from liaison.errors import LiaisonError
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey, request_entry
 from liaison.ledger.log import Ledger
@@ -82,71 +78,8 @@ CPU_CALLS = 100
 HOLDERS = ("ruritania", "freedonia")  # the demo nodes that hold the probe
 
 
-class BenchFailed(LiaisonError):
-    """A measured call did not come back as the answer the benchmark expects."""
-
-
 def _elapsed_ms(started_ns: int) -> float:
     return (time.perf_counter_ns() - started_ns) / 1e6
-
-
-@dataclass(frozen=True, slots=True)
-class Summary:
-    """Latencies of one path (milliseconds here; microseconds in bench_policy)."""
-
-    samples: int
-    p50: float
-    p99: float
-    mean: float
-    minimum: float
-    maximum: float
-
-    @classmethod
-    def of(cls, samples_ms: Sequence[float]) -> Summary:
-        if len(samples_ms) < 2:
-            raise ValueError("percentiles need at least two samples")
-        return cls(
-            samples=len(samples_ms),
-            p50=statistics.median(samples_ms),
-            p99=statistics.quantiles(samples_ms, n=100, method="inclusive")[98],
-            mean=statistics.fmean(samples_ms),
-            minimum=min(samples_ms),
-            maximum=max(samples_ms),
-        )
-
-    def as_dict(self, unit: str = "ms") -> dict[str, float]:
-        """The summary with keys named for ``unit``, the unit its samples are in."""
-        return {
-            "samples": self.samples,
-            f"p50_{unit}": round(self.p50, 3),
-            f"p99_{unit}": round(self.p99, 3),
-            f"mean_{unit}": round(self.mean, 3),
-            f"min_{unit}": round(self.minimum, 3),
-            f"max_{unit}": round(self.maximum, 3),
-        }
-
-
-def ratios(over: Summary, under: Summary) -> dict[str, float]:
-    return {
-        "p50": round(over.p50 / under.p50, 3),
-        "p99": round(over.p99 / under.p99, 3),
-        "mean": round(over.mean / under.mean, 3),
-    }
-
-
-def machine() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        usable = os.cpu_count() or 0
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "grpc": grpc.__version__,
-        "liaison": __version__,
-    }
 
 
 def probe_query() -> Query:
@@ -383,20 +316,7 @@ def render_report(doc: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def at_least(lo: int) -> Callable[[str], int]:
-    """An argparse type for whole numbers of at least ``lo``."""
-
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < lo:
-            raise argparse.ArgumentTypeError(f"must be at least {lo}, got {value}")
-        return value
-
-    return parse
-
-
 def build_parser() -> argparse.ArgumentParser:
-
     p = argparse.ArgumentParser(
         prog="python -m liaison.bench",
         description="A federated exact-hash query against one direct gRPC call to a node.",
@@ -410,7 +330,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--plaintext", action="store_true", help="no mutual TLS between gateway and nodes"
     )
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
 
@@ -492,7 +411,7 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
     direct_s, federated_s = summaries["direct"], summaries["federated"]
     ratio = ratios(federated_s, direct_s)
     return {
-        "machine": machine(),
+        "machine": machine(grpc=grpc.__version__),
         "settings": {
             "iterations": args.iterations,
             "warmup": args.warmup,
@@ -518,25 +437,7 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        doc = run(args, sys.stderr)
-    except LiaisonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        # Raised by a stub, an RpcError is also a grpc.Call; the type stubs do not say so.
-        code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-        print(
-            f"error: a measured call failed ({code().name if callable(code) else 'no status'}): "
-            f"{details() if callable(details) else exc}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(render.to_json(doc) if args.json else render_report(doc))
-    return 0
+    return bench_main(argv, build_parser(), run, render_report, rpc_call="a measured call")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,6 @@ import os
 import random
 import sqlite3
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -58,20 +57,22 @@ import sqlalchemy as sa
 from sqlalchemy.exc import SQLAlchemyError
 
 from liaison import __version__
-from liaison.bench.federated import (
-    CALL_TIMEOUT_S,
-    FederatedCaller,
+from liaison.bench.federated import CALL_TIMEOUT_S, FederatedCaller, probe_query
+from liaison.bench.runner import BenchFailed as BenchFailed  # re-exported: callers catch it here
+from liaison.bench.runner import (
     Summary,
     at_least,
+    bench_main,
+    loadavg,
     machine,
-    probe_query,
+    positive,
+    with_preset,
 )
 from liaison.catalog import CATALOG_VERSION
 from liaison.cli import render
 from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies
 from liaison.demo.federation import GATEWAY_ID
 from liaison.demo.run import build_federation, investigator_token, running_federation
-from liaison.errors import LiaisonError
 from liaison.keys import SigningKey
 from liaison.ledger.checkpoint import Checkpoint, open_checkpoint, sign_checkpoint
 from liaison.ledger.entries import (
@@ -121,10 +122,6 @@ REQUEST_TTL_MS = 3000  # the gateway's default deadline plus its expiry margin
 NODES = tuple(a.agency_id for a in demo_agencies())
 
 
-class BenchFailed(LiaisonError):
-    """A measured step did not do what the benchmark relies on."""
-
-
 @dataclass(frozen=True, slots=True)
 class Settings:
     entries: int
@@ -163,19 +160,6 @@ QUICK = {
 
 def _elapsed_ms(started_ns: int) -> float:
     return (time.perf_counter_ns() - started_ns) / 1e6
-
-
-def _stats(samples: Sequence[float], unit: str, digits: int = 3) -> dict[str, float]:
-    """p50/p99/mean/min/max of ``samples`` under keys named for ``unit`` (bench.Summary)."""
-    s = Summary.of(samples)
-    return {
-        "samples": s.samples,
-        f"p50_{unit}": round(s.p50, digits),
-        f"p99_{unit}": round(s.p99, digits),
-        f"mean_{unit}": round(s.mean, digits),
-        f"min_{unit}": round(s.minimum, digits),
-        f"max_{unit}": round(s.maximum, digits),
-    }
 
 
 # --- realistic entries, fast ------------------------------------------------
@@ -565,7 +549,7 @@ class AppendPath:
             "label": self.label,
             "appends": len(self.latencies_ms),
             "appends_per_s": round(len(self.latencies_ms) / self.seconds, 1),
-            "latency": _stats(self.latencies_ms, "ms"),
+            "latency": Summary.of(self.latencies_ms).as_dict("ms"),
         }
 
 
@@ -638,7 +622,7 @@ def group_commit(
         "commits": commits,
         "commits_per_s": round(commits / wall, 1),
         "mean_batch": round(rows / commits, 2) if commits else 0.0,
-        "latency": _stats([x for xs in latencies for x in xs], "ms"),
+        "latency": Summary.of([x for xs in latencies for x in xs]).as_dict("ms"),
     }
 
 
@@ -963,7 +947,7 @@ def proofs_section(
     return {
         "size": n,
         "samples": samples,
-        **{k: _stats(v, "us", 2) for k, v in out.items()},
+        **{k: Summary.of(v).as_dict("us", 2) for k, v in out.items()},
         "mean_hashes": {k: round(statistics.fmean(v), 1) for k, v in hashes.items()},
     }
 
@@ -1230,12 +1214,14 @@ def _federation_result(
             "client to gateway plaintext loopback"
         ),
         "latency_ms": {
-            "client": _stats(client, "ms"),
-            "gateway_total": _stats([t.gateway_total_ms for t in times], "ms"),
-            "gateway_ledger": _stats([t.gateway_ledger_ms for t in times], "ms"),
-            **{f"receipt_{n}": _stats(v, "ms") for n, v in receipts.items()},
-            "slowest_receipt": _stats([max(t.receipt_ms.values()) for t in times], "ms"),
-            "ledger_critical_path": _stats(critical, "ms"),
+            "client": Summary.of(client).as_dict("ms"),
+            "gateway_total": Summary.of([t.gateway_total_ms for t in times]).as_dict("ms"),
+            "gateway_ledger": Summary.of([t.gateway_ledger_ms for t in times]).as_dict("ms"),
+            **{f"receipt_{n}": Summary.of(v).as_dict("ms") for n, v in receipts.items()},
+            "slowest_receipt": Summary.of([max(t.receipt_ms.values()) for t in times]).as_dict(
+                "ms"
+            ),
+            "ledger_critical_path": Summary.of(critical).as_dict("ms"),
         },
         "share": {
             # Per query: critical-path ledger ms / the client's ms; then its percentiles.
@@ -1253,24 +1239,16 @@ def _federation_result(
 # --- the run and its report -------------------------------------------------
 
 
-def _loadavg() -> list[float] | None:
-    """1, 5 and 15 minute load averages: how busy the shared machine was."""
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # not on every platform
-        return None
-
-
 def run(s: Settings, progress: TextIO) -> dict[str, Any]:
     started = time.perf_counter()
     key = SigningKey.generate()
     factory = EntryFactory(s.seed, key)
     doc: dict[str, Any] = {
         "machine": {
-            **machine(),
+            **machine(grpc=grpc.__version__),
             "sqlite": sqlite3.sqlite_version,
             "sqlalchemy": sa.__version__,
-            "loadavg_start": _loadavg(),
+            "loadavg_start": loadavg(),
         },
         "settings": {
             "entries": s.entries,
@@ -1314,7 +1292,7 @@ def run(s: Settings, progress: TextIO) -> dict[str, Any]:
         del tree
     print("6-7. the ledger in federated searches", file=progress)
     doc["federation"] = federation_section(s, progress)
-    doc["machine"]["loadavg_end"] = _loadavg()
+    doc["machine"]["loadavg_end"] = loadavg()
     doc["runtime_s"] = round(time.perf_counter() - started, 1)
     return doc
 
@@ -1511,13 +1489,6 @@ def _threads(text: str) -> tuple[int, ...]:
     return values
 
 
-def _positive(text: str) -> float:
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="python -m liaison.bench.ledger",
@@ -1527,7 +1498,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a smoke run: 50,000 entries, shorter runs")
     p.add_argument("--appends", type=at_least(2), help="appends per single-writer path (2000)")
     p.add_argument("--block", type=at_least(1), default=100, help="appends per block (100)")
-    p.add_argument("--group-seconds", type=_positive, help="seconds per group-commit run (3)")
+    p.add_argument("--group-seconds", type=positive, help="seconds per group-commit run (3)")
     p.add_argument("--threads", type=_threads, default=(8, 32), help="writer threads (8,32)")
     p.add_argument("--proofs", type=at_least(2), help="samples per proof operation (5000)")
     p.add_argument("--verify-repeats", type=at_least(1), help="verify runs to take the best of")
@@ -1541,28 +1512,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     p.add_argument("--seed", type=int, default=2026, help="seed of the generated entries")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    preset = QUICK if args.quick else FULL
-
-    def pick(name: str) -> Any:
-        value = getattr(args, name)
-        return preset[name] if value is None else value
-
-    appends = pick("appends")
+    picked = with_preset(args, QUICK if args.quick else FULL)
     return Settings(
-        entries=pick("entries"),
-        appends=appends,
-        block=min(args.block, appends),
-        group_seconds=pick("group_seconds"),
+        entries=picked["entries"],
+        appends=picked["appends"],
+        block=min(args.block, picked["appends"]),
+        group_seconds=picked["group_seconds"],
         threads=args.threads,
-        proofs=pick("proofs"),
-        verify_repeats=pick("verify_repeats"),
-        searches=pick("searches"),
-        warmup=pick("warmup"),
+        proofs=picked["proofs"],
+        verify_repeats=picked["verify_repeats"],
+        searches=picked["searches"],
+        warmup=picked["warmup"],
         media=args.media,
         postgres=None if args.no_postgres else args.postgres,
         seed=args.seed,
@@ -1570,24 +1534,13 @@ def settings_from(args: argparse.Namespace) -> Settings:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        doc = run(settings_from(args), sys.stderr)
-    except LiaisonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except grpc.RpcError as exc:
-        code, details = getattr(exc, "code", None), getattr(exc, "details", None)
-        print(
-            f"error: a federated search failed ({code().name if callable(code) else 'no status'})"
-            f": {details() if callable(details) else exc}",
-            file=sys.stderr,
-        )
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(render.to_json(doc) if args.json else render_report(doc))
-    return 0
+    return bench_main(
+        argv,
+        build_parser(),
+        lambda args, progress: run(settings_from(args), progress),
+        render_report,
+        rpc_call="a federated search",
+    )
 
 
 if __name__ == "__main__":

@@ -62,6 +62,7 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 import numpy.typing as npt
 
+from liaison.bench.runner import BenchFailed, at_least, bench_main, loadavg, machine, with_preset
 from liaison.cli import render
 from liaison.demo.pdq_data import near, random_hashes, synthetic_hashes
 from liaison.errors import LiaisonError
@@ -102,10 +103,6 @@ CATEGORIES = ("A", "B", "C", "baseline")
 
 Words = npt.NDArray[np.uint64]
 Positions = npt.NDArray[np.intp]
-
-
-class BenchFailed(LiaisonError):
-    """A step of the benchmark did not do what the benchmark relies on."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -520,7 +517,7 @@ def worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
         },
         "pairs": {"single": len(single_pairs), "batch": len(batch_pairs)},
         "cross_check": cross_check,
-        "loadavg": _loadavg(),
+        "loadavg": loadavg(),
     }
 
 
@@ -592,13 +589,6 @@ def _has_fileno(stream: TextIO) -> bool:
     except (AttributeError, OSError, ValueError):
         return False
     return True
-
-
-def _loadavg() -> list[float] | None:
-    try:
-        return [round(x, 2) for x in os.getloadavg()]
-    except OSError:  # not on every platform
-        return None
 
 
 # --- comparing answers -------------------------------------------------------
@@ -928,7 +918,7 @@ def _aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
     batch_aim = f"batch throughput at least {AIM_BATCH_VS_TX:g}x threatexchange's"
     memory_aim = f"resident memory at most {AIM_MEMORY_VS_TX:.0%} of threatexchange's"
-    for aim, key, at_least, shown in (
+    for aim, key, is_floor, shown in (
         (batch_aim, "batch_qps", True, "{:.1f}x"),
         (memory_aim, "resident", False, "{:.1%}"),
     ):
@@ -942,7 +932,7 @@ def _aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
             why = f"skipped: {tx['skipped']}" if "skipped" in tx else "failed at every size"
             add(aim, None, f"threatexchange {why}")
             continue
-        limit = AIM_BATCH_VS_TX if at_least else AIM_MEMORY_VS_TX
+        limit = AIM_BATCH_VS_TX if is_floor else AIM_MEMORY_VS_TX
         alone = {
             z["size"]: z["vs_threatexchange_faiss"][OURS][key]
             for z in sizes
@@ -950,7 +940,7 @@ def _aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         }
         add(
             aim,
-            all((r >= limit) if at_least else (r <= limit) for _, r in ratios),
+            all((r >= limit) if is_floor else (r <= limit) for _, r in ratios),
             "; ".join(
                 f"{n:,}: {shown.format(r)}"
                 + (f" (of its faiss index alone: {shown.format(alone[n])})" if n in alone else "")
@@ -990,8 +980,6 @@ def _aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def run(s: Settings, progress: TextIO) -> dict[str, Any]:
-    from liaison.bench.federated import machine
-
     started = time.perf_counter()
     tx_version = _threatexchange_version()
     tx_skipped: str | None = None
@@ -1015,11 +1003,12 @@ def run(s: Settings, progress: TextIO) -> dict[str, Any]:
     )
     doc: dict[str, Any] = {
         "machine": {
-            **machine(),
+            # From grpc's package metadata: only the federated part needs grpc loaded.
+            **machine(grpc=importlib.metadata.version("grpcio")),
             "numpy": np.__version__,
             "memory_total_mb": _memory_total_mb(),
             "idle_interpreter_with_numpy_mb": round(int(idle.stdout.strip() or 0) / 1024, 1),
-            "loadavg_start": _loadavg(),
+            "loadavg_start": loadavg(),
         },
         "settings": {
             "sizes": list(s.sizes),
@@ -1056,7 +1045,7 @@ def run(s: Settings, progress: TextIO) -> dict[str, Any]:
             doc["federated"] = {"failed": str(exc)}
     else:
         doc["federated"] = {"skipped": "--no-federated"}
-    doc["machine"]["loadavg_end"] = _loadavg()
+    doc["machine"]["loadavg_end"] = loadavg()
     doc["runtime_s"] = round(time.perf_counter() - started, 1)
     return doc
 
@@ -1269,8 +1258,6 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from liaison.bench.federated import at_least
-
     p = argparse.ArgumentParser(
         prog="python -m liaison.bench.pdq",
         description="Exact PDQ near-duplicate search: ours, a numpy scan and threatexchange.",
@@ -1295,42 +1282,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="distance of the federated batch (24: sylvania's policy allows no more)",
     )
     p.add_argument("--seed", type=int, default=2026, help="seed of the hashes and queries")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    preset = QUICK if args.quick else FULL
-
-    def pick(name: str) -> Any:
-        value = getattr(args, name)
-        return preset[name] if value is None else value
-
-    queries = pick("queries")
+    picked = with_preset(args, QUICK if args.quick else FULL)
     return Settings(
-        sizes=pick("sizes"),
-        queries=queries,
-        singles=min(pick("singles"), queries),
+        sizes=picked["sizes"],
+        queries=picked["queries"],
+        singles=min(picked["singles"], picked["queries"]),
         threatexchange=not args.no_threatexchange,
         federated=args.federated,
-        fed_per_node=pick("fed_per_node"),
-        fed_hashes=min(pick("fed_hashes"), 100_000),
+        fed_per_node=picked["fed_per_node"],
+        fed_hashes=min(picked["fed_hashes"], 100_000),
         fed_distance=args.fed_distance,
         seed=args.seed,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        doc = run(settings_from(args), sys.stderr)
-    except LiaisonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(render.to_json(doc) if args.json else render_report(doc))
-    return 0
+    return bench_main(
+        argv,
+        build_parser(),
+        lambda args, progress: run(settings_from(args), progress),
+        render_report,
+    )
 
 
 if __name__ == "__main__":

@@ -37,12 +37,9 @@ import argparse
 import cProfile
 import gc
 import json
-import os
-import platform
 import pstats
 import random
 import statistics
-import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -51,11 +48,17 @@ from typing import Any, TextIO
 
 import cedarpy
 
-from liaison import __version__
-from liaison.bench.federated import Summary, at_least  # shared: latency summary, argument type
+from liaison.bench.runner import (
+    BenchFailed,
+    Summary,
+    at_least,
+    bench_main,
+    machine,
+    positive,
+    ratios,
+)
 from liaison.catalog import CATALOG_V1
 from liaison.cli import render
-from liaison.errors import LiaisonError
 from liaison.messages import Requester
 from liaison.query import Comparator, Operation, Predicate, Query
 from policies import Policy, decide, parse_policy
@@ -141,10 +144,6 @@ SAMPLE_VALUES = {
     "jurisdiction": "FR",
     "category": "A",
 }
-
-
-class BenchFailed(LiaisonError):
-    """The two engines disagreed on a request: the comparison would be meaningless."""
 
 
 # --- the policy and the requests --------------------------------------------
@@ -416,14 +415,6 @@ def cedar_floor_decider(inputs: CedarInputs) -> Callable[[int], bool]:
 # --- measuring --------------------------------------------------------------
 
 
-def ratios(over: Summary, under: Summary) -> dict[str, float]:
-    return {
-        "p50": round(over.p50 / under.p50, 2),
-        "p99": round(over.p99 / under.p99, 2),
-        "mean": round(over.mean / under.mean, 2),
-    }
-
-
 def measure(
     paths: Mapping[str, Callable[[int], bool]],
     n: int,
@@ -548,21 +539,6 @@ def agreement(
     return permitted, differ
 
 
-def machine() -> dict[str, Any]:
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:  # not on every platform
-        usable = os.cpu_count() or 0
-    return {
-        "cpu_count": os.cpu_count(),
-        "cpus_usable": usable,
-        "python": f"{platform.python_implementation()} {platform.python_version()}",
-        "platform": platform.platform(),
-        "cedarpy": version("cedarpy"),
-        "liaison": __version__,
-    }
-
-
 # --- the run and its report -------------------------------------------------
 
 
@@ -609,7 +585,7 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
     print("measuring batch throughput", file=progress)
     batch = batch_throughput(ours, inputs, args.requests, progress)
     liaison_s, cedar_s = summaries["liaison"], summaries["cedar"]
-    ratio = ratios(cedar_s, liaison_s)
+    ratio = ratios(cedar_s, liaison_s, digits=2)
     met = ratio["p50"] >= AIM_SPEEDUP
     top = None
     if not met or args.profile:
@@ -617,7 +593,7 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
         top = profile(ours, args.requests)
     rules = policy.rules
     return {
-        "machine": machine(),
+        "machine": machine(cedarpy=version("cedarpy")),
         "settings": {
             "requests": args.requests,
             "warmup": args.warmup,
@@ -644,11 +620,15 @@ def run(args: argparse.Namespace, progress: TextIO) -> dict[str, Any]:
         "latency_us": {key: s.as_dict(unit="us") for key, s in summaries.items()},
         "speedup_over_cedar": ratio,
         "cedar_paths_us": {key: s.as_dict(unit="us") for key, s in others.items()},
-        "speedup_over_cedar_private_floor": ratios(others["cedar_private_floor"], liaison_s),
+        "speedup_over_cedar_private_floor": ratios(
+            others["cedar_private_floor"], liaison_s, digits=2
+        ),
         "warm_latency_us": {
             "block": WARM_BLOCK,
             **{key: s.as_dict(unit="us") for key, s in warm_summaries.items()},
-            "speedup_over_cedar": ratios(warm_summaries["cedar"], warm_summaries["liaison"]),
+            "speedup_over_cedar": ratios(
+                warm_summaries["cedar"], warm_summaries["liaison"], digits=2
+            ),
         },
         "batch_us_per_decision": batch,
         "share_of_node_answer": {
@@ -759,12 +739,6 @@ def render_report(doc: dict[str, Any]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    def positive(text: str) -> float:
-        value = float(text)
-        if not value > 0:
-            raise argparse.ArgumentTypeError(f"must be more than 0, got {text}")
-        return value
-
     p = argparse.ArgumentParser(
         prog="python -m liaison.bench.policy",
         description="Our policy decisions against Cedar's (cedarpy) on the same requests.",
@@ -779,21 +753,11 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"a node's typical answer time, for scale ({NODE_ANSWER_MS:g})",
     )
     p.add_argument("--profile", action="store_true", help="profile our decision even if fast")
-    p.add_argument("--json", action="store_true", help="print JSON instead of tables")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        doc = run(args, sys.stderr)
-    except LiaisonError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
-    print(render.to_json(doc) if args.json else render_report(doc))
-    return 0
+    return bench_main(argv, build_parser(), run, render_report)
 
 
 if __name__ == "__main__":
