@@ -143,7 +143,10 @@ class GatewayCore:
         offers = await self.offers(
             checked.targets, min(OFFERS_TIMEOUT_S, checked.deadline_ms / 4000)
         )
-        skipped = tuple(n for n in checked.targets if dataset not in (offers[n] or {dataset}))
+        # Unknown offers (None) are asked; an empty offer is a node offering nothing.
+        skipped = tuple(
+            n for n in checked.targets if (found := offers[n]) is not None and dataset not in found
+        )
         if not skipped:
             return checked, ()
         targets = tuple(n for n in checked.targets if n not in skipped)

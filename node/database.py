@@ -211,6 +211,17 @@ def _hex_spelling(
     else:
         # Both spellings, or nothing to tell by (an empty column): ask for both.
         case = HexCase.MIXED
+    if case is not HexCase.MIXED:
+        # A sample misses a rare other spelling (a small legacy import), and a
+        # held hash must never read as "no hit": one scan at start settles it.
+        fold = sa.func.lower if case is HexCase.LOWER else sa.func.upper
+        other = conn.execute(sa.select(column).where(present, column != fold(column)).limit(1))
+        if other.first() is not None:
+            if case is HexCase.LOWER:
+                upper += 1
+            else:
+                lower += 1
+            case = HexCase.MIXED
     where = {
         "dataset": mapping.dataset,
         "field": name,

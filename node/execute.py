@@ -36,6 +36,7 @@ MAX_BUCKETS = 1000
 # Beyond this many matched hashes a near-duplicate query is refused: it would
 # be a list of the agency's collection, not a question about one image.
 MAX_NEAR_MATCHES = 10_000
+NEAR_CAP_RULE = "near-match-cap"
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,12 +84,16 @@ class Executor:
 
         return formatted
 
-    def resolve_near(self, mapped: MappedDataset, query: Query) -> tuple[Query, dict[str, int]]:
+    def resolve_near(
+        self, mapped: MappedDataset, query: Query
+    ) -> tuple[Query, dict[str, int]] | Refusal:
         """``query`` with each near-duplicate predicate replaced by the stored hashes it matches.
 
         The index finds them; the database then applies every other predicate
         and the grant's row filters to exactly those hashes. Returns the
-        nearest distance per matched hash too.
+        nearest distance per matched hash too, or a refusal when too many match
+        (a signed denial that keeps its rate charge: it says something about
+        what the node holds, so it is not free).
         """
         nearest: dict[str, int] = {}
         predicates = []
@@ -100,9 +105,10 @@ class Executor:
                 raise InvalidQuery(f"this node does not hold field {p.field!r}")
             found = self.near.lookup(mapped.dataset.name, p.field, p.values, p.max_distance or 0)
             if len(found) > MAX_NEAR_MATCHES:
-                raise InvalidQuery(
+                return Refusal(
+                    NEAR_CAP_RULE,
                     f"more than {MAX_NEAR_MATCHES} stored hashes are within "
-                    f"{p.max_distance} bits; ask for a smaller distance"
+                    f"{p.max_distance} bits; ask for a smaller distance",
                 )
             for value, distance in found.items():
                 nearest[value] = min(distance, nearest.get(value, distance))
@@ -128,7 +134,10 @@ class Executor:
         if op is Operation.COUNT_BY and query.group_by not in mapped.columns:
             raise InvalidQuery(f"this node does not hold field {query.group_by!r}")
         asked = query
-        query, nearest = self.resolve_near(mapped, query)
+        resolved = self.resolve_near(mapped, query)
+        if isinstance(resolved, Refusal):
+            return resolved
+        query, nearest = resolved
         try:
             with self.engine.connect() as conn:
                 if op is Operation.MATCH:

@@ -11,7 +11,7 @@ ways, per investigator (issuer and subject), before any rate limit is charged:
   asks, so device triage in one request stays cheap, while an oracle, which
   needs one query per answer bit, runs out.
 * **probe memory**: the node remembers each investigator's near probes for
-  ``PROBE_MEMORY_S``. A hash asked within ``PROBE_RADIUS`` bits of
+  ``PROBE_MEMORY_S``. A hash that one stored hash could match together with
   ``SPOT_ALLOWANCE`` earlier questions (the same hash at other distances,
   hashes a few bits off) is probing, and the whole query is refused: the
   binary search and bit flipping of an oracle need hundreds of questions
@@ -37,15 +37,16 @@ from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from pathlib import Path
 
+import numpy as np
+
 from liaison.hashing.pdq import words_from_hex
 from liaison.messages import Requester
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Predicate, Query
-from node.pdq_index import PdqIndex
 from policies.engine import Grant
 from policies.model import DEFAULT_NEAR_BUDGET, RateLimit
 
-# Two probes this close ask about the same spot: bit by bit, or by distance.
-PROBE_RADIUS = 16
+# Distances between an asked hash and earlier probes computed in one pass.
+_PAIRS_PER_PASS = 1 << 20
 # Questions answered around one spot per investigator in PROBE_MEMORY_S: an
 # oracle needs hundreds; a device's near-duplicates split over queries, a few.
 SPOT_ALLOWANCE = 8
@@ -193,12 +194,14 @@ class NearGuard:
     ) -> str:
         """Why a new question asks too often around one spot, or "".
 
-        Every earlier question within ``PROBE_RADIUS`` bits of an asked hash,
-        the hash itself included, was a question around the same spot: the
-        same hash at another distance is a binary search, a hash a few bits
-        off is bit flipping. An oracle needs hundreds of them around one spot;
-        an investigator's near-duplicate images (a burst, resized copies) split
-        over several queries need a few. So an asked hash is refused once
+        An earlier question is around the same spot as an asked hash when one
+        stored hash could answer both: the two hashes are at most the sum of
+        their distances apart. The same hash at another distance is a binary
+        search, hashes a few bits off are bit flipping, and random masks of 17
+        bits at distance 31 are a threshold search: all of them stay around
+        one spot, while unrelated images are about 128 bits apart. An oracle
+        needs hundreds of questions there; an investigator's near-duplicate
+        images split over queries, a few. So an asked hash is refused once
         ``SPOT_ALLOWANCE`` earlier questions were asked around it.
         """
         since = now_ms - PROBE_MEMORY_S * 1000
@@ -211,31 +214,33 @@ class NearGuard:
             ).fetchall()
             if len(rows) < SPOT_ALLOWANCE:
                 continue
-            earlier: dict[str, dict[int, int]] = {}
-            for probe, distance, at_ms in rows:
-                earlier.setdefault(probe, {})[int(distance)] = int(at_ms)
-            index = PdqIndex.build(words_from_hex(sorted(earlier)))
+            earlier = words_from_hex([str(r[0]) for r in rows])
+            reach = np.array([int(r[1]) for r in rows], dtype=np.int64) + _distance(predicate)
+            when = np.array([int(r[2]) for r in rows], dtype=np.int64)
             asked = list(dict.fromkeys(predicate.values))
-            found_q, found_at, _bits = index.search_many(words_from_hex(asked), PROBE_RADIUS)
-            if not len(found_q):
-                continue
-            around: dict[int, list[dict[int, int]]] = {}
-            for q, at in zip(found_q.tolist(), index.hex_at(found_at.tolist()), strict=True):
-                around.setdefault(int(q), []).append(earlier[at])
-            for q, spots in around.items():
-                questions = sum(len(seen) for seen in spots)
-                if questions < SPOT_ALLOWANCE:
+            words = words_from_hex(asked)
+            # Bounded temporaries however long the investigator's history.
+            step = max(1, _PAIRS_PER_PASS // len(rows))
+            for lo in range(0, len(asked), step):
+                part = words[lo : lo + step]
+                bits = np.bitwise_count(part[:, None, :] ^ earlier[None, :, :]).sum(axis=2)
+                around = bits <= reach[None, :]
+                questions = around.sum(axis=1)
+                over = np.flatnonzero(questions >= SPOT_ALLOWANCE)
+                if not len(over):
                     continue
-                last = max(t for seen in spots for t in seen.values())
+                q = int(over[0])
+                last = int(when[around[q]].max())
+                value = asked[lo + q]
                 return (
-                    f"near-duplicate probing refused: value "
-                    f"{predicate.values.index(asked[q]) + 1} of this query asks a "
-                    f"{predicate.field} hash within {PROBE_RADIUS} bits of {questions} "
-                    f"questions you asked in the last 24 h (the last {_ago(now_ms - last)} ago), "
-                    f"and at most {SPOT_ALLOWANCE} are answered around one spot. Asking around "
-                    "one hash again and again (other bits or other distances) measures the "
-                    "distance to what this node holds; the earlier answers stand. For more "
-                    "about that image, ask the agency for a follow-up"
+                    f"near-duplicate probing refused: value {predicate.values.index(value) + 1} "
+                    f"of this query asks a {predicate.field} hash that one stored hash could "
+                    f"match together with {int(questions[q])} questions you asked in the last "
+                    f"24 h (the last {_ago(now_ms - last)} ago), and at most {SPOT_ALLOWANCE} "
+                    "are answered around one spot. Asking around one hash again and again "
+                    "(other bits or other distances) measures the distance to what this node "
+                    "holds; the earlier answers stand. For more about that image, ask the "
+                    "agency for a follow-up"
                 )
         return ""
 

@@ -18,8 +18,10 @@ function of *the set of records counted*, keyed by a node secret.
 - Bounded and zero-mean: the sum of ``TERMS`` independent uniform integers in
   [-h, h], so every released count is within ``bound(k) = TERMS * h`` of the
   truth, and an extreme draw is rare ((2h+1) ** -TERMS).
-- The threshold applies to the true count: below k reads "fewer than k"
-  (exactly as before); at k or above the released value is never below k nor
+- The threshold is sticky and noisy too: a count is suppressed ("fewer than
+  k") below k plus 0 to 2h, drawn from the same seed, so sweeping a
+  predicate until the answer flips does not find a set of exactly k. A count
+  below k is always suppressed; a released value is never below k nor
   negative (the noisy value is clamped up to k).
 - Answers say so: a released count carries its bound, shown as "≈ 57 (±4)".
 
@@ -109,20 +111,41 @@ class StickyNoise:
     def records(self) -> RecordSet:
         return RecordSet(self._row_key)
 
-    def noise(self, scope: str, counted: RecordSet, minimum: int) -> int:
-        """Deterministic noise in [-bound, bound] for the set ``counted`` of ``scope``."""
-        h = half_width(minimum)
+    def _draws(self, scope: str, counted: RecordSet) -> list[int]:
+        """``TERMS + 1`` pseudo-random 64-bit draws for the set ``counted`` of ``scope``.
+
+        They do not depend on the minimum count, so the same set counted under
+        two permits with different minimums gets the same noise, scaled: a
+        second permit is no second, independent look.
+        """
         seed = hashlib.blake2b(
             f"{scope}\x00{counted.n}\x00{counted.total}".encode(),
             key=self._seed_key,
-            digest_size=8 * TERMS,
+            digest_size=8 * (TERMS + 1),
         ).digest()
-        draws = (int.from_bytes(seed[8 * i : 8 * i + 8], "big") for i in range(TERMS))
-        return sum(d % (2 * h + 1) - h for d in draws)
+        return [int.from_bytes(seed[8 * i : 8 * i + 8], "big") for i in range(TERMS + 1)]
+
+    def noise(self, scope: str, counted: RecordSet, minimum: int) -> int:
+        """Deterministic noise in [-bound, bound] for the set ``counted`` of ``scope``."""
+        h = half_width(minimum)
+        # Each draw as a fraction of 2**64, spread over [-h, h]: one fraction per term.
+        return sum((d * (2 * h + 1) >> 64) - h for d in self._draws(scope, counted)[:TERMS])
+
+    def threshold(self, scope: str, counted: RecordSet, minimum: int) -> int:
+        """The sticky, noisy threshold for ``counted``: ``minimum`` plus 0 to ``2h``.
+
+        An exact threshold is itself an oracle: sweeping a date until a count
+        flips from "fewer than k" to a number finds a set of exactly k, and
+        adding one record to it then tells whether that record exists. A
+        threshold that depends on the set (Diffix's noisy low-count filter)
+        blurs the flip by up to 2h records.
+        """
+        h = half_width(minimum)
+        return minimum + (self._draws(scope, counted)[TERMS] * (2 * h + 1) >> 64)
 
     def release(self, scope: str, counted: RecordSet, minimum: int) -> Count:
         """The count to release under ``minimum``: suppressed, or noisy and clamped."""
-        if counted.n < minimum:
+        if counted.n < self.threshold(scope, counted, minimum):
             return Count(0, below_minimum=True, minimum=minimum)
         value = max(minimum, counted.n + self.noise(scope, counted, minimum))
         return Count(value, minimum=minimum, noise_bound=bound(minimum))

@@ -54,7 +54,7 @@ _COMMON_KEYS = {
 }
 MAX_ROWS_CEILING = 10_000
 RESERVED_RULE_IDS = frozenset(
-    {DEFAULT_DENY, EVALUATION_ERROR, "dataset-not-offered", "differencing-guard"}
+    {DEFAULT_DENY, EVALUATION_ERROR, "dataset-not-offered", "differencing-guard", "near-match-cap"}
 )
 
 
