@@ -1,43 +1,70 @@
-"""Helpers shared by the tests: real servers on loopback, real keys, real files."""
+"""Helpers shared by the tests: real servers on loopback, real keys, real files.
+
+The one home for what more than one test module needs: signed requests, a
+node or gateway in this process, a node over an agency's own schema, the
+``liaison`` command run as a user runs it, and the Hypothesis building blocks
+of random policies. Plain functions and dataclasses; fixtures live in
+``conftest.py``.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import atexit
 import hashlib
+import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
+from functools import cache
 from pathlib import Path
 from typing import Any
 
 import grpc
+from hypothesis import strategies as st
 
 from gateway.search import GatewayCore
 from gateway.server import build_gateway, start_gateway_server
 from liaison.catalog import CATALOG_V1, CATALOG_VERSION
 from liaison.config import load_gateway_config, load_node_config
 from liaison.demo.data import INVESTIGATOR_AGENCY
-from liaison.demo.federation import AUDIENCE, GATEWAY_ID, write_gateway_config
+from liaison.demo.federation import (
+    AUDIENCE,
+    GATEWAY_ID,
+    NodeLayout,
+    write_gateway_config,
+    write_gateway_keys,
+    write_node,
+)
 from liaison.demo.run import DEMO_ATTRIBUTES
-from liaison.envelope import REQUEST_TYPE, Envelope, seal
-from liaison.keys import SigningKey
+from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, Envelope, open_envelope, seal
+from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey, request_entry
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LedgerProof, SignedRequest, gateway_origin
-from liaison.messages import QueryRequest, Requester
-from liaison.query import Query
+from liaison.messages import AnswerStatus, QueryAnswer, QueryRequest, Requester
+from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
-from liaison.wire import request_to_bytes, signed_request_to_proto
+from liaison.wire import (
+    answer_from_bytes,
+    envelope_from_proto,
+    request_to_bytes,
+    signed_request_to_proto,
+)
 from node.answering import NodeCore, close_core
 from node.server import build_node, start_node_server
+from policies import Effect
+from policies.model import ANY
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
@@ -237,3 +264,278 @@ def investigator_token(
         attributes=kwargs.pop("attributes", DEMO_ATTRIBUTES),
         **kwargs,
     )
+
+
+# --- a node over an agency's own schema ---------------------------------------------
+
+# dataset -> (local table, {catalog field: local column}), as a node config maps them
+LocalMapping = Mapping[str, tuple[str, Mapping[str, str]]]
+
+
+def write_local_node(
+    root: Path, node_id: str, *, database_url: str, mapping: LocalMapping, policy_text: str
+) -> Path:
+    """Write a node as ``liaison init`` does, in ``root/nodes/<node_id>``; return its config.
+
+    The gateway's key pair is written to ``root/gateway`` first, unless it is there.
+    """
+    gateway_pub = root / "gateway" / "gateway.pub"
+    if not gateway_pub.exists():
+        write_gateway_keys(root)
+    layout = NodeLayout(
+        node_id=node_id,
+        folder=root / "nodes" / node_id,
+        database_url=database_url,
+        mapping=mapping,
+        policy_text=policy_text,
+    )
+    write_node(layout, gateway_pub)
+    return layout.config
+
+
+@dataclass
+class LocalNode:
+    """A node running in this process, asked as its trusted gateway asks it."""
+
+    node_id: str
+    folder: Path
+    running: RunningNode
+    gateway_key: SigningKey
+    public_key: VerifyingKey
+
+    @property
+    def core(self) -> NodeCore:
+        return self.running.core
+
+    @property
+    def address(self) -> str:
+        return self.running.address
+
+    def answer(self, query: Query, **fields: Any) -> QueryAnswer:
+        """Sign ``query`` as the gateway (``fields``: make_request's keywords) and send it.
+
+        Returns the node's answer once its signature is checked and it is seen
+        to answer this very request; raises grpc.RpcError on a refusal.
+        """
+        request = make_request(query, audience=(self.node_id,), **fields)
+        signed = sign_request(self.gateway_key, request)
+        sealed = envelope_from_proto(call_node(self.running.address, signed).answer)
+        key = self.public_key
+        answer = answer_from_bytes(open_envelope(sealed, ANSWER_TYPE, {key.key_id: key}))
+        assert answer.query_id == request.query_id
+        assert answer.node_id == self.node_id
+        assert answer.request_digest == hashlib.sha256(signed.envelope.payload).digest()
+        return answer
+
+    def ask(self, query: Query, **fields: Any) -> QueryAnswer:
+        """As ``answer``, for a query the node must answer (not deny)."""
+        answer = self.answer(query, **fields)
+        assert answer.status is AnswerStatus.ANSWERED, answer.decision
+        return answer
+
+
+def start_local_node(stack: ExitStack, config: Path) -> LocalNode:
+    """Serve the node written at ``config`` (by write_local_node) until ``stack`` closes."""
+    folder = config.parent
+    root = folder.parent.parent
+    return LocalNode(
+        node_id=folder.name,
+        folder=folder,
+        running=stack.enter_context(running_node(config)),
+        gateway_key=SigningKey.from_pem_file(root / "gateway" / "gateway.key"),
+        public_key=VerifyingKey.from_pem_file(folder / "node.pub"),
+    )
+
+
+# --- the command line, as a user runs it ----------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+COMMAND_TIMEOUT_S = 60
+START_TIMEOUT_S = 20
+STOP_TIMEOUT_S = 15
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+    def json(self) -> Any:
+        return json.loads(self.stdout)
+
+
+def liaison(*args: str | Path, cwd: Path = REPO, timeout_s: float = COMMAND_TIMEOUT_S) -> Run:
+    """Run ``python -m liaison ARGS`` to completion and capture what it printed."""
+    done = subprocess.run(
+        [sys.executable, "-m", "liaison", *map(str, args)],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+    return Run(done.returncode, done.stdout, done.stderr)
+
+
+def assert_one_line_error(run: Run, *fragments: str) -> str:
+    """A failed command: non-zero exit, a single `error: ...` line, no traceback."""
+    assert run.returncode != 0, run
+    assert "Traceback" not in run.stderr, run.stderr
+    lines = run.stderr.strip().splitlines()
+    assert len(lines) == 1, run.stderr
+    (line,) = lines
+    assert line.startswith("error: "), line
+    for fragment in fragments:
+        assert fragment in line, f"{fragment!r} not in {line!r}"
+    return line
+
+
+@dataclass
+class Process:
+    name: str
+    popen: subprocess.Popen[bytes]
+    address: str
+    log: Path
+
+
+def tail(path: Path, lines: int = 20) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except FileNotFoundError:
+        return "(no log)"
+
+
+def spawn(role: str, name: str, config: Path, run_dir: Path, *options: str) -> Process:
+    """``python -m liaison ROLE serve [OPTIONS]`` on port 0; wait until it writes its address.
+
+    Its output goes to ``run_dir/NAME.log``.
+    """
+    port_file = run_dir / f"{name}.addr"
+    port_file.unlink(missing_ok=True)
+    log = run_dir / f"{name}.log"
+    with log.open("ab") as log_fh:
+        popen = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "liaison",
+                role,
+                "serve",
+                "--config",
+                str(config),
+                "--port-file",
+                str(port_file),
+                *options,
+            ],
+            cwd=run_dir,
+            stdin=subprocess.DEVNULL,
+            stdout=log_fh,
+            stderr=log_fh,
+        )
+    deadline = time.monotonic() + START_TIMEOUT_S
+    while not port_file.exists():
+        if popen.poll() is not None:
+            raise AssertionError(f"{name} exited while starting:\n{tail(log)}")
+        if time.monotonic() > deadline:
+            popen.kill()
+            popen.wait()
+            raise AssertionError(f"{name} did not start in {START_TIMEOUT_S} s:\n{tail(log)}")
+        time.sleep(0.02)
+    return Process(name, popen, port_file.read_text().strip(), log)
+
+
+def terminate(process: Process) -> int:
+    """SIGTERM, then wait; return the exit status (fail, after SIGKILL, if it hangs)."""
+    if process.popen.poll() is None:
+        process.popen.send_signal(signal.SIGTERM)
+    try:
+        return process.popen.wait(STOP_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        process.popen.kill()
+        process.popen.wait()
+        raise AssertionError(
+            f"{process.name} ignored SIGTERM for {STOP_TIMEOUT_S} s:\n{tail(process.log)}"
+        ) from None
+
+
+# --- random policies (Hypothesis) --------------------------------------------------
+#
+# Building blocks of the policy-engine properties. Strategies are built once per
+# argument and reused: building them afresh in every draw costs Hypothesis more
+# time than the engine itself.
+
+POLICY_DATASETS = ("media", "accounts", "cases")
+POLICY_ROLES = ("investigator", "analyst", "trainee")
+DATASET_FIELDS = {d.name: d.field_names for d in CATALOG_V1.datasets}
+
+
+@cache
+def pick(names: tuple[str, ...]) -> st.SearchStrategy[str]:
+    return st.sampled_from(names)
+
+
+@cache
+def some(names: tuple[str, ...], lo: int, hi: int) -> st.SearchStrategy[frozenset[str]]:
+    return st.frozensets(pick(names), min_size=lo, max_size=hi)
+
+
+@cache
+def ordering(names: tuple[str, ...]) -> st.SearchStrategy[list[str]]:
+    return st.permutations(names)
+
+
+RULE_IDS = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
+
+
+@cache
+def unique_ids(n: int) -> st.SearchStrategy[list[str]]:
+    return st.lists(RULE_IDS, min_size=n, max_size=n, unique=True)
+
+
+COIN = st.booleans()
+OPERATION = st.sampled_from(Operation)
+OPERATIONS = st.frozensets(OPERATION)
+FIELD_COUNT = st.integers(1, 4)
+SCOPE_MODE = st.sampled_from(("any", "wanted", "wanted", "other"))
+# One forbid in four: forbids that apply to everything teach little.
+EFFECT = st.sampled_from((Effect.PERMIT,) * 3 + (Effect.FORBID,))
+MIN_COUNT = st.integers(0, 30)
+MAX_ROWS = st.sampled_from((1, 10, 100))
+RULE_COUNT = st.integers(0, 6)
+
+
+def policy_query(draw: st.DrawFn, *, needs_a_predicate: tuple[Operation, ...]) -> Query:
+    """A query on any dataset: equality predicates, fields for records, a grouping for count_by."""
+    dataset = draw(pick(POLICY_DATASETS))
+    names = DATASET_FIELDS[dataset]
+    op = draw(OPERATION)
+    on = sorted(draw(some(names, 1 if op in needs_a_predicate else 0, 2)))
+    fields: tuple[str, ...] = ()
+    group_by = None
+    if op is Operation.RECORDS:
+        fields = tuple(draw(ordering(names))[: draw(FIELD_COUNT)])
+    if op is Operation.COUNT_BY:
+        group_by = draw(pick(names))
+    predicates = tuple(Predicate(f, Comparator.EQ, ("x",)) for f in on)
+    return Query(dataset, op, predicates, fields, group_by)
+
+
+def scope_near(draw: st.DrawFn, names: tuple[str, ...], wanted: frozenset[str]) -> frozenset[str]:
+    """A scope: mostly the wildcard or names including one of ``wanted``, sometimes not."""
+    mode = draw(SCOPE_MODE)
+    if mode == "any":
+        return frozenset({ANY})
+    chosen = draw(some(names, 1, 3))
+    if mode == "wanted" and wanted:
+        return chosen | {draw(pick(tuple(sorted(wanted))))}
+    return chosen
+
+
+def subset_near(draw: st.DrawFn, names: frozenset[str], wanted: frozenset[str]) -> frozenset[str]:
+    """Some of ``names``, half the time with every one of ``wanted`` among them."""
+    if not names:
+        return frozenset()
+    chosen = draw(some(tuple(sorted(names)), 0, len(names)))
+    return chosen | (wanted & names) if draw(COIN) else chosen

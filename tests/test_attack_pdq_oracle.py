@@ -21,7 +21,7 @@ from __future__ import annotations
 import hashlib
 import stat
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -32,24 +32,14 @@ import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_node_config
-from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.demo.pdq_data import near, random_hashes
-from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.hashing.pdq import hex_from_words, words_from_hex
-from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Count, QueryAnswer
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import answer_from_bytes, envelope_from_proto
+from node import execute
 from node.near_guard import SPOT_ALLOWANCE
 from policies.model import DEFAULT_NEAR_BUDGET
-from tests.support import (
-    INVESTIGATOR,
-    RunningNode,
-    call_node,
-    make_request,
-    running_node,
-    sign_request,
-)
+from tests.support import INVESTIGATOR, LocalNode, start_local_node, write_local_node
 
 LOCAL = sa.MetaData()
 REGISTER = sa.Table(
@@ -83,21 +73,13 @@ START_BITS = 40  # the attacker's edited copy, this far from the stored hash
 
 @dataclass
 class OracleNode:
-    node: RunningNode
+    node: LocalNode
     config: Path
-    gateway_key: SigningKey
-    public_key: VerifyingKey
     target: str  # the stored hash the attacker is after
     stored: npt.NDArray[np.uint64]
 
     def ask(self, query: Query, subject: str) -> QueryAnswer:
-        requester = replace(INVESTIGATOR, subject=subject)
-        request = make_request(query, audience=("oracleland",), requester=requester)
-        sealed = envelope_from_proto(
-            call_node(self.node.address, sign_request(self.gateway_key, request)).answer
-        )
-        key = self.public_key
-        return answer_from_bytes(open_envelope(sealed, ANSWER_TYPE, {key.key_id: key}))
+        return self.node.answer(query, requester=replace(INVESTIGATOR, subject=subject))
 
 
 def near_match(values: list[str], distance: int) -> Query:
@@ -125,23 +107,11 @@ def oracle_node(root: Path) -> Iterator[OracleNode]:
                 ],
             )
         engine.dispose()
-        layout = NodeLayout(
-            node_id="oracleland",
-            folder=config.parent,
-            database_url=url,
-            mapping=MAPPING,
-            policy_text=POLICY,
+        write_local_node(
+            root / "federation", "oracleland", database_url=url, mapping=MAPPING, policy_text=POLICY
         )
-        write_node(layout, write_gateway_keys(root / "federation"))
-    with running_node(config) as node:
-        yield OracleNode(
-            node,
-            config,
-            SigningKey.from_pem_file(root / "federation" / "gateway" / "gateway.key"),
-            VerifyingKey.from_pem_file(config.parent / "node.pub"),
-            hexes[123],
-            stored,
-        )
+    with ExitStack() as stack:
+        yield OracleNode(start_local_node(stack, config), config, hexes[123], stored)
 
 
 @pytest.fixture
@@ -244,8 +214,9 @@ def test_binary_search_and_bit_flipping_are_refused_as_probing(oracle: OracleNod
     assert result.queries == SPOT_ALLOWANCE + 1
     (reason,) = refusals
     assert reason.startswith(
-        "near-duplicate probing refused: value 1 of this query asks a pdq hash within 16 bits "
-        f"of {SPOT_ALLOWANCE} questions you asked in the last 24 h (the last "
+        "near-duplicate probing refused: value 1 of this query asks a pdq hash that one stored "
+        f"hash could match together with {SPOT_ALLOWANCE} questions you asked in the last 24 h "
+        "(the last "
     )
     assert reason.endswith(
         f"and at most {SPOT_ALLOWANCE} are answered around one spot. Asking around one hash "
@@ -270,8 +241,8 @@ def test_skipping_the_binary_search_bit_flipping_is_refused_too(oracle: OracleNo
     for answer in answers[SPOT_ALLOWANCE:]:
         assert answer.status is AnswerStatus.DENIED
         assert answer.decision.reason.startswith(
-            "near-duplicate probing refused: value 1 of this query asks a pdq hash within 16 "
-            f"bits of {SPOT_ALLOWANCE} questions you asked"
+            "near-duplicate probing refused: value 1 of this query asks a pdq hash that one "
+            f"stored hash could match together with {SPOT_ALLOWANCE} questions you asked"
         )
         assert not answer.hit
 
@@ -352,7 +323,48 @@ def test_the_guard_remembers_across_a_restart_in_a_private_file(tmp_path: Path) 
     assert first.status is AnswerStatus.ANSWERED
     assert [f.status for f in flips[:-1]] == [AnswerStatus.ANSWERED] * (SPOT_ALLOWANCE - 1)
     assert flips[-1].status is AnswerStatus.DENIED
-    assert f"within 16 bits of {SPOT_ALLOWANCE} questions" in flips[-1].decision.reason
+    assert f"together with {SPOT_ALLOWANCE} questions" in flips[-1].decision.reason
     assert same.status is AnswerStatus.ANSWERED  # the same question again
     assert "near.sqlite3" in modes
     assert set(modes.values()) == {0o600}, modes
+
+
+def test_random_masks_around_one_copy_are_refused_too(oracle: OracleNode) -> None:
+    # prepare: the threshold search a reviewer found: each probe is the edited
+    # copy with 17 random bits flipped, so probes lie about 32 bits apart (no two
+    # within 16), yet one stored hash could match them all
+    rng = np.random.default_rng(RNG_SEED + 9)
+    start = start_for(oracle.target, 3)
+    probes = []
+    for _ in range(SPOT_ALLOWANCE + 1):
+        value = start
+        for bit in rng.choice(256, 17, replace=False):
+            value = flip(value, int(bit))
+        probes.append(value)
+    words = words_from_hex(probes)
+    apart = np.bitwise_count(words[:, None, :] ^ words[None, :, :]).sum(axis=2)
+    assert apart[~np.eye(len(probes), dtype=bool)].min() > 16
+
+    # execute
+    answers = [oracle.ask(near_match([value], 31), "inv.mallory") for value in probes]
+
+    # assert
+    assert [a.status for a in answers[:-1]] == [AnswerStatus.ANSWERED] * SPOT_ALLOWANCE
+    assert answers[-1].status is AnswerStatus.DENIED
+    assert f"together with {SPOT_ALLOWANCE} questions" in answers[-1].decision.reason
+
+
+def test_too_many_near_matches_is_a_signed_denial_not_a_free_error(
+    oracle: OracleNode, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # An error is refunded; "more than N stored hashes are near" tells something
+    # about what the node holds, so it is a denial that keeps its charge.
+    monkeypatch.setattr(execute, "MAX_NEAR_MATCHES", 0)
+
+    answer = oracle.ask(near_match([oracle.target], 0), "inv.alice")
+
+    assert answer.status is AnswerStatus.DENIED
+    assert answer.decision.rules == (execute.NEAR_CAP_RULE,)
+    assert answer.decision.reason == (
+        "more than 0 stored hashes are within 0 bits; ask for a smaller distance"
+    )

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from tests.ledger_parties import Asked, Parties, parties
-from tests.test_cli import Run, liaison
+from tests.support import Run, liaison
 
 NODE = "ruritania"
 

@@ -28,8 +28,7 @@ import pytest
 
 from liaison.ledger import log as ledger_log
 from tests.ledger_parties import Parties, parties
-from tests.support import now_ms
-from tests.test_cli import Run, liaison
+from tests.support import Run, liaison, now_ms
 
 HOUR_MS = 3_600_000
 FIRST_RUN = 3  # queries in the first run, an hour ago
@@ -281,3 +280,33 @@ def test_max_age_must_be_a_positive_number_of_seconds(history: History, value: s
 
     assert run.returncode == 2, run
     assert "is not a number of seconds above 0" in run.stderr
+
+
+def test_a_copy_whose_origin_was_changed_does_not_shed_its_witnesses(
+    rolled_back: History,
+) -> None:
+    # prepare: besides the cut, the copy's unsigned origin is renamed, so that
+    # a verifier filtering witness checkpoints by origin would skip them all
+    conn = sqlite3.connect(rolled_back.parties.gateway_ledger)
+    try:
+        with conn:
+            conn.execute("DELETE FROM liaison_ledger_checkpoints")
+            conn.execute("UPDATE liaison_ledger_meta SET value = 'x' WHERE name = 'origin'")
+    finally:
+        conn.close()
+    receipts = rolled_back.parties.receipts("ruritania")
+
+    # execute
+    doc = verify_json(rolled_back, "--witness", receipts, "--allow-unsigned-tail")
+
+    # assert: checkpoints this key signed under another origin are problems, not skipped
+    assert doc["ok"] is False
+    messages = {p["message"] for p in doc["problems"]}
+    assert any(
+        m.startswith("holds a checkpoint signed by this ledger's key for origin ")
+        and m.endswith(
+            "but the copy names its origin 'x': the copy's origin was changed, or one key "
+            "signs two logs; verify with the origin the key's owner publishes"
+        )
+        for m in messages
+    ), messages

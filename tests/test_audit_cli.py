@@ -26,7 +26,7 @@ from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import gateway_origin
-from tests.test_cli import Run, assert_one_line_error, liaison
+from tests.support import Run, assert_one_line_error, liaison
 
 NODES = ("freedonia", "ruritania", "sylvania")
 QUERIES = 7

@@ -27,6 +27,7 @@ from liaison.catalog import CATALOG_V1
 from liaison.config import load_gateway_config, load_node_config
 from liaison.demo.data import probes
 from liaison.tokens import dev_issuer
+from tests.support import assert_one_line_error, liaison
 
 COMMAND_TIMEOUT_S = 60
 START_TIMEOUT_S = 20
@@ -37,40 +38,6 @@ AGENCY_NAMES = (
     "Freedonia National Central Bureau",
     "Sylvania Cyber Crime Unit",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
-def liaison(*args: str | Path, cwd: Path, timeout_s: float = COMMAND_TIMEOUT_S) -> Run:
-    """Run ``python -m liaison ARGS`` to completion and capture what it printed."""
-    done = subprocess.run(
-        [sys.executable, "-m", "liaison", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout_s,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
-
-
-def assert_one_line_error(run: Run, *fragments: str) -> str:
-    """A failed command: non-zero exit, a single `error: ...` line, no traceback."""
-    assert run.returncode != 0, run
-    assert "Traceback" not in run.stderr, run.stderr
-    lines = run.stderr.strip().splitlines()
-    assert len(lines) == 1, run.stderr
-    (line,) = lines
-    assert line.startswith("error: "), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
-    return line
 
 
 def pid_gone(pid: int) -> bool:

@@ -14,10 +14,7 @@ import io
 import itertools
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -39,9 +36,9 @@ from liaison.hashing.files import (
     usable,
 )
 from liaison.patterns import KINDS, MATCHING_KINDS, pattern, variant, write_series
+from tests.support import Run, liaison
 
 REPO = Path(__file__).resolve().parents[1]
-COMMAND_TIMEOUT_S = 60
 # Seeds whose patterns are checked against every matching variant. PDQ is
 # sensitive to cropping: with a 1% border cropped, about 1 pattern in 20 lands
 # just over the match distance (seeds 10 and 20 do), so these seeds were picked
@@ -53,31 +50,9 @@ TEST_KINDS = ("resize", "jpeg", "crop", "brightness")
 # ------------------------------------------------------------------ helpers
 
 
-@dataclass(frozen=True, slots=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-
 def run_hash(*args: str | Path) -> Run:
     """Run the `hash` command in its own process, as a user would."""
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "liaison",
-            "hash",
-            *map(str, args),
-        ],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
+    return liaison("hash", *args)
 
 
 def flat_image(path: Path) -> Path:

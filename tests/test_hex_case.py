@@ -25,17 +25,13 @@ import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import HexCase, load_node_config
-from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
-from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import ConfigError
-from liaison.keys import SigningKey, VerifyingKey
-from liaison.messages import AnswerStatus, Count, QueryAnswer
+from liaison.messages import Count, QueryAnswer
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import answer_from_bytes, envelope_from_proto
 from node import compile as sql
-from node.database import HexSpelling
+from node.database import HEX_SAMPLE, HexSpelling
 from policies import Grant
-from tests.support import RunningNode, call_node, make_request, running_node, sign_request
+from tests.support import LocalNode, running_node, start_local_node, write_local_node
 
 NODE_ID = "hexland"
 ROWS = 240
@@ -86,36 +82,19 @@ def stored_md5(i: int) -> str:
 @dataclass
 class HexNode:
     engine: sa.Engine  # read-write, as the agency's own tools write
-    node: RunningNode
-    gateway_key: SigningKey
-    public_key: VerifyingKey
+    node: LocalNode
 
     def ask(self, query: Query) -> QueryAnswer:
-        signed = sign_request(self.gateway_key, make_request(query, audience=(NODE_ID,)))
-        sealed = envelope_from_proto(call_node(self.node.address, signed).answer)
-        key = self.public_key
-        answer = answer_from_bytes(open_envelope(sealed, ANSWER_TYPE, {key.key_id: key}))
-        assert answer.status is AnswerStatus.ANSWERED, answer.decision
-        return answer
+        return self.node.ask(query)
 
 
 def write_hex_node(root: Path, url: str, hex_case: dict[str, str] | None = None) -> Path:
-    gateway_pub = root / "gateway" / "gateway.pub"
-    if not gateway_pub.exists():
-        gateway_pub = write_gateway_keys(root)
-    layout = NodeLayout(
-        node_id=NODE_ID,
-        folder=root / "nodes" / NODE_ID,
-        database_url=url,
-        mapping=MAPPING,
-        policy_text=POLICY,
-    )
-    write_node(layout, gateway_pub)
+    config = write_local_node(root, NODE_ID, database_url=url, mapping=MAPPING, policy_text=POLICY)
     if hex_case is not None:
         lines = ["", "[datasets.media.hex_case]"] + [f'{f} = "{c}"' for f, c in hex_case.items()]
-        with layout.config.open("a") as fh:
+        with config.open("a") as fh:
             fh.write("\n".join(lines) + "\n")
-    return layout.config
+    return config
 
 
 def fill_register(url: str) -> sa.Engine:
@@ -142,14 +121,7 @@ def start_hex_node(
 ) -> HexNode:
     engine = fill_register(url)
     stack.callback(engine.dispose)
-    config = write_hex_node(root, url, hex_case)
-    node = stack.enter_context(running_node(config))
-    return HexNode(
-        engine,
-        node,
-        SigningKey.from_pem_file(root / "gateway" / "gateway.key"),
-        VerifyingKey.from_pem_file(config.parent / "node.pub"),
-    )
+    return HexNode(engine, start_local_node(stack, write_hex_node(root, url, hex_case)))
 
 
 @pytest.fixture
@@ -262,18 +234,12 @@ def test_an_empty_column_is_asked_in_both_cases(database_url: str, tmp_path: Pat
         engine = sa.create_engine(database_url)
         stack.callback(engine.dispose)
         LOCAL.create_all(engine)
-        node = stack.enter_context(running_node(write_hex_node(root, database_url)))
+        hex_node = HexNode(engine, start_local_node(stack, write_hex_node(root, database_url)))
         with engine.begin() as conn:
             conn.execute(
                 REGISTER.insert(),
                 [{"rid": 1, "sha_hex": sha_of(1).upper(), "md5_hex": md5_of(1), "cat": "A"}],
             )
-        hex_node = HexNode(
-            engine,
-            node,
-            SigningKey.from_pem_file(root / "gateway" / "gateway.key"),
-            VerifyingKey.from_pem_file(root / "nodes" / NODE_ID / "node.pub"),
-        )
 
         # execute
         hits = (
@@ -416,3 +382,39 @@ def test_bad_hex_case_config_is_refused(
     config = write_hex_node(tmp_path, f"sqlite:///{tmp_path / 'agency.sqlite3'}", hex_case)
     with pytest.raises(ConfigError, match=message):
         load_node_config(config, CATALOG_V1)
+
+
+def test_a_rare_upper_case_hash_the_sample_misses_still_hits(
+    database_url: str, tmp_path: Path
+) -> None:
+    # prepare: a lower-case register with one upper-case hash (a small legacy
+    # import) in the middle of storage and of sort order, where no sample looks
+    rows = 3 * HEX_SAMPLE + 500
+    middle = rows // 2
+    odd = next(i for i in range(middle, rows) if sha_of(i)[0] in "789")
+    engine = sa.create_engine(database_url)
+    LOCAL.create_all(engine)
+    with engine.begin() as conn:
+        conn.execute(
+            REGISTER.insert(),
+            [
+                {
+                    "rid": i,
+                    "sha_hex": sha_of(i).upper() if i == odd else sha_of(i),
+                    "md5_hex": md5_of(i),
+                    "cat": "A",
+                }
+                for i in range(rows)
+            ],
+        )
+    engine.dispose()
+
+    # execute
+    with ExitStack() as stack:
+        node = start_local_node(stack, write_hex_node(tmp_path / "federation", database_url))
+        rare = node.ask(match("sha256", sha_of(odd)))
+        common = node.ask(match("sha256", sha_of(0)))
+
+    # assert
+    assert rare.hit is True
+    assert common.hit is True

@@ -19,8 +19,6 @@ import json
 import os
 import random
 import signal
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -40,16 +38,21 @@ from liaison.ledger.views import Row, rows
 from liaison.messages import SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
 from tests.conftest import IN_CI
-from tests.support import investigator_token
+from tests.support import (
+    STOP_TIMEOUT_S,
+    Process,
+    investigator_token,
+    liaison,
+    spawn,
+    tail,
+    terminate,
+)
 
 CI_SEED = 20260142
 ROUNDS = 5
 # Searches in flight at once (drawn per round): each worker streams searches back to back.
 MIN_WORKERS = 4
 MAX_WORKERS = 10
-START_TIMEOUT_S = 20
-STOP_TIMEOUT_S = 15
-COMMAND_TIMEOUT_S = 60
 # The gateway is killed this long (drawn at random) after the round's first answer,
 # so every round is killed with searches streaming, at a different point of them.
 KILL_AFTER_S = (0.0, 0.6)
@@ -59,87 +62,11 @@ SEARCH_TIMEOUT_S = 10
 # --- processes -----------------------------------------------------------------------------
 
 
-@dataclass
-class Process:
-    name: str
-    popen: subprocess.Popen[bytes]
-    address: str
-    log: Path
-
-
-def _tail(path: Path, lines: int = 20) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except FileNotFoundError:
-        return "(no log)"
-
-
-def spawn(role: str, name: str, config: Path, run_dir: Path) -> Process:
-    """``python -m liaison ROLE serve`` on port 0; wait until it writes its address."""
-    port_file = run_dir / f"{name}.addr"
-    port_file.unlink(missing_ok=True)
-    log = run_dir / f"{name}.log"
-    with log.open("ab") as log_fh:
-        popen = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "liaison",
-                role,
-                "serve",
-                "--config",
-                str(config),
-                "--port-file",
-                str(port_file),
-            ],
-            cwd=run_dir,
-            stdin=subprocess.DEVNULL,
-            stdout=log_fh,
-            stderr=log_fh,
-        )
-    deadline = time.monotonic() + START_TIMEOUT_S
-    while not port_file.exists():
-        if popen.poll() is not None:
-            raise AssertionError(f"{name} exited while starting:\n{_tail(log)}")
-        if time.monotonic() > deadline:
-            popen.kill()
-            popen.wait()
-            raise AssertionError(f"{name} did not start in {START_TIMEOUT_S} s:\n{_tail(log)}")
-        time.sleep(0.02)
-    return Process(name, popen, port_file.read_text().strip(), log)
-
-
-def terminate(process: Process) -> int:
-    """SIGTERM, then wait; return the exit status (fail, after SIGKILL, if it hangs)."""
-    if process.popen.poll() is None:
-        process.popen.send_signal(signal.SIGTERM)
-    try:
-        return process.popen.wait(STOP_TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        process.popen.kill()
-        process.popen.wait()
-        raise AssertionError(
-            f"{process.name} ignored SIGTERM for {STOP_TIMEOUT_S} s:\n{_tail(process.log)}"
-        ) from None
-
-
 def reap(process: Process) -> None:
     """Last resort at teardown: kill ``process`` if it still runs (only this test's own)."""
     if process.popen.poll() is None:
         process.popen.kill()
     process.popen.wait()
-
-
-def liaison(*args: str | Path, cwd: Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "liaison", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=COMMAND_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
 
 
 # --- searches ------------------------------------------------------------------------------
@@ -280,7 +207,7 @@ def burst_and_kill(gateway: Process, tokens: list[str], current: Round) -> None:
                 for w in range(current.workers)
             ]
             assert first_answer.wait(SEARCH_TIMEOUT_S), (
-                f"round {current.number}: no answer in {SEARCH_TIMEOUT_S} s:\n{_tail(gateway.log)}"
+                f"round {current.number}: no answer in {SEARCH_TIMEOUT_S} s:\n{tail(gateway.log)}"
             )
             time.sleep(current.kill_delay_s)
             current.killed_at = time.monotonic()
@@ -356,9 +283,9 @@ def test_gateway_killed_mid_burst_keeps_every_answered_query_in_its_ledger(
             result = client.search(gateway.address, tokens[0], match_search(case_ref))
             after.calls.append(Call(case_ref, after.number, 0.0, query_id=result.query_id))
         rounds.append(after)
-        assert terminate(gateway) == 0, _tail(gateway.log)
+        assert terminate(gateway) == 0, tail(gateway.log)
         for node in nodes:  # their receipts ledgers sign a last checkpoint on the way out
-            assert terminate(node) == 0, _tail(node.log)
+            assert terminate(node) == 0, tail(node.log)
 
     # assert: the auditor's command verifies the ledger ...
     verified = liaison("audit", "verify", ledger_path, "--key", gateway_pub, "--json", cwd=tmp_path)

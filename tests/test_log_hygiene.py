@@ -11,11 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,10 +19,17 @@ import grpc
 import pytest
 import sqlalchemy as sa
 
-from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.keys import SigningKey
 from liaison.query import Comparator, Operation, Predicate, Query
-from tests.support import call_node, make_request, sign_request
+from tests.support import (
+    Process,
+    call_node,
+    make_request,
+    sign_request,
+    spawn,
+    terminate,
+    write_local_node,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 NODE_ID = "quietland"
@@ -65,56 +67,13 @@ ASKED_MD5 = hashlib.md5(
 
 
 @contextmanager
-def node_process(config: Path, log_path: Path) -> Iterator[str]:
-    """``liaison node serve`` as a real process; yields its address; stops it after."""
-    port_file = log_path.with_suffix(".addr")
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "liaison",
-                "node",
-                "serve",
-                "--config",
-                str(config),
-                "--port-file",
-                str(port_file),
-                "--log-level",
-                "debug",
-            ],
-            cwd=REPO,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-        try:
-            deadline = time.monotonic() + 60
-            while not port_file.exists():
-                if process.poll() is not None or time.monotonic() > deadline:
-                    raise AssertionError(f"node did not start:\n{log_path.read_text()}")
-                time.sleep(0.1)
-            yield port_file.read_text().strip()
-        finally:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(5)
-
-
-def write_quiet_node(root: Path, url: str) -> Path:
-    layout = NodeLayout(
-        node_id=NODE_ID,
-        folder=root / "nodes" / NODE_ID,
-        database_url=url,
-        mapping=MAPPING,
-        policy_text=POLICY,
-    )
-    write_node(layout, write_gateway_keys(root))
-    return layout.config
+def node_process(config: Path, run_dir: Path) -> Iterator[Process]:
+    """``liaison node serve`` at debug level as a real process; yields its address and log."""
+    process = spawn("node", "node", config, run_dir, "--log-level", "debug")
+    try:
+        yield process
+    finally:
+        terminate(process)
 
 
 def fill(engine: sa.Engine) -> None:
@@ -149,7 +108,9 @@ def test_a_failing_database_leaves_no_selector_in_the_log(
     engine = sa.create_engine(database_url)
     fill(engine)
     root = tmp_path / "federation"
-    config = write_quiet_node(root, database_url)
+    config = write_local_node(
+        root, NODE_ID, database_url=database_url, mapping=MAPPING, policy_text=POLICY
+    )
     gateway_key = SigningKey.from_pem_file(root / "gateway" / "gateway.key")
     queries = [
         Query("media", Operation.MATCH, (Predicate("sha256", Comparator.EQ, (ASKED_SHA,)),)),
@@ -161,20 +122,19 @@ def test_a_failing_database_leaves_no_selector_in_the_log(
         ),
         Query("media", Operation.COUNT, (Predicate("sha256", Comparator.IN, (ASKED_SHA,)),)),
     ]
-    log_path = tmp_path / "node.log"
 
     # execute
     codes = []
-    with node_process(config, log_path) as address:
+    with node_process(config, tmp_path) as process:
         with engine.begin() as conn:
             conn.execute(sa.text("DROP TABLE quiet_register"))
         for query in queries:
             signed = sign_request(gateway_key, make_request(query, audience=(NODE_ID,)))
             with pytest.raises(grpc.RpcError) as info:
-                call_node(address, signed)
+                call_node(process.address, signed)
             codes.append((info.value.code(), info.value.details()))
     engine.dispose()
-    lines = log_path.read_text().splitlines()
+    lines = process.log.read_text().splitlines()
 
     # assert: the failure happened, was logged usefully, and nothing names a selector
     assert codes == [

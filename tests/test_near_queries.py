@@ -35,14 +35,11 @@ from liaison import client
 from liaison.catalog import CATALOG_V1
 from liaison.cli.batch import CHUNK, MAX_BATCH_VALUES, batch_search
 from liaison.demo.data import demo_agencies, probes
-from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
 from liaison.demo.pdq_data import near, random_hashes, synthetic_hashes
-from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import CatalogError, InvalidQuery, InvalidValue
 from liaison.hashing.pdq import hex_from_words, words_from_hex
-from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey, EntryKind, parse_entry
-from liaison.messages import AnswerStatus, Count, NodeStatus, QueryAnswer, SearchInput
+from liaison.messages import Count, NodeStatus, QueryAnswer, SearchInput
 from liaison.query import (
     DEFAULT_NEAR_DISTANCE,
     MAX_IN_VALUES,
@@ -52,16 +49,14 @@ from liaison.query import (
     Query,
     validate_query,
 )
-from liaison.wire import answer_from_bytes, envelope_from_proto, query_from_proto, query_to_proto
+from liaison.wire import query_from_proto, query_to_proto
 from tests.conftest import Federation
 from tests.support import (
     INVESTIGATOR,
-    RunningNode,
-    call_node,
+    LocalNode,
     investigator_token,
-    make_request,
-    running_node,
-    sign_request,
+    start_local_node,
+    write_local_node,
 )
 
 Words = npt.NDArray[np.uint64]
@@ -323,9 +318,7 @@ def insert_rows(engine: sa.Engine, rows: Sequence[Row]) -> None:
 @dataclass
 class NearNode:
     engine: sa.Engine  # read-write, as the agency's own tools write
-    node: RunningNode
-    gateway_key: SigningKey
-    public_key: VerifyingKey
+    node: LocalNode
     rows: list[Row]
 
     def ask(self, query: Query, purpose: str = "csam-investigation") -> QueryAnswer:
@@ -333,33 +326,21 @@ class NearNode:
         # Each query from its own investigator: these tests ask around the same
         # hashes on purpose, which the node's near guard would refuse as probing.
         requester = replace(INVESTIGATOR, subject=f"inv.{uuid.uuid4()}")
-        signed = sign_request(
-            self.gateway_key,
-            make_request(query, audience=("nearland",), purpose=purpose, requester=requester),
-        )
-        sealed = envelope_from_proto(call_node(self.node.address, signed).answer)
-        key = self.public_key
-        answer = answer_from_bytes(open_envelope(sealed, ANSWER_TYPE, {key.key_id: key}))
-        assert answer.status is AnswerStatus.ANSWERED, answer.decision
-        return answer
+        return self.node.ask(query, purpose=purpose, requester=requester)
 
 
 def write_near_node(root: Path, url: str, *, refresh_s: int | None = None) -> Path:
-    gateway_pub = root / "gateway" / "gateway.pub"
-    if not gateway_pub.exists():
-        gateway_pub = write_gateway_keys(root)
-    layout = NodeLayout(
-        node_id="nearland",
-        folder=root / "nodes" / "nearland",
+    config = write_local_node(
+        root,
+        "nearland",
         database_url=url,
         mapping=MAPPING,
         policy_text=TEST_POLICY.format(node_id="nearland"),
     )
-    write_node(layout, gateway_pub)
     if refresh_s is not None:
-        text = layout.config.read_text()
-        layout.config.write_text(text.replace("[node]\n", f"[node]\npdq_refresh_s = {refresh_s}\n"))
-    return layout.config
+        text = config.read_text()
+        config.write_text(text.replace("[node]\n", f"[node]\npdq_refresh_s = {refresh_s}\n"))
+    return config
 
 
 def start_near_node(
@@ -371,14 +352,7 @@ def start_near_node(
     LOCAL.create_all(engine)
     insert_rows(engine, ROWS)
     config = write_near_node(root, url, refresh_s=refresh_s)
-    node = stack.enter_context(running_node(config))
-    return NearNode(
-        engine,
-        node,
-        SigningKey.from_pem_file(root / "gateway" / "gateway.key"),
-        VerifyingKey.from_pem_file(config.parent / "node.pub"),
-        list(ROWS),
-    )
+    return NearNode(engine, start_local_node(stack, config), list(ROWS))
 
 
 @pytest.fixture

@@ -23,16 +23,12 @@ import pytest
 import sqlalchemy as sa
 
 from liaison.demo.data import DemoAgency, demo_agencies, populate
-from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
-from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import BackendError
-from liaison.keys import SigningKey, VerifyingKey
-from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer
+from liaison.messages import Bucket, Count, QueryAnswer
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import answer_from_bytes, envelope_from_proto
 from node.database import open_read_only
 from node.noise import bound
-from tests.support import RunningNode, call_node, make_request, running_node, sign_request
+from tests.support import LocalNode, running_node, start_local_node, write_local_node
 
 AGENCIES = ("ruritania", "freedonia")
 TYPED = "ruritania"  # Date and Boolean columns
@@ -105,8 +101,7 @@ max_rows = 10000
 @dataclass
 class Agency:
     local: DemoAgency
-    node: RunningNode
-    public_key: VerifyingKey
+    node: LocalNode
 
     def table(self, dataset: str) -> str:
         return self.local.mapping[dataset][0]
@@ -126,20 +121,11 @@ class Agency:
 @dataclass
 class Backend:
     engine: sa.Engine  # read-write, for the direct SQL the answers are checked against
-    gateway_key: SigningKey
     agencies: dict[str, Agency]
 
     def ask(self, agency_id: str, query: Query, purpose: str = "csam-investigation") -> QueryAnswer:
         """Send a signed request to the agency's node; return its verified answer."""
-        agency = self.agencies[agency_id]
-        envelope = sign_request(
-            self.gateway_key, make_request(query, audience=(agency_id,), purpose=purpose)
-        )
-        sealed = envelope_from_proto(call_node(agency.node.address, envelope).answer)
-        key = agency.public_key
-        answer = answer_from_bytes(open_envelope(sealed, ANSWER_TYPE, {key.key_id: key}))
-        assert answer.status is AnswerStatus.ANSWERED, answer.decision
-        return answer
+        return self.agencies[agency_id].node.ask(query, purpose=purpose)
 
     def rows(self, sql: str, **params: Any) -> list[tuple[Any, ...]]:
         with self.engine.connect() as conn:
@@ -171,25 +157,22 @@ def flag_text(value: object) -> str:
     return "true" if value else "false"
 
 
-def write_agency_node(root: Path, agency: DemoAgency, url: str, gateway_pub: Path) -> Path:
-    layout = NodeLayout(
-        node_id=agency.agency_id,
-        folder=root / "nodes" / agency.agency_id,
+def write_agency_node(root: Path, agency: DemoAgency, url: str) -> Path:
+    return write_local_node(
+        root,
+        agency.agency_id,
         database_url=url,
         mapping=agency.mapping,
         policy_text=POLICY.format(
             agency=agency.agency_id, min_count=MIN_COUNT, max_rows=VICTIM_ID_MAX_ROWS
         ),
     )
-    write_node(layout, gateway_pub)
-    return layout.config
 
 
 class TestNodeBackends:
     @pytest.fixture
     def backend(self, database_url: str, tmp_path: Path) -> Iterator[Backend]:
         root = tmp_path / "federation"
-        gateway_pub = write_gateway_keys(root)
         engine = sa.create_engine(database_url)
         with ExitStack() as stack:
             stack.callback(engine.dispose)
@@ -202,14 +185,9 @@ class TestNodeBackends:
                     local, tables=tuple(t for t in local.tables if t.dataset != "cases")
                 )
                 populate(local, engine, media=300, accounts=100)
-                config = write_agency_node(root, local, database_url, gateway_pub)
-                node = stack.enter_context(running_node(config))
-                agencies[local.agency_id] = Agency(
-                    local, node, VerifyingKey.from_pem_file(config.parent / "node.pub")
-                )
-            yield Backend(
-                engine, SigningKey.from_pem_file(root / "gateway" / "gateway.key"), agencies
-            )
+                config = write_agency_node(root, local, database_url)
+                agencies[local.agency_id] = Agency(local, start_local_node(stack, config))
+            yield Backend(engine, agencies)
 
     # --- match ---------------------------------------------------------------------
 
@@ -674,11 +652,10 @@ def test_unreachable_database_stops_the_node(tmp_path: Path, driver: str) -> Non
     # prepare
     secret = "s3cr3t-Pa55word"
     root = tmp_path / "federation"
-    gateway_pub = write_gateway_keys(root)
     with closed_port() as sock:
         port = sock.getsockname()[1]
         url = f"{driver}://liaison:{secret}@127.0.0.1:{port}/agency"
-        config = write_agency_node(root, demo_agencies()[0], url, gateway_pub)
+        config = write_agency_node(root, demo_agencies()[0], url)
 
         # execute
         with pytest.raises(BackendError) as info, running_node(config):

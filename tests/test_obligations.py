@@ -26,28 +26,22 @@ from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
 
-import grpc
 import pytest
 import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_node_config
 from liaison.demo.data import probes
-from liaison.demo.federation import NodeLayout, write_gateway_keys, write_node
+from liaison.demo.federation import write_gateway_keys
 from liaison.demo.run import DEMO_ATTRIBUTES
-from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import ConfigError
-from liaison.keys import SigningKey, VerifyingKey
 from liaison.messages import AnswerStatus, Bucket, Count, QueryAnswer, Requester
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import answer_from_bytes, envelope_from_proto, signed_request_to_proto
 from node.differencing import GUARD_RULE
 from node.noise import bound
 from node.server import build_node
-from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
-from tests.support import RunningNode, make_request, running_node, sign_request
+from tests.support import LocalNode, start_local_node, write_local_node
 
 # --- the agency's own schema and its data ------------------------------------------
 
@@ -289,13 +283,8 @@ ERIN = _requester("genovia", "ana.erin", "analyst")
 
 
 @dataclass
-class Node:
-    node_id: str
-    folder: Path
-    running: RunningNode
-    key: VerifyingKey
-    stub: Any  # the generated stub is untyped
-    stack: ExitStack
+class Node(LocalNode):
+    stack: ExitStack  # closing it stops this node alone
 
     @property
     def transform_key(self) -> bytes:
@@ -310,7 +299,6 @@ class Agencies:
         self.stack = stack
         if not existing:
             write_gateway_keys(root)
-        self.gateway_key = SigningKey.from_pem_file(root / "gateway" / "gateway.key")
 
     def folder(self, node_id: str) -> Path:
         return self.root / "nodes" / node_id
@@ -319,30 +307,19 @@ class Agencies:
         folder = self.folder(node_id)
         folder.mkdir(parents=True)
         _write_database(folder / "agency.sqlite3")
-        layout = NodeLayout(
-            node_id=node_id,
-            folder=folder,
+        return write_local_node(
+            self.root,
+            node_id,
             database_url="sqlite:///agency.sqlite3",
             mapping=MAPPING,
             policy_text=policy.format(node_id=node_id, k=K),
         )
-        write_node(layout, self.root / "gateway" / "gateway.pub")
-        return layout.config
 
     def start(self, node_id: str) -> Node:
         node_stack = ExitStack()
         self.stack.callback(node_stack.close)
-        running = node_stack.enter_context(running_node(self.folder(node_id) / "node.toml"))
-        channel = grpc.insecure_channel(running.address)
-        node_stack.callback(channel.close)
-        return Node(
-            node_id=node_id,
-            folder=self.folder(node_id),
-            running=running,
-            key=VerifyingKey.from_pem_file(self.folder(node_id) / "node.pub"),
-            stub=pb_node_grpc.NodeServiceStub(channel),
-            stack=node_stack,
-        )
+        node = start_local_node(node_stack, self.folder(node_id) / "node.toml")
+        return Node(**vars(node), stack=node_stack)
 
     def node(self, node_id: str = "alpha", policy: str = POLICY) -> Node:
         self.write(node_id, policy)
@@ -358,22 +335,13 @@ class Agencies:
         case_ref: str = "GEN-2026-0142",
         legal_basis: str = "",
     ) -> QueryAnswer:
-        request = make_request(
+        return node.answer(
             query,
-            audience=(node.node_id,),
             requester=requester,
             purpose=purpose,
             case_ref=case_ref,
             legal_basis=legal_basis,
         )
-        envelope = sign_request(self.gateway_key, request)
-        response = node.stub.Answer(signed_request_to_proto(envelope), timeout=10)
-        sealed = envelope_from_proto(response.answer)
-        answer = answer_from_bytes(open_envelope(sealed, ANSWER_TYPE, {node.key.key_id: node.key}))
-        assert answer.query_id == request.query_id
-        assert answer.node_id == node.node_id
-        assert answer.request_digest == hashlib.sha256(envelope.envelope.payload).digest()
-        return answer
 
 
 @pytest.fixture

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import replace
-from functools import cache
 from typing import cast
 
 import pytest
@@ -23,6 +22,24 @@ from liaison.query import Comparator, Operation, Predicate, Query
 from policies import Effect, Policy, PolicyDecision, Rule, decide, parse_policy
 from policies.engine import DEFAULT_DENY, EVALUATION_ERROR
 from policies.model import ANY
+from tests.support import (
+    COIN,
+    DATASET_FIELDS,
+    EFFECT,
+    MAX_ROWS,
+    MIN_COUNT,
+    OPERATIONS,
+    POLICY_DATASETS,
+    POLICY_ROLES,
+    RULE_COUNT,
+    RULE_IDS,
+    pick,
+    policy_query,
+    scope_near,
+    some,
+    subset_near,
+    unique_ids,
+)
 
 ALICE = Requester("genovia", "inv.alice", ("investigator",), "https://idp.genovia.example")
 PURPOSE = "csam-investigation"
@@ -493,127 +510,57 @@ def test_an_error_while_deciding_is_a_denial(broken: Policy) -> None:
 # and the interesting branches run, not only the default deny.
 
 AGENCIES = ("genovia", "ruritania", "freedonia", "sylvania")
-ROLES = ("investigator", "analyst", "trainee")
-DATASETS = ("media", "accounts", "cases")
-FIELDS = {d.name: d.field_names for d in CATALOG_V1.datasets}
 PROPERTY = settings(max_examples=200, deadline=None)
 Request = tuple[Requester, str, Query]
-
-# Strategies are built once per argument and reused: building them afresh in
-# every draw costs Hypothesis more time than the engine itself.
-
-
-@cache
-def _pick(names: tuple[str, ...]) -> st.SearchStrategy[str]:
-    return st.sampled_from(names)
-
-
-@cache
-def _some(
-    names: tuple[str, ...], min_size: int, max_size: int
-) -> st.SearchStrategy[frozenset[str]]:
-    return st.frozensets(_pick(names), min_size=min_size, max_size=max_size)
-
-
-@cache
-def _ordering(names: tuple[str, ...]) -> st.SearchStrategy[list[str]]:
-    return st.permutations(names)
-
-
-@cache
-def _unique_ids(n: int) -> st.SearchStrategy[list[str]]:
-    return st.lists(RULE_IDS, min_size=n, max_size=n, unique=True)
-
-
-RULE_IDS = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
-_OPERATION = st.sampled_from(Operation)
-_OPERATIONS = st.frozensets(_OPERATION)
-_FIELD_COUNT = st.integers(1, 4)
-_SCOPE_MODE = st.sampled_from(("any", "wanted", "wanted", "other"))
-_COIN = st.booleans()
-# One forbid in four: forbids that apply to everything teach little.
-_EFFECT = st.sampled_from((Effect.PERMIT,) * 3 + (Effect.FORBID,))
-_MIN_COUNT = st.integers(0, 30)
-_MAX_ROWS = st.sampled_from((1, 10, 100))
-_RULE_COUNT = st.integers(0, 6)
 
 
 @st.composite
 def requests(draw: st.DrawFn) -> Request:
     requester = Requester(
-        draw(_pick(AGENCIES)), "someone", tuple(sorted(draw(_some(ROLES, 1, 2)))), "issuer"
+        draw(pick(AGENCIES)), "someone", tuple(sorted(draw(some(POLICY_ROLES, 1, 2)))), "issuer"
     )
-    purpose = draw(_pick(CATALOG_V1.purposes))
-    dataset = draw(_pick(DATASETS))
-    names = FIELDS[dataset]
-    op = draw(_OPERATION)
-    on = sorted(draw(_some(names, 1 if op is Operation.MATCH else 0, 2)))
-    fields: tuple[str, ...] = ()
-    group_by = None
-    if op is Operation.RECORDS:
-        fields = tuple(draw(_ordering(names))[: draw(_FIELD_COUNT)])
-    if op is Operation.COUNT_BY:
-        group_by = draw(_pick(names))
-    return requester, purpose, Query(dataset, op, tuple(eq(f) for f in on), fields, group_by)
-
-
-def _near(draw: st.DrawFn, names: tuple[str, ...], wanted: frozenset[str]) -> frozenset[str]:
-    """A scope: mostly the wildcard or names including one of ``wanted``, sometimes not."""
-    mode = draw(_SCOPE_MODE)
-    if mode == "any":
-        return frozenset({ANY})
-    some = draw(_some(names, 1, 3))
-    if mode == "wanted" and wanted:
-        return some | {draw(_pick(tuple(sorted(wanted))))}
-    return some
-
-
-def _subset_near(draw: st.DrawFn, names: frozenset[str], wanted: frozenset[str]) -> frozenset[str]:
-    """Some of ``names``, half the time with every one of ``wanted`` among them."""
-    if not names:
-        return frozenset()
-    some = draw(_some(tuple(sorted(names)), 0, len(names)))
-    return some | (wanted & names) if draw(_COIN) else some
+    purpose = draw(pick(CATALOG_V1.purposes))
+    return requester, purpose, policy_query(draw, needs_a_predicate=(Operation.MATCH,))
 
 
 def _rule_near(draw: st.DrawFn, request: Request, effect: Effect | None) -> Rule:
     """A rule near ``request``, with a placeholder id; ids are given out per policy."""
     requester, purpose, query = request
-    chosen = draw(_EFFECT) if effect is None else effect
-    datasets = _near(draw, DATASETS, frozenset({query.dataset}))
+    chosen = draw(EFFECT) if effect is None else effect
+    datasets = scope_near(draw, POLICY_DATASETS, frozenset({query.dataset}))
     if chosen is Effect.PERMIT and ANY in datasets:
         datasets = frozenset({query.dataset})
-    operations = draw(_OPERATIONS)
-    if not operations or draw(_COIN):
+    operations = draw(OPERATIONS)
+    if not operations or draw(COIN):
         operations |= {query.operation}
     body = Rule(
         id="?",
         effect=chosen,
-        agencies=_near(draw, AGENCIES, frozenset({requester.agency})),
-        roles=_near(draw, ROLES, frozenset(requester.roles)),
-        purposes=_near(draw, CATALOG_V1.purposes, frozenset({purpose})),
+        agencies=scope_near(draw, AGENCIES, frozenset({requester.agency})),
+        roles=scope_near(draw, POLICY_ROLES, frozenset(requester.roles)),
+        purposes=scope_near(draw, CATALOG_V1.purposes, frozenset({purpose})),
         datasets=datasets,
         operations=operations,
     )
     if chosen is Effect.FORBID:
         return body
-    common = frozenset.intersection(*(frozenset(FIELDS[d]) for d in datasets))
+    common = frozenset.intersection(*(frozenset(DATASET_FIELDS[d]) for d in datasets))
     asked = frozenset(query.fields) | ({query.group_by} if query.group_by else set())
     return replace(
         body,
-        match_fields=_subset_near(draw, common, query.predicate_fields),
-        release=_subset_near(draw, common, asked),
-        min_count=draw(_MIN_COUNT),
-        max_rows=draw(_MAX_ROWS),
-        releases_lists=draw(_COIN),
+        match_fields=subset_near(draw, common, query.predicate_fields),
+        release=subset_near(draw, common, asked),
+        min_count=draw(MIN_COUNT),
+        max_rows=draw(MAX_ROWS),
+        releases_lists=draw(COIN),
     )
 
 
 @st.composite
 def rules_near(draw: st.DrawFn, request: Request, effect: Effect | None = None) -> list[Rule]:
     """Up to six rules with unique random ids, drawn near ``request``."""
-    bodies = [_rule_near(draw, request, effect) for _ in range(draw(_RULE_COUNT))]
-    ids = draw(_unique_ids(len(bodies)))
+    bodies = [_rule_near(draw, request, effect) for _ in range(draw(RULE_COUNT))]
+    ids = draw(unique_ids(len(bodies)))
     return [replace(body, id=i) for body, i in zip(bodies, ids, strict=True)]
 
 

@@ -27,7 +27,6 @@ import re
 from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
-from functools import cache
 from itertools import pairwise
 
 from hypothesis import given, settings
@@ -47,12 +46,27 @@ from policies.model import (
     TransformKind,
     case_ref_matches,
 )
+from tests.support import (
+    COIN,
+    DATASET_FIELDS,
+    EFFECT,
+    MAX_ROWS,
+    MIN_COUNT,
+    OPERATIONS,
+    POLICY_DATASETS,
+    POLICY_ROLES,
+    RULE_COUNT,
+    RULE_IDS,
+    pick,
+    policy_query,
+    scope_near,
+    some,
+    subset_near,
+    unique_ids,
+)
 
 PROPERTY = settings(max_examples=100, deadline=None)
 AGENCIES = ("genovia", "ruritania", "freedonia")
-ROLES = ("investigator", "analyst", "trainee")
-DATASETS = ("media", "accounts", "cases")
-FIELDS = {d.name: d.field_names for d in CATALOG_V1.datasets}
 DATES = {
     d.name: frozenset(f.name for f in d.fields if f.type is FieldType.DATE)
     for d in CATALOG_V1.datasets
@@ -168,7 +182,7 @@ def plain_reading(rules: tuple[Rule, ...], ask: Ask) -> tuple[bool, tuple[str, .
         p
         for p in q.predicates
         if p.comparator in (Comparator.EQ, Comparator.IN, Comparator.NEAR)
-        and q.dataset in DATASETS
+        and q.dataset in POLICY_DATASETS
         and CATALOG_V1.dataset(q.dataset).field(p.field).identifies
     ]
     fits = [
@@ -207,38 +221,7 @@ def _other_obligations(rule: Rule, query: Query) -> tuple[object, ...]:
 
 # --- requests and rules near them ---------------------------------------------------
 
-
-@cache
-def _pick(names: tuple[str, ...]) -> st.SearchStrategy[str]:
-    return st.sampled_from(names)
-
-
-@cache
-def _some(names: tuple[str, ...], lo: int, hi: int) -> st.SearchStrategy[frozenset[str]]:
-    return st.frozensets(_pick(names), min_size=lo, max_size=hi)
-
-
-@cache
-def _ordering(names: tuple[str, ...]) -> st.SearchStrategy[list[str]]:
-    return st.permutations(names)
-
-
-@cache
-def _unique_ids(n: int) -> st.SearchStrategy[list[str]]:
-    return st.lists(RULE_IDS, min_size=n, max_size=n, unique=True)
-
-
-RULE_IDS = st.text(alphabet="abcdefgh", min_size=1, max_size=3)
-_COIN = st.booleans()
-_OPERATION = st.sampled_from(Operation)
-_OPERATIONS = st.frozensets(_OPERATION)
-_FIELD_COUNT = st.integers(1, 4)
-_SCOPE_MODE = st.sampled_from(("any", "wanted", "wanted", "other"))
 _CONDITION_MODE = st.sampled_from(("none", "none", "near", "near", "other"))
-_EFFECT = st.sampled_from((Effect.PERMIT,) * 3 + (Effect.FORBID,))
-_MIN_COUNT = st.integers(0, 30)
-_MAX_ROWS = st.sampled_from((1, 10, 100))
-_RULE_COUNT = st.integers(0, 6)
 _PATTERN = st.sampled_from(("", *PATTERNS))
 _DATED_KIND = st.sampled_from(tuple(TransformKind))
 _UNDATED_KIND = st.sampled_from(
@@ -263,56 +246,28 @@ _RATE_LIMITS = st.sampled_from(
 
 @st.composite
 def asks(draw: st.DrawFn) -> Ask:
-    attributes = {name: draw(_pick(values)) for name, values in ATTRIBUTES.items() if draw(_COIN)}
+    attributes = {name: draw(pick(values)) for name, values in ATTRIBUTES.items() if draw(COIN)}
     requester = Requester(
-        draw(_pick(AGENCIES)),
+        draw(pick(AGENCIES)),
         "someone",
-        tuple(sorted(draw(_some(ROLES, 0, 2)))),
+        tuple(sorted(draw(some(POLICY_ROLES, 0, 2)))),
         "issuer",
         attributes,
     )
-    dataset = draw(_pick(DATASETS))
-    names = FIELDS[dataset]
-    op = draw(_OPERATION)
-    needs_one = op in (Operation.MATCH, Operation.RECORDS)
-    on = sorted(draw(_some(names, 1 if needs_one else 0, 2)))
-    fields: tuple[str, ...] = ()
-    group_by = None
-    if op is Operation.RECORDS:
-        fields = tuple(draw(_ordering(names))[: draw(_FIELD_COUNT)])
-    if op is Operation.COUNT_BY:
-        group_by = draw(_pick(names))
-    predicates = tuple(Predicate(f, Comparator.EQ, ("x",)) for f in on)
+    query = policy_query(draw, needs_a_predicate=(Operation.MATCH, Operation.RECORDS))
     return Ask(
         requester,
-        draw(_pick(CATALOG_V1.purposes)),
-        Query(dataset, op, predicates, fields, group_by),
-        draw(_pick(CASE_REFS)),
-        draw(_pick(("", *LEGAL_BASES))),
+        draw(pick(CATALOG_V1.purposes)),
+        query,
+        draw(pick(CASE_REFS)),
+        draw(pick(("", *LEGAL_BASES))),
     )
-
-
-def _near(draw: st.DrawFn, names: tuple[str, ...], wanted: frozenset[str]) -> frozenset[str]:
-    mode = draw(_SCOPE_MODE)
-    if mode == "any":
-        return frozenset({ANY})
-    some = draw(_some(names, 1, 3))
-    if mode == "wanted" and wanted:
-        return some | {draw(_pick(tuple(sorted(wanted))))}
-    return some
-
-
-def _subset_near(draw: st.DrawFn, names: frozenset[str], wanted: frozenset[str]) -> frozenset[str]:
-    if not names:
-        return frozenset()
-    some = draw(_some(tuple(sorted(names)), 0, len(names)))
-    return some | (wanted & names) if draw(_COIN) else some
 
 
 def _attributes(draw: st.DrawFn, ask: Ask, near: bool) -> dict[str, frozenset[str]]:
     out = {}
-    for name in sorted(draw(_some(tuple(ATTRIBUTES), 0, 2))):
-        allowed = set(draw(_some(ATTRIBUTES[name], 1, 2)))
+    for name in sorted(draw(some(tuple(ATTRIBUTES), 0, 2))):
+        allowed = set(draw(some(ATTRIBUTES[name], 1, 2)))
         held = ask.requester.attributes.get(name)
         if near and held is not None:
             allowed.add(held)
@@ -321,7 +276,7 @@ def _attributes(draw: st.DrawFn, ask: Ask, near: bool) -> dict[str, frozenset[st
 
 
 def _legal_bases(draw: st.DrawFn, ask: Ask, near: bool) -> frozenset[str]:
-    bases = draw(_some(LEGAL_BASES, 0, 2))
+    bases = draw(some(LEGAL_BASES, 0, 2))
     if bases and near and ask.legal_basis:
         bases |= {ask.legal_basis}
     return bases
@@ -344,7 +299,7 @@ def _transforms(
 ) -> dict[str, Transform]:
     out = {}
     names = tuple(sorted(release))
-    for name in sorted(draw(_some(names, 0, min(2, len(names))))) if names else ():
+    for name in sorted(draw(some(names, 0, min(2, len(names))))) if names else ():
         dated = all(name in DATES[d] for d in datasets)
         kind = draw(_DATED_KIND if dated else _UNDATED_KIND)
         out[name] = Transform(kind, "severity" if kind is TransformKind.MAP else "")
@@ -359,42 +314,42 @@ def _row_filters(draw: st.DrawFn, common: frozenset[str]) -> tuple[RowFilter, ..
 def _rule_near(draw: st.DrawFn, ask: Ask, effect: Effect | None) -> Rule:
     """A rule near ``ask`` with a placeholder id; ids are given out per policy."""
     q = ask.query
-    chosen = draw(_EFFECT) if effect is None else effect
-    datasets = _near(draw, DATASETS, frozenset({q.dataset}))
+    chosen = draw(EFFECT) if effect is None else effect
+    datasets = scope_near(draw, POLICY_DATASETS, frozenset({q.dataset}))
     if chosen is Effect.PERMIT and ANY in datasets:
         datasets = frozenset({q.dataset})
-    operations = draw(_OPERATIONS)
-    if not operations or draw(_COIN):
+    operations = draw(OPERATIONS)
+    if not operations or draw(COIN):
         operations |= {q.operation}
     attributes, pattern, bases = _conditions(draw, ask)
     body = Rule(
         id="?",
         effect=chosen,
-        agencies=_near(draw, AGENCIES, frozenset({ask.requester.agency})),
-        roles=_near(draw, ROLES, frozenset(ask.requester.roles)),
-        purposes=_near(draw, CATALOG_V1.purposes, frozenset({ask.purpose})),
+        agencies=scope_near(draw, AGENCIES, frozenset({ask.requester.agency})),
+        roles=scope_near(draw, POLICY_ROLES, frozenset(ask.requester.roles)),
+        purposes=scope_near(draw, CATALOG_V1.purposes, frozenset({ask.purpose})),
         datasets=datasets,
         operations=operations,
         attributes=attributes,
         case_ref_pattern=pattern,
         legal_bases=bases,
     )
-    known = DATASETS if ANY in datasets else tuple(sorted(datasets))
+    known = POLICY_DATASETS if ANY in datasets else tuple(sorted(datasets))
     if chosen is Effect.FORBID:
-        if draw(_COIN):
+        if draw(COIN):
             return body
-        everywhere = frozenset(f for d in known for f in FIELDS[d])
-        fields = _subset_near(draw, everywhere, frozenset(touched(q)))
-        return replace(body, fields=fields or frozenset({draw(_pick(tuple(sorted(everywhere))))}))
-    common = frozenset.intersection(*(frozenset(FIELDS[d]) for d in known))
+        everywhere = frozenset(f for d in known for f in DATASET_FIELDS[d])
+        fields = subset_near(draw, everywhere, frozenset(touched(q)))
+        return replace(body, fields=fields or frozenset({draw(pick(tuple(sorted(everywhere))))}))
+    common = frozenset.intersection(*(frozenset(DATASET_FIELDS[d]) for d in known))
     asked = frozenset(q.fields) | ({q.group_by} if q.group_by else set())
-    release = _subset_near(draw, common, asked)
+    release = subset_near(draw, common, asked)
     return replace(
         body,
-        match_fields=_subset_near(draw, common, q.predicate_fields),
+        match_fields=subset_near(draw, common, q.predicate_fields),
         release=release,
-        min_count=draw(_MIN_COUNT),
-        max_rows=draw(_MAX_ROWS),
+        min_count=draw(MIN_COUNT),
+        max_rows=draw(MAX_ROWS),
         transforms=_transforms(draw, release, datasets),
         row_filters=_row_filters(draw, common),
         rate_limits=draw(_RATE_LIMITS),
@@ -410,20 +365,20 @@ def rules_near(
     With ``covering``, the first is a permit that applies to ``ask`` and allows
     its predicates and grouping, so that the checks past applicability run.
     """
-    bodies = [_rule_near(draw, ask, effect) for _ in range(draw(_RULE_COUNT))]
+    bodies = [_rule_near(draw, ask, effect) for _ in range(draw(RULE_COUNT))]
     if covering:
         bodies.insert(0, _covering_permit(draw, ask))
-    ids = draw(_unique_ids(len(bodies)))
+    ids = draw(unique_ids(len(bodies)))
     return tuple(replace(body, id=i) for body, i in zip(bodies, ids, strict=True))
 
 
 def _covering_permit(draw: st.DrawFn, ask: Ask) -> Rule:
     q = ask.query
-    names = frozenset(FIELDS[q.dataset])
+    names = frozenset(DATASET_FIELDS[q.dataset])
     asked = frozenset(q.fields) | ({q.group_by} if q.group_by else set())
-    release = _subset_near(draw, names, asked) | asked & {q.group_by}
+    release = subset_near(draw, names, asked) | asked & {q.group_by}
     if q.fields and not release & asked:
-        release |= {draw(_pick(q.fields))}
+        release |= {draw(pick(q.fields))}
     aggregate = q.operation in (Operation.COUNT, Operation.COUNT_BY)
     return Rule(
         id="?",
@@ -433,14 +388,14 @@ def _covering_permit(draw: st.DrawFn, ask: Ask) -> Rule:
         purposes=frozenset({ask.purpose}),
         datasets=frozenset({q.dataset}),
         operations=frozenset({q.operation}),
-        match_fields=q.predicate_fields | _subset_near(draw, names, frozenset()),
+        match_fields=q.predicate_fields | subset_near(draw, names, frozenset()),
         release=release,
-        min_count=draw(_MIN_COUNT) if aggregate else 0,
-        max_rows=draw(_MAX_ROWS),
+        min_count=draw(MIN_COUNT) if aggregate else 0,
+        max_rows=draw(MAX_ROWS),
         transforms=_transforms(draw, release, frozenset({q.dataset})),
         row_filters=_row_filters(draw, names),
         rate_limits=draw(_RATE_LIMITS),
-        releases_lists=draw(_COIN),
+        releases_lists=draw(COIN),
     )
 
 
@@ -504,7 +459,7 @@ def test_an_empty_policy_denies_everything() -> None:
 
 def _open_permit(ask: Ask, rule_id: str = "open") -> Rule:
     """A permit that applies to ``ask`` and allows it whole."""
-    names = frozenset(FIELDS[ask.query.dataset])
+    names = frozenset(DATASET_FIELDS[ask.query.dataset])
     return Rule(
         id=rule_id,
         effect=Effect.PERMIT,
@@ -582,7 +537,7 @@ class ExplodingAttributes(Mapping[str, frozenset[str]]):
 @given(ask=asks(), data=st.data())
 def test_an_error_while_deciding_is_a_denial(ask: Ask, data: st.DataObject) -> None:
     rules = data.draw(rules_near(ask))
-    corrupt_body = data.draw(one_rule_near(ask, data.draw(_EFFECT)))
+    corrupt_body = data.draw(one_rule_near(ask, data.draw(EFFECT)))
     corrupt = replace(
         corrupt_body,
         id=_fresh_id({r.id for r in rules}, data.draw(RULE_IDS)),
@@ -628,7 +583,7 @@ def test_an_evaluation_error_still_explains_itself() -> None:
 def test_the_decision_and_its_explanation_do_not_depend_on_rule_order(
     ask: Ask, data: st.DataObject
 ) -> None:
-    rules = data.draw(rules_near(ask, covering=data.draw(_COIN)))
+    rules = data.draw(rules_near(ask, covering=data.draw(COIN)))
     shuffled = data.draw(st.permutations(rules))
 
     assert ask.under(*shuffled) == ask.under(*rules)
@@ -651,7 +606,7 @@ def test_listing_a_rule_twice_changes_neither_decision_nor_explanation(
 def test_copies_under_new_ids_change_no_outcome_and_no_line_about_the_originals(
     ask: Ask, data: st.DataObject
 ) -> None:
-    rules = data.draw(rules_near(ask, covering=data.draw(_COIN)))
+    rules = data.draw(rules_near(ask, covering=data.draw(COIN)))
     copied = data.draw(st.lists(st.sampled_from(rules), max_size=4)) if rules else []
     taken = {r.id for r in rules}
     copies = [replace(r, id=_fresh_id(taken, r.id + "-copy")) for r in copied]
@@ -679,7 +634,7 @@ def test_copies_under_new_ids_change_no_outcome_and_no_line_about_the_originals(
 @PROPERTY
 @given(ask=asks(), data=st.data())
 def test_adding_a_forbid_never_widens(ask: Ask, data: st.DataObject) -> None:
-    rules = data.draw(rules_near(ask, covering=data.draw(_COIN)))
+    rules = data.draw(rules_near(ask, covering=data.draw(COIN)))
     extra = data.draw(one_rule_near(ask, Effect.FORBID))
     added = replace(extra, id=_fresh_id({r.id for r in rules}, data.draw(RULE_IDS)))
 
@@ -733,21 +688,21 @@ def restricted_copy(draw: st.DrawFn, rule: Rule, shown: tuple[str, ...]) -> Rule
     choice = draw(st.sampled_from(("transform", "filter", "limit")))
     coarsened = [f for f in shown if f in rule.release]
     if choice == "transform" and coarsened:
-        name = draw(_pick(tuple(coarsened)))
+        name = draw(pick(tuple(coarsened)))
         return replace(rule, transforms={**rule.transforms, name: Transform(TransformKind.REDACT)})
     limit = RateLimit(RateScope.INVESTIGATOR, 1, 3600)
     if choice == "limit" and limit not in rule.rate_limits:
         return replace(rule, rate_limits=(*rule.rate_limits, limit))
-    extra = RowFilter("case_ref", Comparator.EQ, (draw(_pick(("R-1", "R-2", "R-3"))),))
+    extra = RowFilter("case_ref", Comparator.EQ, (draw(pick(("R-1", "R-2", "R-3"))),))
     return replace(rule, row_filters=tuple(dict.fromkeys((*rule.row_filters, extra))))
 
 
 @PROPERTY
 @given(ask=asks(), data=st.data())
 def test_adding_a_permit_never_narrows(ask: Ask, data: st.DataObject) -> None:
-    rules = data.draw(rules_near(ask, covering=data.draw(_COIN)))
+    rules = data.draw(rules_near(ask, covering=data.draw(COIN)))
     before = ask.under(*rules)
-    twin = data.draw(_COIN)
+    twin = data.draw(COIN)
     if before.grant is not None and twin:
         # A stricter twin of the permit that answers: it must never be preferred to it.
         (answering,) = [r for r in rules if r.id == before.grant.rule_id]
@@ -908,7 +863,7 @@ def text_and_a_pattern_it_matches(draw: st.DrawFn) -> tuple[str, str]:
     cuts = sorted(set(draw(st.lists(st.integers(0, len(text)), max_size=6))))
     bounds = [0, *cuts, len(text)]
     # A star left in the text is wild in the pattern, which only widens it.
-    pieces = ["*" if draw(_COIN) else text[a:b] for a, b in pairwise(bounds)]
+    pieces = ["*" if draw(COIN) else text[a:b] for a, b in pairwise(bounds)]
     return text, "".join(pieces)
 
 
@@ -996,8 +951,8 @@ def test_a_rule_with_legal_bases_applies_only_when_the_request_cites_one(
 def test_a_forbid_with_fields_applies_only_when_the_query_touches_one(
     ask: Ask, data: st.DataObject
 ) -> None:
-    names = FIELDS[ask.query.dataset]
-    fields = data.draw(_some(names, 1, 3))
+    names = DATASET_FIELDS[ask.query.dataset]
+    fields = data.draw(some(names, 1, 3))
     forbid = _open_forbid(fields=fields)
 
     decision = ask.under(_open_permit(ask), forbid)
@@ -1040,7 +995,7 @@ def test_a_forbid_on_a_field_applies_to_predicates_selection_and_grouping() -> N
 @PROPERTY
 @given(ask=asks(), data=st.data())
 def test_decide_agrees_with_a_plain_reading_of_the_semantics(ask: Ask, data: st.DataObject) -> None:
-    rules = data.draw(rules_near(ask, covering=data.draw(_COIN)))
+    rules = data.draw(rules_near(ask, covering=data.draw(COIN)))
 
     decision = ask.under(*rules)
 
@@ -1072,7 +1027,7 @@ def test_decide_agrees_with_a_plain_reading_of_the_semantics(ask: Ask, data: st.
 def test_the_explanation_has_one_line_for_every_rule_in_scope(
     ask: Ask, data: st.DataObject
 ) -> None:
-    rules = data.draw(rules_near(ask, covering=data.draw(_COIN)))
+    rules = data.draw(rules_near(ask, covering=data.draw(COIN)))
 
     decision = ask.under(*rules)
 
@@ -1137,7 +1092,7 @@ def _obligation_lines(grant: Grant, query: Query) -> list[str]:
 def test_the_obligations_list_each_obligation_applied_and_nothing_else(
     ask: Ask, data: st.DataObject
 ) -> None:
-    rules = data.draw(rules_near(ask, covering=data.draw(_COIN)))
+    rules = data.draw(rules_near(ask, covering=data.draw(COIN)))
 
     decision = ask.under(*rules)
 

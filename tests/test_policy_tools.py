@@ -8,10 +8,7 @@ one finding or one message.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import tomllib
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -26,44 +23,16 @@ from policies.analysis import Finding, Kind, NodeMapping, Severity, analyse, pol
 from policies.cases import cases_path_for, load_cases, parse_cases, run_cases
 from policies.model import Policy, RateLimit, RateScope
 from tests.conftest import Federation
+from tests.support import REPO, Run, assert_one_line_error, liaison
 
-REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "policies" / "demo"
 DEMO_AGENCIES = ("freedonia", "ruritania", "sylvania")
 SHA = "9688e70d2e30e0377f325563d9a73c2130a628c833aab8a1b9edbde7d3b6c351"
-TIMEOUT_S = 60
-
-
-@dataclass(frozen=True, slots=True)
-class Run:
-    returncode: int
-    stdout: str
-    stderr: str
-
-    def json(self) -> Any:
-        return json.loads(self.stdout)
-
-
-def liaison(*args: str | Path, cwd: Path = REPO) -> Run:
-    done = subprocess.run(
-        [sys.executable, "-m", "liaison", *map(str, args)],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-    return Run(done.returncode, done.stdout, done.stderr)
 
 
 def one_line_error(run: Run, *fragments: str) -> None:
     assert run.returncode == 1, run
-    assert "Traceback" not in run.stderr, run.stderr
-    (line,) = run.stderr.strip().splitlines()
-    assert line.startswith("error: "), line
-    for fragment in fragments:
-        assert fragment in line, f"{fragment!r} not in {line!r}"
+    assert_one_line_error(run, *fragments)
 
 
 HEADER = 'version = 1\nagency = "testland"\n'
