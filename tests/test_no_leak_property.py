@@ -1498,6 +1498,38 @@ def test_every_named_case_is_checked(node: NodeUnderTest, operation: Operation) 
     assert not missed, f"the named scenario missed {missed}; it reached {dict(reached)}"
 
 
+def test_a_tie_between_a_denial_and_an_error_accepts_the_error(node: NodeUnderTest) -> None:
+    # Found with --hypothesis-seed=11. Two permits tie on fields and rows; the
+    # node answers under "b", which has fewer restrictions (no row filter), and
+    # the predicate on pdq, not held here, is an error. Under "a", first by id,
+    # the row filter on pdq denies. The reference allows either.
+    unheld = (FilterSpec("pdq", Comparator.EQ, (_SHA[0],)),)
+    common: dict[str, Any] = {
+        "match_fields": ("sha256", "pdq"),
+        "release": ("sha256",),
+        "max_rows": 1,
+        "releases_lists": True,
+    }
+    rules = [
+        _named_permit("a", ("records",), row_filters=unheld, **common),
+        _named_permit("b", ("records",), **common),
+    ]
+    by_both = (
+        Predicate("sha256", Comparator.EQ, (_SHA[0],)),
+        Predicate("pdq", Comparator.EQ, (_SHA[0],)),
+    )
+    ask = Ask(_PARTNER, Query("media", Operation.RECORDS, by_both, ("sha256",)))
+    scenario = _named(Operation.RECORDS, rules, ask)
+    assert [e.status for e in references(scenario, ask)] == ["denied", "error"]
+
+    node.load(scenario)
+    result = node.ask(ask)
+
+    assert isinstance(result, grpc.RpcError)
+    assert result.code() is grpc.StatusCode.INVALID_ARGUMENT
+    check_scenario(node, scenario)
+
+
 def test_a_hand_made_case_as_the_reference_and_the_node_see_it(node: NodeUnderTest) -> None:
     sha = POOLS[FieldType.HEX256]
     day = DAYS[0]
