@@ -8,6 +8,7 @@ retried nonce from their store instead of running it twice.
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ from liaison.tls import TlsFiles
 from liaison.wire import envelope_from_proto, signed_request_to_proto
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
+
+log = logging.getLogger("liaison.gateway")
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,6 +77,22 @@ class FanOut:
     def stub(self, node_id: str) -> pb_node_grpc.NodeServiceStub:
         """The stub on the long-lived channel to ``node_id``, for other calls to it."""
         return self._stubs[node_id]
+
+    async def offers(self, node_id: str, timeout_s: float) -> frozenset[str] | None:
+        """The datasets ``node_id`` says (in Describe) it offers; None if it does not say."""
+        try:
+            response = await self._stubs[node_id].Describe(
+                pb_node.DescribeRequest(), timeout=timeout_s
+            )
+        except grpc.aio.AioRpcError as exc:
+            log.info("describe failed", extra={"node_id": node_id, "code": exc.code().name})
+            return None
+        if response.node_id != node_id:
+            log.warning(
+                "describe names another node", extra={"node_id": node_id, "named": response.node_id}
+            )
+            return None
+        return frozenset(d.dataset for d in response.datasets)
 
     async def ask_all(
         self, node_ids: tuple[str, ...], signed: SignedRequest, deadline_s: float

@@ -39,7 +39,6 @@ from liaison.messages import (
 )
 from liaison.query import Query, validate_case_ref, validate_legal_basis, validate_query
 from liaison.wire import request_to_bytes
-from proto.liaison.v1 import node_pb2 as pb_node
 
 log = logging.getLogger("liaison.gateway")
 
@@ -192,21 +191,7 @@ class GatewayCore:
         task.add_done_callback(lambda _: self._describing.pop(node_id, None))
 
     async def _describe(self, node_id: str, timeout_s: float) -> None:
-        offered: frozenset[str] | None = None
-        try:
-            response = await self.fanout.stub(node_id).Describe(
-                pb_node.DescribeRequest(), timeout=timeout_s
-            )
-        except grpc.aio.AioRpcError as exc:
-            log.info("describe failed", extra={"node_id": node_id, "code": exc.code().name})
-        else:
-            if response.node_id == node_id:
-                offered = frozenset(d.dataset for d in response.datasets)
-            else:
-                log.warning(
-                    "describe names another node",
-                    extra={"node_id": node_id, "named": response.node_id},
-                )
+        offered = await self.fanout.offers(node_id, timeout_s)
         previous = self._offers.get(node_id)
         # A failed refresh keeps what the node said before, but retries sooner.
         if offered is None and previous is not None and previous[1] is not None:

@@ -40,7 +40,6 @@ from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LoggedRequest, SignedRequest, check_logged
 from liaison.messages import AnswerStatus, Decision, PublishedPolicy, QueryAnswer, Requester
 from liaison.query import (
-    Comparator,
     Operation,
     Query,
     validate_case_ref,
@@ -394,16 +393,9 @@ class NodeCore:
         if query.operation is Operation.RECORDS and not grant.fields:
             reason = "none of the requested fields is held here"
             return deny(decision.rules, reason, (*decision.explanation, f"node: {reason}"))
-        unindexed = [
-            p.field
-            for p in query.predicates
-            if p.comparator is Comparator.NEAR
-            and (self.near is None or self.near.index(query.dataset, p.field) is None)
-        ]
-        if unindexed:
-            # Said before the near guard: a question this node cannot answer
-            # spends no budget and leaves no probe behind.
-            raise InvalidQuery(f"this node does not hold field {unindexed[0]!r}")
+        # Said before the near guard: a question this node cannot answer
+        # spends no budget and leaves no probe behind.
+        self.executor.require_near_index(query.dataset, query)
         # Near-duplicate budget and probing, before any rate limit is charged.
         near_reason = self.near_guard.admit(grant, query, request.requester, now_ms())
         if near_reason:

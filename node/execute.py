@@ -84,6 +84,14 @@ class Executor:
 
         return formatted
 
+    def require_near_index(self, dataset: str, query: Query) -> None:
+        """Raise unless this node keeps a PDQ index for every near predicate of ``query``."""
+        for p in query.predicates:
+            if p.comparator is Comparator.NEAR and (
+                self.near is None or self.near.index(dataset, p.field) is None
+            ):
+                raise InvalidQuery(f"this node does not hold field {p.field!r}")
+
     def resolve_near(
         self, mapped: MappedDataset, query: Query
     ) -> tuple[Query, dict[str, int]] | Refusal:
@@ -95,14 +103,14 @@ class Executor:
         (a signed denial that keeps its rate charge: it says something about
         what the node holds, so it is not free).
         """
+        self.require_near_index(mapped.dataset.name, query)
         nearest: dict[str, int] = {}
         predicates = []
         for p in query.predicates:
             if p.comparator is not Comparator.NEAR:
                 predicates.append(p)
                 continue
-            if self.near is None or self.near.index(mapped.dataset.name, p.field) is None:
-                raise InvalidQuery(f"this node does not hold field {p.field!r}")
+            assert self.near is not None  # require_near_index checked
             found = self.near.lookup(mapped.dataset.name, p.field, p.values, p.max_distance or 0)
             if len(found) > MAX_NEAR_MATCHES:
                 return Refusal(
