@@ -21,6 +21,8 @@ import json
 import shutil
 import sqlite3
 import tempfile
+import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -61,12 +63,26 @@ LEDGER_FILE = "ledger.sqlite3"
 
 
 @contextmanager
-def stepping_clock() -> Iterator[None]:
-    """The writer's clock, advancing 30 s each time it is read."""
+def stepping_clock() -> Iterator[set[int]]:
+    """The writer's clock, advancing 30 s each time it is read by this test.
+
+    Yields the set of thread ids the stepping clock serves (the caller adds
+    each writer thread it starts); any other thread gets the real time. A
+    ledger left open by an earlier test in this process that signs its
+    periodic checkpoint meanwhile must not take a step, or the layout (and
+    every gap the tests expect) shifts by 30 s.
+    """
     readings = itertools.count(CLOCK_START_MS, CLOCK_STEP_MS)
+    ours = {threading.get_ident()}
+
+    def now() -> int:
+        if threading.get_ident() in ours:
+            return next(readings)
+        return time.time_ns() // 1_000_000
+
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(ledger_log, "now_ms", lambda: next(readings))
-        yield
+        patch.setattr(ledger_log, "now_ms", now)
+        yield ours
 
 
 def request_index(n: int) -> int:
@@ -107,9 +123,12 @@ def query_pair(n: int) -> tuple[str, bytes, bytes]:
 def write_ledger(path: Path, key: SigningKey) -> list[str]:
     """Write the module's ledger layout at ``path``; return the query ids in order."""
     query_ids: list[str] = []
-    with stepping_clock():
+    with stepping_clock() as ours:
         for _session in range(SESSIONS):
             ledger = Ledger.open(str(path), key, ORIGIN)
+            # The writer thread signs the closing checkpoint.
+            assert ledger._thread.ident is not None
+            ours.add(ledger._thread.ident)
             try:
                 pending = []
                 for _ in range(PAIRS):
