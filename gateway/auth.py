@@ -1,53 +1,52 @@
 """Verifying investigators' bearer tokens (JWTs from agency identity providers).
 
 Strict by construction: the issuer must be on the allow-list, the algorithm
-pinned for that issuer and matching the key's type (so ``alg: none`` and
+pinned for that issuer and one its key's type allows (so ``alg: none`` and
 HS256-with-a-public-key confusion cannot pass), the key chosen by ``kid``,
 and ``exp``, ``iat``, ``aud``, ``iss`` and ``sub`` all required. An issuer may
-only vouch for the agencies it is configured for.
+only vouch for the agencies it is configured for. Keys come from PEM files,
+JWKS files and JWKS URLs (gateway/jwks.py); claims are read where the issuer's
+``[issuer.claims]`` says (gateway/claims.py).
+
+Every refusal is logged once, as a structured event on ``liaison.gateway``
+with the issuer, kid, alg, subject and a reason code, never the token.
 """
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
+import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import jwt
-from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from liaison.config import Issuer
-from liaison.errors import AuthenticationError, ConfigError
-from liaison.keys import key_id_of
+from gateway.claims import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, Refused, requester_from
+from gateway.jwks import JWKS_TIMEOUT_S, MAX_JWKS_BYTES, IssuerKey, IssuerKeys
+from liaison.config import ClaimMapping, Issuer
+from liaison.errors import AuthenticationError
 from liaison.messages import Requester
+
+__all__ = [
+    "LEEWAY_S",
+    "MAX_ATTRIBUTES",  # re-exported: `liaison token issue` checks attributes against them
+    "MAX_ATTRIBUTE_CHARS",
+    "MAX_TOKEN_BYTES",
+    "MAX_TOKEN_LIFETIME_S",
+    "TokenVerifier",
+]
+
+log = logging.getLogger("liaison.gateway")
 
 LEEWAY_S = 30
 MAX_TOKEN_LIFETIME_S = 12 * 3600
 MAX_TOKEN_BYTES = 8192
-MIN_RSA_BITS = 2048
-
-
-def _algorithm_for(key: PublicKeyTypes) -> str:
-    if isinstance(key, ed25519.Ed25519PublicKey):
-        return "EdDSA"
-    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
-        return "ES256"
-    if isinstance(key, rsa.RSAPublicKey) and key.key_size >= MIN_RSA_BITS:
-        return "RS256"
-    raise ConfigError(
-        f"identity provider key {type(key).__name__} is not usable; use Ed25519, "
-        f"EC P-256 or RSA of at least {MIN_RSA_BITS} bits"
-    )
-
-
-@dataclass(frozen=True, slots=True)
-class _IssuerKey:
-    key: PublicKeyTypes
-    algorithm: str
+# Header and claim values from a refused token are attacker-chosen: keep log lines short.
+MAX_LOGGED_CHARS = 128
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,16 +54,45 @@ class _TrustedIssuer:
     issuer: str
     agencies: frozenset[str]
     algorithms: frozenset[str]
-    keys: dict[str, _IssuerKey]
+    keys: IssuerKeys
+    claims: ClaimMapping
+    authorized_parties: frozenset[str]
 
 
-def _load_public_key(path: Path) -> PublicKeyTypes:
-    try:
-        return serialization.load_pem_public_key(path.read_bytes())
-    except FileNotFoundError as exc:
-        raise ConfigError(f"identity provider key {path} does not exist") from exc
-    except ValueError as exc:
-        raise ConfigError(f"{path} is not a PEM public key ({exc})") from exc
+@dataclass(frozen=True, slots=True)
+class _Verified:
+    requester: Requester
+    expires: float
+    issuer: str
+    kid: str
+    key: IssuerKey
+
+
+@dataclass(slots=True)
+class _Seen:
+    """What a refusal may log: the token's iss, kid, alg and sub as it claimed them."""
+
+    issuer: object = None
+    kid: object = None
+    alg: object = None
+    sub: object = None
+
+
+class _KeysNeeded(Exception):
+    """The issuer's keys should be refreshed (``claimed``) or are being refreshed."""
+
+    def __init__(self, issuer: _TrustedIssuer, *, claimed: bool) -> None:
+        super().__init__(issuer.issuer)
+        self.issuer = issuer
+        self.claimed = claimed
+
+
+def _loggable(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        return value[:MAX_LOGGED_CHARS]
+    return f"<{type(value).__name__}>"
 
 
 class TokenVerifier:
@@ -72,83 +100,171 @@ class TokenVerifier:
 
     Investigators send the same token with every query of a session, and a
     full verification costs more than the rest of the gateway's work on a
-    query. Only successes are cached, keyed by the token's SHA-256, and never
-    past the token's own ``exp``.
+    query. Only successes are cached, keyed by the token's SHA-256, never past
+    the token's own ``exp``, and only while its key is still the issuer's.
+
+    Building one reads every key file and fetches every JWKS URL once (it
+    blocks); an issuer left with no usable key is a ConfigError. Afterwards
+    ``verify_async`` refetches on a worker thread, never on the event loop;
+    ``verify`` does the same work inline, for callers without a loop.
     """
 
     CACHE_SIZE = 4096
 
-    def __init__(self, issuers: tuple[Issuer, ...], audience: str) -> None:
+    def __init__(
+        self,
+        issuers: tuple[Issuer, ...],
+        audience: str,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        jwks_timeout_s: float = JWKS_TIMEOUT_S,
+        max_jwks_bytes: int = MAX_JWKS_BYTES,
+    ) -> None:
         self.audience = audience
-        self._cache: OrderedDict[bytes, tuple[Requester, float]] = OrderedDict()
+        self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
+        self._inflight: dict[str, asyncio.Task[None]] = {}
         self._issuers: dict[str, _TrustedIssuer] = {}
         for issuer in issuers:
-            keys: dict[str, _IssuerKey] = {}
-            for path in issuer.public_keys:
-                key = _load_public_key(path)
-                keys[key_id_of(key)] = _IssuerKey(key, _algorithm_for(key))
+            keys = IssuerKeys(
+                issuer, clock=clock, timeout_s=jwks_timeout_s, max_bytes=max_jwks_bytes
+            )
             self._issuers[issuer.issuer] = _TrustedIssuer(
-                issuer.issuer, issuer.agencies, frozenset(issuer.algorithms), keys
+                issuer.issuer,
+                issuer.agencies,
+                frozenset(issuer.algorithms),
+                keys,
+                issuer.claims,
+                issuer.authorized_parties,
             )
 
     def verify(self, token: str | None) -> Requester:
-        """Return the authenticated requester, or raise AuthenticationError."""
-        if token and len(token) <= MAX_TOKEN_BYTES:
-            key = hashlib.sha256(token.encode("utf-8", "surrogatepass")).digest()
-            cached = self._cache.get(key)
-            if cached is not None:
-                if time.time() < cached[1]:
-                    self._cache.move_to_end(key)
-                    return cached[0]
-                del self._cache[key]
-            requester, expires = self._verify(token)
-            self._cache[key] = (requester, expires)
-            if len(self._cache) > self.CACHE_SIZE:
-                self._cache.popitem(last=False)
-            return requester
-        return self._verify(token)[0]
+        """Return the authenticated requester, or raise AuthenticationError.
 
-    def _verify(self, token: str | None) -> tuple[Requester, float]:
-        if not token:
-            raise AuthenticationError(
-                "no bearer token; send `authorization: Bearer <JWT>` from your agency's "
-                "identity provider"
+        A due key refresh happens here, on the calling thread: from asyncio
+        code use ``verify_async``.
+        """
+        try:
+            return self._checked(token, may_refresh=True)
+        except _KeysNeeded as need:
+            if need.claimed:
+                need.issuer.keys.refresh()
+            return self._checked(token, may_refresh=False)
+
+    async def verify_async(self, token: str | None) -> Requester:
+        """``verify`` for the event loop: a key refresh runs on a worker thread.
+
+        Concurrent tokens that need the same issuer's refresh wait for one
+        fetch; no request starts a second one within the issuer's minimum
+        refresh interval.
+        """
+        try:
+            return self._checked(token, may_refresh=True)
+        except _KeysNeeded as need:
+            await self._refreshed(need)
+            return self._checked(token, may_refresh=False)
+
+    async def _refreshed(self, need: _KeysNeeded) -> None:
+        name = need.issuer.issuer
+        task = self._inflight.get(name)
+        if need.claimed:
+            task = asyncio.ensure_future(asyncio.to_thread(need.issuer.keys.refresh))
+            self._inflight[name] = task
+
+            def done(finished: asyncio.Task[None]) -> None:
+                if self._inflight.get(name) is finished:
+                    del self._inflight[name]
+                if not finished.cancelled() and finished.exception() is not None:
+                    log.error(
+                        "issuer key refresh crashed",
+                        extra={"issuer": name},
+                        exc_info=finished.exception(),
+                    )
+
+            task.add_done_callback(done)
+        if task is not None:
+            # Shielded: a caller giving up (deadline) must not cancel the
+            # fetch the others are waiting for.
+            with contextlib.suppress(Exception):  # done() logged it; verify with the keys we have
+                await asyncio.shield(task)
+
+    def _checked(self, token: str | None, *, may_refresh: bool) -> Requester:
+        seen = _Seen()
+        try:
+            return self._cached_or_verified(token, seen, may_refresh=may_refresh)
+        except Refused as refused:
+            log.warning(
+                "token refused",
+                extra={
+                    "issuer": _loggable(seen.issuer),
+                    "kid": _loggable(seen.kid),
+                    "alg": _loggable(seen.alg),
+                    "sub": _loggable(seen.sub),
+                    "reason": refused.reason,
+                    "detail": refused.detail,
+                },
             )
-        if len(token.encode("utf-8", "surrogatepass")) > MAX_TOKEN_BYTES:
-            raise AuthenticationError(f"token is longer than {MAX_TOKEN_BYTES} bytes")
+            raise AuthenticationError(refused.message) from None
+
+    def _cached_or_verified(
+        self, token: str | None, seen: _Seen, *, may_refresh: bool
+    ) -> Requester:
+        if not token:
+            raise Refused(
+                "no_token",
+                "no bearer token; send `authorization: Bearer <JWT>` from your agency's "
+                "identity provider",
+            )
+        encoded = token.encode("utf-8", "surrogatepass")
+        if len(encoded) > MAX_TOKEN_BYTES:
+            raise Refused("oversized", f"token is longer than {MAX_TOKEN_BYTES} bytes")
+        digest = hashlib.sha256(encoded).digest()
+        hit = self._cache.get(digest)
+        if hit is not None:
+            trusted = self._issuers[hit.issuer]
+            if time.time() < hit.expires and trusted.keys.current.keys.get(hit.kid) == hit.key:
+                if may_refresh and trusted.keys.claim_refresh(kid_known=True):
+                    raise _KeysNeeded(trusted, claimed=True)
+                self._cache.move_to_end(digest)
+                return hit.requester
+            self._cache.pop(digest, None)
+        verified = self._verify(token, seen, may_refresh=may_refresh)
+        self._cache[digest] = verified
+        if len(self._cache) > self.CACHE_SIZE:
+            self._cache.popitem(last=False)
+        return verified.requester
+
+    def _verify(self, token: str, seen: _Seen, *, may_refresh: bool) -> _Verified:
         try:
             header = jwt.get_unverified_header(token)
             unverified = jwt.decode(token, options={"verify_signature": False})
         except jwt.PyJWTError as exc:
-            raise AuthenticationError(f"token is not a well-formed JWT ({exc})") from exc
-        alg = header.get("alg")
-        issuer_name = unverified.get("iss")
+            raise Refused("malformed", f"token is not a well-formed JWT ({exc})") from exc
+        alg, kid, issuer_name = header.get("alg"), header.get("kid"), unverified.get("iss")
+        seen.alg, seen.kid, seen.issuer, seen.sub = alg, kid, issuer_name, unverified.get("sub")
         issuer = self._issuers.get(issuer_name) if isinstance(issuer_name, str) else None
         if issuer is None:
-            raise AuthenticationError(
+            raise Refused(
+                "untrusted_issuer",
                 f"token issuer {issuer_name!r} is not trusted by this gateway; trusted: "
-                f"{', '.join(sorted(self._issuers))}"
+                f"{', '.join(sorted(self._issuers))}",
             )
-        if alg not in issuer.algorithms:
-            raise AuthenticationError(
+        if not isinstance(alg, str) or alg not in issuer.algorithms:
+            raise Refused(
+                "alg_not_allowed",
                 f"token algorithm {alg!r} is not accepted for issuer {issuer.issuer!r}; "
-                f"accepted: {', '.join(sorted(issuer.algorithms))}"
+                f"accepted: {', '.join(sorted(issuer.algorithms))}",
             )
-        kid = header.get("kid")
-        if isinstance(kid, str) and kid in issuer.keys:
-            chosen = issuer.keys[kid]
-        elif kid is None and len(issuer.keys) == 1:
-            chosen = next(iter(issuer.keys.values()))
-        else:
-            raise AuthenticationError(
-                f"token key id {kid!r} is not a key of issuer {issuer.issuer!r}"
+        kid_name, chosen = self._key(issuer, kid, may_refresh=may_refresh)
+        if alg not in chosen.algorithms:
+            raise Refused(
+                "alg_key_mismatch",
+                f"token says {alg!r} but its key is for "
+                f"{' or '.join(repr(a) for a in sorted(chosen.algorithms))}",
             )
-        if chosen.algorithm != alg:
-            raise AuthenticationError(f"token says {alg!r} but its key is for {chosen.algorithm!r}")
         try:
             claims = jwt.decode(
                 token,
-                chosen.key,  # type: ignore[arg-type]  # pyjwt's AllowedPublicKeys is narrower than PublicKeyTypes; _algorithm_for checked the type
+                chosen.key,
                 algorithms=[alg],
                 audience=self.audience,
                 issuer=issuer.issuer,
@@ -156,66 +272,59 @@ class TokenVerifier:
                 options={"require": ["exp", "iat", "aud", "iss", "sub"]},
             )
         except jwt.ExpiredSignatureError as exc:
-            raise AuthenticationError("token has expired; get a new one") from exc
+            raise Refused("expired", "token has expired; get a new one") from exc
         except jwt.InvalidAudienceError as exc:
-            raise AuthenticationError(
-                f"token is for another audience; this gateway accepts {self.audience!r}"
+            raise Refused(
+                "wrong_audience",
+                f"token is for another audience; this gateway accepts {self.audience!r}",
             ) from exc
+        except jwt.InvalidSignatureError as exc:
+            raise Refused("bad_signature", f"token rejected: {exc}") from exc
         except jwt.PyJWTError as exc:
-            raise AuthenticationError(f"token rejected: {exc}") from exc
-        return self._requester(claims, issuer)
+            raise Refused("invalid", f"token rejected: {exc}") from exc
+        exp = self._lifetime_checked(claims)
+        requester = requester_from(
+            claims,
+            issuer=issuer.issuer,
+            agencies=issuer.agencies,
+            mapping=issuer.claims,
+            authorized_parties=issuer.authorized_parties,
+        )
+        return _Verified(requester, exp, issuer.issuer, kid_name, chosen)
 
-    def _requester(
-        self, claims: dict[str, object], issuer: _TrustedIssuer
-    ) -> tuple[Requester, float]:
+    def _key(
+        self, issuer: _TrustedIssuer, kid: object, *, may_refresh: bool
+    ) -> tuple[str, IssuerKey]:
+        """The key ``kid`` names, refreshing the issuer's keys first when that is due."""
+        keyset = issuer.keys.current
+        known = not isinstance(kid, str) or kid in keyset.keys or kid in keyset.unusable
+        if may_refresh and issuer.keys.claim_refresh(kid_known=known):
+            raise _KeysNeeded(issuer, claimed=True)
+        if isinstance(kid, str) and kid in keyset.keys:
+            return kid, keyset.keys[kid]
+        if kid is None and len(keyset.keys) == 1:
+            return next(iter(keyset.keys.items()))
+        if isinstance(kid, str) and kid in keyset.unusable:
+            raise Refused(
+                "unusable_key",
+                f"token key id {kid!r} names a key of issuer {issuer.issuer!r} that this "
+                f"gateway cannot use: {keyset.unusable[kid]}",
+            )
+        if may_refresh and not known and issuer.issuer in self._inflight:
+            raise _KeysNeeded(issuer, claimed=False)
+        raise Refused(
+            "unknown_kid", f"token key id {kid!r} is not a key of issuer {issuer.issuer!r}"
+        )
+
+    @staticmethod
+    def _lifetime_checked(claims: dict[str, object]) -> float:
         exp, iat = claims["exp"], claims["iat"]
         if not isinstance(exp, int | float) or not isinstance(iat, int | float):
-            raise AuthenticationError("token `exp` and `iat` must be numbers")
+            raise Refused("bad_time_claims", "token `exp` and `iat` must be numbers")
         if exp - iat > MAX_TOKEN_LIFETIME_S:
-            raise AuthenticationError(
+            raise Refused(
+                "lifetime_too_long",
                 f"token is valid for {int(exp - iat)} s; at most {MAX_TOKEN_LIFETIME_S} s "
-                "is accepted"
+                "is accepted",
             )
-        subject, agency, roles = claims.get("sub"), claims.get("agency"), claims.get("roles")
-        if not isinstance(subject, str) or not subject.strip():
-            raise AuthenticationError("token `sub` must name the investigator")
-        if not isinstance(agency, str) or not agency:
-            raise AuthenticationError("token has no `agency` claim")
-        if agency not in issuer.agencies:
-            raise AuthenticationError(
-                f"issuer {issuer.issuer!r} may not vouch for agency {agency!r}"
-            )
-        if (
-            not isinstance(roles, list)
-            or not roles
-            or not all(isinstance(r, str) and r for r in roles)
-        ):
-            raise AuthenticationError("token `roles` claim must be a non-empty list of strings")
-        attributes = _attributes(claims.get("attributes", {}))
-        return Requester(agency, subject, tuple(roles), issuer.issuer, attributes), float(exp)
-
-
-MAX_ATTRIBUTES = 16
-MAX_ATTRIBUTE_CHARS = 64
-
-
-def _attributes(raw: object) -> dict[str, str]:
-    """The optional `attributes` claim: a small object of short strings."""
-    if not isinstance(raw, dict):
-        raise AuthenticationError("token `attributes` claim must be an object of strings")
-    if len(raw) > MAX_ATTRIBUTES:
-        raise AuthenticationError(f"token carries more than {MAX_ATTRIBUTES} attributes")
-    out = {}
-    for key, value in raw.items():
-        if (
-            not isinstance(value, str)
-            or not 0 < len(key) <= MAX_ATTRIBUTE_CHARS
-            or not 0 < len(value) <= MAX_ATTRIBUTE_CHARS
-            or not (key.isprintable() and value.isprintable())
-        ):
-            raise AuthenticationError(
-                f"token attribute {key[:MAX_ATTRIBUTE_CHARS]!r} must be printable text of 1 to "
-                f"{MAX_ATTRIBUTE_CHARS} characters"
-            )
-        out[key] = value
-    return out
+        return float(exp)

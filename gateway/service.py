@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from typing import NoReturn
 
 import grpc
@@ -11,6 +12,7 @@ from gateway.auth import TokenVerifier
 from gateway.dryrun import DryRunner
 from gateway.search import GatewayCore
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
+from liaison.metrics import GatewayMetrics
 from liaison.wire import (
     dry_run_request_from_proto,
     dry_run_result_to_proto,
@@ -40,22 +42,31 @@ def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | Non
 
 class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[misc]  # generated base is untyped
     def __init__(
-        self, core: GatewayCore, verifier: TokenVerifier, dry_runner: DryRunner | None = None
+        self,
+        core: GatewayCore,
+        verifier: TokenVerifier,
+        dry_runner: DryRunner | None = None,
+        *,
+        metrics: GatewayMetrics | None = None,
     ) -> None:
         self.core = core
         self.verifier = verifier
         self.dry_runner = dry_runner or DryRunner(core)
+        self.metrics = metrics or GatewayMetrics()
 
     async def Search(
         self,
         request: pb_gateway.SearchRequest,
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb_gateway.SearchResponse:
+        started = time.perf_counter()
         try:
-            requester = self.verifier.verify(bearer_token(context))
+            requester = await self.verifier.verify_async(bearer_token(context))
             result = await self.core.search(requester, search_from_proto(request))
         except Exception as exc:
+            self.metrics.refused(error_kind(exc), time.perf_counter() - started)
             await _abort(context, exc)
+        self.metrics.searched(result, time.perf_counter() - started)
         return search_result_to_proto(result)
 
     async def ListNodes(
@@ -64,7 +75,7 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb_gateway.ListNodesResponse:
         try:
-            self.verifier.verify(bearer_token(context))
+            await self.verifier.verify_async(bearer_token(context))
         except Exception as exc:
             await _abort(context, exc)
         return pb_gateway.ListNodesResponse(
@@ -82,7 +93,7 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
         context: grpc.aio.ServicerContext[object, object],
     ) -> pb_gateway.DryRunResponse:
         try:
-            requester = self.verifier.verify(bearer_token(context))
+            requester = await self.verifier.verify_async(bearer_token(context))
             result = await self.dry_runner.run(requester, dry_run_request_from_proto(request))
         except Exception as exc:
             await _abort(context, exc)

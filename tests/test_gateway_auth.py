@@ -239,7 +239,7 @@ def _missing(claim: str) -> Refusal:
 _NOT_ACCEPTED = (
     "token algorithm {!r} is not accepted for issuer " + repr(GENOVIA) + "; accepted: EdDSA"
 )
-_ROLES = "token `roles` claim must be a non-empty list of strings"
+_ROLES = "token `roles` claim must be a non-empty list of strings or a space-separated string"
 _HOUR = 3600
 
 REFUSALS = [
@@ -337,7 +337,8 @@ REFUSALS = [
         _fixed("token has no `agency` claim"),
     ),
     Refusal("missing-roles", lambda k: k.eddsa(k.claims(roles=_ABSENT)), _fixed(_ROLES)),
-    Refusal("roles-a-string", lambda k: k.eddsa(k.claims(roles="investigator")), _fixed(_ROLES)),
+    Refusal("roles-a-blank-string", lambda k: k.eddsa(k.claims(roles="   ")), _fixed(_ROLES)),
+    Refusal("roles-an-object", lambda k: k.eddsa(k.claims(roles={"a": "b"})), _fixed(_ROLES)),
     Refusal("roles-empty", lambda k: k.eddsa(k.claims(roles=[])), _fixed(_ROLES)),
     Refusal("roles-not-strings", lambda k: k.eddsa(k.claims(roles=[1, None])), _fixed(_ROLES)),
     Refusal(
@@ -541,6 +542,15 @@ def test_verifier_accepts_tokens_at_the_edges(
     assert requester.subject == "inv.alice"
 
 
+def test_roles_may_come_as_one_space_separated_string(keys: Keys, verifier: TokenVerifier) -> None:
+    # OAuth `scope` style, as Auth0 and Entra ID send scopes.
+    token = keys.eddsa(keys.claims(roles="investigator  analyst"))
+
+    requester = verifier.verify(token)
+
+    assert requester.roles == ("investigator", "analyst")
+
+
 def test_a_token_without_kid_is_accepted_when_the_issuer_has_one_key(
     keys: Keys, verifier: TokenVerifier
 ) -> None:
@@ -633,7 +643,7 @@ def test_a_gateway_config_naming_an_unsafe_algorithm_fails_to_load(
         ConfigError,
         match=re.escape(
             f"[[issuer]] #1: algorithms [{algorithm!r}] are not allowed; "
-            "use ['EdDSA', 'ES256', 'RS256']"
+            "use ['EdDSA', 'ES256', 'RS256', 'PS256']"
         ),
     ):
         load_gateway_config(path)
