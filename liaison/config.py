@@ -12,18 +12,20 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
-
-from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError
+from urllib.parse import urlsplit
 
 from liaison.catalog import Catalog, Dataset, FieldType
+from liaison.databases import parse_url, with_password
 from liaison.errors import CatalogError, ConfigError
 from liaison.ledger.store import LedgerTimeouts
+from liaison.secret_sources import password_from
 from liaison.tls import TlsFiles
 
 DEFAULT_MAX_REQUEST_AGE_S = 300
 DEFAULT_CLOCK_SKEW_S = 30
 DEFAULT_CHECKPOINT_INTERVAL_S = 30
+# Long enough for a load balancer polling health every few seconds to move away.
+DEFAULT_DRAIN_S = 5
 
 
 class HexCase(StrEnum):
@@ -66,7 +68,8 @@ class NodeConfig:
     path: Path
     node_id: str
     listen: str
-    database_url: str
+    # May hold the password (inline, or from database_password_env/_file): never shown.
+    database_url: str = field(repr=False)
     policy: Path
     signing_key: Path
     state_dir: Path
@@ -79,12 +82,39 @@ class NodeConfig:
     tls: TlsFiles | None = None
     # Secret for keyed-hash transforms (32+ random bytes, hex); None if unused.
     transform_key: Path | None = None
-    # The node's receipts ledger: a SQLite path or a SQLAlchemy URL.
-    receipts: str = ""
+    # The node's receipts ledger: a SQLite path or a SQLAlchemy URL (never shown:
+    # it may hold a password).
+    receipts: str = field(default="", repr=False)
     checkpoint_interval_s: int = DEFAULT_CHECKPOINT_INTERVAL_S
     # How often the PDQ index is rebuilt from the database: a deleted hash
     # stops matching within this (plus the build).
     pdq_refresh_s: int = 30
+    # After SIGTERM: seconds of NOT_SERVING while still answering, then stop.
+    drain_s: int = DEFAULT_DRAIN_S
+    # Where /metrics is served (HOST:PORT, port 0: any); None: not served.
+    metrics_listen: str | None = None
+
+
+DEFAULT_JWKS_REFRESH_S = 600
+DEFAULT_JWKS_MIN_REFRESH_S = 30
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimMapping:
+    """Which of an identity provider's claims carry agency, roles, subject and attributes.
+
+    Names may be dotted paths into nested objects (``realm_access.roles``); a
+    claim whose own name contains dots (Auth0's ``https://x.example/agency``)
+    wins over the path. ``agency_value`` fixes the agency for providers that
+    cannot emit one (the issuer is then the agency's own tenant).
+    """
+
+    agency: str = "agency"
+    agency_value: str | None = None
+    roles: str = "roles"
+    subject: str = "sub"
+    # One claim holding an object of attributes, or attribute name -> claim name.
+    attributes: str | Mapping[str, str] = "attributes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -93,6 +123,15 @@ class Issuer:
     agencies: frozenset[str]
     public_keys: tuple[Path, ...]
     algorithms: tuple[str, ...]
+    # A JSON Web Key Set on disk and/or at an HTTPS URL; keys matched by `kid`.
+    jwks_file: Path | None = None
+    jwks_url: str | None = None
+    jwks_refresh_s: int = DEFAULT_JWKS_REFRESH_S
+    # An unknown `kid` refetches the URL at most once per this many seconds.
+    jwks_min_refresh_s: int = DEFAULT_JWKS_MIN_REFRESH_S
+    claims: ClaimMapping = field(default_factory=ClaimMapping)
+    # When set, the token's `azp` (the client it was issued to) must be one of these.
+    authorized_parties: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,16 +156,21 @@ class GatewayConfig:
     tls: TlsFiles | None = None
     # Client certificate and CA for connections to nodes (mutual TLS).
     node_tls: TlsFiles | None = None
-    # The federation ledger: a SQLite path or a SQLAlchemy URL (PostgreSQL).
-    ledger: str = ""
+    # The federation ledger: a SQLite path or a SQLAlchemy URL (PostgreSQL); never
+    # shown, as it may hold a password.
+    ledger: str = field(default="", repr=False)
     # HMAC key under which selectors are logged; auditors hold a copy.
     audit_key: Path | None = None
     checkpoint_interval_s: int = DEFAULT_CHECKPOINT_INTERVAL_S
     # How long the ledger waits on its database before it reports NOT_SERVING.
     ledger_timeouts: LedgerTimeouts = field(default_factory=LedgerTimeouts)
+    # After SIGTERM: seconds of NOT_SERVING while still answering, then stop.
+    drain_s: int = DEFAULT_DRAIN_S
+    # Where /metrics is served (HOST:PORT, port 0: any); None: not served.
+    metrics_listen: str | None = None
 
 
-ALLOWED_JWT_ALGORITHMS = ("EdDSA", "ES256", "RS256")
+ALLOWED_JWT_ALGORITHMS = ("EdDSA", "ES256", "RS256", "PS256")
 
 
 class _Reader:
@@ -212,17 +256,32 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: not valid TOML ({exc})") from exc
 
 
-def resolve_database_url(url: str, base: Path) -> str:
-    """Make a relative SQLite path relative to the config file, not the cwd."""
-    try:
-        parsed = make_url(url)
-    except ArgumentError as exc:
-        raise ConfigError(f"database_url {url!r} is not a SQLAlchemy URL ({exc})") from exc
+def resolve_database_url(
+    url: str, base: Path, *, password: str | None = None, what: str = "database_url"
+) -> str:
+    """The URL to connect with, from the URL as written in a config file.
+
+    A bare ``postgres://``, ``postgresql://``, ``mysql://`` or ``mariadb://`` gets
+    the driver Liaison installs; a relative SQLite path becomes relative to the
+    config file, not the cwd; ``password`` (from the environment or a file) is
+    put into the URL. The result holds the password: show it only masked.
+    """
+    parsed = parse_url(url, what)
     if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
         db = Path(parsed.database or "")
         if not db.is_absolute():
-            return parsed.set(database=str(base / db)).render_as_string(hide_password=False)
-    return url
+            parsed = parsed.set(database=str(base / db))
+    if password is not None:
+        parsed = with_password(parsed, password, what)
+    return parsed.render_as_string(hide_password=False)
+
+
+def _node_database_url(node: _Reader) -> str:
+    """``[node] database_url``, its password from database_password_env/_file if given."""
+    password = password_from(
+        node.table, node.where, node.base, "database_password_env", "database_password_file"
+    )
+    return resolve_database_url(node.text("database_url"), node.base, password=password)
 
 
 def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
@@ -237,6 +296,8 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
             "id",
             "listen",
             "database_url",
+            "database_password_env",
+            "database_password_file",
             "policy",
             "signing_key",
             "state_dir",
@@ -245,6 +306,8 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
             "default_limit",
             "transform_key",
             "pdq_refresh_s",
+            "drain_s",
+            "metrics_listen",
         }
     )
     trusted = []
@@ -298,7 +361,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         path=path,
         node_id=node.text("id"),
         listen=node.text("listen", "127.0.0.1:0"),
-        database_url=resolve_database_url(node.text("database_url"), base),
+        database_url=_node_database_url(node),
         policy=node.path("policy"),
         signing_key=node.path("signing_key"),
         state_dir=node.path("state_dir", "state"),
@@ -308,6 +371,8 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         clock_skew_s=node.integer("clock_skew_s", DEFAULT_CLOCK_SKEW_S, 0, 600),
         default_limit=node.integer("default_limit", 100, 1, 10_000),
         pdq_refresh_s=node.integer("pdq_refresh_s", 30, 1, 60),
+        drain_s=node.integer("drain_s", DEFAULT_DRAIN_S, 0, 300),
+        metrics_listen=_metrics_listen(node),
         tls=_tls(doc, "tls", "client_ca", path, ca_required=True),
         transform_key=node.path("transform_key") if "transform_key" in node.table else None,
         receipts=_ledger_location(
@@ -379,7 +444,7 @@ def _ledger_reader(doc: Mapping[str, Any], path: Path, allowed: set[str]) -> _Re
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [ledger] must be a table")
     reader = _Reader(table, f"{path} [ledger]", path.parent)
-    reader.check_keys({*allowed, "checkpoint_interval_s"})
+    reader.check_keys({*allowed, "checkpoint_interval_s", "password_env", "password_file"})
     return reader
 
 
@@ -387,14 +452,143 @@ def _ledger_location(doc: Mapping[str, Any], path: Path, default: str, allowed: 
     """A ledger URL as given, or a SQLite path resolved against the config file."""
     reader = _ledger_reader(doc, path, allowed)
     location = reader.text("location", default)
-    if "://" in location:
-        return location
-    return str(path.parent / location)
+    if "://" not in location:
+        if "password_env" in reader.table or "password_file" in reader.table:
+            raise ConfigError(
+                f"{reader.where}: a SQLite ledger has no password; remove "
+                "password_env/password_file"
+            )
+        return str(path.parent / location)
+    password = password_from(
+        reader.table, reader.where, reader.base, "password_env", "password_file"
+    )
+    what = f"{reader.where} `location`"
+    return resolve_database_url(location, path.parent, password=password, what=what)
 
 
 def _checkpoint_interval(doc: Mapping[str, Any], path: Path) -> int:
     reader = _Reader(doc.get("ledger", {}), f"{path} [ledger]", path.parent)
     return reader.integer("checkpoint_interval_s", DEFAULT_CHECKPOINT_INTERVAL_S, 1, 3600)
+
+
+_ISSUER_KEYS = {
+    "issuer",
+    "agencies",
+    "public_keys",
+    "algorithms",
+    "jwks_file",
+    "jwks_url",
+    "jwks_refresh_s",
+    "jwks_min_refresh_s",
+    "claims",
+    "authorized_parties",
+}
+_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+
+
+def jwks_url_problem(url: str) -> str | None:
+    """Why ``url`` may not be fetched for keys (None if it may): HTTPS, or http on loopback."""
+    parts = urlsplit(url)
+    if parts.scheme == "https" and parts.hostname:
+        pass
+    elif parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+        pass  # a provider on this host, or a test; nothing crosses a network
+    else:
+        return f"{url!r} is not an https:// URL (plain http is only allowed to 127.0.0.1)"
+    if parts.username is not None or parts.password is not None:
+        return f"{parts.scheme}://{parts.hostname}: credentials do not belong in a JWKS URL"
+    return None
+
+
+def _issuer(r: _Reader) -> Issuer:
+    """One ``[[issuer]]`` table: who may vouch for which agencies, with which keys."""
+    r.check_keys(_ISSUER_KEYS)
+    algorithms = r.str_list("algorithms")
+    bad = [a for a in algorithms if a not in ALLOWED_JWT_ALGORITHMS]
+    if bad:
+        raise ConfigError(
+            f"{r.where}: algorithms {bad} are not allowed; use {list(ALLOWED_JWT_ALGORITHMS)}"
+        )
+    keys = (
+        tuple(Path(p) if Path(p).is_absolute() else r.base / p for p in r.str_list("public_keys"))
+        if "public_keys" in r.table
+        else ()
+    )
+    jwks_url = r.text("jwks_url") if "jwks_url" in r.table else None
+    problem = jwks_url_problem(jwks_url) if jwks_url else None
+    if problem:
+        raise ConfigError(f"{r.where}: `jwks_url` {problem}")
+    jwks_file = r.path("jwks_file") if "jwks_file" in r.table else None
+    if not keys and jwks_file is None and jwks_url is None:
+        raise ConfigError(
+            f"{r.where}: name the issuer's signing keys with `jwks_url` (the provider's JWKS "
+            "endpoint), `jwks_file` or `public_keys` (PEM files)"
+        )
+    refresh = r.integer("jwks_refresh_s", DEFAULT_JWKS_REFRESH_S, 60, 86_400)
+    agencies = frozenset(r.str_list("agencies"))
+    return Issuer(
+        r.text("issuer"),
+        agencies,
+        keys,
+        algorithms,
+        jwks_file=jwks_file,
+        jwks_url=jwks_url,
+        jwks_refresh_s=refresh,
+        jwks_min_refresh_s=r.integer("jwks_min_refresh_s", DEFAULT_JWKS_MIN_REFRESH_S, 1, refresh),
+        claims=_claim_mapping(r, agencies),
+        authorized_parties=(
+            frozenset(r.str_list("authorized_parties"))
+            if "authorized_parties" in r.table
+            else frozenset()
+        ),
+    )
+
+
+MAX_MAPPED_ATTRIBUTES = 16
+
+
+def _claim_mapping(issuer: _Reader, agencies: frozenset[str]) -> ClaimMapping:
+    """The optional ``[issuer.claims]`` table; what it leaves out keeps Liaison's names."""
+    table = issuer.table.get("claims", {})
+    if not isinstance(table, dict):
+        raise ConfigError(f"{issuer.where}: `claims` must be a table ([issuer.claims])")
+    r = _Reader(table, f"{issuer.where} [issuer.claims]", issuer.base)
+    r.check_keys({"agency", "agency_value", "roles", "subject", "attributes"})
+    default = ClaimMapping()
+    if "agency" in table and "agency_value" in table:
+        raise ConfigError(f"{r.where}: set `agency` (a claim) or `agency_value`, not both")
+    agency_value = r.text("agency_value") if "agency_value" in table else None
+    if agency_value is not None and agency_value not in agencies:
+        raise ConfigError(
+            f"{r.where}: agency_value {agency_value!r} is not one of the issuer's agencies "
+            f"{sorted(agencies)}"
+        )
+    raw = table.get("attributes", default.attributes)
+    attributes: str | dict[str, str]
+    if isinstance(raw, str) and raw:
+        attributes = raw
+    elif (
+        isinstance(raw, dict)
+        and len(raw) <= MAX_MAPPED_ATTRIBUTES
+        and all(
+            0 < len(k) <= 64 and k.isprintable() and isinstance(v, str) and v
+            for k, v in raw.items()
+        )
+    ):
+        attributes = dict(raw)
+    else:
+        raise ConfigError(
+            f"{r.where}: `attributes` must name one claim holding an object, or be a table "
+            f'of at most {MAX_MAPPED_ATTRIBUTES} attribute = "claim" pairs, e.g. '
+            '{ clearance = "ext_clearance" }'
+        )
+    return ClaimMapping(
+        agency=r.text("agency", default.agency),
+        agency_value=agency_value,
+        roles=r.text("roles", default.roles),
+        subject=r.text("subject", default.subject),
+        attributes=attributes,
+    )
 
 
 def load_gateway_config(path: Path) -> GatewayConfig:
@@ -405,29 +599,28 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     top.check_keys({"gateway", "issuer", "node", "tls", "node_tls", "ledger"})
     gw = _Reader(doc.get("gateway", {}), f"{path} [gateway]", base)
     gw.check_keys(
-        {"id", "listen", "signing_key", "audience", "default_deadline_ms", "max_deadline_ms"}
+        {
+            "id",
+            "listen",
+            "signing_key",
+            "audience",
+            "default_deadline_ms",
+            "max_deadline_ms",
+            "drain_s",
+            "metrics_listen",
+        }
     )
-    issuers = []
-    for i, t in enumerate(top.tables("issuer"), start=1):
-        r = _Reader(t, f"{path} [[issuer]] #{i}", base)
-        r.check_keys({"issuer", "agencies", "public_keys", "algorithms"})
-        algorithms = r.str_list("algorithms")
-        bad = [a for a in algorithms if a not in ALLOWED_JWT_ALGORITHMS]
-        if bad:
-            raise ConfigError(
-                f"{r.where}: algorithms {bad} are not allowed; use {list(ALLOWED_JWT_ALGORITHMS)}"
-            )
-        keys = tuple(p if Path(p).is_absolute() else base / p for p in r.str_list("public_keys"))
-        issuers.append(
-            Issuer(
-                r.text("issuer"),
-                frozenset(r.str_list("agencies")),
-                tuple(map(Path, keys)),
-                algorithms,
-            )
-        )
+    issuers = [
+        _issuer(_Reader(t, f"{path} [[issuer]] #{i}", base))
+        for i, t in enumerate(top.tables("issuer"), start=1)
+    ]
     if not issuers:
         raise ConfigError(f"{path}: trust at least one identity provider with [[issuer]]")
+    names = [i.issuer for i in issuers]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        # The later table would silently replace the earlier one's keys and agencies.
+        raise ConfigError(f"{path}: issuers {twice} appear in more than one [[issuer]]; merge them")
     nodes = []
     for i, t in enumerate(top.tables("node"), start=1):
         r = _Reader(t, f"{path} [[node]] #{i}", base)
@@ -453,6 +646,8 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         audit_key=_audit_key(doc, path),
         checkpoint_interval_s=_checkpoint_interval(doc, path),
         ledger_timeouts=_ledger_timeouts(doc, path),
+        drain_s=gw.integer("drain_s", DEFAULT_DRAIN_S, 0, 300),
+        metrics_listen=_metrics_listen(gw),
     )
 
 
@@ -484,3 +679,17 @@ def _audit_key(doc: Mapping[str, Any], path: Path) -> Path:
             "as `liaison init` writes)"
         )
     return reader.path("audit_key")
+
+
+def _metrics_listen(reader: _Reader) -> str | None:
+    """The optional ``metrics_listen = "HOST:PORT"`` (port 0: any free port)."""
+    if "metrics_listen" not in reader.table:
+        return None
+    listen = reader.text("metrics_listen")
+    host, _, port = listen.rpartition(":")
+    if not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise ConfigError(
+            f'{reader.where}: `metrics_listen` must be HOST:PORT, e.g. "127.0.0.1:9464" '
+            f"(port 0 for any free port), got {listen!r}"
+        )
+    return listen

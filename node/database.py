@@ -6,9 +6,11 @@ never writing), so a bug in query compilation still cannot change data.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -17,6 +19,13 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from liaison.catalog import Catalog, Dataset, FieldType
 from liaison.config import DatasetMapping, HexCase
+from liaison.databases import (
+    classify_connection_error,
+    driver_hint,
+    masked,
+    normalise,
+    parse_url,
+)
 from liaison.errors import BackendError, ConfigError
 
 log = logging.getLogger("liaison.node")
@@ -34,22 +43,33 @@ _READ_ONLY_SQL = {
 }
 
 
-def open_read_only(url: str) -> Engine:
-    """Create an engine whose every connection refuses writes."""
+def open_read_only(url: str | sa.URL, *, connect_timeout_s: int | None = None) -> Engine:
+    """Create an engine whose every connection refuses writes.
+
+    ``url`` may be spelled as agencies write it (``postgres://``, ``mysql://``):
+    see :func:`liaison.databases.normalise`. Nothing connects yet.
+    ``connect_timeout_s`` bounds each connection attempt on PostgreSQL and
+    MariaDB/MySQL unless the URL sets ``connect_timeout`` itself.
+    """
+    parsed = parse_url(url) if isinstance(url, str) else normalise(url)
+    if parsed.get_backend_name() == "sqlite":
+        _require_sqlite_file(parsed)
+    connect_args: dict[str, Any] = {}
+    if (
+        connect_timeout_s is not None
+        and parsed.get_backend_name() != "sqlite"
+        and "connect_timeout" not in parsed.query
+    ):
+        # Both libpq (psycopg) and PyMySQL call it connect_timeout, in seconds.
+        connect_args["connect_timeout"] = connect_timeout_s
     try:
         # hide_parameters: a failing query's exception text (and so any log
         # line or traceback quoting it) must not carry the selectors asked.
-        engine = sa.create_engine(url, pool_pre_ping=True, hide_parameters=True)
-    except (ArgumentError, NoSuchModuleError) as exc:
-        raise ConfigError(
-            f"cannot use database_url ({exc}); install the driver, e.g. "
-            "`pip install liaison[postgresql]` or `liaison[mysql]`"
-        ) from exc
-    except ImportError as exc:
-        raise ConfigError(
-            f"the database driver is not installed ({exc}); install it, e.g. "
-            "`pip install liaison[postgresql]` or `liaison[mysql]`"
-        ) from exc
+        engine = sa.create_engine(
+            parsed, pool_pre_ping=True, hide_parameters=True, connect_args=connect_args
+        )
+    except (ArgumentError, NoSuchModuleError, ImportError) as exc:
+        raise ConfigError(f"cannot use database_url ({driver_hint(parsed, exc)})") from None
     statement = _READ_ONLY_SQL.get(engine.dialect.name)
     if statement is None:
         raise ConfigError(
@@ -115,6 +135,8 @@ class MappedDataset:
     # Hex fields mapped to text columns -> how the column spells hex. Entries
     # are replaced whole (see learn_aliases), never changed in place.
     spellings: dict[str, HexSpelling] = field(default_factory=dict)
+    # What the mapped name is in the database: table, view or materialized view.
+    relation: str = "table"
 
     def spelling(self, field: str) -> HexSpelling | None:
         return self.spellings.get(field)
@@ -141,24 +163,127 @@ class MappedDataset:
         return bool(source) and source in self.columns
 
 
+def _require_sqlite_file(url: sa.URL) -> None:
+    """Refuse a SQLite path that does not exist: connecting would create an empty database."""
+    database = url.database or ""
+    if database in ("", ":memory:") or database.startswith("file:"):
+        return
+    if not Path(database).is_file():
+        raise ConfigError(
+            f"database_url: the SQLite database file {database} does not exist; check the path "
+            "(a relative path is relative to the config file)"
+        )
+
+
+def split_table(text: str) -> tuple[str | None, str]:
+    """``table`` of a dataset mapping as (schema, name): ``name`` or ``schema.name``.
+
+    A part holding a dot (or a double quote) is written in double quotes, a
+    quote inside doubled, as in SQL: ``"agency.v2"."seized files"``. Names are
+    matched exactly as the database lists them (no case folding).
+    """
+    parts: list[str] = []
+    i, n = 0, len(text)
+    while True:
+        if i < n and text[i] == '"':
+            j, name = i + 1, []
+            while True:
+                if j >= n:
+                    raise ConfigError(f"table {text!r}: a double quote is not closed")
+                if text[j] == '"':
+                    if j + 1 < n and text[j + 1] == '"':
+                        name.append('"')
+                        j += 2
+                        continue
+                    break
+                name.append(text[j])
+                j += 1
+            parts.append("".join(name))
+            i = j + 1
+        else:
+            j = i
+            while j < n and text[j] not in '."':
+                j += 1
+            parts.append(text[i:j])
+            i = j
+        if i >= n:
+            break
+        if text[i] != ".":
+            raise ConfigError(
+                f"table {text!r}: after a quoted name comes a dot or the end; quote whole "
+                'names, e.g. "evidencia"."seized.files"'
+            )
+        i += 1
+    if len(parts) > 2 or not all(parts):
+        raise ConfigError(
+            f"table {text!r}: write TABLE or SCHEMA.TABLE (on MariaDB/MySQL: DATABASE.TABLE); "
+            'put a name holding a dot in double quotes, e.g. "evidencia"."seized.files"'
+        )
+    return (None, parts[0]) if len(parts) == 1 else (parts[0], parts[1])
+
+
+def _relations(inspector: sa.Inspector, schema: str | None) -> dict[str, str]:
+    """Tables, views and materialized views in ``schema`` (None: the default), by name."""
+    found = {name: "view" for name in inspector.get_view_names(schema)}
+    with contextlib.suppress(NotImplementedError):  # a database without materialized views
+        found.update(
+            (name, "materialized view") for name in inspector.get_materialized_view_names(schema)
+        )
+    found.update((name, "table") for name in inspector.get_table_names(schema))
+    return found
+
+
+def _missing_relation(mapping: DatasetMapping, schema: str | None, existing: dict[str, str]) -> str:
+    place = f"schema {schema!r}" if schema else "the database"
+    tables = sorted(n for n, kind in existing.items() if kind == "table")
+    views = sorted(n for n, kind in existing.items() if kind != "table")
+    message = (
+        f"dataset {mapping.dataset!r} maps to table {mapping.table!r}, which does not exist "
+        f"in {place}; tables there: {', '.join(tables) or '(none)'}"
+    )
+    if views:
+        message += f"; views there: {', '.join(views)}"
+    if schema is None:
+        message += "; for a table in another schema write SCHEMA.TABLE"
+    return message
+
+
+def connect(engine: Engine, what: str = "the agency database") -> sa.Connection:
+    """A connection from ``engine``, or BackendError saying why none could be made."""
+    try:
+        return engine.connect()
+    except (SQLAlchemyError, OSError) as exc:
+        # OSError: drivers load TLS files (ssl_ca=...) before SQLAlchemy wraps anything.
+        failure = classify_connection_error(exc, engine.url, what)
+        raise BackendError(failure.message) from exc
+
+
 def bind_schema(
     engine: Engine, mappings: tuple[DatasetMapping, ...], catalog: Catalog
 ) -> dict[str, MappedDataset]:
-    """Reflect the mapped tables; a missing table or column stops the node, named."""
+    """Reflect the mapped tables or views; a missing one, or column, stops the node, named."""
     metadata = sa.MetaData()
-    try:
-        with engine.connect() as conn:
+    where = {m.dataset: split_table(m.table) for m in mappings}
+    with connect(engine) as conn:
+        try:
             inspector = sa.inspect(conn)
-            existing = set(inspector.get_table_names())
+            schemas: list[str] | None = None
             bound: dict[str, MappedDataset] = {}
             for mapping in mappings:
-                if mapping.table not in existing:
-                    raise ConfigError(
-                        f"dataset {mapping.dataset!r} maps to table {mapping.table!r}, which "
-                        f"does not exist in the database; tables there: "
-                        f"{', '.join(sorted(existing)) or '(none)'}"
-                    )
-                table = sa.Table(mapping.table, metadata, autoload_with=conn)
+                schema, name = where[mapping.dataset]
+                if schema is not None:
+                    if schemas is None:
+                        schemas = inspector.get_schema_names()
+                    if schema not in schemas:
+                        raise ConfigError(
+                            f"dataset {mapping.dataset!r} maps to {mapping.table!r}, but schema "
+                            f"{schema!r} does not exist or this account cannot see it; schemas "
+                            f"there: {', '.join(sorted(schemas)) or '(none)'}"
+                        )
+                existing = _relations(inspector, schema)
+                if name not in existing:
+                    raise ConfigError(_missing_relation(mapping, schema, existing))
+                table = sa.Table(name, metadata, schema=schema, autoload_with=conn)
                 columns = {}
                 for field_name, column_name in mapping.columns.items():
                     if column_name not in table.c:
@@ -174,15 +299,19 @@ def bind_schema(
                     for name, column in columns.items()
                     if dataset.field(name).type in _HEX_TYPES and isinstance(column.type, sa.String)
                 }
-                bound[mapping.dataset] = MappedDataset(dataset, table, columns, spellings)
+                bound[mapping.dataset] = MappedDataset(
+                    dataset, table, columns, spellings, relation=existing[name]
+                )
                 if conn.dialect.name in ("mysql", "mariadb"):
-                    _check_collations(conn, mapping, dataset)
+                    _check_collations(conn, mapping, dataset, schema, name)
             return bound
-    except SQLAlchemyError as exc:
-        raise BackendError(
-            f"cannot reach the agency database ({type(exc).__name__}); check database_url, "
-            "that the server is up, and the account's rights"
-        ) from exc
+        except SQLAlchemyError as exc:
+            detail = describe_database_error(exc)
+            code = f", code {detail['code']}" if "code" in detail else ""
+            raise BackendError(
+                f"cannot read the mapped tables of the agency database at {masked(engine.url)} "
+                f"({type(exc).__name__}{code}); check that the account may read them"
+            ) from exc
 
 
 def _hex_spelling(
@@ -249,7 +378,13 @@ def _hex_spelling(
     return HexSpelling(case)
 
 
-def _check_collations(conn: sa.Connection, mapping: DatasetMapping, dataset: Dataset) -> None:
+def _check_collations(
+    conn: sa.Connection,
+    mapping: DatasetMapping,
+    dataset: Dataset,
+    schema: str | None,
+    name: str,
+) -> None:
     """Warn about selector columns whose collation makes equality ignore case.
 
     MariaDB's and MySQL's default collations (``*_ci``) compare ``'Alice'``
@@ -260,9 +395,9 @@ def _check_collations(conn: sa.Connection, mapping: DatasetMapping, dataset: Dat
     rows = conn.execute(
         sa.text(
             "SELECT COLUMN_NAME, COLLATION_NAME FROM information_schema.COLUMNS "
-            "WHERE TABLE_SCHEMA = DATABASE() AND TABLE_NAME = :table"
+            "WHERE TABLE_SCHEMA = COALESCE(:schema, DATABASE()) AND TABLE_NAME = :table"
         ),
-        {"table": mapping.table},
+        {"schema": schema, "table": name},
     )
     collations = {str(c): str(k) for c, k in rows if k is not None}
     for name, column_name in mapping.columns.items():

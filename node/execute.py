@@ -171,7 +171,17 @@ class Executor:
                 return answer
         except SQLAlchemyError as exc:
             # Never str(exc): a driver's message can quote the selectors asked for.
-            log.error("database error", extra=describe_database_error(exc))
+            # The query id ties this line to the request in the ledgers; the
+            # dataset and operation say what failed, the values asked never.
+            log.error(
+                "database error",
+                extra={
+                    "query_id": request.query_id,
+                    "dataset": mapped.dataset.name,
+                    "operation": op.value,
+                    **describe_database_error(exc),
+                },
+            )
             raise BackendError(
                 "the agency database could not answer; the node operator's log has details"
             ) from exc

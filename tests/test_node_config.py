@@ -29,8 +29,9 @@ from policies import load_policy
 RURITANIA_TABLES = "dossiers, hash_register, online_ids"
 MEDIA_FIELDS = "sha256, md5, pdq, pdq_distance, category, first_seen, case_ref, victim_identified"
 NODE_KEYS = (
-    "clock_skew_s, database_url, default_limit, id, listen, max_request_age_s, pdq_refresh_s, "
-    "policy, signing_key, state_dir, transform_key"
+    "clock_skew_s, database_password_env, database_password_file, database_url, default_limit, "
+    "drain_s, id, listen, max_request_age_s, metrics_listen, pdq_refresh_s, policy, signing_key, "
+    "state_dir, transform_key"
 )
 
 NODE = """\
