@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from grpc_health.v1 import health_pb2
 
 from gateway.auth import TokenVerifier
 from gateway.dryrun import DryRunner
@@ -23,11 +22,16 @@ from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import gateway_origin
+from liaison.logs import capture_native_stderr
+from liaison.metrics import GatewayMetrics, MetricsServer
 from liaison.serving import (
     SERVER_OPTIONS,
+    ServingHealth,
+    Shutdown,
     add_health_and_reflection_aio,
     bind,
     host_of,
+    serving_health_aio,
     write_port_file,
 )
 from liaison.tls import TlsFiles
@@ -70,6 +74,14 @@ def build_gateway(
     return core, verifier
 
 
+@dataclass
+class ServedGateway:
+    server: grpc.aio.Server
+    port: int
+    health: ServingHealth
+    metrics: GatewayMetrics
+
+
 async def start_gateway_server(
     core: GatewayCore,
     verifier: TokenVerifier,
@@ -77,58 +89,90 @@ async def start_gateway_server(
     tls: TlsFiles | None = None,
     *,
     dry_runner: DryRunner | None = None,
+    metrics: GatewayMetrics | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """Serve ``core``; ``dry_runner`` defaults to one caching policies for a minute."""
+    served = await serve_gateway(
+        core, verifier, listen, tls, dry_runner=dry_runner, metrics=metrics
+    )
+    return served.server, served.port
+
+
+async def serve_gateway(
+    core: GatewayCore,
+    verifier: TokenVerifier,
+    listen: str,
+    tls: TlsFiles | None = None,
+    *,
+    dry_runner: DryRunner | None = None,
+    metrics: GatewayMetrics | None = None,
+) -> ServedGateway:
+    """As :func:`start_gateway_server`, with the server's health and metrics."""
+    metrics = metrics or GatewayMetrics()
+    metrics.known_nodes(core.fanout.links)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MalformedRequestsAio()])
-    servicer = GatewayServicer(core, verifier, dry_runner)
+    servicer = GatewayServicer(core, verifier, dry_runner, metrics=metrics)
     pb_gateway_grpc.add_GatewayServiceServicer_to_server(servicer, server)
-    health = await add_health_and_reflection_aio(server, [SERVICE_NAME])
-    loop = asyncio.get_running_loop()
-
-    def ledger_health(healthy: bool) -> None:
-        # Called from the ledger's writer or watchdog thread: a gateway that
-        # cannot log cannot ask, and load balancers should hear so.
-        status = (
-            health_pb2.HealthCheckResponse.SERVING
-            if healthy
-            else health_pb2.HealthCheckResponse.NOT_SERVING
-        )
-        for name in (SERVICE_NAME, ""):
-            asyncio.run_coroutine_threadsafe(health.set(name, status), loop)
-
-    core.ledger.on_health_change = ledger_health
+    health = serving_health_aio(
+        await add_health_and_reflection_aio(server, [SERVICE_NAME]),
+        [SERVICE_NAME],
+        asyncio.get_running_loop(),
+        {"gateway_id": core.gateway_id},
+    )
+    # Told from the ledger's writer or watchdog thread: a gateway that cannot
+    # log cannot ask, and load balancers should hear so.
+    core.ledger.on_health_change = lambda ok: health.set("ledger", ok)
     if not core.ledger.healthy:
         # It failed before anyone was listening: say so now.
-        ledger_health(False)
+        health.set("ledger", False)
+    core.ledger.on_append = metrics.ledger_append.observe
     port = bind(server, listen, tls)
     await server.start()
-    return server, port
+    return ServedGateway(server, port, health, metrics)
 
 
-async def _serve(config: GatewayConfig, port_file: Path | None) -> None:
+async def _serve(
+    config: GatewayConfig, port_file: Path | None, metrics_port_file: Path | None
+) -> None:
     core, verifier = build_gateway(config)
-    server, port = await start_gateway_server(core, verifier, config.listen, config.tls)
+    metrics = GatewayMetrics()
+    metrics_server = None
+    if config.metrics_listen is not None:
+        try:
+            metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
+        except BaseException:
+            await core.close()
+            raise
+        host, _, port = metrics_server.address.rpartition(":")
+        write_port_file(metrics_port_file, host, int(port))
+    shutdown = Shutdown().install_aio(asyncio.get_running_loop())
+    served = await serve_gateway(core, verifier, config.listen, config.tls, metrics=metrics)
     host = host_of(config.listen)
-    write_port_file(port_file, host, port)
+    write_port_file(port_file, host, served.port)
     log.info(
         "gateway serving",
         extra={
             "gateway_id": core.gateway_id,
-            "address": f"{host}:{port}",
+            "address": f"{host}:{served.port}",
             "nodes": sorted(core.fanout.links),
+            **({"metrics_address": metrics_server.address} if metrics_server else {}),
         },
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await stop.wait()
-    log.info("gateway stopping", extra={"gateway_id": core.gateway_id})
-    await server.stop(grace=5)
+    await asyncio.to_thread(shutdown.requested.wait)
+    log.info("gateway stopping", extra={"gateway_id": core.gateway_id, "drain_s": config.drain_s})
+    served.health.drain()
+    # Still answering: a load balancer that saw NOT_SERVING moves away meanwhile.
+    await asyncio.to_thread(shutdown.hurried.wait, config.drain_s)
+    await served.server.stop(grace=5)
+    if metrics_server is not None:
+        metrics_server.close()
     await core.close()
 
 
-def serve(config_path: Path, port_file: Path | None = None) -> None:
-    """Run a gateway until SIGTERM or SIGINT."""
+def serve(
+    config_path: Path, port_file: Path | None = None, metrics_port_file: Path | None = None
+) -> None:
+    """Run a gateway until SIGTERM or SIGINT, then drain for ``drain_s`` and stop."""
+    capture_native_stderr()
     config = load_gateway_config(config_path)
-    asyncio.run(_serve(config, port_file))
+    asyncio.run(_serve(config, port_file, metrics_port_file))

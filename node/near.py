@@ -175,6 +175,10 @@ class NearIndexes:
                 },
             )
 
+    def in_use(self) -> list[tuple[NearColumn, int, float]]:
+        """Each index in use: its column, its number of hashes, when it was built (time.time())."""
+        return [(c, i.size, self.built_at.get(c, 0.0)) for c, i in list(self._indexes.items())]
+
     def index(self, dataset: str, field: str) -> PdqIndex | None:
         return self._indexes.get(NearColumn(dataset, field))
 

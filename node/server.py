@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -15,18 +16,23 @@ from liaison.grpc_errors import MalformedRequests
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import node_origin
+from liaison.logs import capture_native_stderr
 from liaison.messages import document_sha256
+from liaison.metrics import IndexState, MetricsServer, NodeMetrics
 from liaison.serving import (
     SERVER_OPTIONS,
+    ServingHealth,
+    Shutdown,
     add_health_and_reflection,
     bind,
     host_of,
-    stop_event_on_signals,
+    serving_health,
     write_port_file,
 )
 from liaison.tls import TlsFiles
 from node.answering import NodeCore, NodeLimits, close_core
 from node.database import bind_schema, open_read_only
+from node.health import DatabaseProbe
 from node.near import NearIndexes
 from node.replay import ReplayGuard
 from node.service import NodeServicer
@@ -116,10 +122,39 @@ def _transform_secret(path: Path | None) -> bytes:
     return secret
 
 
+@dataclass
+class ServedNode:
+    server: grpc.Server
+    port: int
+    servicer: NodeServicer
+    health: ServingHealth
+    metrics: NodeMetrics
+
+
 def start_node_server(
-    core: NodeCore, listen: str, workers: int = 16, tls: TlsFiles | None = None
+    core: NodeCore,
+    listen: str,
+    workers: int = 16,
+    tls: TlsFiles | None = None,
+    *,
+    metrics: NodeMetrics | None = None,
 ) -> tuple[grpc.Server, int]:
+    """Serve ``core``; with ``tls``, only its trusted gateways' certificates get answers."""
+    served = serve_node(core, listen, workers, tls, metrics=metrics)
+    return served.server, served.port
+
+
+def serve_node(
+    core: NodeCore,
+    listen: str,
+    workers: int = 16,
+    tls: TlsFiles | None = None,
+    *,
+    metrics: NodeMetrics | None = None,
+) -> ServedNode:
     """Serve ``core``; with ``tls``, only its trusted gateways' certificates get answers.
+
+    Health says SERVING while the receipts ledger can be written.
 
     Without TLS a node cannot tell who is on the line: anyone who can reach
     ``listen`` and holds a request addressed to it within its validity can
@@ -148,31 +183,79 @@ def start_node_server(
         options=SERVER_OPTIONS,
         interceptors=[MalformedRequests()],
     )
-    pb_node_grpc.add_NodeServiceServicer_to_server(NodeServicer(core), server)
-    add_health_and_reflection(server, [SERVICE_NAME])
+    metrics = metrics or NodeMetrics()
+    servicer = NodeServicer(core, metrics)
+    pb_node_grpc.add_NodeServiceServicer_to_server(servicer, server)
+    health = serving_health(
+        add_health_and_reflection(server, [SERVICE_NAME]), [SERVICE_NAME], {"node_id": core.node_id}
+    )
+    # A node that cannot write receipts answers nothing: health says so.
+    core.receipts.on_health_change = lambda ok: health.set("receipts ledger", ok)
+    if not core.receipts.healthy:
+        health.set("receipts ledger", False)
+    core.receipts.on_append = metrics.receipts_append.observe
+    near = core.near
+    if near is not None:
+        metrics.watch_indexes(
+            lambda: [IndexState(c.dataset, c.field, size, at) for c, size, at in near.in_use()]
+        )
     port = bind(server, listen, tls)
     server.start()
-    return server, port
+    return ServedNode(server, port, servicer, health, metrics)
 
 
-def serve(config_path: Path, port_file: Path | None = None) -> None:
-    """Run a node until SIGTERM or SIGINT."""
+def serve(
+    config_path: Path, port_file: Path | None = None, metrics_port_file: Path | None = None
+) -> None:
+    """Run a node until SIGTERM or SIGINT, then drain for ``drain_s`` and stop.
+
+    While draining, health says NOT_SERVING and calls are still answered, so
+    a load balancer has time to move away before the port closes.
+    """
+    capture_native_stderr()
     config = load_node_config(config_path, CATALOG_V1)
     core = build_node(config)
-    stop = stop_event_on_signals()
-    server, port = start_node_server(core, config.listen, tls=config.tls)
+    metrics = NodeMetrics()
+    metrics_server = None
+    if config.metrics_listen is not None:
+        try:
+            metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
+        except BaseException:
+            close_core(core)
+            raise
+        _write_address(metrics_port_file, metrics_server.address)
+    shutdown = Shutdown().install()
+    served = serve_node(core, config.listen, tls=config.tls, metrics=metrics)
+    probe = DatabaseProbe(
+        core.engine.url,
+        [mapped.table for _, mapped in sorted(core.schema.items())],
+        lambda ok: served.health.set("database", ok),
+    )
+    served.servicer.on_database_error = probe.kick
+    probe.start()
     host = host_of(config.listen)
-    write_port_file(port_file, host, port)
+    write_port_file(port_file, host, served.port)
     log.info(
         "node serving",
         extra={
             "node_id": core.node_id,
-            "address": f"{host}:{port}",
+            "address": f"{host}:{served.port}",
             "key_id": core.signing_key.key_id,
             "policy_sha256": document_sha256(core.policy_document),
+            **({"metrics_address": metrics_server.address} if metrics_server else {}),
         },
     )
-    stop.wait()
-    log.info("node stopping", extra={"node_id": core.node_id})
-    server.stop(grace=5).wait()
+    shutdown.requested.wait()
+    log.info("node stopping", extra={"node_id": core.node_id, "drain_s": config.drain_s})
+    served.health.drain()
+    shutdown.hurried.wait(config.drain_s)
+    served.server.stop(grace=5).wait()
+    probe.close()
+    if metrics_server is not None:
+        metrics_server.close()
     close_core(core)
+
+
+def _write_address(path: Path | None, address: str) -> None:
+    host, _, port = address.rpartition(":")
+    write_port_file(path, host, int(port))

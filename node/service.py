@@ -8,15 +8,18 @@ the gateway identities in the node's config before it reads anything.
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from typing import NoReturn
 
 import grpc
 
 from liaison.catalog import CATALOG_VERSION
-from liaison.errors import ConfigError
+from liaison.errors import BackendError, ConfigError
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
+from liaison.metrics import NodeMetrics
 from liaison.tls import CertificateIdentity
-from liaison.wire import envelope_to_proto, signed_request_from_proto
+from liaison.wire import answer_from_bytes, envelope_to_proto, signed_request_from_proto
 from node.answering import NodeCore
 from node.verify import Peer
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -46,19 +49,33 @@ def peer_of(context: grpc.ServicerContext) -> Peer:
 
 
 class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # generated base is untyped
-    def __init__(self, core: NodeCore) -> None:
+    def __init__(
+        self,
+        core: NodeCore,
+        metrics: NodeMetrics | None = None,
+        on_database_error: Callable[[], None] | None = None,
+    ) -> None:
         self.core = core
+        self.metrics = metrics or NodeMetrics()
+        # Told when a query failed in the database (the health probe looks at once).
+        self.on_database_error = on_database_error
 
     def Answer(
         self, request: pb_node.AnswerRequest, context: grpc.ServicerContext
     ) -> pb_node.AnswerResponse:
+        started = time.perf_counter()
         try:
             peer = peer_of(context)
             # Before the request is read: the interceptor only parsed its outer message.
             self.core.check_peer(peer)
             answer = self.core.answer(signed_request_from_proto(request), peer)
         except Exception as exc:
+            self.metrics.refused(error_kind(exc), time.perf_counter() - started)
+            if isinstance(exc, BackendError) and self.on_database_error is not None:
+                self.on_database_error()
             _abort(context, exc)
+        # The signed payload is the answer itself: what was decided, by which rules.
+        self.metrics.answered(answer_from_bytes(answer.payload), time.perf_counter() - started)
         return pb_node.AnswerResponse(answer=envelope_to_proto(answer))
 
     def Describe(

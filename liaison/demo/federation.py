@@ -85,6 +85,14 @@ def write_pki(root: Path, node_ids: Sequence[str]) -> None:
     write_dev_pki(root / PKI_DIR, roles)
 
 
+# Written into every config: no load balancer watches a loopback federation's health.
+_DRAIN_LINES = (
+    "# After SIGTERM, seconds to report NOT_SERVING while still answering, so a load",
+    "# balancer moves away before the port closes (5 if unset). Here: none to wait for.",
+    "drain_s = 0",
+)
+
+
 def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = False) -> None:
     """Write a node's key pair, policy and config; with ``tls``, serve mutual TLS from pki/."""
     folder = layout.folder
@@ -104,6 +112,7 @@ def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = Fals
         "# The node's own secret for keyed-hash transforms: never share it.",
         'transform_key = "transform.key"',
         'state_dir = "state"',
+        *_DRAIN_LINES,
         "",
         "# Receipts of every request this node answers: a tamper-evident Merkle log.",
         "[ledger]",
@@ -186,6 +195,7 @@ def write_gateway_config(
         'signing_key = "gateway.key"',
         f"audience = {_toml_str(AUDIENCE)}",
         "default_deadline_ms = 2000",
+        *_DRAIN_LINES,
         "",
         "# The federation ledger: every request is logged here before any node is asked.",
         "# Use a PostgreSQL URL to share it between gateway replicas' hosts.",

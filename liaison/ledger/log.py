@@ -123,6 +123,8 @@ class Ledger:
         self._commit_lock = threading.Lock()
         # Told True/False when writes start failing or work again (health checks).
         self.on_health_change: Callable[[bool], None] | None = None
+        # Told the seconds each successful commit of entries took (metrics).
+        self.on_append: Callable[[float], None] | None = None
         # Orders failure and recovery, which the watchdog and the writer both report.
         self._health_lock = threading.Lock()
         # When the store call under way began (None when none is), the entries
@@ -387,6 +389,7 @@ class Ledger:
         if not batch:
             return
         leaves = [leaf_hash(p.entry) for p in batch]
+        started = time.perf_counter()
         try:
             with self._watched(batch):
                 self._resync()
@@ -405,6 +408,8 @@ class Ledger:
             for p in batch:
                 _settle(p.future, failure)
             return
+        if self.on_append is not None:
+            self.on_append(time.perf_counter() - started)
         self._recovered()
         start = self.tree.size
         for leaf in leaves:
