@@ -8,8 +8,14 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
 BUF_VERSION := 1.75.0
 BUF := .tools/node_modules/.bin/buf
+# TypeScript code generation and compiler for the wire-contract check
+# (tests/test_wire_contract.py): a folder of its own, so that npm does not
+# prune buf's.
+WIRE_TS := .tools/wire-ts
+WIRE_TS_STAMP := $(WIRE_TS)/.installed-stamp
+WIRE_TS_PACKAGES := ts-proto@2.7.7 typescript@5.9.3 @grpc/grpc-js@1.14.0 @types/node@26.6.11
 
-.PHONY: help setup proto proto-check lint typecheck check test test-fast demo bench clean
+.PHONY: help setup proto proto-check wire-tools lint typecheck check test test-fast demo bench clean
 
 help:
 	@echo "make demo    run the whole federation demo (SQLite, loopback)"
@@ -30,6 +36,14 @@ $(BUF):
 	mkdir -p .tools
 	cd .tools && npm install --silent --no-save --no-package-lock --no-audit --no-fund @bufbuild/buf@$(BUF_VERSION)
 
+$(WIRE_TS_STAMP): Makefile
+	mkdir -p $(WIRE_TS)
+	echo '{"private": true}' > $(WIRE_TS)/package.json
+	cd $(WIRE_TS) && npm install --silent --no-save --no-package-lock --no-audit --no-fund $(WIRE_TS_PACKAGES)
+	@touch $(WIRE_TS_STAMP)
+
+wire-tools: $(WIRE_TS_STAMP)
+
 proto: $(STAMP)
 	$(PY) -m liaison.protogen
 
@@ -46,7 +60,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck proto-check
 
-test: check
+test: check wire-tools
 	$(VENV)/bin/pytest
 
 test-fast: $(STAMP)

@@ -274,7 +274,7 @@ class GatewayCore:
                 "total_ms": round((time.perf_counter() - started) * 1000, 3),
             },
         )
-        return SearchResult(request.query_id, request.query, results)
+        return SearchResult(request.query_id, request.query, results, signed_request=envelope)
 
     async def _log(self, entry: bytes, *, prove: bool = False) -> Appended:
         future = self.ledger.submit(entry, prove=prove)
@@ -316,10 +316,18 @@ class GatewayCore:
             log.warning("answer discarded", extra={"node_id": reply.node_id, "error": str(exc)})
             return NodeResult(reply.node_id, NodeStatus.ERROR, f"answer discarded: {exc}", latency)
         reduced = reduce_to_query(answer, request.query)
+        # The node's envelope travels on untouched, so the investigator's client
+        # can check ``reduced`` against what the node signed (liaison.answer_check).
         if answer.status is AnswerStatus.DENIED:
             detail = answer.decision.reason or "denied"
             return NodeResult(
-                reply.node_id, NodeStatus.DENIED, detail, latency, reduced, answer_digest
+                reply.node_id,
+                NodeStatus.DENIED,
+                detail,
+                latency,
+                reduced,
+                answer_digest,
+                signed_answer=reply.envelope,
             )
         return NodeResult(
             reply.node_id,
@@ -328,6 +336,7 @@ class GatewayCore:
             latency,
             reduced,
             answer_digest,
+            signed_answer=reply.envelope,
         )
 
 

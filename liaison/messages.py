@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from liaison.envelope import Envelope
 from liaison.query import Query
 
 
@@ -139,6 +140,9 @@ class NodeResult:
     latency_ms: float = 0.0
     answer: QueryAnswer | None = None
     answer_digest: str = ""
+    # The node's signed answer exactly as it sent it (ANSWERED and DENIED), so
+    # that a client holding the node's key can check ``answer`` against it.
+    signed_answer: Envelope | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -146,6 +150,9 @@ class SearchResult:
     query_id: str
     query: Query
     results: tuple[NodeResult, ...]
+    # The request as the gateway signed and sent it; every signed answer names
+    # the SHA-256 of its payload.
+    signed_request: Envelope | None = None
 
 
 @dataclass(frozen=True, slots=True)

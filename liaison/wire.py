@@ -345,6 +345,10 @@ def search_result_to_proto(result: SearchResult) -> pb_gateway.SearchResponse:
         )
         if r.answer is not None:
             item.answer.CopyFrom(answer_to_proto(r.answer))
+        if r.signed_answer is not None:
+            item.signed_answer.CopyFrom(envelope_to_proto(r.signed_answer))
+    if result.signed_request is not None:
+        out.signed_request.CopyFrom(envelope_to_proto(result.signed_request))
     return out
 
 
@@ -360,8 +364,16 @@ def search_result_from_proto(message: pb_gateway.SearchResponse, query: Query) -
                 latency_ms=r.latency_ms,
                 answer=answer_from_proto(r.answer) if r.HasField("answer") else None,
                 answer_digest=r.answer_digest,
+                signed_answer=(
+                    envelope_from_proto(r.signed_answer) if r.HasField("signed_answer") else None
+                ),
             )
             for r in message.results
+        ),
+        signed_request=(
+            envelope_from_proto(message.signed_request)
+            if message.HasField("signed_request")
+            else None
         ),
     )
 

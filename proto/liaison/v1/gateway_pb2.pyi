@@ -1,3 +1,4 @@
+from . import envelope_pb2 as _envelope_pb2
 from . import query_pb2 as _query_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -42,28 +43,32 @@ class SearchRequest(_message.Message):
     def __init__(self, query: _Optional[_Union[_query_pb2.Query, _Mapping]] = ..., purpose: _Optional[str] = ..., case_ref: _Optional[str] = ..., nodes: _Optional[_Iterable[str]] = ..., deadline_ms: _Optional[int] = ..., legal_basis: _Optional[str] = ...) -> None: ...
 
 class NodeResult(_message.Message):
-    __slots__ = ("node_id", "status", "detail", "latency_ms", "answer", "answer_digest")
+    __slots__ = ("node_id", "status", "detail", "latency_ms", "answer", "answer_digest", "signed_answer")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
     DETAIL_FIELD_NUMBER: _ClassVar[int]
     LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     ANSWER_FIELD_NUMBER: _ClassVar[int]
     ANSWER_DIGEST_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_ANSWER_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     status: NodeStatus
     detail: str
     latency_ms: float
     answer: _query_pb2.QueryAnswer
     answer_digest: str
-    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ..., answer: _Optional[_Union[_query_pb2.QueryAnswer, _Mapping]] = ..., answer_digest: _Optional[str] = ...) -> None: ...
+    signed_answer: _envelope_pb2.Envelope
+    def __init__(self, node_id: _Optional[str] = ..., status: _Optional[_Union[NodeStatus, str]] = ..., detail: _Optional[str] = ..., latency_ms: _Optional[float] = ..., answer: _Optional[_Union[_query_pb2.QueryAnswer, _Mapping]] = ..., answer_digest: _Optional[str] = ..., signed_answer: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
 class SearchResponse(_message.Message):
-    __slots__ = ("query_id", "results")
+    __slots__ = ("query_id", "results", "signed_request")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     RESULTS_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_REQUEST_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     results: _containers.RepeatedCompositeFieldContainer[NodeResult]
-    def __init__(self, query_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[NodeResult, _Mapping]]] = ...) -> None: ...
+    signed_request: _envelope_pb2.Envelope
+    def __init__(self, query_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[NodeResult, _Mapping]]] = ..., signed_request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
 class ListNodesRequest(_message.Message):
     __slots__ = ()

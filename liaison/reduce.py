@@ -1,0 +1,55 @@
+"""What a gateway keeps of a node's answer: only the parts the query asked for.
+
+Shared by the gateway, which reduces every verified answer before passing it
+on, and by an investigator's client, which recomputes the reduction from the
+node's signed answer to check that the gateway showed exactly that
+(``liaison.answer_check``). Both must compute the same thing, so there is one
+function.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from liaison.messages import AnswerStatus, QueryAnswer
+from liaison.query import Operation, Query
+
+
+def reduce_to_query(answer: QueryAnswer, query: Query) -> QueryAnswer:
+    """Keep only the parts of ``answer`` that ``query`` asked for."""
+    bare = QueryAnswer(
+        query_id=answer.query_id,
+        node_id=answer.node_id,
+        request_digest=answer.request_digest,
+        answered_at_ms=answer.answered_at_ms,
+        status=answer.status,
+        decision=answer.decision,
+    )
+    if answer.status is not AnswerStatus.ANSWERED:
+        return bare
+    op = query.operation
+    if op is Operation.MATCH:
+        return replace(bare, hit=answer.hit)
+    if op is Operation.COUNT:
+        return replace(bare, count=answer.count)
+    if op is Operation.COUNT_BY:
+        return replace(
+            bare,
+            buckets=answer.buckets,
+            buckets_suppressed=answer.buckets_suppressed,
+            bucket_minimum=answer.bucket_minimum,
+            truncated=answer.truncated,
+        )
+    asked = set(query.fields)
+    keep = [i for i, f in enumerate(answer.fields) if f in asked and f not in answer.fields[:i]]
+    limit = query.limit or len(answer.rows)
+    rows = tuple(
+        tuple(row[i] for i in keep) for row in answer.rows[:limit] if len(row) == len(answer.fields)
+    )
+    return replace(
+        bare,
+        fields=tuple(answer.fields[i] for i in keep),
+        rows=rows,
+        withheld_fields=tuple(f for f in answer.withheld_fields if f in asked),
+        truncated=answer.truncated or len(answer.rows) > limit,
+    )
