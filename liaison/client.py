@@ -33,13 +33,31 @@ class GatewayUnavailable(LiaisonError):
 def _channel(address: str, tls_ca: Path | None) -> grpc.Channel:
     if tls_ca is None:
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    try:
-        ca = tls_ca.read_bytes()
-    except FileNotFoundError as exc:
-        raise ConfigError(f"CA file {tls_ca} does not exist") from exc
     return grpc.secure_channel(
-        address, grpc.ssl_channel_credentials(root_certificates=ca), options=CHANNEL_OPTIONS
+        address,
+        grpc.ssl_channel_credentials(root_certificates=read_ca(tls_ca)),
+        options=CHANNEL_OPTIONS,
     )
+
+
+def read_ca(path: Path) -> bytes:
+    """The PEM certificates of the CA file ``path``; ConfigError, in one line, if it is not one.
+
+    gRPC would take any bytes and fail later, at the handshake, with a message
+    that does not name the file.
+    """
+    if path.is_dir():
+        raise ConfigError(f"CA file {path} is a folder; name the CA certificate (PEM)")
+    try:
+        ca = path.read_bytes()
+    except FileNotFoundError:
+        raise ConfigError(f"CA file {path} does not exist; check the path") from None
+    except OSError as exc:
+        raise ConfigError(f"CA file {path} cannot be read ({exc.strerror})") from None
+    if b"-----BEGIN CERTIFICATE-----" not in ca:
+        what = "is empty" if not ca.strip() else "holds no PEM certificate"
+        raise ConfigError(f"CA file {path} {what}; give the CA certificate (PEM) of the gateway")
+    return ca
 
 
 def _refused(exc: grpc.RpcError, address: str, what: str) -> LiaisonError:

@@ -194,6 +194,11 @@ def test_demo_json_reports_every_agency_answer(tmp_path: Path) -> None:
         assert answer["rows"]
     assert triage["sylvania"]["status"] == "denied"
 
+    # Every answer and denial shown is checked against the agency's own key.
+    for q in queries:
+        assert q["verification"] == {"verdict": "verified", "reason": None}, q["title"]
+        assert {r["verification"]["verdict"] for r in q["results"]} == {"verified"}
+
 
 def test_demo_prints_tables(tmp_path: Path) -> None:
     run = liaison("demo", cwd=tmp_path)
@@ -208,6 +213,11 @@ def test_demo_prints_tables(tmp_path: Path) -> None:
     assert "no hit" in run.stdout
     assert "default-deny" in run.stdout
     assert "no-account-data-abroad" in run.stdout
+    assert "NOT VERIFIED" not in run.stdout
+    assert (
+        "Answers: 21 signed answers checked here against each agency's own key: all verified"
+        in run.stdout
+    )
 
 
 @pytest.mark.parametrize(
@@ -286,12 +296,38 @@ def test_query_prints_a_table(kept: KeptFederation, tmp_path: Path) -> None:
     )
 
     assert run.returncode == 0, run.stderr
-    assert run.stderr == ""
+    # The federation folder holds the nodes' public keys: every answer is
+    # checked against them by default, one line per agency on stderr.
+    assert sorted(run.stderr.splitlines()) == [f"verify: {a}: verified" for a in DEMO_AGENCIES]
     assert "purpose csam-investigation, case X" in run.stdout
     lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.strip()}
     assert "HIT" in lines["ruritania"]
     assert "HIT" in lines["freedonia"]
     assert "no hit" in lines["sylvania"]
+    assert lines["agency"].split() == ["agency", "status", "answer", "rule", "check", "ms"]
+    assert all(lines[a].split()[-2] == "verified" for a in DEMO_AGENCIES)
+
+
+def test_query_no_verify_prints_the_table_alone(kept: KeptFederation, tmp_path: Path) -> None:
+    run = liaison(
+        "query",
+        "--federation",
+        kept.root,
+        "media",
+        "--match",
+        "--where",
+        f"sha256={kept.probe}",
+        "--purpose",
+        "csam-investigation",
+        "--case-ref",
+        "X",
+        "--no-verify",
+        cwd=tmp_path,
+    )
+
+    assert run.returncode == 0, run.stderr
+    assert run.stderr == ""
+    lines = {line.split()[0]: line for line in run.stdout.splitlines() if line.strip()}
     assert lines["agency"].split() == ["agency", "status", "answer", "rule", "ms"]
 
 
@@ -316,7 +352,7 @@ def test_query_json(kept: KeptFederation, tmp_path: Path) -> None:
     doc = json.loads(run.stdout)
     assert doc["query"]["dataset"] == "media"
     assert doc["query"]["predicates"] == [
-        {"field": "sha256", "comparator": "eq", "values": [kept.probe]}
+        {"field": "sha256", "comparator": "eq", "values": [kept.probe], "max_distance": None}
     ]
     by_node = results_by_node(doc)
     assert sorted(by_node) == sorted(DEMO_AGENCIES)
@@ -326,6 +362,7 @@ def test_query_json(kept: KeptFederation, tmp_path: Path) -> None:
         "sylvania": False,
     }
     assert all(len(r["answer_digest"]) == 64 for r in by_node.values())
+    assert all(r["verification"]["verdict"] == "verified" for r in by_node.values())
 
 
 def test_query_with_explicit_gateway_and_token_file(kept: KeptFederation, tmp_path: Path) -> None:
@@ -477,7 +514,7 @@ def test_query_to_a_gateway_that_is_not_running(unused_address: str, tmp_path: P
         "media",
         "--match",
         "--where",
-        "sha256=00",
+        f"sha256={'ab' * 32}",
         "--purpose",
         "csam-investigation",
         "--case-ref",
@@ -486,6 +523,7 @@ def test_query_to_a_gateway_that_is_not_running(unused_address: str, tmp_path: P
     )
 
     assert_one_line_error(run, unused_address, "not answering")
+    assert run.returncode == 1
 
 
 def test_query_without_a_gateway_says_how_to_name_one(tmp_path: Path) -> None:
@@ -495,6 +533,8 @@ def test_query_without_a_gateway_says_how_to_name_one(tmp_path: Path) -> None:
         tmp_path,  # no run/gateway.addr, no investigator.jwt
         "media",
         "--match",
+        "--where",
+        f"sha256={'ab' * 32}",
         "--purpose",
         "csam-investigation",
         "--case-ref",
@@ -677,6 +717,10 @@ def test_token_issue_prints_a_jwt_the_gateway_accepts(initialised: Path, tmp_pat
         "investigator, analyst",
         "--ttl",
         "600",
+        "--attribute",
+        "clearance=secret",
+        "--attribute",
+        "unit = victim-identification",
         cwd=tmp_path,
     )
 
@@ -689,6 +733,7 @@ def test_token_issue_prints_a_jwt_the_gateway_accepts(initialised: Path, tmp_pat
     assert requester.subject == "inv.bob"
     assert requester.roles == ("investigator", "analyst")
     assert requester.issuer == dev_issuer("inv")
+    assert requester.attributes == {"clearance": "secret", "unit": "victim-identification"}
 
 
 @pytest.mark.parametrize(

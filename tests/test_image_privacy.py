@@ -292,7 +292,9 @@ def triage(federation_template: Path, tmp_path_factory: pytest.TempPathFactory) 
             check=False,
         )
         run = Run(done.returncode, done.stdout, done.stderr)
-        assert run.returncode == 0, run.stderr.decode(errors="replace")
+        # Sylvania caps near-duplicates at 24 bits and denies the near chunk:
+        # not every agency answered every chunk, which exit 3 says.
+        assert run.returncode == 3, run.stderr.decode(errors="replace")
         report = json.loads(run.stdout)
         stack.close()  # stop the processes: ledgers and logs are complete on disk
         yield Triage(root, images, client_tap, node_taps, run, report)

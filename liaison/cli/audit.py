@@ -12,7 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from liaison.errors import ConfigError, InvalidQuery, LedgerError
+from liaison.cli.inputs import read_text
+from liaison.errors import InvalidQuery, LedgerError
 from liaison.keys import VerifyingKey
 
 if TYPE_CHECKING:
@@ -224,13 +225,7 @@ def _progress(label: str) -> Callable[[int], None] | None:
 
 
 def _read_notes(paths: list[Path]) -> list[str]:
-    notes = []
-    for path in paths:
-        try:
-            notes.append(path.read_text())
-        except OSError as exc:
-            raise ConfigError(f"cannot read checkpoint file {path} ({exc.strerror})") from exc
-    return notes
+    return [read_text(path, "--checkpoint") for path in paths]
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -423,6 +418,7 @@ def _selector_hash(value: str, field: str, audit_key: Path | None) -> str:
         if not matches:
             raise InvalidQuery(f"no catalog dataset has a field {field!r}")
         value = matches[0].canonical(value)
+    read_text(audit_key, "--audit-key")  # missing, a folder, binary: said in one line
     return AuditKey.from_file(audit_key).hash(value)
 
 

@@ -10,16 +10,16 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from liaison.cli.progress import Progress, wanted
 from liaison.errors import LiaisonError
 from liaison.query import MIN_PDQ_QUALITY
 
 if TYPE_CHECKING:
-    from liaison.hashing.files import FileHashes, ProgressCallback
+    from liaison.hashing.files import FileHashes
 
 # liaison.hashing.files (numpy, Pillow, pdqhash) is imported only when `hash` runs, so
 # that building the parser does not slow down every other `liaison` command.
@@ -27,12 +27,6 @@ if TYPE_CHECKING:
 EXIT_OK = 0
 EXIT_FAILED = 1
 PDQ_MIN_QUALITY = MIN_PDQ_QUALITY
-
-
-PROGRESS_EVERY_S = 0.1
-"""On a terminal, redraw the progress line at most this often."""
-PROGRESS_EVERY_FILES = 1000
-"""Elsewhere (a log file), one progress line per this many files."""
 
 
 def _quality_floor(text: str) -> int:
@@ -60,6 +54,12 @@ def _configure(p: argparse.ArgumentParser) -> None:
         metavar="Q",
         help=f"PDQ quality a hash needs to be usable ({PDQ_MIN_QUALITY}..100; "
         f"default {PDQ_MIN_QUALITY})",
+    )
+    p.add_argument(
+        "--progress",
+        action="store_true",
+        help="report progress (files done/total, rate, time left) on standard error even "
+        "when it is not a terminal; shown on a terminal anyway",
     )
     p.add_argument(
         "--hidden",
@@ -148,42 +148,22 @@ def _summary(results: Sequence[FileHashes], min_quality: int) -> str:
     return f"{files} file{'' if files == 1 else 's'}: " + ", ".join(parts)
 
 
-def _progress() -> tuple[ProgressCallback, Callable[[], None]]:
-    """A progress callback for stderr, and a function that ends its line."""
-    tty = sys.stderr.isatty()
-    shown = {"at": 0.0, "drawn": False}
-
-    def show(done: int, total: int, _path: Path) -> None:
-        if tty:
-            now = time.monotonic()
-            if done == total or now - shown["at"] >= PROGRESS_EVERY_S:
-                shown["at"], shown["drawn"] = now, True
-                print(f"\rhashing: {done:,}/{total:,} files", end="", file=sys.stderr, flush=True)
-        elif done % PROGRESS_EVERY_FILES == 0:
-            print(f"hashing: {done:,}/{total:,} files", file=sys.stderr, flush=True)
-
-    def finish() -> None:
-        if shown["drawn"]:
-            print(file=sys.stderr, flush=True)
-
-    return show, finish
-
-
 def cmd_hash(args: argparse.Namespace) -> int:
     from liaison.cli.render import table, to_json
     from liaison.hashing.files import hash_paths
 
     min_quality: int = args.min_quality
-    walking = any(p.is_dir() for p in args.paths)
-    show, finish = _progress()
+    progress = Progress("hashing", "files", enabled=wanted(args.progress))
     try:
         results = list(
             hash_paths(
-                args.paths, on_progress=show if walking else None, include_hidden=args.hidden
+                args.paths,
+                on_progress=lambda done, total, _path: progress.update(done, total),
+                include_hidden=args.hidden,
             )
         )
     finally:
-        finish()
+        progress.close()
     if args.json:
         print(to_json([_as_json(h, min_quality) for h in results]))
     else:

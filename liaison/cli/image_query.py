@@ -8,13 +8,18 @@ to compare), are reported and not sent.
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
 
-from liaison.cli.batch import CHUNK, BatchResult, NodeTriage, batch_search
+from liaison.answer_check import NodeCheck, Verdict
+from liaison.cli.batch import CHUNK, BatchResult, NodeTriage, batch_search, batch_to_dict
+from liaison.cli.exits import ExitCode, outcome
+from liaison.cli.progress import Progress
+from liaison.cli.render import NOT_VERIFIED
+from liaison.cli.verify_answers import Verification, overall, report, verification_to_dict
+from liaison.cli.verify_answers import exit_code as verified_exit_code
 from liaison.errors import InvalidQuery
 from liaison.messages import SearchInput
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate
@@ -46,13 +51,23 @@ def run_image_query(
     distance: int | None,
     tls_ca: Path | None,
     chunk_size: int = CHUNK,
-    progress: TextIO = sys.stderr,
+    show_progress: bool = False,
+    verification: Verification | None = None,
 ) -> ImageTriage:
+    """Hash ``paths`` here, then ask for their hashes in batches.
+
+    With ``show_progress``, hashing and each batch report progress (done/total,
+    rate, time left) on standard error.
+    """
     from liaison.hashing.files import PDQ_MIN_QUALITY, hash_paths
 
     if template.query.dataset != "media":
         raise InvalidQuery("--image asks the media dataset: liaison query media --image ...")
-    files = list(hash_paths(list(paths)))
+    hashing = Progress("hashing", "files", enabled=show_progress)
+    try:
+        files = list(hash_paths(list(paths), on_progress=lambda d, t, _p: hashing.update(d, t)))
+    finally:
+        hashing.close()
     refused: list[tuple[Path, str]] = []
     exact: list[str] = []
     near: list[str] = []
@@ -73,45 +88,102 @@ def run_image_query(
             )
         else:
             near.append(h.pdq)
-    print(
-        f"hashed {len(files)} file(s) here: {len(exact)} by SHA-256, {len(near)} by PDQ",
-        file=progress,
-    )
-
-    def reporter(label: str) -> Any:
-        def report(done: int, total: int) -> None:
-            print(f"  {label}: {done:,}/{total:,} hashes asked", file=progress)
-
-        return report
-
+    hashing.note(f"hashed {len(files)} file(s) here: {len(exact)} by SHA-256, {len(near)} by PDQ")
+    t = DEFAULT_NEAR_DISTANCE if distance is None else distance
     exact_result = (
-        batch_search(
+        ask_batch(
             address,
             token,
             _with_field(template, "sha256"),
             Predicate("sha256", Comparator.IN, tuple(exact)),
-            on_progress=reporter("exact"),
+            label="asking (exact)",
             chunk_size=chunk_size,
             tls_ca=tls_ca,
+            show_progress=show_progress,
+            verification=verification,
         )
         if exact
         else None
     )
-    t = DEFAULT_NEAR_DISTANCE if distance is None else distance
     near_result = (
-        batch_search(
+        ask_batch(
             address,
             token,
             _with_field(template, "pdq"),
             Predicate("pdq", Comparator.NEAR, tuple(near), t),
-            on_progress=reporter(f"near-duplicates within {t} bits"),
+            label=f"asking (near, {t} bits)",
             chunk_size=chunk_size,
             tls_ca=tls_ca,
+            show_progress=show_progress,
+            verification=verification,
         )
         if near
         else None
     )
     return ImageTriage(files, refused, exact_result, near_result, t)
+
+
+def ask_batch(
+    address: str,
+    token: str,
+    template: SearchInput,
+    predicate: Predicate,
+    *,
+    label: str,
+    chunk_size: int,
+    tls_ca: Path | None,
+    show_progress: bool,
+    verification: Verification | None = None,
+) -> BatchResult:
+    """``batch_search`` with a progress line (hashes asked so far) when wanted."""
+    progress = Progress(label, "hashes", enabled=show_progress)
+    try:
+        return batch_search(
+            address,
+            token,
+            template,
+            predicate,
+            on_progress=progress.update,
+            chunk_size=chunk_size,
+            tls_ca=tls_ca,
+            verification=verification,
+        )
+    finally:
+        progress.close()
+
+
+def exit_code(*batches: BatchResult | None) -> ExitCode:
+    """0 when every agency answered every chunk of every batch; see liaison.cli.exits.
+
+    5 (NOT_VERIFIED) when some chunk's answer is not what its agency signed.
+    """
+    code = outcome(s for b in batches if b is not None for s in b.statuses())
+    return verified_exit_code(code, any(b.failed for b in batches if b is not None))
+
+
+def verify_report(*batches: BatchResult | None) -> None:
+    """The ``verify:`` lines of a batched run: one per agency, over every chunk of every batch."""
+    checks: dict[str, list[NodeCheck]] = {}
+    for b in batches:
+        for node_id, t in (b.nodes if b is not None else {}).items():
+            checks.setdefault(node_id, []).extend(t.checks)
+    report(overall(n, c) for n, c in sorted(checks.items()) if c)
+
+
+def batch_verification(*batches: BatchResult | None) -> dict[str, Any]:
+    """The top-level ``verification`` of a batched run (--image, --hashes)."""
+    present = [b for b in batches if b is not None]
+    checks = [c for b in present for t in b.nodes.values() for c in t.checks]
+    if not checks:
+        reason = next((b.not_checked for b in present if b.not_checked), "nothing was asked")
+        return verification_to_dict(None, reason)
+    failed = sorted({c.node_id for c in checks if c.verdict is Verdict.FAILED})
+    if failed:
+        return {
+            "verdict": Verdict.FAILED.value,
+            "reason": f"not what the agency signed, in some requests: {', '.join(failed)}",
+        }
+    return verification_to_dict(overall("", checks), "")
 
 
 def _matched_files(triage: ImageTriage, node: str) -> list[tuple[Path, str]]:
@@ -133,12 +205,19 @@ def _matched_files(triage: ImageTriage, node: str) -> list[tuple[Path, str]]:
     return found
 
 
-def _state(t: NodeTriage | None) -> str:
+def chunk_state(t: NodeTriage | None) -> str:
+    """What one agency did with a batch's chunks, e.g. "2 answered, 1 with a hit, 1 denied"."""
     if t is None:
         return "-"
+    if t.chunks_not_asked and not (
+        t.chunks_answered or t.chunks_denied or t.chunks_failed or t.chunks_not_verified
+    ):
+        return "not asked (does not offer the dataset)"
     parts = [f"{t.chunks_answered} answered"]
     if t.hits:
         parts.append(f"{t.hits} with a hit")
+    if t.chunks_not_verified:
+        parts.append(f"{t.chunks_not_verified} {NOT_VERIFIED}")
     if t.chunks_denied:
         parts.append(f"{t.chunks_denied} denied")
     if t.chunks_failed:
@@ -160,7 +239,7 @@ def render_image_triage(triage: ImageTriage) -> str:
         reasons = "; ".join(
             dict.fromkeys([*(exact.reasons if exact else []), *(near.reasons if near else [])])
         )
-        rows.append([node, _state(exact), _state(near), reasons])
+        rows.append([node, chunk_state(exact), chunk_state(near), reasons])
     out = [
         table(
             ["agency", "exact (chunks)", f"near, {triage.distance} bits (chunks)", "why not"], rows
@@ -178,33 +257,14 @@ def render_image_triage(triage: ImageTriage) -> str:
 
 
 def image_triage_to_dict(triage: ImageTriage) -> dict[str, Any]:
-    def batch(result: BatchResult | None) -> dict[str, Any] | None:
-        if result is None:
-            return None
-        return {
-            "selector": result.selector,
-            "values": result.values,
-            "chunks": result.chunks,
-            "query_ids": result.query_ids,
-            "nodes": {
-                n: {
-                    "answered": t.chunks_answered,
-                    "denied": t.chunks_denied,
-                    "failed": t.chunks_failed,
-                    "hits": t.hits,
-                    "fields": list(t.fields),
-                    "rows": [list(r) for r in t.rows],
-                    "reasons": t.reasons,
-                }
-                for n, t in sorted(result.nodes.items())
-            },
-        }
-
+    """`liaison query --image --json` (the "images" kind of query-output.schema.json)."""
     nodes = sorted(
         set(triage.exact.nodes if triage.exact else {})
         | set(triage.near.nodes if triage.near else {})
     )
     return {
+        "kind": "images",
+        "verification": batch_verification(triage.exact, triage.near),
         "files": [
             {
                 "path": str(h.path),
@@ -217,8 +277,8 @@ def image_triage_to_dict(triage: ImageTriage) -> dict[str, Any]:
         ],
         "refused": [{"path": str(p), "reason": why} for p, why in triage.refused],
         "distance": triage.distance,
-        "exact": batch(triage.exact),
-        "near": batch(triage.near),
+        "exact": batch_to_dict(triage.exact),
+        "near": batch_to_dict(triage.near),
         "matched": {
             node: [{"path": str(p), "how": how} for p, how in _matched_files(triage, node)]
             for node in nodes

@@ -16,16 +16,19 @@ from typing import TYPE_CHECKING
 
 from liaison import __version__
 from liaison.cli.audit import add_audit, cmd_audit
+from liaison.cli.exits import ExitCode, UsageError
 from liaison.cli.hashes import add_hash, cmd_hash
+from liaison.cli.inputs import check_output_file, read_text
+from liaison.cli.query_args import add_query_shape, query_from_args
+from liaison.cli.query_cmd import add_query, cmd_query
 from liaison.errors import LiaisonError
-from liaison.query import MAX_LIMIT, Comparator, Operation, Predicate, Query
 
 if TYPE_CHECKING:
     from policies.analysis import Finding, NodeMapping
     from policies.model import Policy
 
-EXIT_USAGE = 2
-EXIT_ERROR = 1
+EXIT_USAGE = ExitCode.USAGE
+EXIT_ERROR = ExitCode.ERROR
 
 
 def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser], role: str) -> None:
@@ -36,65 +39,18 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser], role: s
     s.add_argument(
         "--port-file", type=Path, help="write HOST:PORT here once listening (useful with port 0)"
     )
+    s.add_argument(
+        "--metrics-port-file",
+        type=Path,
+        help="write HOST:PORT of /metrics here once listening (with metrics_listen port 0)",
+    )
     s.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
-
-
-def _bounded(lo: int, hi: int) -> Callable[[str], int]:
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError as exc:
-            raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from exc
-        if not lo <= value <= hi:
-            raise argparse.ArgumentTypeError(f"{value} is not in {lo}..{hi}")
-        return value
-
-    return parse
-
-
-def _add_query_shape(p: argparse.ArgumentParser, *, limit: bool = True) -> None:
-    """The dataset, operation, predicates (and limit) of a query: `query`, `policy explain`."""
-    p.add_argument("dataset", help="media, accounts or cases")
-    ops = p.add_mutually_exclusive_group(required=True)
-    ops.add_argument("--match", action="store_true", help="hit/no-hit only")
-    ops.add_argument("--count", action="store_true", help="number of matching records")
-    ops.add_argument("--count-by", metavar="FIELD", help="number of records per value of FIELD")
-    ops.add_argument("--fields", help="comma-separated fields to return")
-    p.add_argument(
-        "--where",
-        action="append",
-        default=[],
-        metavar="COND",
-        help="FIELD=VALUE, FIELD>=VALUE or FIELD<=VALUE (repeat to AND)",
+    c = inner.add_parser(
+        "check",
+        help=f"validate the {role}'s config and everything it names, without serving",
     )
-    p.add_argument(
-        "--any",
-        action="append",
-        default=[],
-        metavar="FIELD=V1,V2",
-        help="FIELD is one of the comma-separated values",
-    )
-    p.add_argument(
-        "--near",
-        action="append",
-        default=[],
-        metavar="FIELD=HASH[,HASH]",
-        help="perceptual near-duplicates: FIELD (pdq) within --distance bits of a hash",
-    )
-    p.add_argument(
-        "--distance",
-        type=_bounded(0, 64),
-        default=None,
-        metavar="BITS",
-        help="largest Hamming distance for --near (0..64; default 31, Meta's recommendation)",
-    )
-    if limit:
-        p.add_argument(
-            "--limit",
-            type=_bounded(0, MAX_LIMIT),
-            default=0,
-            help=f"maximum records per agency (1..{MAX_LIMIT}; default: each node's)",
-        )
+    c.add_argument("--config", type=Path, required=True, help=f"{role} config file (TOML)")
+    c.add_argument("--json", action="store_true", help="print JSON")
 
 
 def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -123,7 +79,7 @@ def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
         description="Decides as the node would, from the policy alone: no data is read.",
     )
     e.add_argument("file", type=Path, help="the policy (TOML)")
-    _add_query_shape(e, limit=False)
+    add_query_shape(e, limit=False)
     e.set_defaults(limit=0)  # a decision does not depend on the limit
     e.add_argument("--agency", required=True, help="the requesting agency's id")
     e.add_argument(
@@ -210,62 +166,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--audience", default="liaison-gateway")
     t.add_argument("--ttl", type=int, default=3600, help="seconds the token is valid")
     t.add_argument(
+        "--attribute",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="an attribute claim policies can require, e.g. clearance=secret (repeatable; "
+        "at most 16, each key and value 1 to 64 printable characters)",
+    )
+    t.add_argument(
         "--out",
         type=Path,
         metavar="FILE",
         help="write the token to FILE, readable by its owner only (default: print it)",
     )
 
-    p = sub.add_parser("query", help="ask the federation through a gateway")
-    _add_query_shape(p)
-    p.add_argument("--purpose", required=True, help="e.g. csam-investigation")
-    p.add_argument("--case-ref", required=True, help="your case reference")
-    p.add_argument(
-        "--legal-basis",
-        default="",
-        help="the legal basis you cite, where a node's policy requires one "
-        "(e.g. eu-2016-680-art-8)",
-    )
-    p.add_argument(
-        "--dry-run",
-        action="store_true",
-        help="show what each node's policy would decide, without reading or releasing any data",
-    )
-    p.add_argument(
-        "--image",
-        action="append",
-        default=[],
-        type=Path,
-        metavar="FILE|DIR",
-        help="hash these images here (SHA-256 and PDQ) and ask for them; repeatable. "
-        "No image byte leaves this machine",
-    )
-    p.add_argument(
-        "--chunk-size",
-        type=_bounded(1, 1000),
-        default=1000,
-        metavar="N",
-        help="with --image: hashes per federated request (default 1000; smaller for nodes "
-        "whose rate limits count each hash)",
-    )
-    p.add_argument("--nodes", help="comma-separated agencies to ask (default: all)")
-    p.add_argument(
-        "--deadline-ms",
-        type=_bounded(0, 600_000),
-        default=0,
-        help="overall deadline in ms (default: the gateway's)",
-    )
-    p.add_argument("--gateway", help="gateway address HOST:PORT")
-    p.add_argument("--token", help="bearer JWT (or --token-file)")
-    p.add_argument("--token-file", type=Path)
-    p.add_argument(
-        "--tls-ca", type=Path, help="connect with TLS, verifying the gateway against this CA (PEM)"
-    )
-    p.add_argument(
-        "--federation", type=Path, help="a demo folder: take gateway address and token from it"
-    )
-    p.add_argument("--json", action="store_true", help="print JSON")
-
+    add_query(sub)
     _add_policy(sub)
     add_audit(sub)
     add_hash(sub)
@@ -282,139 +197,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser
-
-
-def parse_predicates(
-    where: list[str],
-    any_of: list[str],
-    near: list[str] | None = None,
-    distance: int | None = None,
-    *,
-    image: bool = False,
-) -> tuple[Predicate, ...]:
-    out = []
-    for cond in where:
-        for symbol, comparator in (
-            (">=", Comparator.GTE),
-            ("<=", Comparator.LTE),
-            ("=", Comparator.EQ),
-        ):
-            field, sep, value = cond.partition(symbol)
-            if sep and field.strip():
-                out.append(Predicate(field.strip(), comparator, (value.strip(),)))
-                break
-        else:
-            raise LiaisonError(f"--where {cond!r}: write FIELD=VALUE, FIELD>=VALUE or FIELD<=VALUE")
-    for cond in any_of:
-        field, sep, values = cond.partition("=")
-        if not sep or not field.strip() or not values:
-            raise LiaisonError(f"--any {cond!r}: write FIELD=V1,V2,...")
-        out.append(
-            Predicate(field.strip(), Comparator.IN, tuple(v.strip() for v in values.split(",")))
-        )
-    for cond in near or []:
-        field, sep, values = cond.partition("=")
-        if not sep or not field.strip() or not values:
-            raise LiaisonError(f"--near {cond!r}: write FIELD=HASH or FIELD=HASH1,HASH2,...")
-        hashes = tuple(v.strip() for v in values.split(","))
-        out.append(Predicate(field.strip(), Comparator.NEAR, hashes, distance))
-    if distance is not None and not near and not image:
-        raise LiaisonError("--distance applies to --near or --image; add --near pdq=HASH")
-    return tuple(out)
-
-
-def _query_from_args(args: argparse.Namespace) -> Query:
-    if args.match:
-        op, fields, group = Operation.MATCH, (), None
-    elif args.count:
-        op, fields, group = Operation.COUNT, (), None
-    elif args.count_by:
-        op, fields, group = Operation.COUNT_BY, (), args.count_by
-    else:
-        op, fields, group = (
-            Operation.RECORDS,
-            tuple(f.strip() for f in args.fields.split(",") if f.strip()),
-            None,
-        )
-    predicates = parse_predicates(
-        args.where, args.any, args.near, args.distance, image=bool(getattr(args, "image", []))
-    )
-    return Query(args.dataset, op, predicates, fields, group, args.limit)
-
-
-def _cmd_query(args: argparse.Namespace) -> int:
-    from liaison import client
-    from liaison.cli import render
-    from liaison.messages import SearchInput
-
-    gateway, token = args.gateway, args.token
-    if args.token_file:
-        token = args.token_file.read_text().strip()
-    if args.federation:
-        fed = args.federation
-        addr = fed / "run" / "gateway.addr"
-        if gateway is None and addr.exists():
-            gateway = addr.read_text().strip()
-        if token is None and (fed / "investigator.jwt").exists():
-            token = (fed / "investigator.jwt").read_text().strip()
-    if not gateway:
-        raise LiaisonError("name the gateway with --gateway HOST:PORT (or --federation DIR)")
-    if not token:
-        raise LiaisonError("give a bearer token with --token, --token-file or --federation")
-    if args.image:
-        return _query_images(args, gateway, token)
-    search_input = SearchInput(
-        query=_query_from_args(args),
-        purpose=args.purpose,
-        case_ref=args.case_ref,
-        nodes=tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip()),
-        deadline_ms=args.deadline_ms,
-        legal_basis=args.legal_basis,
-    )
-    if args.dry_run:
-        dry = client.dry_run(gateway, token, search_input, tls_ca=args.tls_ca)
-        if args.json:
-            print(render.to_json(render.dry_run_to_dict(dry)))
-        else:
-            print(render.render_dry_run(dry, args.purpose, args.case_ref))
-        return 0
-    result = client.search(gateway, token, search_input, tls_ca=args.tls_ca)
-    if args.json:
-        print(render.to_json(render.result_to_dict(result)))
-    else:
-        print(render.render_result(result, args.purpose, args.case_ref))
-    return 0
-
-
-def _query_images(args: argparse.Namespace, gateway: str, token: str) -> int:
-    from liaison.cli import render
-    from liaison.cli.image_query import image_triage_to_dict, render_image_triage, run_image_query
-    from liaison.messages import SearchInput
-
-    if args.dry_run:
-        raise LiaisonError("--dry-run asks about one query; leave out --image")
-    template = SearchInput(
-        query=_query_from_args(args),
-        purpose=args.purpose,
-        case_ref=args.case_ref,
-        nodes=tuple(n.strip() for n in (args.nodes or "").split(",") if n.strip()),
-        deadline_ms=args.deadline_ms,
-        legal_basis=args.legal_basis,
-    )
-    triage = run_image_query(
-        gateway,
-        token,
-        template,
-        args.image,
-        distance=args.distance,
-        tls_ca=args.tls_ca,
-        chunk_size=args.chunk_size,
-    )
-    if args.json:
-        print(render.to_json(image_triage_to_dict(triage)))
-    else:
-        print(render_image_triage(triage))
-    return 0
 
 
 def _cmd_policy(args: argparse.Namespace) -> int:
@@ -507,7 +289,7 @@ def _policy_explain(args: argparse.Namespace) -> int:
         CATALOG_V1.check_purpose(args.purpose)
     except CatalogError as exc:
         raise LiaisonError(f"--purpose: {exc}") from exc
-    query = validate_query(_query_from_args(args), CATALOG_V1)
+    query = validate_query(query_from_args(args), CATALOG_V1)
     case_ref = validate_case_ref(args.case_ref)
     legal_basis = validate_legal_basis(args.legal_basis)
     requester = Requester(args.agency, "policy-explain", roles, "", attributes)
@@ -552,6 +334,33 @@ def _policy_test(args: argparse.Namespace) -> int:
     return 0 if all(r.passed for r in results) else EXIT_ERROR
 
 
+def token_attributes(items: list[str]) -> dict[str, str]:
+    """``--attribute KEY=VALUE`` options as a claim, within the limits the gateway enforces."""
+    from gateway.auth import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES
+
+    attributes: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        key, value = key.strip(), value.strip()
+        if not sep or not key or not value:
+            raise UsageError(f"--attribute {item!r}: write KEY=VALUE, e.g. clearance=secret")
+        for part in (key, value):
+            if len(part) > MAX_ATTRIBUTE_CHARS or not part.isprintable():
+                raise UsageError(
+                    f"--attribute {item[:80]!r}: key and value must be printable text of 1 to "
+                    f"{MAX_ATTRIBUTE_CHARS} characters (the gateway refuses longer ones)"
+                )
+        if key in attributes:
+            raise UsageError(f"--attribute {key!r} is given twice")
+        attributes[key] = value
+    if len(attributes) > MAX_ATTRIBUTES:
+        raise UsageError(
+            f"--attribute: at most {MAX_ATTRIBUTES} attributes (the gateway refuses a token "
+            f"with more), got {len(attributes)}"
+        )
+    return attributes
+
+
 def _cmd_token(args: argparse.Namespace) -> int:
     from liaison.keys import SigningKey
     from liaison.tokens import dev_issuer, issue_dev_token
@@ -561,6 +370,9 @@ def _cmd_token(args: argparse.Namespace) -> int:
         raise LiaisonError("--roles needs at least one role")
     if not 1 <= args.ttl <= 12 * 3600:
         raise LiaisonError("--ttl must be between 1 and 43200 seconds")
+    attributes = token_attributes(args.attribute)
+    if args.out is not None:
+        check_output_file(args.out, "--out")
     key = SigningKey.from_pem_file(args.key)
     token = issue_dev_token(
         key,
@@ -570,6 +382,7 @@ def _cmd_token(args: argparse.Namespace) -> int:
         subject=args.subject,
         roles=roles,
         ttl_s=args.ttl,
+        attributes=attributes,
     )
     if args.out is None:
         print(token)
@@ -585,6 +398,11 @@ def _cmd_init(args: argparse.Namespace) -> int:
     from liaison.demo.federation import init_federation
 
     agencies = args.agency or ["investigators"]
+    folder: Path = args.folder
+    if folder.exists() and not folder.is_dir():
+        raise LiaisonError(f"{folder} is a file; name a new (or empty) folder for the federation")
+    if not folder.exists() and folder.parent.exists() and not folder.parent.is_dir():
+        raise LiaisonError(f"{folder.parent} is a file; name a new folder for the federation")
     init_federation(args.folder, args.node, agencies, args.base_port)
     print(
         f"federation written to {args.folder}: gateway, {len(args.node)} node(s), "
@@ -612,18 +430,43 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(args.workdir, keep_running=args.keep_running, as_json=args.json)
 
 
+def _cmd_check(args: argparse.Namespace) -> int:
+    # Imported when asked for: `check` loads node and gateway code that no
+    # other command needs, and the rest of the CLI must not depend on it.
+    import importlib
+
+    name = "node_check" if args.command == "node" else "gateway_check"
+    try:
+        module = importlib.import_module("liaison.cli.check")
+    except ModuleNotFoundError as exc:
+        if exc.name != "liaison.cli.check":
+            raise
+        raise LiaisonError(f"`liaison {args.command} check` is not in this build") from None
+    run: Callable[[Path, bool], int] = getattr(module, name)
+    return run(args.config, args.json)
+
+
 def _cmd_serve(args: argparse.Namespace) -> int:
     from liaison import logs
+
+    if args.action == "check":
+        return _cmd_check(args)
+    # Said now, in one line, rather than by a traceback once serving has begun.
+    read_text(args.config, "--config")
+    if args.port_file is not None:
+        check_output_file(args.port_file, "--port-file")
+    if args.metrics_port_file is not None:
+        check_output_file(args.metrics_port_file, "--metrics-port-file")
 
     logs.configure(args.log_level)
     if args.command == "node":
         from node.server import serve as serve_node
 
-        serve_node(args.config, args.port_file)
+        serve_node(args.config, args.port_file, args.metrics_port_file)
     else:
         from gateway.server import serve as serve_gateway
 
-        serve_gateway(args.config, args.port_file)
+        serve_gateway(args.config, args.port_file, args.metrics_port_file)
     return 0
 
 
@@ -632,7 +475,7 @@ COMMANDS = {
     "node": _cmd_serve,
     "gateway": _cmd_serve,
     "token": _cmd_token,
-    "query": _cmd_query,
+    "query": cmd_query,
     "policy": _cmd_policy,
     "demo": _cmd_demo,
     "audit": cmd_audit,
@@ -644,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return COMMANDS[args.command](args)
+    except UsageError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return ExitCode.USAGE
     except LiaisonError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return EXIT_ERROR
+        return ExitCode.ERROR
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:

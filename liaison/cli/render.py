@@ -8,7 +8,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from liaison.messages import (
+    AnswerStatus,
     Bucket,
+    Decision,
     DryRunResult,
     NodeResult,
     NodeStatus,
@@ -17,8 +19,12 @@ from liaison.messages import (
 )
 from liaison.query import Comparator, Operation, Predicate, Query
 
+# How an agency whose answer failed its signature check is shown instead of its answer.
+NOT_VERIFIED = "NOT VERIFIED"
+
 if TYPE_CHECKING:
     # Type names only: rendering never runs policy code.
+    from liaison.answer_check import AnswerCheck
     from policies.analysis import Explanation, Finding
     from policies.cases import CaseResult
     from policies.engine import PolicyDecision
@@ -92,25 +98,44 @@ def _cell(bucket: Bucket) -> str:
     return str(bucket.count)
 
 
-def render_result(result: SearchResult, purpose: str = "", case_ref: str = "") -> str:
+def render_result(
+    result: SearchResult,
+    purpose: str = "",
+    case_ref: str = "",
+    check: AnswerCheck | None = None,
+) -> str:
+    """The table of one search; with ``check``, a column says what was verified.
+
+    An agency whose answer FAILED its check is shown as NOT VERIFIED, never
+    with the answer the gateway claimed for it; one the gateway left out of
+    the result (but sent the request to) gets a row of its own.
+    """
     op = result.query.operation
     head = f"query {result.query_id}\n  {describe_query(result.query)}"
     if purpose:
         head += f"\n  purpose {purpose}, case {case_ref}"
-    rows = [
-        [
+    failed = {n.node_id: n for n in check.failed} if check else {}
+    rows = []
+    for r in result.results:
+        trusted = r.node_id not in failed
+        row = [
             r.node_id,
             r.status.value,
-            _summary(r, op),
-            ", ".join(r.answer.decision.rules) if r.answer else "",
-            f"{r.latency_ms:.1f}",
+            _summary(r, op) if trusted else NOT_VERIFIED,
+            ", ".join(r.answer.decision.rules) if r.answer and trusted else "",
         ]
-        for r in result.results
-    ]
-    parts = [head, "", table(["agency", "status", "answer", "rule", "ms"], rows)]
+        if check is not None:
+            row.append(check.verdict_of(r.node_id).verdict.value)
+        rows.append([*row, f"{r.latency_ms:.1f}"])
+    listed = {r.node_id for r in result.results}
+    for node_id, node in failed.items():
+        if node_id not in listed:
+            rows.append([node_id, "-", NOT_VERIFIED, "", node.verdict.value, ""])
+    headers = ["agency", "status", "answer", "rule", *(["check"] if check else []), "ms"]
+    parts = [head, "", table(headers, rows)]
     for r in result.results:
         a = r.answer
-        if r.status is not NodeStatus.ANSWERED or a is None:
+        if r.status is not NodeStatus.ANSWERED or a is None or r.node_id in failed:
             continue
         if op is Operation.RECORDS and a.rows:
             parts += [
@@ -131,56 +156,110 @@ def render_result(result: SearchResult, purpose: str = "", case_ref: str = "") -
                 f"{r.node_id}:",
                 table([result.query.group_by or "", "count"], cells, indent="  "),
             ]
+    if failed:
+        parts += [
+            "",
+            f"{NOT_VERIFIED}: what the gateway shows for these agencies is not what "
+            "they signed; do not rely on it:",
+        ]
+        parts += [f"  {node}" for node in failed.values()]
     return "\n".join(parts)
 
 
-def answer_to_dict(answer: QueryAnswer) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "status": answer.status.value,
-        "decision": {
-            "permitted": answer.decision.permitted,
-            "rules": list(answer.decision.rules),
-            "reason": answer.decision.reason,
-            "obligations": list(answer.decision.obligations),
-        },
-        "answered_at_ms": answer.answered_at_ms,
+def _decision_to_dict(decision: Decision) -> dict[str, Any]:
+    return {
+        "permitted": decision.permitted,
+        "rules": list(decision.rules),
+        "reason": decision.reason,
+        "obligations": list(decision.obligations),
     }
-    out["hit"] = answer.hit
-    if answer.count is not None:
-        out["count"] = {
-            "value": None if answer.count.below_minimum else answer.count.value,
-            "below_minimum": answer.count.below_minimum,
-            "minimum": answer.count.minimum,
+
+
+def answer_to_dict(answer: QueryAnswer, operation: Operation) -> dict[str, Any]:
+    """A node's signed answer, every key always present.
+
+    Keys that belong to another operation, or to an answer that was denied,
+    are null: ``hit`` is true or false only for an answered match, ``count``
+    only for an answered count, and so on (see query-output.schema.json).
+    """
+    answered = answer.status is AnswerStatus.ANSWERED
+    op = operation if answered else None
+    count = answer.count if op is Operation.COUNT else None
+    return {
+        "status": answer.status.value,
+        "decision": _decision_to_dict(answer.decision),
+        "answered_at_ms": answer.answered_at_ms,
+        "hit": answer.hit if op is Operation.MATCH else None,
+        "count": None
+        if count is None
+        else {
+            "value": None if count.below_minimum else count.value,
+            "below_minimum": count.below_minimum,
+            "minimum": count.minimum,
             # Non-zero: the value is approximate, the true count within this many of it.
-            "noise_bound": answer.count.noise_bound,
-        }
-    if answer.buckets or answer.buckets_suppressed:
-        out["buckets"] = [
+            "noise_bound": count.noise_bound,
+        },
+        "buckets": [
             {"key": b.key, "count": b.count, "noise_bound": b.noise_bound} for b in answer.buckets
         ]
-        out["buckets_suppressed"] = answer.buckets_suppressed
-        out["bucket_minimum"] = answer.bucket_minimum
-    if answer.fields:
-        out["fields"] = list(answer.fields)
-        out["rows"] = [list(r) for r in answer.rows]
-    out["withheld_fields"] = list(answer.withheld_fields)
-    out["truncated"] = answer.truncated
-    return out
+        if op is Operation.COUNT_BY
+        else None,
+        "buckets_suppressed": answer.buckets_suppressed if op is Operation.COUNT_BY else None,
+        "bucket_minimum": answer.bucket_minimum if op is Operation.COUNT_BY else None,
+        "fields": list(answer.fields) if op is Operation.RECORDS else None,
+        "rows": [list(r) for r in answer.rows] if op is Operation.RECORDS else None,
+        "withheld_fields": list(answer.withheld_fields) if op is Operation.RECORDS else None,
+        "truncated": answer.truncated if op is Operation.RECORDS else None,
+    }
 
 
-def result_to_dict(result: SearchResult) -> dict[str, Any]:
-    q = result.query
+def tally(statuses: Sequence[NodeStatus]) -> dict[str, int]:
+    """How many agencies were asked, answered, did not answer, were not asked."""
+    not_asked = sum(1 for s in statuses if s is NodeStatus.NOT_ASKED)
+    answered = sum(1 for s in statuses if s is NodeStatus.ANSWERED)
     return {
+        "asked": len(statuses) - not_asked,
+        "answered": answered,
+        "not_answered": len(statuses) - not_asked - answered,
+        "not_asked": not_asked,
+    }
+
+
+def result_to_dict(
+    result: SearchResult, check: AnswerCheck | None = None, not_checked: str = ""
+) -> dict[str, Any]:
+    """`liaison query --json`: one federated search (the "search" kind of the schema).
+
+    With ``check``, each result's ``verification`` is its verdict, and an
+    answer that FAILED its check is null (with its digest): it is not what the
+    agency signed. Without, every verdict is "not checked" (``not_checked``
+    says why). An agency that FAILED is counted as not answered.
+    """
+    from liaison.cli.verify_answers import search_verification, verification_to_dict
+
+    q = result.query
+    failed = {n.node_id for n in check.failed} if check else set()
+    return {
+        "kind": "search",
         "query_id": result.query_id,
         "query": {**query_to_dict(q), "limit": q.limit},
+        "agencies": tally(
+            [NodeStatus.ERROR if r.node_id in failed else r.status for r in result.results]
+        ),
+        "verification": search_verification(check, not_checked),
         "results": [
             {
                 "node_id": r.node_id,
                 "status": r.status.value,
                 "detail": r.detail,
                 "latency_ms": r.latency_ms,
-                "answer_digest": r.answer_digest,
-                "answer": answer_to_dict(r.answer) if r.answer else None,
+                "answer_digest": (r.answer_digest or None) if r.node_id not in failed else None,
+                "answer": answer_to_dict(r.answer, q.operation)
+                if r.answer and r.node_id not in failed
+                else None,
+                "verification": verification_to_dict(
+                    check.verdict_of(r.node_id) if check else None, not_checked
+                ),
             }
             for r in result.results
         ],
@@ -203,7 +282,7 @@ def query_to_dict(query: Query) -> dict[str, Any]:
                 "field": p.field,
                 "comparator": p.comparator.value,
                 "values": list(p.values),
-                **({} if p.max_distance is None else {"max_distance": p.max_distance}),
+                "max_distance": p.max_distance,
             }
             for p in query.predicates
         ],
@@ -443,12 +522,20 @@ def render_dry_run(result: DryRunResult, purpose: str = "", case_ref: str = "") 
 
 def dry_run_to_dict(result: DryRunResult) -> dict[str, Any]:
     return {
+        "kind": "dry_run",
         "dry_run": True,
-        "query": query_to_dict(result.query),
+        "query": {**query_to_dict(result.query), "limit": result.query.limit},
+        # An agency answers a dry run with its published policy's decision.
+        "agencies": tally(
+            [
+                NodeStatus.ANSWERED if r.decision is not None else NodeStatus.ERROR
+                for r in result.results
+            ]
+        ),
         "results": [
             {
                 "node_id": r.node_id,
-                "policy_sha256": r.policy_sha256,
+                "policy_sha256": r.policy_sha256 or None,
                 "detail": r.detail,
                 "decision": None
                 if r.decision is None

@@ -19,7 +19,9 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from liaison import client
+from liaison.answer_check import AnswerCheck, Verdict, check_answers, load_node_keys
 from liaison.cli import render
+from liaison.cli.exits import ExitCode
 from liaison.demo.data import INVESTIGATOR_AGENCY, Probes, demo_agencies, populate, probes
 from liaison.demo.federation import (
     AUDIENCE,
@@ -243,6 +245,19 @@ def render_audit(report: ReconcileReport) -> str:
     return "\n".join(lines)
 
 
+def render_verification(checks: list[AnswerCheck]) -> str:
+    """One line on the signed answers of every query, as `liaison query --verify` checks them."""
+    signed = [n for c in checks for n in c.nodes if n.verdict is not Verdict.NOT_ANSWERED]
+    failed = [n for c in checks for n in c.failed]
+    line = f"Answers: {len(signed)} signed answers checked here against each agency's own key: "
+    if failed:
+        return line + f"{len(failed)} NOT VERIFIED (" + "; ".join(map(str, failed)) + ")"
+    verified = sum(1 for n in signed if n.verdict is Verdict.VERIFIED)
+    if verified == len(signed):
+        return line + "all verified, each exactly what its agency signed"
+    return line + f"{verified} verified, {len(signed) - verified} unverifiable"
+
+
 def audit_to_dict(report: ReconcileReport) -> dict[str, Any]:
     return {
         "ok": report.ok,
@@ -321,19 +336,27 @@ def run_demo(
     # A bearer token: whoever reads it can ask as the investigator.
     write_private_text(root / "investigator.jwt", token + "\n")
     results = []
+    # The investigator checks every answer against the agencies' own public
+    # keys (nodes/<id>/node.pub here), never trusting the gateway's word.
+    node_keys = load_node_keys(root)
+    checks: list[AnswerCheck] = []
     try:
         with running_federation(root, detach=keep_running, progress=progress) as address:
             print(f"[3/4] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
             for dq in demo_queries(probes()):
                 result = client.search(address, token, dq.search)
+                check = check_answers(result, dq.search, node_keys)
+                checks.append(check)
                 if as_json:
-                    results.append({"title": dq.title, **render.result_to_dict(result)})
+                    results.append({"title": dq.title, **render.result_to_dict(result, check)})
                 else:
                     print(f"\n{dq.title}", file=out)
                     print(
-                        render.render_result(result, dq.search.purpose, dq.search.case_ref),
+                        render.render_result(result, dq.search.purpose, dq.search.case_ref, check),
                         file=out,
                     )
+            if not as_json:
+                print(f"\n{render_verification(checks)}", file=out)
         # After a clean stop every ledger ends on a signed checkpoint; a live
         # federation signs its next one within the interval.
         print("[4/4] auditing: verifying every ledger and reconciling them", file=progress)
@@ -365,6 +388,8 @@ def run_demo(
         )
     if not audit.ok:
         return 1
+    if any(c.failed for c in checks):
+        return ExitCode.NOT_VERIFIED
     if keep_running:
         print(
             f"\nThe federation is still running (folder {root}). Try:\n"
