@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import hashlib
 
-from google.protobuf.message import DecodeError
-
 from liaison.envelope import ANSWER_TYPE, Envelope, open_envelope
 from liaison.errors import BadSignature, EnvelopeError, InvalidQuery
 from liaison.keys import VerifyingKey
@@ -35,7 +33,7 @@ def verify_answer(
     payload = open_envelope(envelope, ANSWER_TYPE, {node_key.key_id: node_key})
     try:
         answer = answer_from_bytes(payload)
-    except (DecodeError, InvalidQuery) as exc:
+    except InvalidQuery as exc:  # MalformedMessage among them: bytes that do not parse
         raise EnvelopeError(f"node {node_id} signed a payload that is not an answer") from exc
     if answer.node_id != node_id:
         raise BadSignature(f"answer from {node_id} claims to come from {answer.node_id!r}")

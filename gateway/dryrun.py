@@ -22,12 +22,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import grpc
-from google.protobuf.message import DecodeError
 
 from gateway.search import CheckedSearch, GatewayCore
 from liaison.catalog import Catalog
 from liaison.envelope import POLICY_TYPE, Envelope, open_envelope
-from liaison.errors import BadSignature, EnvelopeError, LiaisonError
+from liaison.errors import BadSignature, EnvelopeError, LiaisonError, MalformedMessage
 from liaison.keys import VerifyingKey
 from liaison.messages import (
     Decision,
@@ -84,7 +83,7 @@ def verify_policy(
     payload = open_envelope(envelope, POLICY_TYPE, {node_key.key_id: node_key})
     try:
         published = published_policy_from_bytes(payload)
-    except DecodeError as exc:
+    except MalformedMessage as exc:
         raise EnvelopeError(f"node {node_id} signed a payload that is not a policy") from exc
     if published.node_id != node_id:
         raise BadSignature(f"policy from {node_id} claims to come from {published.node_id!r}")

@@ -15,12 +15,19 @@ checks for every node that answered or denied:
    signed, reduced to the query exactly as the gateway reduces it (so the
    gateway cannot flip a hit, change a count or drop a row).
 
+4. the request is fresh: it was issued while this search was under way
+   (between sending it and getting the reply, give or take the nodes' own
+   clock skew), so the gateway cannot serve an earlier signed result, say
+   last month's answer to the same question, without asking anyone.
+
 What it cannot prove: that a node the gateway reports as timed out,
 unreachable or failed did not answer. The gateway can withhold an answer; it
 cannot turn one into another. Such nodes are reported as ``NOT_ANSWERED``.
 
     keys = load_node_keys(Path("federation"))
-    check = check_answers(result, search_input, keys)
+    sent = now_ms()
+    result = client.search(address, token, search_input)
+    check = check_answers(result, search_input, keys, window=SearchWindow(sent, now_ms()))
     for node in check.nodes:
         print(node)              # "sylvania: verified", "ruritania: FAILED: ..."
     check.raise_for_failures()   # AnswersNotVerified if any node FAILED
@@ -29,17 +36,17 @@ cannot turn one into another. Such nodes are reported as ``NOT_ANSWERED``.
 from __future__ import annotations
 
 import hashlib
+import time
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from enum import StrEnum
 from pathlib import Path
 
-from google.protobuf.message import DecodeError
-
 from liaison.catalog import CATALOG_V1, Catalog
+from liaison.config import DEFAULT_CLOCK_SKEW_S
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, open_envelope
-from liaison.errors import ConfigError, EnvelopeError, LiaisonError
+from liaison.errors import AnswersNotVerified, ConfigError, EnvelopeError, LiaisonError
 from liaison.keys import VerifyingKey
 from liaison.messages import (
     AnswerStatus,
@@ -61,9 +68,67 @@ _SIGNED_STATUSES = {
     NodeStatus.DENIED: AnswerStatus.DENIED,
 }
 
+__all__ = [
+    "CLOCK_SKEW_MS",
+    "AnswerCheck",
+    "AnswersNotVerified",  # lives in liaison.errors; re-exported for callers of this module
+    "NodeCheck",
+    "SearchWindow",
+    "Verdict",
+    "check_answers",
+    "load_node_keys",
+    "now_ms",
+]
 
-class AnswersNotVerified(EnvelopeError):
-    """At least one node's answer, as the gateway showed it, is not what the node signed."""
+# How far the gateway's clock may be from the investigator's: the nodes' own
+# default tolerance (``clock_skew_s``), so a request a node accepts as current
+# is current here too.
+CLOCK_SKEW_MS = DEFAULT_CLOCK_SKEW_S * 1000
+# Without a window, the check is taken to run right after the reply: the
+# search was sent at most this long before (client.search gives up after 30 s).
+UNTIMED_SEARCH_MS = 60_000
+
+
+def now_ms() -> int:
+    """The wall clock in ms, as the gateway stamps ``issued_at_ms``."""
+    return time.time_ns() // 1_000_000
+
+
+@dataclass(frozen=True, slots=True)
+class SearchWindow:
+    """When the client sent a search and when the reply came back (wall clock, ms).
+
+    A signed request issued outside it (beyond ``skew_ms`` either side) is an
+    earlier result served again, or one from a clock too far off to tell.
+    """
+
+    sent_at_ms: int
+    received_at_ms: int
+    skew_ms: int = CLOCK_SKEW_MS
+
+    @classmethod
+    def ending_now(cls, longest_ms: int = UNTIMED_SEARCH_MS) -> SearchWindow:
+        """For a caller that did not time its search and checks as soon as it returned."""
+        now = now_ms()
+        return cls(now - longest_ms, now)
+
+    def problem(self, issued_at_ms: int) -> str:
+        """Why a request issued at ``issued_at_ms`` is not an answer to this search; or ""."""
+        skew = f"more than the {self.skew_ms / 1000:g} s of clock skew allowed"
+        if issued_at_ms < self.sent_at_ms - self.skew_ms:
+            ago = (self.sent_at_ms - issued_at_ms) / 1000
+            return (
+                f"stale or replayed result: the request the nodes answered was issued {ago:.1f} s "
+                f"before this search was sent ({skew}); it is an earlier result, not an answer "
+                "to this search"
+            )
+        if issued_at_ms > self.received_at_ms + self.skew_ms:
+            ahead = (issued_at_ms - self.received_at_ms) / 1000
+            return (
+                f"the request the nodes answered is dated {ahead:.1f} s after the reply came "
+                f"back ({skew}); check the gateway's clock and this one"
+            )
+        return ""
 
 
 class Verdict(StrEnum):
@@ -173,16 +238,26 @@ def check_answers(
     asked: SearchInput | Query,
     node_keys: Mapping[str, VerifyingKey],
     *,
+    window: SearchWindow | None = None,
     catalog: Catalog = CATALOG_V1,
 ) -> AnswerCheck:
     """Check every node's answer in ``result`` against what that node signed.
 
     ``asked`` is the search the investigator sent (or just its query);
-    ``node_keys`` are the keys the investigator trusts (``load_node_keys``).
+    ``node_keys`` are the keys the investigator trusts (``load_node_keys``);
+    ``window`` is when the search was sent and its reply received (time the
+    call: ``SearchWindow(sent, now_ms())``). Without it, the check is taken to
+    run right after the reply (``SearchWindow.ending_now``): freshness is
+    checked either way, the window only makes it tight.
     Never raises for a bad result: every problem is a FAILED verdict, and
     ``raise_for_failures`` turns them into an error.
     """
     request, request_problem = _check_request(result, asked, catalog)
+    if request is not None:
+        stale = (window or SearchWindow.ending_now()).problem(request.issued_at_ms)
+        if stale:
+            # Every answer in it may be genuine, but none answers this search.
+            return _all_failed(result, request, stale)
     checks: list[NodeCheck] = []
     seen: set[str] = set()
     for r in result.results:
@@ -208,6 +283,11 @@ def check_answers(
     return AnswerCheck(result.query_id, tuple(checks))
 
 
+def _all_failed(result: SearchResult, request: QueryRequest, reason: str) -> AnswerCheck:
+    named = dict.fromkeys([*(r.node_id for r in result.results), *request.audience])
+    return AnswerCheck(result.query_id, tuple(NodeCheck(n, Verdict.FAILED, reason) for n in named))
+
+
 def _check_request(
     result: SearchResult, asked: SearchInput | Query, catalog: Catalog
 ) -> tuple[QueryRequest | None, str]:
@@ -219,7 +299,7 @@ def _check_request(
         return None, f"the gateway's signed request is a {envelope.payload_type!r}"
     try:
         request = request_from_bytes(envelope.payload)
-    except (DecodeError, LiaisonError):
+    except LiaisonError:
         return None, "the gateway's signed request does not parse"
     if request.query_id != result.query_id:
         return request, (
@@ -293,6 +373,12 @@ def _check_node(
         )
     key = node_keys.get(r.node_id)
     if key is None:
+        if request is not None and not request_problem and r.node_id not in request.audience:
+            return NodeCheck(
+                r.node_id,
+                Verdict.FAILED,
+                "the gateway shows an answer from this node, but the request was not sent to it",
+            )
         return NodeCheck(
             r.node_id,
             Verdict.UNVERIFIABLE,
@@ -323,7 +409,7 @@ def _answer_problem(
         return f"not signed by this node's key: {exc}"
     try:
         signed = answer_from_bytes(payload)
-    except (DecodeError, LiaisonError):
+    except LiaisonError:
         return "the node's signed payload does not parse as an answer"
     if signed.node_id != r.node_id:
         return f"the signed answer is from node {signed.node_id!r}"

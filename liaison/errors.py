@@ -5,6 +5,8 @@ LiaisonError
 ├── CatalogError           a query or policy names what the catalog lacks
 │   └── InvalidValue       a value does not parse as its field's type
 ├── InvalidQuery           a query is malformed (shape, missing purpose, ...)
+│   └── MalformedMessage   bytes on the wire do not parse as the message expected
+├── UsageError             the command line is malformed; nothing was sent
 ├── PolicyError            a policy document fails to load
 │   └── CaseFileError      a policy's test cases file is malformed
 ├── AuthenticationError    an investigator's token is not acceptable
@@ -14,7 +16,8 @@ LiaisonError
 │   │   ├── ReplayDetected the nonce or query id was already used with other bytes
 │   │   ├── UnloggedRequest no valid proof that the gateway logged the request
 │   │   └── UntrustedPeer  the TLS peer is not a gateway this node trusts
-│   └── RequestInProgress  the same request is being answered; retry
+│   ├── RequestInProgress  the same request is being answered; retry
+│   └── AnswersNotVerified an answer the gateway showed is not what its node signed
 ├── PolicyDenied           the node's policy does not permit the query
 ├── BackendError           the agency's database cannot be used
 ├── StateUnavailable       a node's own state (replay guard) cannot be written
@@ -46,6 +49,23 @@ class InvalidValue(CatalogError):
 
 class InvalidQuery(LiaisonError):
     """A query is malformed: wrong shape for its operation, missing purpose, ..."""
+
+
+class MalformedMessage(InvalidQuery):
+    """Bytes on the wire (a signed request or answer) do not parse as the message expected.
+
+    An InvalidQuery because the same parse also refuses a query that makes no
+    sense (no operation, an unknown comparator): a caller handles both alike.
+    """
+
+
+class UsageError(LiaisonError):
+    """The command line (or a value in a file it names) is malformed; nothing was sent.
+
+    The CLI raises it around an error from the tree (``InvalidQuery``,
+    ``CatalogError``) found by a local check, so that `liaison query` exits
+    with its usage status for what the user must fix in the command.
+    """
 
 
 class PolicyError(LiaisonError):
@@ -86,6 +106,10 @@ class UntrustedPeer(RequestRejected):
 
 class RequestInProgress(EnvelopeError):
     """The identical request is being answered right now; a retry will get its answer."""
+
+
+class AnswersNotVerified(EnvelopeError):
+    """At least one node's answer, as the gateway showed it, is not what the node signed."""
 
 
 class PolicyDenied(LiaisonError):

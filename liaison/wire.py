@@ -6,8 +6,10 @@ mistaken for the domain types of the same name.
 
 from __future__ import annotations
 
+from google.protobuf.message import DecodeError
+
 from liaison.envelope import Envelope
-from liaison.errors import InvalidQuery
+from liaison.errors import InvalidQuery, MalformedMessage
 from liaison.keys import KeyId
 from liaison.ledger.logged import LedgerProof, SignedRequest
 from liaison.messages import (
@@ -174,7 +176,11 @@ def request_to_bytes(request: QueryRequest) -> bytes:
 
 
 def request_from_bytes(payload: bytes) -> QueryRequest:
-    message = pb_query.QueryRequest.FromString(payload)
+    """Parse a QueryRequest; MalformedMessage (an InvalidQuery) on bytes that are not one."""
+    try:
+        message = pb_query.QueryRequest.FromString(payload)
+    except DecodeError as exc:
+        raise MalformedMessage(f"the bytes are not a QueryRequest: {exc}") from None
     r = message.requester
     return QueryRequest(
         query_id=message.query_id,
@@ -297,7 +303,12 @@ def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
 
 
 def answer_from_bytes(payload: bytes) -> QueryAnswer:
-    return answer_from_proto(pb_query.QueryAnswer.FromString(payload))
+    """Parse a QueryAnswer; MalformedMessage (an InvalidQuery) on bytes that are not one."""
+    try:
+        message = pb_query.QueryAnswer.FromString(payload)
+    except DecodeError as exc:
+        raise MalformedMessage(f"the bytes are not a QueryAnswer: {exc}") from None
+    return answer_from_proto(message)
 
 
 _NODE_STATUS = {
@@ -421,8 +432,11 @@ def published_policy_to_bytes(published: PublishedPolicy) -> bytes:
 
 
 def published_policy_from_bytes(payload: bytes) -> PublishedPolicy:
-    """Parse a PublishedPolicy; raises ``DecodeError`` on bytes that are not one."""
-    message = pb_node.PublishedPolicy.FromString(payload)
+    """Parse a PublishedPolicy; MalformedMessage (an InvalidQuery) on bytes that are not one."""
+    try:
+        message = pb_node.PublishedPolicy.FromString(payload)
+    except DecodeError as exc:
+        raise MalformedMessage(f"the bytes are not a PublishedPolicy: {exc}") from None
     return PublishedPolicy(
         node_id=message.node_id,
         catalog_version=message.catalog_version,

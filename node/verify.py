@@ -10,8 +10,6 @@ import hashlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from google.protobuf.message import DecodeError
-
 from liaison.catalog import CATALOG_VERSION
 from liaison.envelope import REQUEST_TYPE, Envelope, open_envelope
 from liaison.errors import EnvelopeError, InvalidQuery, RequestRejected, UntrustedPeer
@@ -110,7 +108,7 @@ def verify_request(
     payload = open_envelope(envelope, REQUEST_TYPE, keys)
     try:
         request = request_from_bytes(payload)
-    except (DecodeError, InvalidQuery) as exc:
+    except InvalidQuery as exc:
         raise EnvelopeError(f"signed payload is not a valid QueryRequest ({exc})") from exc
     signer = trusted[envelope.key_id].gateway_id
     if request.gateway_id != signer:

@@ -410,6 +410,16 @@ def test_no_agency_answering_exits_4(fed: Fed, schema: dict[str, Any]) -> None:
     assert run.json()["agencies"]["answered"] == 0
 
 
+def test_a_query_no_agency_offers_is_refused_by_the_gateway_in_one_line(fed: Fed) -> None:
+    # gamma offers no media: an honest gateway asks nobody and refuses the
+    # query (exit 1, nothing was run). A result that asks nobody is exit 4
+    # (tests/test_cli_verify.py, from a gateway that returns one anyway).
+    run = fed.query(*match_held(), nodes="gamma", json_out=False)
+
+    assert_one_line_error(run, "no node asked offers dataset 'media'", "gamma")
+    assert run.returncode == ExitCode.ERROR
+
+
 def test_the_table_exits_as_the_json_does(fed: Fed) -> None:
     run = fed.query(*match_held(), nodes="alpha,beta", json_out=False)
 

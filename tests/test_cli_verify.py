@@ -26,13 +26,21 @@ from typing import Any
 import grpc
 import pytest
 
-from gateway.search import GatewayCore
+from gateway.search import CheckedSearch, GatewayCore
 from gateway.server import build_gateway, start_gateway_server
 from liaison.cli.exits import ExitCode
 from liaison.config import load_gateway_config
 from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
 from liaison.demo.federation import write_gateway_config
-from liaison.messages import NodeResult, Requester, SearchInput, SearchResult
+from liaison.keys import SigningKey
+from liaison.messages import (
+    NodeResult,
+    NodeStatus,
+    QueryRequest,
+    Requester,
+    SearchInput,
+    SearchResult,
+)
 from liaison.patterns import write_series
 from tests.support import (
     COMMAND_TIMEOUT_S,
@@ -105,14 +113,59 @@ def honest(result: SearchResult) -> SearchResult:
     return result
 
 
+class ReplayingCore(GatewayCore):
+    """A real gateway core that keeps its first result and serves it for every later search.
+
+    Its first request is dated ``AGO_MS`` earlier, as if asked minutes ago
+    (the nodes accept a request up to 300 s old): the result is genuine, every
+    signature good, only it answers an earlier search than the one served.
+    Later searches ask nobody.
+    """
+
+    AGO_MS = 120_000
+
+    def __init__(self, core: GatewayCore) -> None:
+        super().__init__(
+            gateway_id=core.gateway_id,
+            signing_key=core.signing_key,
+            catalog=core.catalog,
+            fanout=core.fanout,
+            ledger=core.ledger,
+            audit_key=core.audit_key,
+            default_deadline_ms=core.default_deadline_ms,
+            max_deadline_ms=core.max_deadline_ms,
+        )
+        self.first: SearchResult | None = None
+
+    def request_for(self, requester: Requester, checked: CheckedSearch) -> QueryRequest:
+        request = super().request_for(requester, checked)
+        if self.first is None:
+            return replace(request, issued_at_ms=request.issued_at_ms - self.AGO_MS)
+        return request
+
+    async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
+        if self.first is None:
+            self.first = await super().search(requester, search)
+        return self.first
+
+
 @contextmanager
-def gateway(nodes: Nodes, tamper: Tamper = honest) -> Iterator[str]:
-    """A real gateway over ``nodes`` (its own config and ledger) on a loopback port."""
+def gateway(
+    nodes: Nodes,
+    tamper: Tamper = honest,
+    *,
+    core: Callable[[GatewayCore], GatewayCore] | None = None,
+    addresses: Mapping[str, str] | None = None,
+) -> Iterator[str]:
+    """A real gateway over ``nodes`` (its own config and ledger) on a loopback port.
+
+    ``core`` wraps the built core (default: ``TamperingCore`` with ``tamper``).
+    """
     tag = uuid.uuid4().hex[:8]
     path = write_gateway_config(
         nodes.root,
         [INVESTIGATOR_AGENCY],
-        nodes.addresses,
+        dict(addresses or nodes.addresses),
         ledger=f"ledger-{tag}.sqlite3",
         name=f"gateway-{tag}.toml",
     )
@@ -121,18 +174,18 @@ def gateway(nodes: Nodes, tamper: Tamper = honest) -> Iterator[str]:
 
     async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
         built, verifier = build_gateway(config)
-        core = TamperingCore(tamper, built)
-        server, port = await start_gateway_server(core, verifier, "127.0.0.1:0")
-        return core, server, port
+        core_ = core(built) if core is not None else TamperingCore(tamper, built)
+        server, port = await start_gateway_server(core_, verifier, "127.0.0.1:0")
+        return core_, server, port
 
-    core, server, port = loop.run(start())
+    running, server, port = loop.run(start())
     try:
         yield f"127.0.0.1:{port}"
     finally:
 
         async def stop() -> None:
             await server.stop(grace=None)
-            await core.close()
+            await running.close()
 
         loop.run(stop())
         loop.close()
@@ -369,22 +422,28 @@ def test_an_agency_without_a_key_is_unverifiable_not_a_failure(
     for node in ("freedonia", "ruritania"):  # as each agency publishes its node's key
         shutil.copy(nodes.root / "nodes" / node / "node.pub", keys / f"{node}.pub")
 
-    # Even an altered answer cannot be caught without the agency's key: a
-    # warning, not exit 5; never "verified".
+    # Even an altered answer cannot be caught without the agency's key: not
+    # exit 5, never "verified", and not counted as an answer either (exit 3).
     with gateway(nodes, at("sylvania", flip_hit)) as address:
         table = query(nodes, address, "--node-keys", keys)
         as_json = query(nodes, address, "--node-keys", keys, "--json")
 
-    assert table.returncode == ExitCode.OK, table.stderr
+    assert table.returncode == ExitCode.SOME_NOT_ANSWERED, table.stderr
     lines = verify_lines(table)
     assert lines["freedonia"] == lines["ruritania"] == "verified"
     assert lines["sylvania"].startswith("unverifiable: no public key for node 'sylvania'")
-    assert table_rows(table)["sylvania"]["check"] == "unverifiable"
-    assert as_json.returncode == ExitCode.OK, as_json.stderr
+    row = table_rows(table)["sylvania"]
+    assert (row["status"], row["check"]) == ("answered, UNVERIFIED", "unverifiable")
+    assert table_rows(table)["freedonia"]["status"] == "answered"
+    assert "UNVERIFIED: no key is held here for sylvania: what is shown for them rests on " in (
+        table.stdout
+    )
+    assert as_json.returncode == ExitCode.SOME_NOT_ANSWERED, as_json.stderr
     doc = as_json.json()
     conforms(doc, schema)
     assert by_node(doc)["sylvania"]["verification"]["verdict"] == "unverifiable"
     assert doc["verification"]["verdict"] == "unverifiable"
+    assert doc["agencies"] == {"asked": 3, "answered": 2, "not_answered": 1, "not_asked": 0}
 
 
 def test_a_wrong_key_for_an_agency_fails_even_through_an_honest_gateway(
@@ -578,3 +637,180 @@ def test_an_image_query_verifies_both_batches(
         assert (freedonia["not_verified"], freedonia["hits"]) == (1, 0)
         assert doc[batch]["nodes"]["ruritania"]["verification"]["verdict"] == "verified"
     assert doc["near"]["nodes"]["sylvania"]["denied"] == 1
+
+
+# --- a gateway that serves an earlier result, relabels a denial, invents an agency ----------
+
+
+def test_an_earlier_result_served_again_is_stale_and_exits_5(
+    nodes: Nodes, schema: dict[str, Any]
+) -> None:
+    """The same question asked again: the gateway answers from its cache, asking nobody.
+
+    Every signature in the cached result is good and it answers the very same
+    question; only its time gives it away.
+    """
+    with gateway(nodes, core=ReplayingCore) as address:
+        earlier = query(nodes, address, "--no-verify")  # "last month's" search
+        replayed = query(nodes, address, "--node-keys", nodes.root)
+        as_json = query(nodes, address, "--node-keys", nodes.root, "--json")
+
+    assert earlier.returncode == ExitCode.OK, earlier.stderr
+    assert replayed.returncode == ExitCode.NOT_VERIFIED, replayed.stderr
+    lines = verify_lines(replayed)
+    assert set(lines) == set(NODES)
+    for rest in lines.values():
+        assert rest.startswith(
+            "FAILED: stale or replayed result: the request the nodes answered was issued 1"
+        ), rest
+        assert "s before this search was sent (more than the 30 s of clock skew allowed)" in rest
+    assert replayed.stderr.splitlines()[-1].startswith("verify: NOT VERIFIED: ")
+    rows = table_rows(replayed)
+    assert {n: rows[n]["answer"] for n in NODES} == dict.fromkeys(NODES, "NOT VERIFIED")
+    assert "HIT" not in replayed.stdout
+
+    assert as_json.returncode == ExitCode.NOT_VERIFIED, as_json.stderr
+    doc = as_json.json()
+    conforms(doc, schema)
+    assert doc["query_id"] == replayed.stdout.split()[1]  # the very same result, twice
+    assert all(r["answer"] is None for r in doc["results"])
+    assert doc["agencies"]["answered"] == 0
+
+
+def test_a_denial_shows_the_reason_the_agency_signed_not_the_gateways(
+    nodes: Nodes, schema: dict[str, Any]
+) -> None:
+    invented = "denied: your warrant was revoked; contact sylvania's legal office"
+    args = (
+        "query",
+        "media",
+        "--count",
+        "--where",
+        "first_seen>=2000-01-01",
+        "--purpose",
+        "statistics",
+        "--case-ref",
+        "GEN-VERIFY-CLI",
+        "--token-file",
+        nodes.token_file,
+        "--node-keys",
+        nodes.root,
+    )
+    # ``detail`` is the gateway's own word, outside what the node signed.
+    with gateway(nodes, at("sylvania", lambda r: replace(r, detail=invented))) as address:
+        table = cli(*args, "--gateway", address, cwd=nodes.root.parent)
+        as_json = cli(*args, "--gateway", address, "--json", cwd=nodes.root.parent)
+
+    assert as_json.returncode == ExitCode.SOME_NOT_ANSWERED, as_json.stderr
+    doc = as_json.json()
+    conforms(doc, schema)
+    sylvania = by_node(doc)["sylvania"]
+    assert sylvania["status"] == "denied"
+    assert sylvania["verification"]["verdict"] == "verified"  # the signed denial is intact
+    signed = sylvania["answer"]["decision"]["reason"]
+    assert signed and signed != invented
+    assert sylvania["detail"] == invented  # kept, and the schema says whose word it is
+    detail_doc = json.loads(SCHEMA_PATH.read_text())["$defs"]["result"]["properties"]
+    assert "not signed" in detail_doc["detail"]["description"]
+    assert "not signed" in detail_doc["latency_ms"]["description"]
+
+    assert table.returncode == ExitCode.SOME_NOT_ANSWERED, table.stderr
+    assert table_rows(table)["sylvania"]["answer"] == f"denied: {signed}"
+    assert "warrant" not in table.stdout
+
+
+def _atlantis(nodes: Nodes, template: Path) -> Path:
+    """A node the investigator never heard of, run by whoever runs the gateway.
+
+    A copy of ruritania's node (so it holds the hash asked about) under a new
+    id and a key of its own, trusting the same gateway.
+    """
+    folder = nodes.root / "nodes" / "atlantis"
+    shutil.copytree(template / "nodes" / "ruritania", folder)
+    config = folder / "node.toml"
+    config.write_text(config.read_text().replace('id = "ruritania"', 'id = "atlantis"', 1))
+    SigningKey.generate().write(folder / "node.key", folder / "node.pub")
+    return config
+
+
+def test_an_agency_the_gateway_adds_is_marked_unverified_and_not_counted(
+    nodes: Nodes, federation_template: Path, schema: dict[str, Any], tmp_path: Path
+) -> None:
+    # The investigator holds the keys of the three agencies it knows.
+    keys = tmp_path / "keys"
+    keys.mkdir()
+    for node in NODES:
+        shutil.copy(nodes.root / "nodes" / node / "node.pub", keys / f"{node}.pub")
+    config = _atlantis(nodes, federation_template)
+    try:
+        # The gateway signs the audience itself: atlantis is in it.
+        with (
+            running_node(config) as atlantis,
+            gateway(nodes, addresses={**nodes.addresses, "atlantis": atlantis.address}) as gw,
+        ):
+            table = query(nodes, gw, "--node-keys", keys)
+            as_json = query(nodes, gw, "--node-keys", keys, "--json")
+    finally:
+        shutil.rmtree(config.parent)
+
+    assert table.returncode == ExitCode.SOME_NOT_ANSWERED, table.stderr
+    lines = verify_lines(table)
+    assert lines["atlantis"].startswith("unverifiable: no public key for node 'atlantis'")
+    assert {n: lines[n] for n in NODES} == dict.fromkeys(NODES, "verified")
+    rows = table_rows(table)
+    assert rows["atlantis"]["status"] == "answered, UNVERIFIED"
+    assert rows["atlantis"]["answer"] == "HIT"  # shown, but marked
+    assert rows["ruritania"]["status"] == "answered"
+    assert (
+        "UNVERIFIED: no key is held here for atlantis: what is shown for them rests on the "
+        "gateway's word alone" in table.stdout
+    )
+
+    assert as_json.returncode == ExitCode.SOME_NOT_ANSWERED, as_json.stderr
+    doc = as_json.json()
+    conforms(doc, schema)
+    assert by_node(doc)["atlantis"]["verification"]["verdict"] == "unverifiable"
+    assert doc["agencies"] == {"asked": 4, "answered": 3, "not_answered": 1, "not_asked": 0}
+
+
+def everyone_not_asked(result: SearchResult) -> SearchResult:
+    return replace(
+        result,
+        results=tuple(
+            NodeResult(r.node_id, NodeStatus.NOT_ASKED, "not asked: does not offer 'media'")
+            for r in result.results
+        ),
+    )
+
+
+def nobody_at_all(result: SearchResult) -> SearchResult:
+    return replace(result, results=(), signed_request=None)
+
+
+def test_a_result_that_asked_nobody_exits_4_and_says_so(
+    nodes: Nodes, schema: dict[str, Any]
+) -> None:
+    with gateway(nodes, everyone_not_asked) as address:
+        unchecked = query(nodes, address, "--no-verify", "--json")
+        checked = query(nodes, address, "--node-keys", nodes.root)
+    with gateway(nodes, nobody_at_all) as address:
+        empty = query(nodes, address, "--no-verify")
+
+    assert unchecked.returncode == ExitCode.NONE_ANSWERED, unchecked.stderr
+    assert unchecked.stderr == (
+        "liaison query: no agency was asked: none of freedonia, ruritania, sylvania offers "
+        "dataset 'media'\n"
+    )
+    doc = unchecked.json()
+    conforms(doc, schema)
+    assert doc["agencies"] == {"asked": 0, "answered": 0, "not_answered": 0, "not_asked": 3}
+    assert empty.returncode == ExitCode.NONE_ANSWERED, empty.stderr
+    assert empty.stderr == (
+        "liaison query: no agency was asked: the gateway's result names no agency that offers "
+        "dataset 'media'\n"
+    )
+    # With the keys, the signed request shows that everyone was asked.
+    assert checked.returncode == ExitCode.NOT_VERIFIED, checked.stderr
+    assert verify_lines(checked) == dict.fromkeys(
+        NODES, "FAILED: the gateway says this node was not asked, but the request was sent to it"
+    )

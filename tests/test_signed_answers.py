@@ -24,21 +24,24 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from gateway.search import GatewayCore
+from gateway.search import CheckedSearch, GatewayCore
 from gateway.server import build_gateway, start_gateway_server
 from liaison import client
 from liaison.answer_check import (
+    CLOCK_SKEW_MS,
     AnswerCheck,
     AnswersNotVerified,
+    SearchWindow,
     Verdict,
     check_answers,
     load_node_keys,
+    now_ms,
 )
 from liaison.config import load_gateway_config
 from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
 from liaison.demo.federation import write_gateway_config
 from liaison.envelope import ANSWER_TYPE, seal
-from liaison.errors import ConfigError
+from liaison.errors import ConfigError, InvalidQuery, MalformedMessage
 from liaison.keys import KeyId, SigningKey
 from liaison.messages import (
     AnswerStatus,
@@ -46,12 +49,18 @@ from liaison.messages import (
     NodeResult,
     NodeStatus,
     QueryAnswer,
+    QueryRequest,
     Requester,
     SearchInput,
     SearchResult,
 )
 from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import answer_from_bytes, answer_to_bytes, search_result_to_proto
+from liaison.wire import (
+    answer_from_bytes,
+    answer_to_bytes,
+    request_from_bytes,
+    search_result_to_proto,
+)
 from tests.support import EventLoopThread, investigator_token, running_node
 
 NODES = ("freedonia", "ruritania", "sylvania")
@@ -137,9 +146,27 @@ class TamperingCore(GatewayCore):
         return self.tamper(await super().search(requester, search))
 
 
+class BackdatingCore(TamperingCore):
+    """Dates every request ``AGO_MS`` earlier, as if it had been asked minutes ago.
+
+    The nodes accept a request up to 300 s old, so they answer and sign: what
+    comes back is a genuine result of an earlier search, as a gateway that
+    keeps results would serve it again.
+    """
+
+    AGO_MS = 120_000
+
+    def request_for(self, requester: Requester, checked: CheckedSearch) -> QueryRequest:
+        request = super().request_for(requester, checked)
+        return replace(request, issued_at_ms=request.issued_at_ms - self.AGO_MS)
+
+
 @contextmanager
 def gateway(
-    nodes: Nodes, tamper: Tamper = lambda r: r, addresses: dict[str, str] | None = None
+    nodes: Nodes,
+    tamper: Tamper = lambda r: r,
+    addresses: dict[str, str] | None = None,
+    core: type[TamperingCore] = TamperingCore,
 ) -> Iterator[tuple[str, GatewayCore]]:
     """A real gateway over ``nodes`` (own config and ledger) serving on a loopback port."""
     tag = uuid.uuid4().hex[:8]
@@ -155,18 +182,18 @@ def gateway(
 
     async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
         built, verifier = build_gateway(config)
-        core = TamperingCore(tamper, built)
-        server, port = await start_gateway_server(core, verifier, "127.0.0.1:0")
-        return core, server, port
+        running = core(tamper, built)
+        server, port = await start_gateway_server(running, verifier, "127.0.0.1:0")
+        return running, server, port
 
-    core, server, port = loop.run(start())
+    running, server, port = loop.run(start())
     try:
-        yield f"127.0.0.1:{port}", core
+        yield f"127.0.0.1:{port}", running
     finally:
 
         async def stop() -> None:
             await server.stop(grace=None)
-            await core.close()
+            await running.close()
 
         loop.run(stop())
         loop.close()
@@ -764,3 +791,115 @@ def test_node_keys_from_a_missing_path_or_a_file_say_what_to_give(tmp_path: Path
     file = _write(tmp_path / "atlantis.pub", SigningKey.generate().verifying_key.to_pem())
     with pytest.raises(ConfigError, match=re.escape(f"{file} is a file; give the folder")):
         load_node_keys(file)
+
+
+# --- (f) a result that is genuine, but not an answer to this search (its time) ------------
+
+
+def timed(nodes: Nodes, address: str, search: SearchInput) -> tuple[SearchResult, SearchWindow]:
+    sent = now_ms()
+    result = ask(nodes, address, search)
+    return result, SearchWindow(sent, now_ms())
+
+
+def test_a_result_served_again_later_is_stale_for_every_node(nodes: Nodes) -> None:
+    keys = load_node_keys(nodes.root)
+    with gateway(nodes) as (address, _):
+        result, window = timed(nodes, address, match_search())
+
+    assert not check_answers(result, match_search(), keys, window=window).failed
+    # The same result, served for the same question asked a minute later
+    # (beyond the clock skew): every signature good, every node FAILED.
+    later = SearchWindow(
+        window.received_at_ms + 2 * CLOCK_SKEW_MS, window.received_at_ms + 2 * CLOCK_SKEW_MS
+    )
+    check = check_answers(result, match_search(), keys, window=later)
+    assert verdicts(check) == dict.fromkeys(NODES, Verdict.FAILED)
+    (reason,) = {n.reason for n in check.nodes}
+    assert reason.startswith("stale or replayed result: the request the nodes answered was ")
+    assert reason.endswith("it is an earlier result, not an answer to this search")
+    with pytest.raises(AnswersNotVerified, match="stale or replayed"):
+        check.raise_for_failures()
+    # A request dated after the reply came back: a clock far off, or a forgery.
+    earlier = SearchWindow(
+        window.sent_at_ms - 3 * CLOCK_SKEW_MS, window.sent_at_ms - 2 * CLOCK_SKEW_MS
+    )
+    future = check_answers(result, match_search(), keys, window=earlier)
+    ahead = (result_issued(result) - earlier.received_at_ms) / 1000
+    assert {n.reason for n in future.nodes} == {
+        f"the request the nodes answered is dated {ahead:.1f} s after the reply came back "
+        "(more than the 30 s of clock skew allowed); check the gateway's clock and this one"
+    }
+
+
+def result_issued(result: SearchResult) -> int:
+    assert result.signed_request is not None
+    return request_from_bytes(result.signed_request.payload).issued_at_ms
+
+
+def test_an_earlier_result_fails_even_without_a_window(nodes: Nodes) -> None:
+    """A caller that did not time its search still gets freshness checked, more loosely."""
+    keys = load_node_keys(nodes.root)
+    with gateway(nodes, core=BackdatingCore) as (address, _):
+        result, window = timed(nodes, address, match_search())
+
+    assert result_issued(result) <= window.received_at_ms - BackdatingCore.AGO_MS
+    for check in (
+        check_answers(result, match_search(), keys, window=window),
+        check_answers(result, match_search(), keys),  # SearchWindow.ending_now()
+    ):
+        assert verdicts(check) == dict.fromkeys(NODES, Verdict.FAILED)
+        assert all(n.reason.startswith("stale or replayed result") for n in check.nodes)
+
+
+def test_an_answer_from_a_node_the_request_was_not_sent_to_fails_without_its_key(
+    nodes: Nodes,
+) -> None:
+    """No key is needed to see that the signed request never went to "atlantis"."""
+    keys = load_node_keys(nodes.root)
+    stranger = SigningKey.generate()
+
+    def add_atlantis(result: SearchResult) -> SearchResult:
+        r = by_node(result)["ruritania"]
+        answer = replace(shown(r), node_id="atlantis")
+        envelope = seal(stranger, ANSWER_TYPE, answer_to_bytes(answer))
+        atlantis = replace(
+            r,
+            node_id="atlantis",
+            answer=answer,
+            answer_digest=hashlib.sha256(envelope.payload).hexdigest(),
+            signed_answer=envelope,
+        )
+        return replace(result, results=(*result.results, atlantis))
+
+    with gateway(nodes, add_atlantis) as (address, _):
+        result = ask(nodes, address, match_search())
+
+    check = check_answers(result, match_search(), keys)
+    assert check.verdict_of("atlantis").verdict is Verdict.FAILED
+    assert check.verdict_of("atlantis").reason == (
+        "the gateway shows an answer from this node, but the request was not sent to it"
+    )
+    assert check.verdict_of("ruritania").verdict is Verdict.VERIFIED
+
+
+def test_bytes_that_do_not_parse_are_a_liaison_error_not_protobufs() -> None:
+    for parse in (request_from_bytes, answer_from_bytes):
+        with pytest.raises(MalformedMessage, match=r"^the bytes are not a Query") as caught:
+            parse(b"\xff\xff\xff")
+        # Callers that refuse an unparsable query refuse these alike.
+        assert isinstance(caught.value, InvalidQuery)
+
+
+def test_a_signed_request_that_does_not_parse_fails_every_answer(nodes: Nodes) -> None:
+    keys = load_node_keys(nodes.root)
+
+    def garble(result: SearchResult) -> SearchResult:
+        assert result.signed_request is not None
+        return replace(result, signed_request=replace(result.signed_request, payload=b"\xff\xff"))
+
+    with gateway(nodes, garble) as (address, _):
+        result = ask(nodes, address, match_search())
+
+    check = check_answers(result, match_search(), keys)
+    assert {n.reason for n in check.nodes} == {"the gateway's signed request does not parse"}

@@ -16,7 +16,6 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from liaison import client
 from liaison.answer_check import AnswerCheck, NodeCheck, Verdict
 from liaison.cli.render import NOT_VERIFIED
 from liaison.cli.verify_answers import Verification, overall, verification_to_dict
@@ -45,6 +44,9 @@ class NodeTriage:
     # Chunks whose answer, as the gateway showed it, is not what the agency
     # signed: neither merged nor counted as answered.
     chunks_not_verified: int = 0
+    # Chunks answered without a key held here to check them (unverifiable):
+    # merged and shown, marked UNVERIFIED, but not counted as answered.
+    chunks_unverified: int = 0
     # One verdict per chunk, when answers are verified (liaison.cli.verify_answers).
     checks: list[NodeCheck] = field(default_factory=list)
     hits: int = 0  # chunks with a hit (match queries)
@@ -63,9 +65,10 @@ class NodeTriage:
     def statuses(self) -> list[NodeStatus]:
         """One status per chunk, for the exit code (denied and failed are not answers)."""
         return (
-            [NodeStatus.ANSWERED] * self.chunks_answered
+            [NodeStatus.ANSWERED] * (self.chunks_answered - self.chunks_unverified)
             + [NodeStatus.DENIED] * self.chunks_denied
-            + [NodeStatus.ERROR] * (self.chunks_failed + self.chunks_not_verified)
+            + [NodeStatus.ERROR]
+            * (self.chunks_failed + self.chunks_not_verified + self.chunks_unverified)
             + [NodeStatus.NOT_ASKED] * self.chunks_not_asked
         )
 
@@ -179,8 +182,7 @@ def batch_search(
         )
         # Each chunk is a request of its own: checked against its own input.
         search = replace(template, query=query)
-        searched = client.search(address, token, search, tls_ca=tls_ca)
-        return searched, verification.check(searched, search)
+        return verification.search(address, token, search, tls_ca=tls_ca)
 
     with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
         for part, (searched, check) in zip(parts, pool.map(ask, parts), strict=True):
@@ -206,12 +208,16 @@ def _merge(result: BatchResult, searched: SearchResult, check: AnswerCheck | Non
                 if reason not in node.reasons:
                     node.reasons.append(reason)
     failed = {n.node_id for n in check.failed} if check else set()
+    unverified = (
+        {n.node_id for n in check.nodes if n.verdict is Verdict.UNVERIFIABLE} if check else set()
+    )
     for r in searched.results:
         node = result.nodes.setdefault(r.node_id, NodeTriage(r.node_id))
         if r.node_id in failed:
             continue
         if r.status is NodeStatus.ANSWERED and r.answer is not None:
             node.chunks_answered += 1
+            node.chunks_unverified += int(r.node_id in unverified)
             node.hits += int(r.answer.hit)
             if r.answer.fields:
                 node.fields = r.answer.fields
@@ -221,8 +227,10 @@ def _merge(result: BatchResult, searched: SearchResult, check: AnswerCheck | Non
             node.chunks_not_asked += 1
         elif r.status is NodeStatus.DENIED:
             node.chunks_denied += 1
-            if r.detail and r.detail not in node.reasons:
-                node.reasons.append(r.detail)
+            # The node's signed reason; the gateway's own ``detail`` is not signed.
+            reason = r.answer.decision.reason if r.answer else ""
+            if reason and reason not in node.reasons:
+                node.reasons.append(reason)
         else:
             node.chunks_failed += 1
             if r.detail and r.detail not in node.reasons:

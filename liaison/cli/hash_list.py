@@ -23,9 +23,9 @@ from typing import Any
 
 from liaison.catalog import CATALOG_V1, Field, FieldType
 from liaison.cli.batch import MAX_BATCH_VALUES, BatchResult, batch_to_dict
-from liaison.cli.exits import ExitCode, UsageError
+from liaison.cli.exits import ExitCode
 from liaison.cli.inputs import read_text
-from liaison.errors import CatalogError
+from liaison.errors import CatalogError, UsageError
 from liaison.messages import SearchInput
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate
 

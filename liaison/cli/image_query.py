@@ -17,7 +17,7 @@ from liaison.answer_check import NodeCheck, Verdict
 from liaison.cli.batch import CHUNK, BatchResult, NodeTriage, batch_search, batch_to_dict
 from liaison.cli.exits import ExitCode, outcome
 from liaison.cli.progress import Progress
-from liaison.cli.render import NOT_VERIFIED
+from liaison.cli.render import NOT_VERIFIED, UNVERIFIED
 from liaison.cli.verify_answers import Verification, overall, report, verification_to_dict
 from liaison.cli.verify_answers import exit_code as verified_exit_code
 from liaison.errors import InvalidQuery
@@ -216,6 +216,8 @@ def chunk_state(t: NodeTriage | None) -> str:
     parts = [f"{t.chunks_answered} answered"]
     if t.hits:
         parts.append(f"{t.hits} with a hit")
+    if t.chunks_unverified:
+        parts.append(f"{t.chunks_unverified} {UNVERIFIED}")
     if t.chunks_not_verified:
         parts.append(f"{t.chunks_not_verified} {NOT_VERIFIED}")
     if t.chunks_denied:

@@ -16,12 +16,12 @@ from typing import TYPE_CHECKING
 
 from liaison import __version__
 from liaison.cli.audit import add_audit, cmd_audit
-from liaison.cli.exits import ExitCode, UsageError
+from liaison.cli.exits import ExitCode
 from liaison.cli.hashes import add_hash, cmd_hash
 from liaison.cli.inputs import check_output_file, read_text
 from liaison.cli.query_args import add_query_shape, query_from_args
 from liaison.cli.query_cmd import add_query, cmd_query
-from liaison.errors import LiaisonError
+from liaison.errors import LiaisonError, UsageError
 
 if TYPE_CHECKING:
     from policies.analysis import Finding, NodeMapping

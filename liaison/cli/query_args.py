@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable
 
-from liaison.cli.exits import UsageError
+from liaison.errors import UsageError
 from liaison.query import MAX_LIMIT, Comparator, Operation, Predicate, Query
 
 

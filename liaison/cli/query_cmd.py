@@ -14,15 +14,18 @@ import argparse
 import sys
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from liaison.cli.exits import UsageError, epilog, outcome
+from liaison.cli.exits import epilog, outcome
 from liaison.cli.inputs import check_folder, read_text, read_token
 from liaison.cli.query_args import add_query_shape, bounded, query_from_args
 from liaison.cli.verify_answers import Verification, add_verify_args, verification_from_args
-from liaison.errors import CatalogError, InvalidQuery, LiaisonError
+from liaison.errors import CatalogError, InvalidQuery, LiaisonError, UsageError
 from liaison.messages import NodeStatus, SearchInput
 from liaison.query import Predicate
+
+if TYPE_CHECKING:
+    from liaison.cli.batch import BatchResult
 
 SCHEMA_FILE = "query-output.schema.json"
 
@@ -245,7 +248,7 @@ def _ask(
 ) -> int:
     from liaison import client
     from liaison.cli import render
-    from liaison.cli.verify_answers import exit_code, report
+    from liaison.cli.verify_answers import counted_statuses, exit_code, nobody_asked, report
 
     if args.dry_run:
         dry = client.dry_run(gateway, token, search, tls_ca=args.tls_ca)
@@ -256,15 +259,17 @@ def _ask(
         return outcome(
             NodeStatus.ANSWERED if r.decision is not None else NodeStatus.ERROR for r in dry.results
         )
-    result = client.search(gateway, token, search, tls_ca=args.tls_ca)
-    check = verification.check(result, search)
+    result, check = verification.search(gateway, token, search, tls_ca=args.tls_ca)
     if check is not None:
         report(check.nodes)
+    nobody = nobody_asked(result)
+    if nobody:
+        print(f"liaison query: {nobody}", file=sys.stderr)
     if args.json:
         print(render.to_json(render.result_to_dict(result, check, verification.source)))
     else:
         print(render.render_result(result, args.purpose, args.case_ref, check))
-    return exit_code(outcome(r.status for r in result.results), bool(check and check.failed))
+    return exit_code(outcome(counted_statuses(result, check)), bool(check and check.failed))
 
 
 def _query_hashes(
@@ -315,6 +320,7 @@ def _query_hashes(
     }
     triage = HashTriage(hashes, batches)
     verify_report(*batches.values())
+    _say_if_nobody_asked(template.query.dataset, *batches.values())
     if args.json:
         print(to_json(hash_triage_to_dict(triage)))
     else:
@@ -358,8 +364,19 @@ def _query_images(
         reasons = "; ".join(f"{path}: {why}" for path, why in triage.refused[:3])
         raise LiaisonError(f"--image: no file could be read, nothing was asked ({reasons})")
     verify_report(triage.exact, triage.near)
+    _say_if_nobody_asked(search.query.dataset, triage.exact, triage.near)
     if args.json:
         print(render.to_json(image_triage_to_dict(triage)))
     else:
         print(render_image_triage(triage))
     return exit_code(triage.exact, triage.near)
+
+
+def _say_if_nobody_asked(dataset: str, *batches: BatchResult | None) -> None:
+    """A batch no agency was asked about exits 4; standard error says why."""
+    statuses = [s for b in batches if b is not None for s in b.statuses()]
+    if all(s is NodeStatus.NOT_ASKED for s in statuses):
+        print(
+            f"liaison query: no agency was asked: none offers dataset {dataset!r}",
+            file=sys.stderr,
+        )

@@ -21,6 +21,8 @@ from liaison.query import Comparator, Operation, Predicate, Query
 
 # How an agency whose answer failed its signature check is shown instead of its answer.
 NOT_VERIFIED = "NOT VERIFIED"
+# The mark of an answer no key held here could check: the gateway's word alone.
+UNVERIFIED = "UNVERIFIED"
 
 if TYPE_CHECKING:
     # Type names only: rendering never runs policy code.
@@ -74,7 +76,9 @@ MAX_VALUES_SHOWN = 3
 def _summary(result: NodeResult, op: Operation) -> str:
     a = result.answer
     if result.status is NodeStatus.DENIED:
-        return f"denied: {result.detail}"
+        # The reason the node signed; ``detail`` is the gateway's own, unsigned word.
+        reason = a.decision.reason if a is not None else ""
+        return f"denied: {reason}" if reason else "denied"
     if result.status is not NodeStatus.ANSWERED or a is None:
         return result.detail or result.status.value
     if op is Operation.MATCH:
@@ -115,12 +119,13 @@ def render_result(
     if purpose:
         head += f"\n  purpose {purpose}, case {case_ref}"
     failed = {n.node_id: n for n in check.failed} if check else {}
+    unverified = _unverified(result, check)
     rows = []
     for r in result.results:
         trusted = r.node_id not in failed
         row = [
             r.node_id,
-            r.status.value,
+            f"{r.status.value}, {UNVERIFIED}" if r.node_id in unverified else r.status.value,
             _summary(r, op) if trusted else NOT_VERIFIED,
             ", ".join(r.answer.decision.rules) if r.answer and trusted else "",
         ]
@@ -156,6 +161,13 @@ def render_result(
                 f"{r.node_id}:",
                 table([result.query.group_by or "", "count"], cells, indent="  "),
             ]
+    if unverified:
+        parts += [
+            "",
+            f"{UNVERIFIED}: no key is held here for {', '.join(unverified)}: what is shown for "
+            "them rests on the gateway's word alone (an agency you never heard of may be the "
+            "gateway's invention); add their <node_id>.pub to the node keys to check them",
+        ]
     if failed:
         parts += [
             "",
@@ -164,6 +176,20 @@ def render_result(
         ]
         parts += [f"  {node}" for node in failed.values()]
     return "\n".join(parts)
+
+
+def _unverified(result: SearchResult, check: AnswerCheck | None) -> list[str]:
+    """Agencies shown as answering or denying that no key held here could check."""
+    from liaison.answer_check import Verdict
+
+    if check is None:
+        return []
+    return [
+        r.node_id
+        for r in result.results
+        if r.status in (NodeStatus.ANSWERED, NodeStatus.DENIED)
+        and check.verdict_of(r.node_id).verdict is Verdict.UNVERIFIABLE
+    ]
 
 
 def _decision_to_dict(decision: Decision) -> dict[str, Any]:
@@ -233,18 +259,29 @@ def result_to_dict(
     With ``check``, each result's ``verification`` is its verdict, and an
     answer that FAILED its check is null (with its digest): it is not what the
     agency signed. Without, every verdict is "not checked" (``not_checked``
-    says why). An agency that FAILED is counted as not answered.
+    says why). An agency that FAILED, or answered unverifiably, is counted as
+    not answered. ``detail`` and ``latency_ms`` are the gateway's own word
+    (not signed); the node's signed reason is ``answer.decision.reason``.
     """
     from liaison.cli.verify_answers import search_verification, verification_to_dict
 
     q = result.query
     failed = {n.node_id for n in check.failed} if check else set()
+    unverified = set(_unverified(result, check))
     return {
         "kind": "search",
         "query_id": result.query_id,
         "query": {**query_to_dict(q), "limit": q.limit},
+        # As the exit code counts them: neither a FAILED nor an unverifiable
+        # answer counts as answered.
         "agencies": tally(
-            [NodeStatus.ERROR if r.node_id in failed else r.status for r in result.results]
+            [
+                NodeStatus.ERROR
+                if r.node_id in failed
+                or (r.node_id in unverified and r.status is NodeStatus.ANSWERED)
+                else r.status
+                for r in result.results
+            ]
         ),
         "verification": search_verification(check, not_checked),
         "results": [

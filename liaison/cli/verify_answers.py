@@ -21,12 +21,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from liaison.answer_check import AnswerCheck, NodeCheck, Verdict, check_answers, load_node_keys
-from liaison.cli.exits import ExitCode, UsageError
+from liaison.answer_check import (
+    AnswerCheck,
+    NodeCheck,
+    SearchWindow,
+    Verdict,
+    check_answers,
+    load_node_keys,
+    now_ms,
+)
+from liaison.cli.exits import ExitCode
 from liaison.cli.render import NOT_VERIFIED
-from liaison.errors import ConfigError
+from liaison.errors import ConfigError, UsageError
 from liaison.keys import VerifyingKey
-from liaison.messages import SearchInput, SearchResult
+from liaison.messages import NodeStatus, SearchInput, SearchResult
 
 ENV_VAR = "LIAISON_NODE_KEYS"
 NOT_CHECKED = "not checked"
@@ -65,10 +73,27 @@ class Verification:
     def on(self) -> bool:
         return self.keys is not None
 
-    def check(self, result: SearchResult, asked: SearchInput) -> AnswerCheck | None:
+    def check(
+        self, result: SearchResult, asked: SearchInput, window: SearchWindow
+    ) -> AnswerCheck | None:
         if self.keys is None:
             return None
-        return check_answers(result, asked, self.keys)
+        return check_answers(result, asked, self.keys, window=window)
+
+    def search(
+        self, address: str, token: str, asked: SearchInput, *, tls_ca: Path | None
+    ) -> tuple[SearchResult, AnswerCheck | None]:
+        """Ask through the gateway, timing the call, and check the result against that time.
+
+        The time is what proves the result fresh: a request the nodes
+        answered before this call was made is an earlier result served again.
+        With verification off, the check is None.
+        """
+        from liaison import client
+
+        sent = now_ms()
+        result = client.search(address, token, asked, tls_ca=tls_ca)
+        return result, self.check(result, asked, SearchWindow(sent, now_ms()))
 
     @classmethod
     def off(cls, reason: str = _OFF) -> Verification:
@@ -166,6 +191,37 @@ def search_verification(check: AnswerCheck | None, off_reason: str) -> dict[str,
             "reason": "; ".join(str(n) for n in failed),
         }
     return verification_to_dict(overall("", check.nodes, "agencies"), off_reason)
+
+
+def counted_statuses(result: SearchResult, check: AnswerCheck | None) -> list[NodeStatus]:
+    """The statuses the exit code counts: with verification on, an answer nothing could
+    check (no key held here) is the gateway's word alone, so it is not counted as answered.
+    """
+    unverified = (
+        {n.node_id for n in check.nodes if n.verdict is Verdict.UNVERIFIABLE} if check else set()
+    )
+    return [
+        NodeStatus.ERROR
+        if r.status is NodeStatus.ANSWERED and r.node_id in unverified
+        else r.status
+        for r in result.results
+    ]
+
+
+def nobody_asked(result: SearchResult) -> str:
+    """The line for standard error when no agency was asked; "" when one was."""
+    if any(r.status is not NodeStatus.NOT_ASKED for r in result.results):
+        return ""
+    dataset = result.query.dataset
+    if not result.results:
+        return (
+            "no agency was asked: the gateway's result names no agency that offers dataset "
+            f"{dataset!r}"
+        )
+    return (
+        f"no agency was asked: none of {', '.join(r.node_id for r in result.results)} "
+        f"offers dataset {dataset!r}"
+    )
 
 
 def exit_code(code: ExitCode, failed: bool) -> ExitCode:

@@ -19,7 +19,14 @@ from typing import Any, TextIO
 import sqlalchemy as sa
 
 from liaison import client
-from liaison.answer_check import AnswerCheck, Verdict, check_answers, load_node_keys
+from liaison.answer_check import (
+    AnswerCheck,
+    SearchWindow,
+    Verdict,
+    check_answers,
+    load_node_keys,
+    now_ms,
+)
 from liaison.cli import render
 from liaison.cli.exits import ExitCode
 from liaison.demo.data import INVESTIGATOR_AGENCY, Probes, demo_agencies, populate, probes
@@ -344,8 +351,11 @@ def run_demo(
         with running_federation(root, detach=keep_running, progress=progress) as address:
             print(f"[3/4] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
             for dq in demo_queries(probes()):
+                sent = now_ms()
                 result = client.search(address, token, dq.search)
-                check = check_answers(result, dq.search, node_keys)
+                # The window the search was asked in: a result from before it is stale.
+                window = SearchWindow(sent, now_ms())
+                check = check_answers(result, dq.search, node_keys, window=window)
                 checks.append(check)
                 if as_json:
                     results.append({"title": dq.title, **render.result_to_dict(result, check)})
