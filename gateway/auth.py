@@ -78,6 +78,8 @@ class _Seen:
     sub: object = None
 
 
+# Not in liaison/errors.py on purpose: internal control flow that never leaves
+# TokenVerifier; it refreshes the issuer's keys and verifies again.
 class _KeysNeeded(Exception):
     """The issuer's keys should be refreshed (``claimed``) or are being refreshed."""
 
@@ -136,6 +138,10 @@ class TokenVerifier:
                 issuer.claims,
                 issuer.authorized_parties,
             )
+
+    def issuer_keys(self) -> list[IssuerKeys]:
+        """Each trusted issuer's keys as loaded, for ``gateway check`` to report."""
+        return [trusted.keys for trusted in self._issuers.values()]
 
     def verify(self, token: str | None) -> Requester:
         """Return the authenticated requester, or raise AuthenticationError.

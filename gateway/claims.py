@@ -18,6 +18,8 @@ MAX_ATTRIBUTES = 16
 MAX_ATTRIBUTE_CHARS = 64
 
 
+# Not in liaison/errors.py on purpose: internal control flow that never leaves the
+# gateway; TokenVerifier logs it and raises AuthenticationError in its place.
 class Refused(Exception):
     """A token is refused: ``reason`` is a stable code for logs, ``message`` for the caller.
 

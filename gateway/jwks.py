@@ -36,7 +36,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from liaison.config import Issuer, jwks_url_problem
+from liaison.config import LOOPBACK_HOSTS, Issuer, jwks_url_problem
 from liaison.errors import ConfigError
 from liaison.keys import key_id_of
 
@@ -54,6 +54,8 @@ _SECRET_MEMBERS = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 VerifyKey = ed25519.Ed25519PublicKey | ec.EllipticCurvePublicKey | rsa.RSAPublicKey
 
 
+# Not in liaison/errors.py on purpose: internal control flow that never leaves the
+# gateway; IssuerKeys logs it (keeping the last good keys) or raises ConfigError.
 class JwksError(ValueError):
     """A JWKS document or fetch is unusable as a whole; the message says why."""
 
@@ -196,8 +198,34 @@ def _jwk_key(jwk: dict[str, Any], pinned: frozenset[str]) -> IssuerKey:
     return IssuerKey(key, _usable(algorithms, pinned))
 
 
-class _NoInsecureRedirects(urllib.request.HTTPRedirectHandler):
-    """Follow a redirect only to a URL we would have fetched in the first place."""
+def _origin(url: str) -> tuple[str, str, int] | None:
+    """(scheme, host, port) of ``url``, the port filled in; None if it has no valid one."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port
+    except ValueError:
+        return None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return None
+    return parts.scheme, parts.hostname.lower(), port or (443 if parts.scheme == "https" else 80)
+
+
+def _is_loopback(url: str) -> bool:
+    return urlsplit(url).hostname in LOOPBACK_HOSTS
+
+
+class _SameOriginRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow a redirect only within the configured URL's scheme, host and port.
+
+    ``jwks_url_problem`` alone is not enough for a redirect target: it allows
+    http to loopback, so an https provider (or whoever answers for it) could
+    send the gateway to a plain-HTTP admin port on its own host. A provider
+    that moved its keys elsewhere is configured with the new URL instead.
+    """
+
+    def __init__(self, configured: str) -> None:
+        super().__init__()
+        self._origin = _origin(configured)
 
     def redirect_request(
         self,
@@ -209,6 +237,11 @@ class _NoInsecureRedirects(urllib.request.HTTPRedirectHandler):
         newurl: str,
     ) -> urllib.request.Request | None:
         problem = jwks_url_problem(newurl)
+        if problem is None and _origin(newurl) != self._origin:
+            problem = (
+                f"{shown(newurl)!r}, outside the configured URL's scheme, host and port; "
+                "set `jwks_url` to the URL the provider redirects to"
+            )
         if problem:
             fp.close()  # urllib would read and close it after a redirect it follows
             raise JwksError(f"redirected to {problem}")
@@ -226,9 +259,10 @@ def fetch_jwks(url: str, *, timeout_s: float, max_bytes: int) -> bytes:
     problem = jwks_url_problem(url)
     if problem:
         raise JwksError(problem)
-    handlers: list[urllib.request.BaseHandler] = [_NoInsecureRedirects()]
-    if urlsplit(url).scheme == "http":
-        # Loopback only (jwks_url_problem): an environment proxy must not see it.
+    handlers: list[urllib.request.BaseHandler] = [_SameOriginRedirects(url)]
+    if _is_loopback(url):
+        # A request to this host (and its same-origin redirects) never goes
+        # through an environment proxy: the proxy would see it and could answer it.
         handlers.append(urllib.request.ProxyHandler({}))
     opener = urllib.request.build_opener(*handlers)
     request = urllib.request.Request(  # noqa: S310  # scheme checked by jwks_url_problem
@@ -291,11 +325,17 @@ class IssuerKeys:
         self._from_file = KeySet()
         self._file_stamp: tuple[int, int] | None = None
         self._from_url = KeySet()
+        # Why the last fetch of the URL failed (None after a success): for `gateway check`.
+        self.fetch_error: str | None = None
         self._claim_lock = threading.Lock()
         self._refresh_lock = threading.Lock()
         self._last_attempt = clock()
         self.current = KeySet(dict(self._static))
         self._load_at_start()
+
+    @property
+    def jwks_url(self) -> str | None:
+        return self._url
 
     @property
     def refreshable(self) -> bool:
@@ -377,7 +417,9 @@ class IssuerKeys:
                 "jwks fetch failed; keeping the last good keys",
                 extra={"issuer": self.issuer, "source": shown(self._url), "error": str(exc)},
             )
-            return str(exc)
+            self.fetch_error = str(exc)
+            return self.fetch_error
+        self.fetch_error = None
         return None
 
     def _merge(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from contextlib import AsyncExitStack, ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import gateway_origin
 from liaison.logs import capture_native_stderr
-from liaison.metrics import GatewayMetrics, MetricsServer
+from liaison.metrics import GatewayMetrics
 from liaison.serving import (
     SERVER_OPTIONS,
     ServingHealth,
@@ -32,6 +33,7 @@ from liaison.serving import (
     bind,
     host_of,
     serving_health_aio,
+    start_metrics,
     write_port_file,
 )
 from liaison.tls import TlsFiles
@@ -91,7 +93,7 @@ async def start_gateway_server(
     dry_runner: DryRunner | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """Serve ``core``; ``dry_runner`` defaults to one caching policies for a minute."""
+    """As :func:`serve_gateway`, returning only the server and its port."""
     served = await serve_gateway(
         core, verifier, listen, tls, dry_runner=dry_runner, metrics=metrics
     )
@@ -107,7 +109,7 @@ async def serve_gateway(
     dry_runner: DryRunner | None = None,
     metrics: GatewayMetrics | None = None,
 ) -> ServedGateway:
-    """As :func:`start_gateway_server`, with the server's health and metrics."""
+    """Serve ``core``; ``dry_runner`` defaults to one caching policies for a minute."""
     metrics = metrics or GatewayMetrics()
     metrics.known_nodes(core.fanout.links)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MalformedRequestsAio()])
@@ -126,7 +128,11 @@ async def serve_gateway(
         # It failed before anyone was listening: say so now.
         health.set("ledger", False)
     core.ledger.on_append = metrics.ledger_append.observe
-    port = bind(server, listen, tls)
+    try:
+        port = bind(server, listen, tls)
+    except BaseException:
+        await server.stop(None)
+        raise
     await server.start()
     return ServedGateway(server, port, health, metrics)
 
@@ -134,45 +140,46 @@ async def serve_gateway(
 async def _serve(
     config: GatewayConfig, port_file: Path | None, metrics_port_file: Path | None
 ) -> None:
-    core, verifier = build_gateway(config)
-    metrics = GatewayMetrics()
-    metrics_server = None
-    if config.metrics_listen is not None:
-        try:
-            metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
-        except BaseException:
-            await core.close()
-            raise
-        host, _, port = metrics_server.address.rpartition(":")
-        write_port_file(metrics_port_file, host, int(port))
-    shutdown = Shutdown().install_aio(asyncio.get_running_loop())
-    served = await serve_gateway(core, verifier, config.listen, config.tls, metrics=metrics)
-    host = host_of(config.listen)
-    write_port_file(port_file, host, served.port)
-    log.info(
-        "gateway serving",
-        extra={
-            "gateway_id": core.gateway_id,
-            "address": f"{host}:{served.port}",
-            "nodes": sorted(core.fanout.links),
-            **({"metrics_address": metrics_server.address} if metrics_server else {}),
-        },
-    )
-    await asyncio.to_thread(shutdown.requested.wait)
-    log.info("gateway stopping", extra={"gateway_id": core.gateway_id, "drain_s": config.drain_s})
-    served.health.drain()
-    # Still answering: a load balancer that saw NOT_SERVING moves away meanwhile.
-    await asyncio.to_thread(shutdown.hurried.wait, config.drain_s)
-    await served.server.stop(grace=5)
-    if metrics_server is not None:
-        metrics_server.close()
-    await core.close()
+    async with AsyncExitStack() as stack:
+        core, verifier = build_gateway(config)
+        stack.push_async_callback(core.close)
+        metrics = GatewayMetrics()
+        # Synchronous callbacks of a sync ExitStack, closed by the async one.
+        sync = stack.enter_context(ExitStack())
+        metrics_fields = start_metrics(
+            sync, metrics.registry, config.metrics_listen, metrics_port_file
+        )
+        shutdown = Shutdown().install_aio(asyncio.get_running_loop())
+        served = await serve_gateway(core, verifier, config.listen, config.tls, metrics=metrics)
+        stack.push_async_callback(served.server.stop, 5)
+        host = host_of(config.listen)
+        write_port_file(port_file, host, served.port)
+        log.info(
+            "gateway serving",
+            extra={
+                "gateway_id": core.gateway_id,
+                "address": f"{host}:{served.port}",
+                "nodes": sorted(core.fanout.links),
+                **metrics_fields,
+            },
+        )
+        await asyncio.to_thread(shutdown.requested.wait)
+        log.info(
+            "gateway stopping", extra={"gateway_id": core.gateway_id, "drain_s": config.drain_s}
+        )
+        served.health.drain()
+        # Still answering: a load balancer that saw NOT_SERVING moves away meanwhile.
+        await asyncio.to_thread(shutdown.hurried.wait, config.drain_s)
 
 
 def serve(
     config_path: Path, port_file: Path | None = None, metrics_port_file: Path | None = None
 ) -> None:
-    """Run a gateway until SIGTERM or SIGINT, then drain for ``drain_s`` and stop."""
+    """Run a gateway until SIGTERM or SIGINT, then drain for ``drain_s`` and stop.
+
+    Whatever started is closed again, in reverse order, also when starting
+    fails half-way (a port in use).
+    """
     capture_native_stderr()
     config = load_gateway_config(config_path)
     asyncio.run(_serve(config, port_file, metrics_port_file))

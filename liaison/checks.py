@@ -2,8 +2,10 @@
 
 ``liaison node check`` and ``liaison gateway check`` run a list of named
 checks (see ``node/check.py`` and ``gateway/check.py``); each passes with a
-one-line detail of what it found, fails with the one-line reason, or is
-skipped because one it depends on failed. Nothing here serves, and nothing
+one-line detail of what it found (a "warning" if it passes with something
+the operator should fix, such as a key source that failed while another
+supplied keys), fails with the one-line reason, or is skipped because one it
+depends on failed. Nothing here serves, and nothing
 is written except a probe row that a ledger's writability check inserts and
 deletes in one transaction, as the ledger's own health probe does.
 """
@@ -34,8 +36,16 @@ T = TypeVar("T")
 
 class Status(StrEnum):
     OK = "ok"
+    WARNING = "warning"  # passed: the role would start, but something needs fixing
     FAILED = "FAILED"
     SKIPPED = "skipped"
+
+
+@dataclass(frozen=True, slots=True)
+class Attention:
+    """A check's detail when it passed with something the operator should fix."""
+
+    detail: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,7 +58,7 @@ class CheckResult:
 
     @property
     def ok(self) -> bool:
-        return self.status is Status.OK
+        return self.status in (Status.OK, Status.WARNING)
 
 
 @dataclass
@@ -57,8 +67,11 @@ class Checks:
 
     results: list[CheckResult] = field(default_factory=list)
 
-    def run(self, name: str, check: Callable[[], tuple[T, str]]) -> T | None:
-        """Run ``check`` (returning a value and a detail); None if it failed."""
+    def run(self, name: str, check: Callable[[], tuple[T, str | Attention]]) -> T | None:
+        """Run ``check`` (returning a value and a detail); None if it failed.
+
+        A detail wrapped in ``Attention`` makes the check a warning.
+        """
         try:
             value, detail = check()
         except LiaisonError as exc:
@@ -70,7 +83,10 @@ class Checks:
             reason = f"unexpected error ({type(exc).__name__}); run the role's serve command"
             self.results.append(CheckResult(name, Status.FAILED, reason))
             return None
-        self.results.append(CheckResult(name, Status.OK, _one_line(detail)))
+        if isinstance(detail, Attention):
+            self.results.append(CheckResult(name, Status.WARNING, _one_line(detail.detail)))
+        else:
+            self.results.append(CheckResult(name, Status.OK, _one_line(detail)))
         return value
 
     def skip(self, name: str, because: str) -> None:
@@ -86,15 +102,17 @@ def _one_line(text: str) -> str:
 
 
 def render(results: list[CheckResult]) -> str:
-    """A table of checks: name, ok / FAILED / skipped, and the detail or reason."""
+    """A table of checks: name, ok / warning / FAILED / skipped, and the detail or reason."""
     width = max((len(r.name) for r in results), default=0)
     lines = [f"{r.name:<{width}}  {r.status.value:<7}  {r.detail}".rstrip() for r in results]
     failed = sum(1 for r in results if r.status is Status.FAILED)
     skipped = sum(1 for r in results if r.status is Status.SKIPPED)
+    warned = sum(1 for r in results if r.status is Status.WARNING)
+    warnings = f", {warned} with a warning" if warned else ""
     if failed or skipped:
-        lines.append(f"{failed} failed, {skipped} skipped of {len(results)} checks")
+        lines.append(f"{failed} failed, {skipped} skipped of {len(results)} checks{warnings}")
     else:
-        lines.append(f"all {len(results)} checks passed")
+        lines.append(f"all {len(results)} checks passed{warnings}")
     return "\n".join(lines)
 
 
@@ -215,7 +233,8 @@ def _check_server_ledger(url: sa.URL) -> None:
     """Connect to a ledger database; name the failure, and refuse an account that cannot write."""
     # A check must finish: a host that drops packets fails after this, not never.
     timeout = {} if "connect_timeout" in url.query else {"connect_timeout": 10}
-    engine = sa.create_engine(url, connect_args=timeout)
+    # hide_parameters: no statement's values in an error's text, as everywhere else.
+    engine = sa.create_engine(url, hide_parameters=True, connect_args=timeout)
     try:
         try:
             conn = engine.connect()

@@ -483,7 +483,8 @@ _ISSUER_KEYS = {
     "claims",
     "authorized_parties",
 }
-_LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+# Hosts a JWKS URL may reach over plain http: nothing crosses a network.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 
 
 def jwks_url_problem(url: str) -> str | None:
@@ -491,7 +492,7 @@ def jwks_url_problem(url: str) -> str | None:
     parts = urlsplit(url)
     if parts.scheme == "https" and parts.hostname:
         pass
-    elif parts.scheme == "http" and parts.hostname in _LOOPBACK_HOSTS:
+    elif parts.scheme == "http" and parts.hostname in LOOPBACK_HOSTS:
         pass  # a provider on this host, or a test; nothing crosses a network
     else:
         return f"{url!r} is not an https:// URL (plain http is only allowed to 127.0.0.1)"

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import pytest
 from hypothesis import strategies as st
 
 from gateway.search import GatewayCore
@@ -71,6 +72,17 @@ from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 INVESTIGATOR = Requester(
     "genovia", "inv.alice", ("investigator",), dev_issuer("genovia"), DEMO_ATTRIBUTES
 )
+
+
+def server_database_url(request: pytest.FixtureRequest, server: str) -> str:
+    """A fresh database on ``server`` ("postgresql" or "mariadb") for this test.
+
+    It comes from conftest's ``postgres_url`` / ``mariadb_url`` fixture, so the
+    test skips when the service is not reachable, and fails under CI=true.
+    """
+    fixture = {"postgresql": "postgres_url", "mariadb": "mariadb_url"}[server]
+    url: str = request.getfixturevalue(fixture)
+    return url
 
 
 def now_ms() -> int:

@@ -23,7 +23,13 @@ from liaison.errors import ConfigError
 from liaison.messages import AnswerStatus
 from liaison.query import Comparator, Operation, Predicate, Query
 from node.database import split_table
-from tests.support import LocalNode, running_node, start_local_node, write_local_node
+from tests.support import (
+    LocalNode,
+    running_node,
+    server_database_url,
+    start_local_node,
+    write_local_node,
+)
 
 NODE_ID = "schemaland"
 POLICY = f"""\
@@ -167,9 +173,7 @@ def other_schema(engine: sa.Engine) -> Iterator[str]:
 @pytest.fixture(params=["postgresql", "mariadb"])
 def server_url(request: pytest.FixtureRequest) -> str:
     """A fresh database on each server that has schemas."""
-    fixture = "postgres_url" if request.param == "postgresql" else "mariadb_url"
-    url: str = request.getfixturevalue(fixture)
-    return url
+    return server_database_url(request, request.param)
 
 
 @pytest.fixture

@@ -8,6 +8,7 @@ gateway check`` call), then reads its table or its JSON and its exit code.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -16,13 +17,16 @@ from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
+from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from liaison.demo.data import INVESTIGATOR_AGENCY
 from liaison.demo.federation import write_dev_idp, write_gateway_config, write_gateway_keys
 from liaison.tls import CertRole, certificate_identity, write_dev_pki
+from liaison.tokens import dev_issuer
 from tests.support import REPO, Run
 from tests.test_db_errors import SECRET, Account, fill, node_config
 from tests.test_db_errors import mariadb_account as mariadb_account
+from tests.test_identity_providers import jwk, serving_jwks
 
 NODE_CHECKS = [
     "config",
@@ -290,3 +294,72 @@ def test_a_missing_issuer_key_fails_the_issuers_check(tmp_path: Path) -> None:
     line = next(line for line in run.stdout.splitlines() if line.startswith("issuers "))
     assert "FAILED" in line
     assert f"{INVESTIGATOR_AGENCY}.pub" in line
+
+
+def keycloak_issuer(config: Path, jwks_url: str, jwks: list[dict[str, object]]) -> None:
+    """Trust a second provider by JWKS URL and a saved JWKS file next to ``config``."""
+    (config.parent / "keycloak-jwks.json").write_text(json.dumps({"keys": jwks}))
+    with config.open("a") as f:
+        f.write(
+            "\n[[issuer]]\n"
+            'issuer = "https://sso.genovia.invalid/realms/police"\n'
+            'agencies = ["genovia"]\n'
+            'algorithms = ["EdDSA", "RS256"]\n'
+            f'jwks_url = "{jwks_url}"\n'
+            'jwks_file = "keycloak-jwks.json"\n'
+        )
+
+
+def test_issuers_report_their_usable_keys(tmp_path: Path) -> None:
+    config = gateway_config(tmp_path)
+    with serving_jwks() as idp:
+        idp.publish(jwk(ed25519.Ed25519PrivateKey.generate(), "from-url"))
+        keycloak_issuer(config, idp.url, [jwk(ed25519.Ed25519PrivateKey.generate(), "saved")])
+
+        run = check("gateway", config, "--json")
+
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert statuses(run)["issuers"] == (
+        "ok",
+        f"{dev_issuer(INVESTIGATOR_AGENCY)}: 1 usable key(s) | "
+        "https://sso.genovia.invalid/realms/police: 2 usable key(s)",
+    )
+
+
+def test_a_failed_jwks_fetch_and_skipped_kids_are_a_warning_with_reasons(
+    tmp_path: Path,
+) -> None:
+    # prepare: the provider's URL answers 503; its saved file has a signing key,
+    # the realm's encryption key and an RSA key too weak to use
+    config = gateway_config(tmp_path)
+    weak = rsa.generate_private_key(65537, 1024)  # noqa: S505  # refused on purpose
+    saved = [
+        jwk(ed25519.Ed25519PrivateKey.generate(), "sig-1"),
+        jwk(rsa.generate_private_key(65537, 2048), "enc-1", use="enc"),
+        jwk(weak, "legacy"),
+    ]
+    with serving_jwks() as idp:
+        idp.status = 503
+        keycloak_issuer(config, idp.url, saved)
+
+        # execute
+        as_json = check("gateway", config, "--json")
+        table = check("gateway", config)
+
+    # assert: the gateway would start (exit 0), and the check says what is missing
+    assert (as_json.returncode, table.returncode) == (0, 0), table.stdout + table.stderr
+    status, detail = statuses(as_json)["issuers"]
+    assert status == "warning"
+    assert detail == (
+        f"{dev_issuer(INVESTIGATOR_AGENCY)}: 1 usable key(s) | "
+        "https://sso.genovia.invalid/realms/police: 1 usable key(s); "
+        f"jwks_url {idp.url} failed (HTTP 503); only the keys of its other sources are in use; "
+        "kid 'enc-1' skipped: `use` is 'enc', not 'sig'; "
+        "kid 'legacy' skipped: RSA key of 1024 bits; at least 2048 are needed"
+    )
+    assert as_json.json()["ok"] is True
+    line = next(line for line in table.stdout.splitlines() if line.startswith("issuers "))
+    assert line.split()[1] == "warning"
+    assert table.stdout.splitlines()[-1] == (
+        f"all {len(GATEWAY_CHECKS)} checks passed, 1 with a warning"
+    )

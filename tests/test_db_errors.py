@@ -34,6 +34,7 @@ from tests.support import (
     liaison,
     make_request,
     running_node,
+    server_database_url,
     sign_request,
     spawn,
     start_local_node,
@@ -198,7 +199,7 @@ def test_an_unknown_database_is_named(
     server: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     # prepare
-    base = request.getfixturevalue("postgres_url" if server == "postgresql" else "mariadb_url")
+    base = server_database_url(request, server)
     missing = f"no_such_{uuid.uuid4().hex[:8]}"
     url = sa.make_url(base).set(database=missing)
     if server == "postgresql":
@@ -254,9 +255,7 @@ def test_tls_required_but_not_offered_is_named(
     server: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     # prepare: these servers offer no TLS; the URL insists on it
-    base = sa.make_url(
-        request.getfixturevalue("postgres_url" if server == "postgresql" else "mariadb_url")
-    )
+    base = sa.make_url(server_database_url(request, server))
     write_dev_pki(tmp_path / "pki", {})
     ca = str(tmp_path / "pki" / "ca.pem")
     query = {"sslmode": "require"} if server == "postgresql" else {"ssl_ca": ca}
@@ -314,7 +313,7 @@ def test_common_url_spellings_reach_the_installed_driver(
     spelling: str, server: str, driver: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     # prepare
-    base = request.getfixturevalue("postgres_url" if server == "postgresql" else "mariadb_url")
+    base = server_database_url(request, server)
     fill(base)
     url = sa.make_url(base).set(drivername=spelling).render_as_string(hide_password=False)
     assert url.startswith(f"{spelling}://")

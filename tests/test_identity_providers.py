@@ -19,10 +19,12 @@ import threading
 import time
 import warnings
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import grpc
 import jwt
@@ -179,8 +181,9 @@ class JwksServer:
             return self.requests
 
 
-@pytest.fixture
-def idp() -> Iterator[JwksServer]:
+@contextmanager
+def serving_jwks() -> Iterator[JwksServer]:
+    """A JwksServer on a fresh loopback port, for as long as the block runs."""
     state = JwksServer()
     state.release.set()
 
@@ -189,7 +192,9 @@ def idp() -> Iterator[JwksServer]:
             with state.lock:
                 state.requests += 1
             state.release.wait(DEADLINE_S)
-            if state.location is not None:
+            # Redirect everything but the target's own path, so a redirect
+            # within the server ends at the keys instead of looping.
+            if state.location is not None and urlsplit(state.location).path != self.path:
                 self.send_response(302)
                 self.send_header("Location", state.location)
                 self.end_headers()
@@ -217,6 +222,19 @@ def idp() -> Iterator[JwksServer]:
         server.shutdown()
         server.server_close()
         thread.join(DEADLINE_S)
+
+
+@pytest.fixture
+def idp() -> Iterator[JwksServer]:
+    with serving_jwks() as state:
+        yield state
+
+
+@pytest.fixture
+def local_service() -> Iterator[JwksServer]:
+    """Another HTTP service on the gateway's host (an admin port, say); counts what reaches it."""
+    with serving_jwks() as state:
+        yield state
 
 
 class Clock:
@@ -514,6 +532,77 @@ def test_a_redirect_to_plain_http_elsewhere_is_not_followed(idp: JwksServer) -> 
     ):
         TokenVerifier((issuer(url=idp.url),), AUDIENCE)
     assert idp.count == 1
+
+
+def test_a_redirect_to_another_local_port_is_not_followed_and_is_logged(
+    pk: ProviderKeys,
+    idp: JwksServer,
+    local_service: JwksServer,
+    tmp_path: Path,
+    gateway_log: Records,
+) -> None:
+    # prepare: the provider answers 302 to another service on this host; a
+    # file supplies keys so the gateway starts and the refusal is only logged
+    local_service.publish(jwk(pk.ed, "planted"))
+    admin = local_service.url.replace("/realms/police/protocol/openid-connect/certs", "/admin")
+    idp.location = admin
+    path = tmp_path / "jwks.json"
+    path.write_text(json.dumps({"keys": [jwk(pk.ed, KID_ED)]}))
+
+    # execute
+    verifier = TokenVerifier((issuer(url=idp.url, file=path),), AUDIENCE)
+
+    # assert
+    assert (idp.count, local_service.count) == (1, 0)
+    [failure] = gateway_log.named("jwks fetch failed; keeping the last good keys")
+    assert failure.__dict__["error"] == (
+        f"redirected to {admin!r}, outside the configured URL's scheme, host "
+        "and port; set `jwks_url` to the URL the provider redirects to"
+    )
+    with pytest.raises(AuthenticationError, match="is not a key of issuer"):
+        verifier.verify(sign(claims(), pk.ed, "EdDSA", "planted"))
+
+
+def test_a_redirect_to_another_loopback_name_on_the_same_port_is_not_followed(
+    idp: JwksServer,
+) -> None:
+    # The same server under another name is another origin: nothing may be fetched there.
+    port = urlsplit(idp.url).port
+    idp.location = f"http://localhost:{port}/elsewhere/certs"
+
+    with pytest.raises(ConfigError, match=re.escape(f"redirected to {idp.location!r}, outside")):
+        TokenVerifier((issuer(url=idp.url),), AUDIENCE)
+    assert idp.count == 1
+
+
+def test_a_redirect_within_the_configured_origin_is_followed(
+    pk: ProviderKeys, idp: JwksServer
+) -> None:
+    idp.publish(jwk(pk.ed, KID_ED))
+    idp.location = idp.url.replace("/certs", "/certs-2026")
+
+    verifier = TokenVerifier((issuer(url=idp.url),), AUDIENCE)
+
+    assert verifier.verify(sign(claims(), pk.ed, "EdDSA", KID_ED)).agency == INVESTIGATOR_AGENCY
+    assert idp.count == 2
+
+
+def test_a_loopback_jwks_url_never_goes_through_the_environment_proxy(
+    pk: ProviderKeys, idp: JwksServer, local_service: JwksServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # prepare: a "proxy" that would answer with its own key if asked
+    local_service.publish(jwk(pk.ed, KID_ED))
+    idp.publish(jwk(pk.p256, KID_EC))
+    proxy = f"http://127.0.0.1:{urlsplit(local_service.url).port}"
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY"):
+        monkeypatch.setenv(name, proxy)
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+
+    verifier = TokenVerifier((issuer(url=idp.url),), AUDIENCE)
+
+    assert verifier.verify(sign(claims(), pk.p256, "ES256", KID_EC)).agency == INVESTIGATOR_AGENCY
+    assert (idp.count, local_service.count) == (1, 0)
 
 
 def test_a_jwks_naming_one_kid_twice_is_refused(pk: ProviderKeys, tmp_path: Path) -> None:
