@@ -6,7 +6,9 @@ Shared by the node (its agency database) and both ledgers. Three jobs:
   name no driver, or one Liaison does not install; they are rewritten to the
   drivers of Liaison's extras (``[postgresql]``: psycopg 3, ``[mysql]``:
   PyMySQL). A URL naming its driver (``postgresql+psycopg2://``) is kept.
-- masking: every URL shown to a person has its password replaced by ``***``.
+- masking: every URL shown to a person has its password, and any query
+  parameter that carries one (``?password=``, ``sslpassword=``, ...), replaced
+  by ``***``.
 - connection failures: the driver's error is sorted into authentication,
   unknown database, host or port unreachable, and TLS, so the message says
   which, with the fix. Nothing here ever renders a password.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from enum import StrEnum
-from urllib.parse import quote
+from urllib.parse import quote, quote_plus
 
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -64,14 +66,52 @@ def normalise(url: URL) -> URL:
     return url.set(drivername=rewritten) if rewritten else url
 
 
+# Query parameters that carry a secret: libpq's ``password`` and ``sslpassword``,
+# PyMySQL's ``password``/``passwd``, and whatever else names one.
+_SECRET_KEY = re.compile(r"pass(word|wd|phrase)?$|secret|token", re.IGNORECASE)
+HIDDEN = "***"
+
+
+def secret_query_keys(url: URL) -> list[str]:
+    """The query parameters of ``url`` whose values are secrets."""
+    return [key for key in url.query if _SECRET_KEY.search(key)]
+
+
+def secrets_of(url: URL) -> set[str]:
+    """Every secret ``url`` holds (password, secret query values), as written and URL-quoted."""
+    found: set[str] = set()
+    values: list[str] = [] if url.password is None else [str(url.password)]
+    for key in secret_query_keys(url):
+        value = url.query[key]
+        values.extend([value] if isinstance(value, str) else value)
+    for value in values:
+        if value:
+            found |= {value, quote(value, safe=""), quote_plus(value)}
+    return found
+
+
+def scrub(text: str, url: URL) -> str:
+    """``text`` with every secret of ``url`` replaced by ``***`` (longest first)."""
+    for secret in sorted(secrets_of(url), key=len, reverse=True):
+        text = text.replace(secret, HIDDEN)
+    return text
+
+
 def masked(url: URL | str) -> str:
-    """``url`` for people and logs: its password, if any, shown as ``***``."""
+    """``url`` for people and logs: its password and secret query values shown as ``***``.
+
+    A secret's value is hidden wherever else in the URL it appears, too.
+    """
     if isinstance(url, str):
         try:
             url = make_url(url)
         except ArgumentError:
             return "(not a database URL)"
-    return url.render_as_string(hide_password=True)
+    keys = secret_query_keys(url)
+    shown = url.update_query_dict({key: HIDDEN for key in keys}) if keys else url
+    # Rendering quotes the query's "***" as "%2A%2A%2A".
+    text = shown.render_as_string(hide_password=True).replace(quote(HIDDEN, safe=""), HIDDEN)
+    return scrub(text, url)
 
 
 def with_password(url: URL, password: str, what: str) -> URL:
@@ -223,11 +263,7 @@ def _driver_text(orig: BaseException | None, url: URL) -> str:
     # and may add a hint on a second line ("Is the server running on that host...").
     text = (text.strip().splitlines() or [""])[0].rsplit(" failed: ", 1)[-1]
     text = " ".join(text.replace("FATAL:", "").split())
-    password = url.password
-    if password:
-        for form in {str(password), quote(str(password), safe="")}:
-            text = text.replace(form, "***")
-    return text[:300]
+    return scrub(text, url)[:300]
 
 
 def classify_connection_error(exc: BaseException, url: URL, what: str) -> ConnectionFailure:

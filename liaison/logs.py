@@ -8,14 +8,19 @@ to file descriptor 2, bypassing ``logging``. A serving process therefore
 routes fd 2 through a pipe (:func:`capture_native_stderr`): JSON lines pass
 through unchanged, any other line becomes a JSON event of its own, and a
 refused TLS handshake becomes a "tls handshake refused" event an operator can
-alert on. The one exception is the command line's "error: ..." line of a
-process that could not start.
+alert on. JSON lines pass whole up to MAX_JSON_LINE_BYTES; other lines are
+cut at MAX_LINE_BYTES. The exceptions: the command line's "error: ..." line of
+a process that could not start; the Python traceback of a fatal signal
+(``faulthandler``, written straight to the real stderr); and, if forwarding
+ever fails, everything after one "stderr capture failed" event (raw lines,
+rather than writers blocked on a full pipe).
 """
 
 from __future__ import annotations
 
 import atexit
 import contextlib
+import faulthandler
 import json
 import logging
 import os
@@ -69,6 +74,10 @@ _NATIVE = re.compile(
 )
 # A longer line from below Python is cut into events of this size.
 MAX_LINE_BYTES = 64 * 1024
+# A JSON line (a log event with a long field) is passed on whole up to this size.
+MAX_JSON_LINE_BYTES = 16 * 1024 * 1024
+# At exit, how long the reader may take to forward what is still in the pipe.
+RESTORE_TIMEOUT_S = 10
 # How liaison.cli.main prints a user error.
 CLI_ERROR_PREFIX = "error: "
 _LEVELS = {"I": "info", "W": "warning", "E": "error", "F": "critical"}
@@ -142,7 +151,18 @@ def route_line(raw: bytes) -> bytes:
 
 
 class _NativeStderr:
-    """fd 2 replaced by a pipe whose reader forwards every line, as JSON, to the real stderr."""
+    """fd 2 replaced by a pipe whose reader forwards every line, as JSON, to the real stderr.
+
+    Whatever happens to the reader, writers must never block on a full pipe
+    (every logging call and gRPC's C core write to fd 2): if forwarding fails,
+    the real stderr goes back onto fd 2 and lines are raw from then on.
+
+    Limit: the reader is a daemon thread. A process killed by a fatal signal
+    (gRPC core's abort() after its "F..." line, a segfault) can die before the
+    reader forwards the last lines in the pipe. ``faulthandler`` writes the
+    Python traceback of such a death straight to the real stderr, unwrapped,
+    so at least that reaches the operator.
+    """
 
     def __init__(self) -> None:
         self.real = os.dup(2)
@@ -151,28 +171,70 @@ class _NativeStderr:
         os.dup2(write_end, 2)
         os.close(write_end)
         self._read_end = read_end
+        self.failed = False
+        self._in_hand: list[bytes] = []
+        # The real stderr stays open for the life of the process (self.real).
+        faulthandler.enable(file=self.real, all_threads=True)
         self._thread = threading.Thread(target=self._pump, name="stderr-json", daemon=True)
         self._thread.start()
 
     def _pump(self) -> None:
-        pending = b""
-        while True:
-            try:
-                chunk = os.read(self._read_end, 65536)
-            except OSError:
-                chunk = b""
-            if not chunk:
-                break
-            pending += chunk
-            *lines, pending = pending.split(b"\n")
-            if len(pending) > MAX_LINE_BYTES:
-                # No newline in sight: pass it on in pieces rather than hold it all.
-                lines.append(pending)
-                pending = b""
-            self._write(b"".join(route_line(line) for line in lines))
-        if pending:
-            self._write(route_line(pending))
-        os.close(self._read_end)
+        try:
+            self._forward()
+        except BaseException as exc:  # whatever it was, fd 2 must not stay a dead pipe
+            self._fall_back(exc)
+        finally:
+            with contextlib.suppress(OSError):
+                os.close(self._read_end)
+
+    def _forward(self) -> None:
+        # The line read so far, without its newline, in pieces: a long line is
+        # joined once, not copied again with every chunk.
+        parts: list[bytes] = []
+        size = 0
+        while chunk := self._read():
+            # What the fallback passes on raw if routing this chunk fails.
+            self._in_hand = [*parts, chunk]
+            *complete, rest = chunk.split(b"\n")
+            out = []
+            if complete:
+                out.append(route_line(b"".join([*parts, complete[0]])))
+                out.extend(route_line(line) for line in complete[1:])
+                parts, size = [], 0
+            if rest:
+                parts.append(rest)
+                size += len(rest)
+            # A JSON line is passed on whole up to a far larger bound: cut, it
+            # would no longer be the event it was. Anything else (or a JSON line
+            # past that bound) is passed on in pieces rather than held.
+            bound = MAX_JSON_LINE_BYTES if parts and parts[0][:1] == b"{" else MAX_LINE_BYTES
+            if size > bound:
+                out.append(route_line(b"".join(parts)))
+                parts, size = [], 0
+            self._write(b"".join(out))
+            self._in_hand = []
+        if parts:
+            self._write(route_line(b"".join(parts)))
+
+    def _read(self) -> bytes:
+        try:
+            return os.read(self._read_end, 65536)
+        except OSError:
+            return b""
+
+    def _fall_back(self, exc: BaseException) -> None:
+        """Put the real stderr back on fd 2 and pass what is left in the pipe on raw."""
+        self.failed = True
+        with contextlib.suppress(OSError):
+            os.dup2(self.real, 2)  # the pipe's last write end: the reader will see EOF
+        event = native_event(
+            f"stderr capture failed ({type(exc).__name__}); stderr lines are raw from now on"
+        )
+        event.update(level="error", logger="liaison.logs")
+        self._write(json.dumps(event).encode() + b"\n" + b"".join(self._in_hand))
+        with contextlib.suppress(BaseException):
+            while chunk := self._read():
+                self._write(chunk)
 
     def _write(self, data: bytes) -> None:
         # Never through logging: that writes to fd 2, which is this pipe.
@@ -185,7 +247,7 @@ class _NativeStderr:
         with contextlib.suppress(ValueError, OSError):
             sys.stderr.flush()
         os.dup2(self.real, 2)  # closes the pipe's last write end: the reader sees EOF
-        self._thread.join(5)
+        self._thread.join(RESTORE_TIMEOUT_S)
 
 
 _captured: _NativeStderr | None = None

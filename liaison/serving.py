@@ -1,4 +1,4 @@
-"""What node and gateway servers share: health, reflection, channel options, ports, shutdown."""
+"""What node and gateway servers share: health, reflection, options, ports, metrics, shutdown."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Callable, Iterable
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +18,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
 from grpc_reflection.v1alpha._async import ReflectionServicer as AsyncReflectionServicer
+from prometheus_client import CollectorRegistry
 
 from liaison.errors import ConfigError
+from liaison.metrics import MetricsServer
 from liaison.tls import TlsFiles
 
 log = logging.getLogger("liaison.health")
@@ -266,11 +270,39 @@ def write_port_file(path: Path | None, host: str, port: int) -> None:
     os.replace(tmp, path)
 
 
+def write_address(path: Path | None, address: str) -> None:
+    """:func:`write_port_file` for an address given as ``HOST:PORT``."""
+    host, _, port = address.rpartition(":")
+    write_port_file(path, host, int(port))
+
+
+def start_metrics(
+    stack: ExitStack, registry: CollectorRegistry, listen: str | None, port_file: Path | None
+) -> dict[str, str]:
+    """Serve ``registry`` on ``listen`` if set, closed with ``stack``; what to log about it.
+
+    The bound address goes to ``port_file`` and into the returned log fields
+    (``metrics_address``); nothing is served, and nothing returned, without ``listen``.
+    """
+    if listen is None:
+        return {}
+    server = MetricsServer(registry, listen)
+    stack.callback(server.close)
+    write_address(port_file, server.address)
+    return {"metrics_address": server.address}
+
+
 def host_of(listen: str) -> str:
     return listen.rsplit(":", 1)[0] or "127.0.0.1"
 
 
 # --- shutdown -----------------------------------------------------------------------
+
+
+# Python runs signal handlers on the main thread, but the kernel may deliver a
+# signal to any thread: a main thread blocked in a wait without a timeout is
+# then never woken to run the handler. Waits on the main thread wake this often.
+SIGNAL_POLL_S = 0.2
 
 
 class Shutdown:
@@ -279,6 +311,19 @@ class Shutdown:
     def __init__(self) -> None:
         self.requested = threading.Event()
         self.hurried = threading.Event()
+
+    def wait_requested(self) -> None:
+        """Block (on the main thread) until a stop is asked for."""
+        while not self.requested.wait(SIGNAL_POLL_S):
+            pass
+
+    def wait_hurried(self, timeout_s: float) -> bool:
+        """Block (on the main thread) up to ``timeout_s``; True if a second signal came."""
+        deadline = time.monotonic() + timeout_s
+        while (left := deadline - time.monotonic()) > 0:
+            if self.hurried.wait(min(left, SIGNAL_POLL_S)):
+                return True
+        return self.hurried.is_set()
 
     def received(self) -> None:
         if self.requested.is_set():

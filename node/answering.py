@@ -46,7 +46,7 @@ from liaison.query import (
     validate_legal_basis,
     validate_query,
 )
-from liaison.wire import answer_to_bytes, published_policy_to_bytes
+from liaison.wire import answer_from_bytes, answer_to_bytes, published_policy_to_bytes
 from node.database import MappedDataset
 from node.differencing import RecentAggregates
 from node.execute import Executor, Refusal
@@ -79,6 +79,18 @@ class Charge:
     requester: Requester
     cost: int
     at_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class SignedAnswer:
+    """What :meth:`NodeCore.answer` returns: the envelope that leaves, and the answer in it.
+
+    The answer is the object that was signed (or, for a retry, the stored
+    envelope's payload read back), so callers need not parse what they send.
+    """
+
+    envelope: Envelope
+    answer: QueryAnswer
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +179,7 @@ class NodeCore:
             log.warning("refused: peer is not a trusted gateway", extra=peer.describe())
             raise
 
-    def answer(self, signed: SignedRequest, peer: Peer | None = None) -> Envelope:
+    def answer(self, signed: SignedRequest, peer: Peer | None = None) -> SignedAnswer:
         """Verify ``signed`` and return the signed answer (the same one on a retry).
 
         ``peer`` is who is on the line; None only for in-process callers of a
@@ -230,7 +242,8 @@ class NodeCore:
             raise
         if cached is not None:
             log.info("retry answered from store", extra={"query_id": request.query_id})
-            return cached
+            # This node's own signed bytes, stored by complete() below.
+            return SignedAnswer(cached, answer_from_bytes(cached.payload))
         charges: list[Charge] = []
         try:
             answer = self._decide_and_run(verified, charges)
@@ -282,7 +295,7 @@ class NodeCore:
                 "receipt_ms": round(receipt_ms, 3),
             },
         )
-        return sealed
+        return SignedAnswer(sealed, answer)
 
     def _withdraw(
         self,

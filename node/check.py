@@ -23,9 +23,9 @@ from liaison.errors import BackendError, ConfigError
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.tls import CertRole
 from node.database import MappedDataset, bind_schema, connect, open_read_only
-from node.server import _transform_secret
+from node.transform_key import read_transform_key, require_if_used
 from policies.load import load_policy_and_text
-from policies.model import Policy, TransformKind
+from policies.model import Policy
 
 # A check must finish: a host that drops packets fails after this, not never.
 CONNECT_TIMEOUT_S = 10
@@ -97,15 +97,9 @@ def _policy(config: NodeConfig, catalog: Catalog) -> tuple[Policy, str]:
 
 
 def _transform_key(config: NodeConfig, policy: Policy | None) -> tuple[None, str]:
-    secret = _transform_secret(config.transform_key)
-    keyed = policy is not None and any(
-        t.kind is TransformKind.KEYED_HASH for r in policy.permits for t in r.transforms.values()
-    )
-    if keyed and not secret:
-        raise ConfigError(
-            "the policy uses keyed-hash transforms but the node has no `transform_key`; "
-            "add one (a file of 32 random bytes in hex, e.g. from `liaison init`)"
-        )
+    secret = read_transform_key(config.transform_key)
+    if policy is not None:
+        require_if_used(policy, secret)
     if not secret:
         return None, "none configured (the policy needs none)"
     return None, f"{config.transform_key} ({len(secret)} bytes)"

@@ -22,6 +22,8 @@ from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.pool import NullPool
 
+from liaison.databases import scrub
+
 log = logging.getLogger("liaison.node")
 
 DEFAULT_INTERVAL_S = 5.0
@@ -34,7 +36,11 @@ def probe_engine(url: URL, timeout_s: float) -> Engine:
     """An engine whose every connection is new, bounded in time, and never creates a file."""
     connect_args: dict[str, Any] = {}
     backend = url.get_backend_name()
-    seconds = max(1, round(timeout_s))
+    # The probe's own deadline (the thread join) decides "no answer within
+    # timeout_s"; the driver's limits are only a backstop that ends a hung
+    # probe thread later, so they must not race the deadline.
+    backstop_s = 2 * timeout_s
+    seconds = max(1, round(backstop_s))
     if backend == "sqlite":
         if url.database and url.database != ":memory:":
             # Read-only URI mode: a missing file is an error, not a new empty database.
@@ -43,12 +49,24 @@ def probe_engine(url: URL, timeout_s: float) -> Engine:
         connect_args["timeout"] = timeout_s
     elif backend == "postgresql":
         connect_args["connect_timeout"] = seconds
-        connect_args["options"] = f"-c statement_timeout={int(timeout_s * 1000)}"
+        # Added to the URL's own options (connect_args would replace them): an
+        # agency's ``?options=-csearch_path%3Devidencia`` must still hold, or
+        # unqualified table names fail every probe.
+        limit = f"-c statement_timeout={int(backstop_s * 1000)}"
+        connect_args["options"] = " ".join([*_query_values(url, "options"), limit])
     elif backend in ("mysql", "mariadb"):
         connect_args.update(connect_timeout=seconds, read_timeout=seconds)
     return sa.create_engine(
         url, poolclass=NullPool, hide_parameters=True, connect_args=connect_args
     )
+
+
+def _query_values(url: URL, key: str) -> list[str]:
+    """The values of ``key`` in ``url``'s query (a key may repeat), in order."""
+    value = url.query.get(key)
+    if value is None:
+        return []
+    return [value] if isinstance(value, str) else list(value)
 
 
 class DatabaseProbe:
@@ -57,7 +75,7 @@ class DatabaseProbe:
     def __init__(
         self,
         url: str | URL,
-        tables: Iterable[sa.Table],
+        tables: Iterable[sa.FromClause],
         on_change: Callable[[bool], None],
         *,
         interval_s: float = DEFAULT_INTERVAL_S,
@@ -120,7 +138,7 @@ class DatabaseProbe:
                 for statement in self.statements:
                     conn.execute(statement).fetchall()
         except Exception as exc:  # drivers may raise outside SQLAlchemy's tree
-            outcome.append(_reason(exc))
+            outcome.append(_reason(exc, self.engine.url))
             return
         outcome.append("")
 
@@ -136,9 +154,13 @@ class DatabaseProbe:
         self.on_change(healthy)
 
 
-def _reason(exc: BaseException) -> str:
-    """Why a probe failed, in the driver's words: it asked for no value that could leak."""
+def _reason(exc: BaseException, url: URL) -> str:
+    """Why a probe failed, in the driver's words (its first line), without ``url``'s secrets.
+
+    The probe asks for no value that could leak, but a driver may quote the
+    connection's password (libpq echoes a bad ``options`` or ``password`` query).
+    """
     orig = getattr(exc, "orig", None) if isinstance(exc, SQLAlchemyError) else None
     cause = orig if isinstance(orig, BaseException) else exc
-    lines = str(cause).strip().splitlines()
+    lines = scrub(str(cause), url).strip().splitlines()
     return f"{type(cause).__name__}: {lines[0]}" if lines else type(cause).__name__

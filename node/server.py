@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from concurrent import futures
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from liaison.ledger.log import Ledger
 from liaison.ledger.logged import node_origin
 from liaison.logs import capture_native_stderr
 from liaison.messages import document_sha256
-from liaison.metrics import IndexState, MetricsServer, NodeMetrics
+from liaison.metrics import IndexState, NodeMetrics
 from liaison.serving import (
     SERVER_OPTIONS,
     ServingHealth,
@@ -27,6 +28,7 @@ from liaison.serving import (
     bind,
     host_of,
     serving_health,
+    start_metrics,
     write_port_file,
 )
 from liaison.tls import TlsFiles
@@ -36,9 +38,9 @@ from node.health import DatabaseProbe
 from node.near import NearIndexes
 from node.replay import ReplayGuard
 from node.service import NodeServicer
+from node.transform_key import read_transform_key, require_if_used
 from node.verify import GatewayIdentity, TrustedGateway
 from policies.load import load_policy_and_text
-from policies.model import TransformKind
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
@@ -57,14 +59,8 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
             identity = GatewayIdentity(frozenset(gw.tls_spki_sha256), frozenset(gw.tls_san))
         trusted[key.key_id] = TrustedGateway(gw.id, key, identity)
     policy, policy_document = load_policy_and_text(config.policy, catalog)
-    secret = _transform_secret(config.transform_key)
-    if not secret and any(
-        t.kind is TransformKind.KEYED_HASH for r in policy.permits for t in r.transforms.values()
-    ):
-        raise ConfigError(
-            "the policy uses keyed-hash transforms but the node has no `transform_key`; "
-            "add one (a file of 32 random bytes in hex, e.g. from `liaison init`)"
-        )
+    secret = read_transform_key(config.transform_key)
+    require_if_used(policy, secret)
     engine = open_read_only(config.database_url)
     try:
         schema = bind_schema(engine, config.datasets, catalog)
@@ -108,20 +104,6 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
     )
 
 
-def _transform_secret(path: Path | None) -> bytes:
-    if path is None:
-        return b""
-    try:
-        secret = bytes.fromhex(path.read_text().strip())
-    except OSError as exc:
-        raise ConfigError(f"cannot read transform_key {path} ({exc.strerror})") from exc
-    except ValueError as exc:
-        raise ConfigError(f"transform_key {path} must hold hex digits") from exc
-    if len(secret) < 32:
-        raise ConfigError(f"transform_key {path} must hold at least 32 bytes (64 hex digits)")
-    return secret
-
-
 @dataclass
 class ServedNode:
     server: grpc.Server
@@ -139,7 +121,7 @@ def start_node_server(
     *,
     metrics: NodeMetrics | None = None,
 ) -> tuple[grpc.Server, int]:
-    """Serve ``core``; with ``tls``, only its trusted gateways' certificates get answers."""
+    """As :func:`serve_node`, returning only the server and its port."""
     served = serve_node(core, listen, workers, tls, metrics=metrics)
     return served.server, served.port
 
@@ -199,7 +181,11 @@ def serve_node(
         metrics.watch_indexes(
             lambda: [IndexState(c.dataset, c.field, size, at) for c, size, at in near.in_use()]
         )
-    port = bind(server, listen, tls)
+    try:
+        port = bind(server, listen, tls)
+    except BaseException:
+        server.stop(None)
+        raise
     server.start()
     return ServedNode(server, port, servicer, health, metrics)
 
@@ -210,52 +196,44 @@ def serve(
     """Run a node until SIGTERM or SIGINT, then drain for ``drain_s`` and stop.
 
     While draining, health says NOT_SERVING and calls are still answered, so
-    a load balancer has time to move away before the port closes.
+    a load balancer has time to move away before the port closes. Whatever
+    started is closed again, in reverse order, also when starting fails
+    half-way (a port in use).
     """
     capture_native_stderr()
     config = load_node_config(config_path, CATALOG_V1)
-    core = build_node(config)
-    metrics = NodeMetrics()
-    metrics_server = None
-    if config.metrics_listen is not None:
-        try:
-            metrics_server = MetricsServer(metrics.registry, config.metrics_listen)
-        except BaseException:
-            close_core(core)
-            raise
-        _write_address(metrics_port_file, metrics_server.address)
-    shutdown = Shutdown().install()
-    served = serve_node(core, config.listen, tls=config.tls, metrics=metrics)
-    probe = DatabaseProbe(
-        core.engine.url,
-        [mapped.table for _, mapped in sorted(core.schema.items())],
-        lambda ok: served.health.set("database", ok),
-    )
-    served.servicer.on_database_error = probe.kick
-    probe.start()
-    host = host_of(config.listen)
-    write_port_file(port_file, host, served.port)
-    log.info(
-        "node serving",
-        extra={
-            "node_id": core.node_id,
-            "address": f"{host}:{served.port}",
-            "key_id": core.signing_key.key_id,
-            "policy_sha256": document_sha256(core.policy_document),
-            **({"metrics_address": metrics_server.address} if metrics_server else {}),
-        },
-    )
-    shutdown.requested.wait()
-    log.info("node stopping", extra={"node_id": core.node_id, "drain_s": config.drain_s})
-    served.health.drain()
-    shutdown.hurried.wait(config.drain_s)
-    served.server.stop(grace=5).wait()
-    probe.close()
-    if metrics_server is not None:
-        metrics_server.close()
-    close_core(core)
-
-
-def _write_address(path: Path | None, address: str) -> None:
-    host, _, port = address.rpartition(":")
-    write_port_file(path, host, int(port))
+    with ExitStack() as stack:
+        core = build_node(config)
+        stack.callback(close_core, core)
+        metrics = NodeMetrics()
+        metrics_fields = start_metrics(
+            stack, metrics.registry, config.metrics_listen, metrics_port_file
+        )
+        shutdown = Shutdown().install()
+        served = serve_node(core, config.listen, tls=config.tls, metrics=metrics)
+        probe = DatabaseProbe(
+            core.engine.url,
+            [mapped.table for _, mapped in sorted(core.schema.items())],
+            lambda ok: served.health.set("database", ok),
+        )
+        stack.callback(probe.close)
+        # Registered last, so run first: calls in flight finish before the rest closes.
+        stack.callback(lambda: served.server.stop(grace=5).wait())
+        served.servicer.on_database_error = probe.kick
+        probe.start()
+        host = host_of(config.listen)
+        write_port_file(port_file, host, served.port)
+        log.info(
+            "node serving",
+            extra={
+                "node_id": core.node_id,
+                "address": f"{host}:{served.port}",
+                "key_id": core.signing_key.key_id,
+                "policy_sha256": document_sha256(core.policy_document),
+                **metrics_fields,
+            },
+        )
+        shutdown.wait_requested()
+        log.info("node stopping", extra={"node_id": core.node_id, "drain_s": config.drain_s})
+        served.health.drain()
+        shutdown.wait_hurried(config.drain_s)

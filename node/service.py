@@ -19,7 +19,7 @@ from liaison.errors import BackendError, ConfigError
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
 from liaison.metrics import NodeMetrics
 from liaison.tls import CertificateIdentity
-from liaison.wire import answer_from_bytes, envelope_to_proto, signed_request_from_proto
+from liaison.wire import envelope_to_proto, signed_request_from_proto
 from node.answering import NodeCore
 from node.verify import Peer
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -68,15 +68,15 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
             peer = peer_of(context)
             # Before the request is read: the interceptor only parsed its outer message.
             self.core.check_peer(peer)
-            answer = self.core.answer(signed_request_from_proto(request), peer)
+            signed = self.core.answer(signed_request_from_proto(request), peer)
         except Exception as exc:
             self.metrics.refused(error_kind(exc), time.perf_counter() - started)
             if isinstance(exc, BackendError) and self.on_database_error is not None:
                 self.on_database_error()
             _abort(context, exc)
-        # The signed payload is the answer itself: what was decided, by which rules.
-        self.metrics.answered(answer_from_bytes(answer.payload), time.perf_counter() - started)
-        return pb_node.AnswerResponse(answer=envelope_to_proto(answer))
+        # The answer the core signed: what was decided, by which rules.
+        self.metrics.answered(signed.answer, time.perf_counter() - started)
+        return pb_node.AnswerResponse(answer=envelope_to_proto(signed.envelope))
 
     def Describe(
         self, request: pb_node.DescribeRequest, context: grpc.ServicerContext

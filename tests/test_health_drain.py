@@ -1,7 +1,8 @@
 """Health that means something, on real processes: draining on SIGTERM, a database going away.
 
 On SIGTERM a node and a gateway say NOT_SERVING at once, keep answering for
-their drain period (a search goes through both while they drain), then exit 0.
+their drain period (a search goes through both while they drain), then exit 0;
+a second signal ends the drain at once.
 A node whose SQLite database file disappears says NOT_SERVING within one
 probe interval, and SERVING again once the file is back; so does a node whose
 PostgreSQL server stops answering (a stopped proxy in front of it: connections
@@ -10,7 +11,10 @@ stay open, no reply comes).
 
 from __future__ import annotations
 
+import ctypes
+import os
 import signal
+import sys
 import time
 from pathlib import Path
 
@@ -18,8 +22,12 @@ import pytest
 import sqlalchemy as sa
 
 from liaison import client
+from liaison.catalog import CATALOG_V1
+from liaison.config import load_node_config
 from liaison.messages import NodeStatus
-from node.health import DEFAULT_INTERVAL_S, DEFAULT_RETRY_S, DEFAULT_TIMEOUT_S
+from node.answering import close_core
+from node.health import DEFAULT_INTERVAL_S, DEFAULT_RETRY_S, DEFAULT_TIMEOUT_S, DatabaseProbe
+from node.server import build_node
 from tests.operations_support import (
     hash_match,
     health_status,
@@ -31,23 +39,32 @@ from tests.operations_support import (
 )
 from tests.support import STOP_TIMEOUT_S, Process, investigator_token, spawn, terminate
 
-DRAIN_S = 2
+# Long enough that nothing checked while draining can outlast it on a loaded machine;
+# the second signal then ends it.
+LONG_DRAIN_S = 120
+# For "not before the drain ran out", where nothing else is timed.
+SHORT_DRAIN_S = 2
 NODE = "drainland"
 GATEWAY_SERVICE = "liaison.v1.GatewayService"
 NODE_SERVICE = "liaison.v1.NodeService"
 
 
-def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
-    # prepare: a node and a gateway with a short drain
-    root = tmp_path / "federation"
-    node = spawn("node", NODE, make_node(root, NODE, drain_s=DRAIN_S), tmp_path)
+def node_and_gateway(root: Path, tmp_path: Path, drain_s: int) -> tuple[Process, Process]:
+    node = spawn("node", NODE, make_node(root, NODE, drain_s=drain_s), tmp_path)
     try:
         gateway = spawn(
-            "gateway", "gw", make_gateway(root, {NODE: node.address}, drain_s=DRAIN_S), tmp_path
+            "gateway", "gw", make_gateway(root, {NODE: node.address}, drain_s=drain_s), tmp_path
         )
     except BaseException:
         terminate(node)
         raise
+    return node, gateway
+
+
+def test_sigterm_drains_and_a_second_signal_stops(tmp_path: Path) -> None:
+    # prepare: a node and a gateway with a long drain
+    root = tmp_path / "federation"
+    node, gateway = node_and_gateway(root, tmp_path, LONG_DRAIN_S)
     token = investigator_token(root)
     try:
         for address, service in ((node.address, NODE_SERVICE), (gateway.address, GATEWAY_SERVICE)):
@@ -55,7 +72,6 @@ def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
             assert health_status(address, service) == "SERVING"
 
         # execute: SIGTERM both
-        signalled = time.monotonic()
         node.popen.send_signal(signal.SIGTERM)
         gateway.popen.send_signal(signal.SIGTERM)
 
@@ -65,37 +81,70 @@ def test_sigterm_drains_then_stops(tmp_path: Path) -> None:
             def draining(p: Process = process, s: str = service) -> bool:
                 return health_status(p.address, s) == "NOT_SERVING"
 
-            wait_for(draining, DRAIN_S, f"{process.name} saying NOT_SERVING after SIGTERM")
+            wait_for(draining, 10, f"{process.name} saying NOT_SERVING after SIGTERM")
             assert health_status(process.address) == "NOT_SERVING"
             assert process.popen.poll() is None, "stopped without draining"
         result = client.search(gateway.address, token, hash_match(0))
         assert [(r.node_id, r.status) for r in result.results] == [(NODE, NodeStatus.ANSWERED)]
         assert node.popen.poll() is None and gateway.popen.poll() is None
 
-        # assert: then both stop cleanly, not before the drain period ran out
-        for process in (node, gateway):
+        # execute / assert: a second signal ends the drain; both stop cleanly, long
+        # before the drain would have run out
+        for process in (gateway, node):
+            process.popen.send_signal(signal.SIGINT)
+        for process in (gateway, node):
             assert process.popen.wait(STOP_TIMEOUT_S) == 0
-        assert time.monotonic() - signalled >= DRAIN_S
     finally:
         terminate(gateway)
         terminate(node)
     for process in (node, gateway):
         stopping = [e for e in log_events(process) if e["msg"].endswith(" stopping")]
-        assert [e["drain_s"] for e in stopping] == [DRAIN_S]
+        assert [e["drain_s"] for e in stopping] == [LONG_DRAIN_S]
 
 
-def test_a_second_signal_cuts_the_drain_short(tmp_path: Path) -> None:
+def test_without_a_second_signal_nothing_stops_before_the_drain_ran_out(tmp_path: Path) -> None:
     root = tmp_path / "federation"
-    node = spawn("node", NODE, make_node(root, NODE, drain_s=120), tmp_path)
+    node, gateway = node_and_gateway(root, tmp_path, SHORT_DRAIN_S)
     try:
-        node.popen.send_signal(signal.SIGTERM)
-        wait_for(
-            lambda: health_status(node.address) == "NOT_SERVING", 5, "NOT_SERVING after SIGTERM"
-        )
-        node.popen.send_signal(signal.SIGINT)
-        assert node.popen.wait(STOP_TIMEOUT_S) == 0
+        signalled = time.monotonic()
+        for process in (node, gateway):
+            process.popen.send_signal(signal.SIGTERM)
+        for process in (node, gateway):
+            assert process.popen.wait(SHORT_DRAIN_S + STOP_TIMEOUT_S) == 0
+        assert time.monotonic() - signalled >= SHORT_DRAIN_S
     finally:
+        terminate(gateway)
         terminate(node)
+
+
+# tgkill(2): send a signal to one thread of another process.
+_TGKILL = {"x86_64": 234, "aarch64": 131}
+
+
+def signal_a_thread(pid: int, sig: int) -> None:
+    """Send ``sig`` to a thread of ``pid`` other than its main thread (Linux)."""
+    number = _TGKILL.get(os.uname().machine)
+    if not sys.platform.startswith("linux") or number is None:
+        pytest.skip("needs Linux tgkill to pick the thread a signal goes to")
+    others = sorted(int(t) for t in os.listdir(f"/proc/{pid}/task") if int(t) != pid)
+    assert others, "the node runs threads"
+    libc = ctypes.CDLL(None, use_errno=True)
+    assert libc.syscall(number, pid, others[-1], sig) == 0, ctypes.get_errno()
+
+
+@pytest.mark.parametrize("role", ["node", "gateway"])
+def test_a_signal_to_another_thread_stops_the_process(tmp_path: Path, role: str) -> None:
+    """The kernel may deliver SIGTERM to any thread; Python handles it on the main one."""
+    root = tmp_path / "federation"
+    config = make_node(root, NODE, drain_s=0)
+    if role == "gateway":
+        config = make_gateway(root, {NODE: "127.0.0.1:1"}, drain_s=0)
+    process = spawn(role, role, config, tmp_path)
+    try:
+        signal_a_thread(process.popen.pid, signal.SIGTERM)
+        assert process.popen.wait(STOP_TIMEOUT_S) == 0
+    finally:
+        terminate(process)
 
 
 def test_a_node_whose_database_disappears_is_not_serving_until_it_is_back(
@@ -179,3 +228,42 @@ def test_a_node_whose_postgresql_hangs_is_not_serving_until_it_answers(
             assert terminate(node) == 0
     (failed,) = [e for e in log_events(node) if e["msg"] == "agency database does not answer"]
     assert failed["reason"] == f"no answer within {DEFAULT_TIMEOUT_S:g} s"
+
+
+@pytest.mark.postgresql
+def test_the_probe_keeps_the_search_path_of_the_url(tmp_path: Path, postgres_url: str) -> None:
+    """Unqualified table names found through ``?options=-csearch_path%3D...`` in the URL.
+
+    The probe adds its statement timeout to the connection's options; it must
+    add to the URL's own, not replace them, or every probe fails.
+    """
+    # prepare: the register in a schema of its own, nothing of that name in public
+    admin = sa.create_engine(postgres_url)
+    with admin.begin() as conn:
+        conn.execute(sa.text("CREATE SCHEMA evidencia"))
+    admin.dispose()
+    url = f"{postgres_url}?options=-csearch_path%3Devidencia"
+    config = make_node(tmp_path / "federation", NODE, database_url=url)
+    check = sa.create_engine(postgres_url)
+    with check.connect() as conn:
+        where = conn.execute(
+            sa.text("SELECT table_schema FROM information_schema.tables WHERE table_name = :t"),
+            {"t": "ops_register"},
+        ).scalars()
+        assert list(where) == ["evidencia"]
+    check.dispose()
+    # The node itself binds the unqualified name through the URL's search_path.
+    core = build_node(load_node_config(config, CATALOG_V1))
+    changes: list[bool] = []
+    probe = DatabaseProbe(core.engine.url, [m.table for m in core.schema.values()], changes.append)
+    try:
+        assert core.schema["media"].table.schema is None
+
+        # execute
+        failure = probe.check()
+    finally:
+        probe.close()
+        close_core(core)
+
+    # assert
+    assert failure == ""

@@ -11,16 +11,19 @@ break the stream.
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from liaison.logs import native_event, route_line
+from liaison.logs import MAX_LINE_BYTES, native_event, route_line
 from liaison.tls import CertRole, write_dev_pki
 from tests.operations_support import log_events, set_keys, wait_for
-from tests.support import liaison, spawn, terminate
+from tests.support import REPO, liaison, spawn, terminate
 
 
 def refused(channel: grpc.Channel) -> grpc.StatusCode:
@@ -135,3 +138,115 @@ def test_json_lines_and_the_cli_refusal_pass_through_unchanged() -> None:
     refusal = b"error: config file node.toml does not exist"
     assert route_line(refusal) == refusal + b"\n"
     assert json.loads(route_line(b"{broken"))["msg"] == "{broken"
+
+
+# --- the capture itself, in a process of its own (it takes over fd 2) --------------------
+
+CAPTURE_TIMEOUT_S = 60
+
+
+def captured(script: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``script`` after capture_native_stderr() in a fresh interpreter; its output."""
+    prelude = "import json, logging, os, sys, threading\nfrom liaison import logs\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=CAPTURE_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
+
+
+THREADS = 8
+PER_THREAD = 300
+
+
+def test_megabytes_from_many_threads_arrive_whole_and_as_json() -> None:
+    # prepare: 8 threads logging, every 50th event three times MAX_LINE_BYTES; then 8
+    # threads logging short events and writing raw lines to fd 2 beside them, as gRPC's
+    # core does. (Not both at once: a pipe keeps only writes of up to PIPE_BUF, 4 KiB,
+    # whole, so a raw line may land inside a longer event on any stderr, captured or not.)
+    script = f"""
+        logs.configure()
+        logs.capture_native_stderr()
+        log = logging.getLogger("liaison.flood")
+
+        def flood(t):
+            for i in range({PER_THREAD}):
+                size = 3 * {MAX_LINE_BYTES} if i % 50 == 0 else 1000 + i
+                log.info("flood", extra={{"t": t, "i": i, "pad": "x" * size}})
+
+        def mixed(t):
+            for i in range({PER_THREAD}):
+                log.info("short", extra={{"t": t, "i": i}})
+                os.write(2, b"raw line %d %d\\n" % (t, i))
+
+        for phase in (flood, mixed):
+            threads = [threading.Thread(target=phase, args=(t,)) for t in range({THREADS})]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join()
+        print("done")
+    """
+
+    # execute
+    run = captured(script)
+
+    # assert: every line JSON, none lost, none cut
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == b"done\n"
+    assert len(run.stderr) > 4_000_000
+    events = [json.loads(line) for line in run.stderr.splitlines()]
+    assert all(isinstance(e, dict) for e in events)
+    every = [(t, i) for t in range(THREADS) for i in range(PER_THREAD)]
+    flood = sorted((e["t"], e["i"], len(e["pad"])) for e in events if e["msg"] == "flood")
+    assert flood == [(t, i, 3 * MAX_LINE_BYTES if i % 50 == 0 else 1000 + i) for t, i in every]
+    assert sorted((e["t"], e["i"]) for e in events if e["msg"] == "short") == every
+    raw = sorted(e["msg"] for e in events if e["logger"] == "stderr")
+    assert raw == sorted(f"raw line {t} {i}" for t, i in every)
+    assert len(events) == 3 * THREADS * PER_THREAD
+
+
+def test_a_reader_that_fails_puts_the_real_stderr_back() -> None:
+    # prepare: routing breaks on one line; then far more than a pipe holds is written
+    script = """
+        broken = logs.route_line
+
+        def route_line(raw):
+            if raw == b"BREAK":
+                raise RuntimeError("routing broke")
+            return broken(raw)
+
+        logs.route_line = route_line
+        logs.capture_native_stderr()
+        os.write(2, b"BREAK\\n")
+        for i in range(20_000):
+            os.write(2, b"after %05d\\n" % i)
+        print("done")
+    """
+
+    # execute: without the fallback the writes block forever on the full pipe
+    run = captured(script)
+
+    # assert: nothing blocked, nothing lost, and the failure said so once
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert run.stdout == b"done\n"
+    lines = run.stderr.decode().splitlines()
+    (failure,) = [json.loads(line) for line in lines if "stderr capture failed" in line]
+    assert failure["level"] == "error" and "RuntimeError" in failure["msg"]
+    after = [line for line in lines if "after " in line]
+    assert len(after) == 20_000
+    assert all(line.startswith("after ") or "after " in json.loads(line)["msg"] for line in after)
+
+
+def test_a_fatal_signal_leaves_a_traceback_on_the_real_stderr() -> None:
+    run = captured(
+        """
+        logs.capture_native_stderr()
+        os.abort()
+        """
+    )
+    assert run.returncode < 0
+    assert b"Fatal Python error: Aborted" in run.stderr

@@ -8,7 +8,11 @@ with a forged token is refused. Each counter must move by exactly that.
 
 from __future__ import annotations
 
+import json
 import socket
+import subprocess
+import sys
+import textwrap
 from collections.abc import Iterator
 from contextlib import ExitStack
 from pathlib import Path
@@ -18,8 +22,10 @@ import pytest
 from liaison import client
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_node_config
+from liaison.envelope import ANSWER_TYPE, open_envelope
 from liaison.errors import ConfigError, LiaisonError
-from liaison.messages import NodeStatus
+from liaison.messages import AnswerStatus, NodeStatus
+from liaison.wire import answer_from_bytes
 from tests.operations_support import (
     ROWS,
     free_port,
@@ -31,7 +37,17 @@ from tests.operations_support import (
     scrape,
     value,
 )
-from tests.support import Process, investigator_token, liaison, spawn, terminate
+from tests.support import (
+    REPO,
+    Process,
+    investigator_token,
+    liaison,
+    make_request,
+    sign_request,
+    spawn,
+    start_local_node,
+    terminate,
+)
 
 NODE = "metricland"
 GHOST = "ghostland"
@@ -131,6 +147,25 @@ def test_counters_move_by_what_was_asked(processes: tuple[Process, Process, Path
     assert not labels & {"genovia", "inv.alice", partial.query_id}
 
 
+def test_the_core_returns_the_answer_it_signed(tmp_path: Path) -> None:
+    """Metrics count the answer the core signed; the servicer does not parse it back."""
+    with ExitStack() as stack:
+        node = start_local_node(stack, make_node(tmp_path / "federation", NODE))
+        request = make_request(hash_match(0).query, audience=(NODE,))
+        signed = sign_request(node.gateway_key, request)
+
+        first = node.core.answer(signed)
+        retry = node.core.answer(signed)  # from the replay store
+
+    key = node.public_key
+    assert answer_from_bytes(open_envelope(first.envelope, ANSWER_TYPE, {key.key_id: key})) == (
+        first.answer
+    )
+    assert first.answer.status is AnswerStatus.ANSWERED
+    assert first.answer.query_id == request.query_id
+    assert (retry.envelope, retry.answer) == (first.envelope, first.answer)
+
+
 def test_a_metrics_port_in_use_stops_the_node_with_one_clear_error(tmp_path: Path) -> None:
     root = tmp_path / "federation"
     with socket.socket() as taken:
@@ -151,3 +186,81 @@ def test_a_malformed_metrics_address_is_refused(tmp_path: Path, listen: str) -> 
     config = make_node(tmp_path / "federation", NODE, metrics_listen=listen)
     with pytest.raises(ConfigError, match=r"\[node\]: `metrics_listen` must be"):
         load_node_config(config, CATALOG_V1)
+
+
+# A start that fails after the metrics server started (the service port is in use):
+# serve() must close what it opened. Run in a process of its own without the stderr
+# capture, which would take over the test's fd 2.
+LEFT_BEHIND = """
+import json, socket, sys, threading
+from pathlib import Path
+from liaison.errors import LiaisonError
+import {module} as server
+
+server.capture_native_stderr = lambda: None
+metrics_file = Path(sys.argv[2])
+try:
+    server.serve(Path(sys.argv[1]), None, metrics_file)
+except LiaisonError as exc:
+    error = str(exc)
+host, _, port = metrics_file.read_text().strip().rpartition(":")
+with socket.socket() as probe:
+    probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        probe.bind((host, int(port)))
+        metrics_port_free = True
+    except OSError:
+        metrics_port_free = False
+# gRPC's asyncio poller is one per process, for any later aio channel or server.
+threads = [
+    t.name
+    for t in threading.enumerate()
+    if t is not threading.main_thread() and "_poll_wrapper" not in t.name
+]
+print(json.dumps({{"error": error, "metrics_port_free": metrics_port_free, "threads": threads}}))
+"""
+
+
+@pytest.mark.parametrize("role", ["node", "gateway"])
+def test_a_service_port_in_use_closes_what_started(tmp_path: Path, role: str) -> None:
+    # prepare: the metrics port is free, the service port is taken
+    root = tmp_path / "federation"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        listen = f"127.0.0.1:{taken.getsockname()[1]}"
+        config = make_node(root, NODE, metrics_listen="127.0.0.1:0", listen=listen)
+        if role == "gateway":
+            config = make_gateway(
+                root, {NODE: "127.0.0.1:1"}, metrics_listen="127.0.0.1:0", listen=listen
+            )
+        module = "node.server" if role == "node" else "gateway.server"
+
+        # execute: serve() in a process of its own, then the command a user runs
+        done = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                textwrap.dedent(LEFT_BEHIND.format(module=module)),
+                str(config),
+                str(tmp_path / "metrics.addr"),
+            ],
+            cwd=REPO,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+        run = liaison(role, "serve", "--config", config, cwd=tmp_path)
+
+    # assert: one clear error; the metrics port closed and no thread left running
+    assert done.returncode == 0, done.stderr
+    found = json.loads(done.stdout)
+    assert found["error"].startswith(f"cannot listen on '{listen}'"), found
+    assert found["metrics_port_free"], found
+    assert found["threads"] == [], found
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: cannot listen on '{listen}'"), last
