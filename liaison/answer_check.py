@@ -44,11 +44,11 @@ from enum import StrEnum
 from pathlib import Path
 
 from liaison.catalog import CATALOG_V1, Catalog
-from liaison.config import DEFAULT_CLOCK_SKEW_S
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, open_envelope
 from liaison.errors import AnswersNotVerified, ConfigError, EnvelopeError, LiaisonError
 from liaison.keys import VerifyingKey
 from liaison.messages import (
+    DEFAULT_CLOCK_SKEW_S,
     AnswerStatus,
     NodeResult,
     NodeStatus,

@@ -18,11 +18,10 @@ from liaison.catalog import Catalog, Dataset, FieldType
 from liaison.databases import parse_url, with_password
 from liaison.errors import CatalogError, ConfigError
 from liaison.ledger.store import LedgerTimeouts
+from liaison.messages import DEFAULT_CLOCK_SKEW_S, DEFAULT_MAX_REQUEST_AGE_S
 from liaison.secret_sources import password_from
 from liaison.tls import TlsFiles
 
-DEFAULT_MAX_REQUEST_AGE_S = 300
-DEFAULT_CLOCK_SKEW_S = 30
 DEFAULT_CHECKPOINT_INTERVAL_S = 30
 # Long enough for a load balancer polling health every few seconds to move away.
 DEFAULT_DRAIN_S = 5

@@ -21,6 +21,13 @@ class Requester:
     attributes: Mapping[str, str] = field(default_factory=dict)
 
 
+# How long a node accepts a request after its issue, and how far apart the
+# parties' clocks may be: node config defaults, and what an investigator's
+# client allows when it checks that a signed request is this search's.
+DEFAULT_MAX_REQUEST_AGE_S = 300
+DEFAULT_CLOCK_SKEW_S = 30
+
+
 @dataclass(frozen=True, slots=True)
 class QueryRequest:
     query_id: str
