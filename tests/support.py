@@ -22,7 +22,7 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import Future
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
@@ -53,7 +53,14 @@ from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey, request_entry
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LedgerProof, SignedRequest, gateway_origin
-from liaison.messages import AnswerStatus, QueryAnswer, QueryRequest, Requester
+from liaison.messages import (
+    AnswerStatus,
+    QueryAnswer,
+    QueryRequest,
+    Requester,
+    SearchInput,
+    SearchResult,
+)
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
 from liaison.wire import (
@@ -216,13 +223,21 @@ class RunningGateway:
 
 
 @contextmanager
-def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
-    """A real grpc.aio gateway on a free loopback port, in a background loop."""
+def running_gateway(
+    config_path: Path, wrap: Callable[[GatewayCore], GatewayCore] | None = None
+) -> Iterator[RunningGateway]:
+    """A real grpc.aio gateway on a free loopback port, in a background loop.
+
+    ``wrap`` replaces the core built from the config, e.g. by a
+    :class:`TamperingCore`: the gateway an attacker would run.
+    """
     loop = EventLoopThread()
     config = load_gateway_config(config_path)
 
     async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
         core, verifier = build_gateway(config)
+        if wrap is not None:
+            core = wrap(core)
         server, port = await start_gateway_server(core, verifier, "127.0.0.1:0")
         return core, server, port
 
@@ -242,17 +257,51 @@ def running_gateway(config_path: Path) -> Iterator[RunningGateway]:
 @contextmanager
 def gateway_over(root: Path, nodes: dict[str, str]) -> Iterator[str]:
     """A gateway of its own (same keys as the demo one) knowing ``nodes`` (id -> address)."""
+    with own_gateway(root, nodes) as gateway:
+        yield gateway.address
+
+
+@contextmanager
+def own_gateway(
+    root: Path,
+    nodes: Mapping[str, str],
+    wrap: Callable[[GatewayCore], GatewayCore] | None = None,
+) -> Iterator[RunningGateway]:
+    """:func:`gateway_over`, with the running core, and ``wrap`` as in :func:`running_gateway`."""
     # A ledger has one writer: this gateway gets its own, and its own config.
     tag = uuid.uuid4().hex[:8]
     path = write_gateway_config(
         root,
         [INVESTIGATOR_AGENCY],
-        nodes,
+        dict(nodes),
         ledger=f"ledger-{tag}.sqlite3",
         name=f"gateway-{tag}.toml",
     )
-    with running_gateway(path) as gateway:
-        yield gateway.address
+    with running_gateway(path, wrap) as gateway:
+        yield gateway
+
+
+Tamper = Callable[[SearchResult], SearchResult]
+
+
+class TamperingCore(GatewayCore):
+    """A real gateway core whose outgoing result passes through ``tamper`` first."""
+
+    def __init__(self, tamper: Tamper, core: GatewayCore) -> None:
+        super().__init__(
+            gateway_id=core.gateway_id,
+            signing_key=core.signing_key,
+            catalog=core.catalog,
+            fanout=core.fanout,
+            ledger=core.ledger,
+            audit_key=core.audit_key,
+            default_deadline_ms=core.default_deadline_ms,
+            max_deadline_ms=core.max_deadline_ms,
+        )
+        self.tamper = tamper
+
+    async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
+        return self.tamper(await super().search(requester, search))
 
 
 def investigator_token(

@@ -16,22 +16,17 @@ import shutil
 import socket
 import subprocess
 import sys
-import uuid
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-import grpc
 import pytest
 
 from gateway.search import CheckedSearch, GatewayCore
-from gateway.server import build_gateway, start_gateway_server
 from liaison.cli.exits import ExitCode
-from liaison.config import load_gateway_config
-from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
-from liaison.demo.federation import write_gateway_config
+from liaison.demo.data import demo_agencies, probes
 from liaison.keys import SigningKey
 from liaison.messages import (
     NodeResult,
@@ -44,10 +39,12 @@ from liaison.messages import (
 from liaison.patterns import write_series
 from tests.support import (
     COMMAND_TIMEOUT_S,
-    EventLoopThread,
     Run,
+    Tamper,
+    TamperingCore,
     assert_one_line_error,
     investigator_token,
+    own_gateway,
     running_node,
 )
 from tests.test_cli_outcomes import SCHEMA_PATH, conforms
@@ -86,34 +83,11 @@ def schema() -> dict[str, Any]:
     return loaded
 
 
-Tamper = Callable[[SearchResult], SearchResult]
-
-
-class TamperingCore(GatewayCore):
-    """A real gateway core whose outgoing result passes through ``tamper`` first."""
-
-    def __init__(self, tamper: Tamper, core: GatewayCore) -> None:
-        super().__init__(
-            gateway_id=core.gateway_id,
-            signing_key=core.signing_key,
-            catalog=core.catalog,
-            fanout=core.fanout,
-            ledger=core.ledger,
-            audit_key=core.audit_key,
-            default_deadline_ms=core.default_deadline_ms,
-            max_deadline_ms=core.max_deadline_ms,
-        )
-        self.tamper = tamper
-
-    async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
-        return self.tamper(await super().search(requester, search))
-
-
 def honest(result: SearchResult) -> SearchResult:
     return result
 
 
-class ReplayingCore(GatewayCore):
+class ReplayingCore(TamperingCore):
     """A real gateway core that keeps its first result and serves it for every later search.
 
     Its first request is dated ``AGO_MS`` earlier, as if asked minutes ago
@@ -125,16 +99,7 @@ class ReplayingCore(GatewayCore):
     AGO_MS = 120_000
 
     def __init__(self, core: GatewayCore) -> None:
-        super().__init__(
-            gateway_id=core.gateway_id,
-            signing_key=core.signing_key,
-            catalog=core.catalog,
-            fanout=core.fanout,
-            ledger=core.ledger,
-            audit_key=core.audit_key,
-            default_deadline_ms=core.default_deadline_ms,
-            max_deadline_ms=core.max_deadline_ms,
-        )
+        super().__init__(honest, core)
         self.first: SearchResult | None = None
 
     def request_for(self, requester: Requester, checked: CheckedSearch) -> QueryRequest:
@@ -161,34 +126,9 @@ def gateway(
 
     ``core`` wraps the built core (default: ``TamperingCore`` with ``tamper``).
     """
-    tag = uuid.uuid4().hex[:8]
-    path = write_gateway_config(
-        nodes.root,
-        [INVESTIGATOR_AGENCY],
-        dict(addresses or nodes.addresses),
-        ledger=f"ledger-{tag}.sqlite3",
-        name=f"gateway-{tag}.toml",
-    )
-    config = load_gateway_config(path)
-    loop = EventLoopThread()
-
-    async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
-        built, verifier = build_gateway(config)
-        core_ = core(built) if core is not None else TamperingCore(tamper, built)
-        server, port = await start_gateway_server(core_, verifier, "127.0.0.1:0")
-        return core_, server, port
-
-    running, server, port = loop.run(start())
-    try:
-        yield f"127.0.0.1:{port}"
-    finally:
-
-        async def stop() -> None:
-            await server.stop(grace=None)
-            await running.close()
-
-        loop.run(stop())
-        loop.close()
+    wrap = core if core is not None else (lambda built: TamperingCore(tamper, built))
+    with own_gateway(nodes.root, addresses or nodes.addresses, wrap) as running:
+        yield running.address
 
 
 def at(node_id: str, change: Callable[[NodeResult], NodeResult]) -> Tamper:

@@ -13,19 +13,16 @@ import hashlib
 import re
 import shutil
 import socket
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-import grpc
 import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from gateway.search import CheckedSearch, GatewayCore
-from gateway.server import build_gateway, start_gateway_server
 from liaison import client
 from liaison.answer_check import (
     CLOCK_SKEW_MS,
@@ -37,9 +34,7 @@ from liaison.answer_check import (
     load_node_keys,
     now_ms,
 )
-from liaison.config import load_gateway_config
-from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies, probes
-from liaison.demo.federation import write_gateway_config
+from liaison.demo.data import demo_agencies, probes
 from liaison.envelope import ANSWER_TYPE, seal
 from liaison.errors import ConfigError, InvalidQuery, MalformedMessage
 from liaison.keys import KeyId, SigningKey
@@ -61,7 +56,7 @@ from liaison.wire import (
     request_from_bytes,
     search_result_to_proto,
 )
-from tests.support import EventLoopThread, investigator_token, running_node
+from tests.support import Tamper, TamperingCore, investigator_token, own_gateway, running_node
 
 NODES = ("freedonia", "ruritania", "sylvania")
 SHARED_SHA256 = probes().shared_sha256  # held by ruritania and freedonia, not sylvania
@@ -123,29 +118,6 @@ def nodes(federation_template: Path, tmp_path_factory: pytest.TempPathFactory) -
         yield Nodes(root, addresses, investigator_token(root))
 
 
-Tamper = Callable[[SearchResult], SearchResult]
-
-
-class TamperingCore(GatewayCore):
-    """A real gateway core whose outgoing result passes through ``tamper`` first."""
-
-    def __init__(self, tamper: Tamper, core: GatewayCore) -> None:
-        super().__init__(
-            gateway_id=core.gateway_id,
-            signing_key=core.signing_key,
-            catalog=core.catalog,
-            fanout=core.fanout,
-            ledger=core.ledger,
-            audit_key=core.audit_key,
-            default_deadline_ms=core.default_deadline_ms,
-            max_deadline_ms=core.max_deadline_ms,
-        )
-        self.tamper = tamper
-
-    async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
-        return self.tamper(await super().search(requester, search))
-
-
 class BackdatingCore(TamperingCore):
     """Dates every request ``AGO_MS`` earlier, as if it had been asked minutes ago.
 
@@ -169,34 +141,10 @@ def gateway(
     core: type[TamperingCore] = TamperingCore,
 ) -> Iterator[tuple[str, GatewayCore]]:
     """A real gateway over ``nodes`` (own config and ledger) serving on a loopback port."""
-    tag = uuid.uuid4().hex[:8]
-    path = write_gateway_config(
-        nodes.root,
-        [INVESTIGATOR_AGENCY],
-        addresses or nodes.addresses,
-        ledger=f"ledger-{tag}.sqlite3",
-        name=f"gateway-{tag}.toml",
-    )
-    config = load_gateway_config(path)
-    loop = EventLoopThread()
-
-    async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
-        built, verifier = build_gateway(config)
-        running = core(tamper, built)
-        server, port = await start_gateway_server(running, verifier, "127.0.0.1:0")
-        return running, server, port
-
-    running, server, port = loop.run(start())
-    try:
-        yield f"127.0.0.1:{port}", running
-    finally:
-
-        async def stop() -> None:
-            await server.stop(grace=None)
-            await running.close()
-
-        loop.run(stop())
-        loop.close()
+    with own_gateway(
+        nodes.root, addresses or nodes.addresses, lambda built: core(tamper, built)
+    ) as running:
+        yield running.address, running.core
 
 
 def ask(nodes: Nodes, address: str, search: SearchInput) -> SearchResult:
