@@ -21,12 +21,17 @@ import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
 
-import grpc
-
 from gateway.search import CheckedSearch, GatewayCore
 from liaison.catalog import Catalog
 from liaison.envelope import POLICY_TYPE, Envelope, open_envelope
-from liaison.errors import BadSignature, EnvelopeError, LiaisonError, MalformedMessage
+from liaison.errors import (
+    BadSignature,
+    EnvelopeError,
+    LiaisonError,
+    MalformedMessage,
+    PolicyTimedOut,
+    PolicyUnavailable,
+)
 from liaison.keys import VerifyingKey
 from liaison.messages import (
     Decision,
@@ -37,17 +42,13 @@ from liaison.messages import (
     SearchInput,
     document_sha256,
 )
-from liaison.wire import envelope_from_proto, published_policy_from_bytes
+from liaison.wire import published_policy_from_bytes
 from policies import Policy, decide, parse_policy
-from proto.liaison.v1 import node_pb2 as pb_node
-from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
 log = logging.getLogger("liaison.gateway")
 
 # How long a verified policy is used before it is fetched again.
 POLICY_TTL_S = 60.0
-# Transient failures (UNAVAILABLE) are retried this many times in all, within the deadline.
-FETCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,17 +59,6 @@ class NodePolicy:
     sha256: str
     policy: Policy | None
     detail: str = ""
-
-
-class PolicyUnavailable(Exception):
-    """The node's policy could not be had (unreachable, too slow, not published).
-
-    Internal to dry runs: it becomes a result's detail, never a status code.
-    """
-
-
-class PolicyTimedOut(PolicyUnavailable):
-    """The node did not publish its policy before the dry run's deadline."""
 
 
 def verify_policy(
@@ -141,42 +131,13 @@ class PublishedPolicies:
         cached = self._cache.get(node_id)
         if cached is not None and self.clock() < cached.until:
             return cached.policy
-        envelope = await self._fetch(node_id, until)
+        envelope = await self.core.fanout.policy(node_id, until)
         link = self.core.fanout.links[node_id]
         policy = verify_policy(
             envelope, node_id=node_id, node_key=link.key, catalog=self.core.catalog
         )
         self._cache[node_id] = _Cached(policy, self.clock() + self.ttl_s)
         return policy
-
-    async def _fetch(self, node_id: str, until: float) -> Envelope:
-        # The fan-out's long-lived channel to the node (FanOut offers no public
-        # accessor): one connection per node, closed with the fan-out.
-        stub: pb_node_grpc.NodeServiceStub = self.core.fanout.stub(node_id)
-        for attempt in range(1, FETCH_ATTEMPTS + 1):
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                raise PolicyTimedOut(f"node {node_id} sent no policy in time")
-            try:
-                response = await stub.GetPolicy(pb_node.GetPolicyRequest(), timeout=remaining)
-            except grpc.aio.AioRpcError as exc:
-                code = exc.code()
-                if code == grpc.StatusCode.UNAVAILABLE and attempt < FETCH_ATTEMPTS:
-                    await asyncio.sleep(min(0.02 * 2**attempt, max(0.0, until - time.monotonic())))
-                    continue
-                raise _fetch_failure(node_id, code, exc.details() or "no detail") from exc
-            return envelope_from_proto(response.policy)
-        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
-
-
-def _fetch_failure(node_id: str, code: grpc.StatusCode, details: str) -> PolicyUnavailable:
-    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
-        return PolicyTimedOut(f"node {node_id} sent no policy in time")
-    if code == grpc.StatusCode.UNAVAILABLE:
-        return PolicyUnavailable(f"node {node_id} is unreachable ({details})")
-    if code == grpc.StatusCode.UNIMPLEMENTED:
-        return PolicyUnavailable(f"node {node_id} does not publish its policy ({details})")
-    return PolicyUnavailable(f"node {node_id} did not publish its policy ({code.name}: {details})")
 
 
 class DryRunner:

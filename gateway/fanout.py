@@ -22,6 +22,7 @@ from tenacity import (
 )
 
 from liaison.envelope import Envelope
+from liaison.errors import PolicyTimedOut, PolicyUnavailable
 from liaison.keys import VerifyingKey
 from liaison.ledger.logged import SignedRequest
 from liaison.serving import CHANNEL_OPTIONS
@@ -31,6 +32,8 @@ from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
 log = logging.getLogger("liaison.gateway")
+# A policy fetch that meets UNAVAILABLE is tried this many times in all, within the deadline.
+POLICY_FETCH_ATTEMPTS = 3
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +52,16 @@ class Reply:
     envelope: Envelope | None = None
     code: grpc.StatusCode | None = None
     detail: str = ""
+
+
+def _policy_failure(node_id: str, code: grpc.StatusCode, details: str) -> PolicyUnavailable:
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return PolicyTimedOut(f"node {node_id} sent no policy in time")
+    if code == grpc.StatusCode.UNAVAILABLE:
+        return PolicyUnavailable(f"node {node_id} is unreachable ({details})")
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return PolicyUnavailable(f"node {node_id} does not publish its policy ({details})")
+    return PolicyUnavailable(f"node {node_id} did not publish its policy ({code.name}: {details})")
 
 
 def _transient(exc: BaseException) -> bool:
@@ -74,9 +87,27 @@ class FanOut:
             for node_id, channel in self._channels.items()
         }
 
-    def stub(self, node_id: str) -> pb_node_grpc.NodeServiceStub:
-        """The stub on the long-lived channel to ``node_id``, for other calls to it."""
-        return self._stubs[node_id]
+    async def policy(self, node_id: str, until: float) -> Envelope:
+        """``node_id``'s signed published policy, by ``until`` (a monotonic time).
+
+        Raises PolicyTimedOut or PolicyUnavailable; UNAVAILABLE is retried
+        within the deadline, as for answers.
+        """
+        stub = self._stubs[node_id]
+        for attempt in range(1, POLICY_FETCH_ATTEMPTS + 1):
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                raise PolicyTimedOut(f"node {node_id} sent no policy in time")
+            try:
+                response = await stub.GetPolicy(pb_node.GetPolicyRequest(), timeout=remaining)
+            except grpc.aio.AioRpcError as exc:
+                code = exc.code()
+                if code == grpc.StatusCode.UNAVAILABLE and attempt < POLICY_FETCH_ATTEMPTS:
+                    await asyncio.sleep(min(0.02 * 2**attempt, max(0.0, until - time.monotonic())))
+                    continue
+                raise _policy_failure(node_id, code, exc.details() or "no detail") from exc
+            return envelope_from_proto(response.policy)
+        raise AssertionError("unreachable: the last attempt returns or raises")  # pragma: no cover
 
     async def offers(self, node_id: str, timeout_s: float) -> frozenset[str] | None:
         """The datasets ``node_id`` says (in Describe) it offers; None if it does not say."""

@@ -124,6 +124,17 @@ class BackendError(LiaisonError):
     """The agency's database is unreachable or rejected the compiled query."""
 
 
+class PolicyUnavailable(LiaisonError):
+    """A node's published policy could not be had (unreachable, too slow, not published).
+
+    Internal to dry runs: it becomes a result's detail, never a status code.
+    """
+
+
+class PolicyTimedOut(PolicyUnavailable):
+    """The node did not publish its policy before the dry run's deadline."""
+
+
 class StateUnavailable(LiaisonError):
     """A node cannot write its own state (replay guard); it answers nothing until it can."""
 

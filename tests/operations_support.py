@@ -9,14 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import signal
 import socket
-import subprocess
-import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -29,7 +25,7 @@ from liaison.demo.data import INVESTIGATOR_AGENCY
 from liaison.demo.federation import write_dev_idp, write_gateway_config
 from liaison.messages import SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
-from tests.support import REPO, Process, write_local_node
+from tests.support import Process, write_local_node
 
 T = TypeVar("T")
 
@@ -237,35 +233,3 @@ def _split(address: str) -> tuple[str, int]:
 def value(samples: Samples, name: str, **labels: str) -> float:
     """One sample's value; 0 for a series not yet shown."""
     return samples.get((name, frozenset(labels.items())), 0.0)
-
-
-class Proxy:
-    """tests/tcp_proxy.py in its own process: SIGSTOP makes the database behind it hang."""
-
-    def __init__(self, target_port: int) -> None:
-        self.popen = subprocess.Popen(
-            [sys.executable, str(REPO / "tests" / "tcp_proxy.py"), str(target_port)],
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-        assert self.popen.stdout is not None
-        self.port = int(self.popen.stdout.readline())
-
-    def stop(self) -> None:
-        self.popen.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        self.popen.send_signal(signal.SIGCONT)
-
-
-@contextmanager
-def tcp_proxy(target_port: int) -> Iterator[Proxy]:
-    proxy = Proxy(target_port)
-    try:
-        yield proxy
-    finally:
-        proxy.resume()
-        proxy.popen.kill()
-        proxy.popen.wait()
-        if proxy.popen.stdout is not None:
-            proxy.popen.stdout.close()

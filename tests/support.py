@@ -600,3 +600,36 @@ def subset_near(draw: st.DrawFn, names: frozenset[str], wanted: frozenset[str]) 
         return frozenset()
     chosen = draw(some(tuple(sorted(names)), 0, len(names)))
     return chosen | (wanted & names) if draw(COIN) else chosen
+
+
+class Proxy:
+    """tests/tcp_proxy.py in its own process: SIGSTOP makes the database behind it hang."""
+
+    def __init__(self, target_port: int) -> None:
+        self.popen = subprocess.Popen(
+            [sys.executable, str(REPO / "tests" / "tcp_proxy.py"), str(target_port)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        assert self.popen.stdout is not None
+        self.port = int(self.popen.stdout.readline())
+
+    def stop(self) -> None:
+        self.popen.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        self.popen.send_signal(signal.SIGCONT)
+
+
+@contextmanager
+def tcp_proxy(target_port: int) -> Iterator[Proxy]:
+    """A loopback proxy to ``target_port`` (``proxy.port``), killed on the way out."""
+    proxy = Proxy(target_port)
+    try:
+        yield proxy
+    finally:
+        proxy.resume()
+        proxy.popen.kill()
+        proxy.popen.wait()
+        if proxy.popen.stdout is not None:
+            proxy.popen.stdout.close()

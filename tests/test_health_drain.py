@@ -34,10 +34,9 @@ from tests.operations_support import (
     log_events,
     make_gateway,
     make_node,
-    tcp_proxy,
     wait_for,
 )
-from tests.support import STOP_TIMEOUT_S, Process, investigator_token, spawn, terminate
+from tests.support import STOP_TIMEOUT_S, Process, investigator_token, spawn, tcp_proxy, terminate
 
 # Long enough that nothing checked while draining can outlast it on a loaded machine;
 # the second signal then ends it.

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import resource
-import signal
 import subprocess
 import sys
 import threading
@@ -44,12 +43,11 @@ from liaison.messages import NodeStatus, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import search_to_proto
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
-from tests.support import running_gateway, running_node
+from tests.support import running_gateway, running_node, tcp_proxy
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 NODES = ("freedonia", "ruritania", "sylvania")
-PROXY = Path(__file__).with_name("tcp_proxy.py")
 REFUSED = (
     "the gateway cannot write its ledger; no query is sent until it can be written "
     "(the operator sees why in the gateway's log)"
@@ -125,24 +123,6 @@ def demo_nodes(root: Path) -> Iterator[dict[str, str]]:
         }
 
 
-@contextmanager
-def tcp_proxy(target_port: int) -> Iterator[subprocess.Popen[str]]:
-    """The loopback proxy in its own process; its port is ``proc.port``."""
-    proc = subprocess.Popen(
-        [sys.executable, str(PROXY), str(target_port)], stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert proc.stdout is not None
-        proc.port = int(proc.stdout.readline())  # type: ignore[attr-defined]  # test-only tag
-        yield proc
-    finally:
-        proc.send_signal(signal.SIGCONT)
-        proc.kill()
-        proc.wait(10)
-        if proc.stdout is not None:
-            proc.stdout.close()
-
-
 def nonces_seen(root: Path) -> dict[str, int]:
     counts = {}
     for node_id in NODES:
@@ -172,7 +152,7 @@ def test_a_hung_postgresql_ledger_refuses_at_once_reports_not_serving_and_recove
     with ExitStack() as stack:
         nodes = stack.enter_context(demo_nodes(federation_dir))
         proxy = stack.enter_context(tcp_proxy(url.port or 5432))
-        through = url.set(host="127.0.0.1", port=proxy.port)  # type: ignore[attr-defined]
+        through = url.set(host="127.0.0.1", port=proxy.port)
         config = write_gateway_config(
             federation_dir,
             [INVESTIGATOR_AGENCY],
@@ -190,12 +170,12 @@ def test_a_hung_postgresql_ledger_refuses_at_once_reports_not_serving_and_recove
         nonces_before = nonces_seen(federation_dir)
 
         # execute: the database stops answering, its connections still open
-        proxy.send_signal(signal.SIGSTOP)
+        proxy.stop()
         first = search_refusal(address, token)
         down = wait_for_health(address, NOT_SERVING, 5)
         second = search_refusal(address, token)
         nonces_while_down = nonces_seen(federation_dir)
-        proxy.send_signal(signal.SIGCONT)
+        proxy.resume()
         up = wait_for_health(address, SERVING, 20)
         recovered = client.search(address, token, shared_hash_search())
 
@@ -213,7 +193,7 @@ def test_a_hung_postgresql_ledger_refuses_at_once_reports_not_serving_and_recove
     assert failed.__dict__["timeout_s"] == 1
     assert "did not confirm a write within 1 s" in failed.__dict__["error"]
     assert "not answering" in failed.__dict__["error"]
-    assert str(proxy.port) in failed.__dict__["ledger"]  # type: ignore[attr-defined]
+    assert str(proxy.port) in failed.__dict__["ledger"]
     # and it is back
     assert up == dict.fromkeys(("", SERVICE_NAME), SERVING)
     assert {r.status for r in recovered.results} == {NodeStatus.ANSWERED}
