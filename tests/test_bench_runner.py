@@ -14,7 +14,7 @@ from typing import TextIO
 import grpc
 import pytest
 
-from liaison.bench.runner import BenchFailed, Report, bench_main, with_preset
+from liaison.bench.runner import FAILED, BenchFailed, Report, bench_main, with_preset
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -78,6 +78,20 @@ def test_a_failure_is_one_line_and_status_1_and_ctrl_c_is_130(
 
     assert bench_main([], _parser(), _interrupted, _report) == 130
     assert capsys.readouterr() == ("", "")
+
+
+def _measures_then_fails(args: argparse.Namespace, progress: TextIO) -> Report:
+    return {"rounds": args.rounds, FAILED: "ledger check failed: 1 query missing"}
+
+
+def test_a_report_that_failed_is_printed_then_fails_with_status_1(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    assert bench_main([], _parser(), _measures_then_fails, _report) == 1
+    assert capsys.readouterr() == (
+        "table of 3 rounds\n",
+        "error: ledger check failed: 1 query missing\n",
+    )
 
 
 def test_a_grpc_error_is_not_caught_where_no_rpc_call_is_named() -> None:

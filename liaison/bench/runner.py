@@ -8,7 +8,10 @@ the same whichever benchmark it was:
 * a ``LiaisonError`` (``BenchFailed`` among them) is one line on stderr and
   exit status 1, not a traceback: the benchmark found something wrong, it did
   not crash; so is a gRPC error, for the benchmarks that make gRPC calls;
-* Ctrl-C is exit status 130, as a shell reports it.
+* Ctrl-C is exit status 130, as a shell reports it;
+* a report that carries ``"failed": "<why>"`` (``FAILED``) is printed in full,
+  then its reason as an error line, with exit status 1: the run measured
+  everything but found something wrong that its numbers depend on.
 
 The modules import nothing from each other for this plumbing, only from here.
 """
@@ -29,6 +32,8 @@ from liaison.cli import render
 from liaison.errors import LiaisonError
 
 Report = dict[str, Any]
+# The key of a report that measured everything but must fail the run; its value says why.
+FAILED = "failed"
 
 
 class BenchFailed(LiaisonError):
@@ -182,4 +187,7 @@ def bench_main(
     except KeyboardInterrupt:
         return 130
     print(render.to_json(doc) if args.json else render_report(doc))
+    if doc.get(FAILED):
+        print(f"error: {doc[FAILED]}", file=sys.stderr)
+        return 1
     return 0
