@@ -66,11 +66,17 @@ def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     return Demo(base / "federation", tuple(q["query_id"] for q in queries))
 
 
+def agency_databases(folder: str, names: list[str]) -> list[str]:
+    """The records each demo node serves (``nodes/<id>/<id>.sqlite3``): no audit reads them."""
+    node = Path(folder).name
+    return [f"{node}.sqlite3"] if node in NODES and f"{node}.sqlite3" in names else []
+
+
 @pytest.fixture
 def demo(demo_template: Demo, tmp_path: Path) -> Demo:
-    """A private copy of the demo federation, to tamper with freely."""
+    """A private copy of the demo federation's keys, configs and ledgers, to tamper with freely."""
     root = tmp_path / "federation"
-    shutil.copytree(demo_template.root, root)
+    shutil.copytree(demo_template.root, root, ignore=agency_databases)
     return Demo(root, demo_template.query_ids)
 
 

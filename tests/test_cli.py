@@ -16,7 +16,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from liaison.catalog import CATALOG_V1
 from liaison.config import load_gateway_config, load_node_config
 from liaison.demo.data import probes
 from liaison.tokens import dev_issuer
-from tests.support import assert_one_line_error, liaison
+from tests.support import Run, assert_one_line_error, liaison
 
 COMMAND_TIMEOUT_S = 60
 START_TIMEOUT_S = 20
@@ -80,28 +80,38 @@ class KeptFederation:
     root: Path
     pids: dict[str, int]
     probe: str
+    started: Run  # what `demo --keep-running` printed
+    # Every process any `demo --keep-running` run here recorded; `demo --stop`
+    # must leave none of them running (checked when the module is done).
+    seen: set[int] = field(default_factory=set)
 
 
 @pytest.fixture(scope="module")
 def kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeptFederation]:
-    """`liaison demo --keep-running`: a federation left running for `liaison query`."""
+    """`liaison demo --keep-running`: a federation left running for `liaison query`.
+
+    Stopping it is a test too: after the module, `demo --stop` must succeed and
+    leave none of the processes that any `--keep-running` here started.
+    """
     base = tmp_path_factory.mktemp("kept")
     root = base / "federation"
     run_dir = root / "run"
-    pids: dict[str, int] = {}
+    seen: set[int] = set()
     try:
         started = liaison("demo", "--workdir", root, "--keep-running", cwd=base)
         pids = recorded_pids(run_dir)
+        seen |= set(pids.values())
         assert started.returncode == 0, started.stderr
         assert "Traceback" not in started.stderr
         assert sorted(pids) == sorted([*DEMO_AGENCIES, "gateway"])
         assert not any(pid_gone(p) for p in pids.values()), "a process exited right away"
-        yield KeptFederation(root, pids, probes().shared_sha256)
+        yield KeptFederation(root, pids, probes().shared_sha256, started, seen)
     finally:
-        pids = pids or (recorded_pids(run_dir) if run_dir.exists() else {})
+        if run_dir.exists():
+            seen |= set(recorded_pids(run_dir).values())
         stopped = liaison("demo", "--stop", "--workdir", root, cwd=base)
-        alive = wait_gone(list(pids.values()))
-        for pid in alive:  # only the processes this fixture's demo started
+        alive = wait_gone(sorted(seen))
+        for pid in alive:  # only the processes this fixture's demo runs started
             os.kill(pid, signal.SIGKILL)
         assert stopped.returncode == 0, stopped.stderr
         assert not alive, f"still running after `demo --stop`: {alive}"
@@ -200,10 +210,12 @@ def test_demo_json_reports_every_agency_answer(tmp_path: Path) -> None:
         assert {r["verification"]["verdict"] for r in q["results"]} == {"verified"}
 
 
-def test_demo_prints_tables(tmp_path: Path) -> None:
-    run = liaison("demo", cwd=tmp_path)
+def test_demo_prints_tables(kept: KeptFederation) -> None:
+    # `demo --keep-running` prints what a plain `demo` prints (the same code
+    # writes both), so the module's one kept federation shows the tables too;
+    # `demo --json` (above) runs the throwaway federation a plain `demo` uses.
+    run = kept.started
 
-    assert run.returncode == 0, run.stderr
     assert "Traceback" not in run.stderr
     for name in AGENCY_NAMES:  # progress names the agencies it builds
         assert name in run.stderr
@@ -242,28 +254,19 @@ def test_demo_refuses_a_folder_that_is_not_a_federation(tmp_path: Path) -> None:
     assert (workdir / "notes.txt").read_text() == "mine\n"
 
 
-def test_keep_running_twice_then_stop_leaves_nothing_running(tmp_path: Path) -> None:
+def test_keep_running_twice_then_stop_leaves_nothing_running(
+    kept: KeptFederation, tmp_path: Path
+) -> None:
     # Whether a second --keep-running refuses or reuses the running federation,
-    # `demo --stop` must then stop every process either run started.
-    root = tmp_path / "federation"
-    run_dir = root / "run"
-    seen: set[int] = set()
-    try:
-        first = liaison("demo", "--workdir", root, "--keep-running", cwd=tmp_path)
-        seen |= set(recorded_pids(run_dir).values())
-        assert first.returncode == 0, first.stderr
-        again = liaison("demo", "--workdir", root, "--keep-running", cwd=tmp_path)
-        seen |= set(recorded_pids(run_dir).values())
-        assert "Traceback" not in again.stderr
+    # `demo --stop` must then stop every process either run started: the kept
+    # fixture stops the federation after the module's last test and fails if
+    # any process in ``kept.seen`` is still running.
+    again = liaison("demo", "--workdir", kept.root, "--keep-running", cwd=tmp_path)
+    pids = recorded_pids(kept.root / "run")
+    kept.seen.update(pids.values())
 
-        stopped = liaison("demo", "--stop", "--workdir", root, cwd=tmp_path)
-
-        assert stopped.returncode == 0, stopped.stderr
-        assert wait_gone(sorted(seen)) == [], "processes left running after `demo --stop`"
-    finally:
-        liaison("demo", "--stop", "--workdir", root, cwd=tmp_path)
-        for pid in wait_gone(sorted(seen), timeout_s=2):  # only what these demo runs started
-            os.kill(pid, signal.SIGKILL)
+    assert "Traceback" not in again.stderr
+    assert sorted(pids) == sorted([*DEMO_AGENCIES, "gateway"])
 
 
 # ---------------------------------------------------------------------------

@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import re
+import shutil
 import socket
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -54,7 +55,8 @@ from liaison.wire import (
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
-from tests.conftest import Federation
+from tests.conftest import Federation, start_federation
+from tests.operations_support import set_keys
 from tests.support import EventLoopThread, gateway_over, investigator_token, now_ms
 
 NODES = ("freedonia", "ruritania", "sylvania")
@@ -143,6 +145,37 @@ def real_addresses(federation: Federation) -> dict[str, str]:
     return {n: node.address for n, node in federation.nodes.items()}
 
 
+@pytest.fixture(scope="module")
+def federation(
+    federation_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    """The demo federation, started once for the tests of this module that change nothing.
+
+    It overrides conftest's fixture of one federation per test. The tests here
+    ask dry runs, which must leave no trace (one test checks just that), and
+    each demo query is searched for real once only; any other gateway a test
+    needs is its own, with its own ledger. The two tests that change a
+    running node's published policy take ``private_federation`` instead.
+    """
+    root = tmp_path_factory.mktemp("dry-run") / "federation"
+    shutil.copytree(federation_template, root)
+    for node_id in NODES:
+        # A receipts checkpoint signed by the clock (every 30 s in the demo) between
+        # a test's two counts of the state rows would look like a dry run's trace;
+        # a federation started per test never lived that long. Nothing here is
+        # about periodic checkpoints.
+        set_keys(root / "nodes" / node_id / "node.toml", "ledger", checkpoint_interval_s=3600)
+    with ExitStack() as stack:
+        yield start_federation(root, stack)
+
+
+@pytest.fixture
+def private_federation(federation_dir: Path) -> Iterator[Federation]:
+    """conftest's one federation for one test, for the tests that change a node."""
+    with ExitStack() as stack:
+        yield start_federation(federation_dir, stack)
+
+
 class PublishingNode(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # generated base is untyped
     """A NodeService that publishes whatever ``policy`` returns, and answers nothing."""
 
@@ -210,16 +243,18 @@ def test_policy_is_signed_as_a_policy_not_as_an_answer(federation: Federation) -
         open_envelope(replace(envelope, payload_type=ANSWER_TYPE), ANSWER_TYPE, {pub.key_id: pub})
 
 
-def test_node_without_its_policy_document_says_so(federation: Federation) -> None:
+def test_node_without_its_policy_document_says_so(private_federation: Federation) -> None:
     # prepare: a node core that was not given its document (NodeCore's default)
-    node = federation.nodes["sylvania"]
+    node = private_federation.nodes["sylvania"]
     node.core.published_policy = None
 
     # execute
     with pytest.raises(grpc.RpcError) as caught:
         get_policy(node.address)
     dry = client.dry_run(
-        federation.gateway.address, investigator_token(federation.root), hash_match()
+        private_federation.gateway.address,
+        investigator_token(private_federation.root),
+        hash_match(),
     )
 
     # assert
@@ -582,14 +617,16 @@ class FakeClock:
         return self.now
 
 
-def test_policies_are_cached_and_fetched_again_after_the_ttl(federation: Federation) -> None:
+def test_policies_are_cached_and_fetched_again_after_the_ttl(
+    private_federation: Federation,
+) -> None:
     # prepare: a gateway whose policy cache runs on a clock the test moves
     clock = FakeClock()
     loop = EventLoopThread()
-    config = load_gateway_config(federation.root / "gateway" / "gateway.toml")
+    config = load_gateway_config(private_federation.root / "gateway" / "gateway.toml")
     # A ledger has one writer, and the federation's gateway is running.
     config = dataclasses.replace(
-        config, ledger=str(federation.root / "gateway" / "ledger-2.sqlite3")
+        config, ledger=str(private_federation.root / "gateway" / "ledger-2.sqlite3")
     )
 
     async def start() -> tuple[GatewayCore, grpc.aio.Server, int]:
@@ -600,8 +637,8 @@ def test_policies_are_cached_and_fetched_again_after_the_ttl(federation: Federat
 
     core, server, port = loop.run(start())
     address = f"127.0.0.1:{port}"
-    token = investigator_token(federation.root)
-    node = federation.nodes["ruritania"]
+    token = investigator_token(private_federation.root)
+    node = private_federation.nodes["ruritania"]
     original = sha256_hex(POLICY_DOCUMENT)
     # Ruritania stops letting anyone match hashes (its operator edited the policy).
     revised = POLICY_DOCUMENT.replace('id = "partner-hash-match"', 'id = "partner-hash-match-x"')
@@ -611,7 +648,7 @@ def test_policies_are_cached_and_fetched_again_after_the_ttl(federation: Federat
         # execute
         first = by_node(client.dry_run(address, token, hash_match()))["ruritania"]
         node.core.published_policy = publish(
-            node_key(federation.root, "ruritania"), "ruritania", revised
+            node_key(private_federation.root, "ruritania"), "ruritania", revised
         )
         clock.now += 59
         cached = by_node(client.dry_run(address, token, hash_match()))["ruritania"]

@@ -15,11 +15,13 @@ import hmac
 import json
 import logging
 import re
+import shutil
 import threading
 import time
+import uuid
 import warnings
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -45,7 +47,7 @@ from liaison.messages import NodeStatus, Requester, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import search_to_proto
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
-from tests.conftest import Federation
+from tests.conftest import Federation, start_federation
 from tests.support import running_gateway
 
 KEYCLOAK = "https://sso.genovia.invalid/realms/police"
@@ -1144,12 +1146,29 @@ def test_issuer_tables_that_are_wrong_fail_to_load(
 # --- through a real gateway ---------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def federation(
+    federation_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    """The demo nodes (and gateway), started once for this module's gateways.
+
+    It overrides conftest's fixture of one federation per test: each test here
+    starts a gateway of its own over these nodes, with a ledger of its own, and
+    asks one hash match, which no node's rate limit comes near.
+    """
+    root = tmp_path_factory.mktemp("identity-providers") / "federation"
+    shutil.copytree(federation_template, root)
+    with ExitStack() as stack:
+        yield start_federation(root, stack)
+
+
 @pytest.fixture
 def keycloak_gateway(
     federation: Federation, pk: ProviderKeys, gateway_log: Records
 ) -> Iterator[str]:
     """A gateway over the running nodes whose config trusts a Keycloak realm by jwks_file."""
     root = federation.root
+    tag = uuid.uuid4().hex[:8]  # a ledger has one writer: each gateway here has its own
     (root / "gateway" / "keycloak-jwks.json").write_text(
         json.dumps({"keys": [*standard_jwks(pk), jwk(pk.rsa_next, "enc-1", use="enc")]})
     )
@@ -1157,10 +1176,10 @@ def keycloak_gateway(
         root,
         [INVESTIGATOR_AGENCY],
         {n: node.address for n, node in federation.nodes.items()},
-        ledger="keycloak-ledger.sqlite3",
-        name="keycloak-base.toml",
+        ledger=f"keycloak-ledger-{tag}.sqlite3",
+        name=f"keycloak-base-{tag}.toml",
     )
-    keycloak = path.with_name("keycloak.toml")
+    keycloak = path.with_name(f"keycloak-{tag}.toml")
     keycloak.write_text(
         path.read_text()
         + f"""
@@ -1221,7 +1240,7 @@ def test_a_gateway_fetching_a_jwks_url_serves_a_search_over_grpc(
         federation.root,
         [INVESTIGATOR_AGENCY],
         {n: node.address for n, node in federation.nodes.items()},
-        ledger="okta-ledger.sqlite3",
+        ledger=f"okta-ledger-{uuid.uuid4().hex[:8]}.sqlite3",
         name="okta-base.toml",
     )
     okta = path.with_name("okta.toml")

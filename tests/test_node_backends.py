@@ -1,6 +1,6 @@
 """One node, three databases: SQLite, PostgreSQL and MariaDB, each checked against direct SQL.
 
-Every test runs once per backend (the ``database_url`` fixture). Two agencies'
+Every test runs once per backend (the class-wide ``backend`` fixture). Two agencies'
 own schemas live side by side in the database: Ruritania keeps typed columns
 (``Date``, ``Boolean``), Freedonia keeps dates as ISO text and booleans as
 integers. A real node server for each answers signed requests, and every
@@ -14,7 +14,7 @@ import datetime as dt
 import re
 import socket
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,7 @@ from liaison.messages import Bucket, Count, QueryAnswer
 from liaison.query import Comparator, Operation, Predicate, Query
 from node.database import open_read_only
 from node.noise import bound
+from tests.conftest import MARIADB_ADMIN_URL, POSTGRES_ADMIN_URL, _service_database
 from tests.support import LocalNode, running_node, start_local_node, write_local_node
 
 AGENCIES = ("ruritania", "freedonia")
@@ -169,26 +170,46 @@ def write_agency_node(root: Path, agency: DemoAgency, url: str) -> Path:
     )
 
 
-class TestNodeBackends:
-    @pytest.fixture
-    def backend(self, database_url: str, tmp_path: Path) -> Iterator[Backend]:
-        root = tmp_path / "federation"
-        engine = sa.create_engine(database_url)
-        with ExitStack() as stack:
-            stack.callback(engine.dispose)
-            agencies = {}
-            for local in demo_agencies():
-                if local.agency_id not in AGENCIES:
-                    continue
-                # Media and accounts only: the cases tables would only cost DDL time.
-                local = dataclasses.replace(
-                    local, tables=tuple(t for t in local.tables if t.dataset != "cases")
-                )
-                populate(local, engine, media=300, accounts=100)
-                config = write_agency_node(root, local, database_url)
-                agencies[local.agency_id] = Agency(local, start_local_node(stack, config))
-            yield Backend(engine, agencies)
+@contextmanager
+def class_database(kind: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """conftest's ``database_url``, made once for a whole class instead of once per test."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path_factory.mktemp('backend') / 'agency.sqlite3'}"
+    elif kind == "postgresql":
+        yield from _service_database(POSTGRES_ADMIN_URL, "PostgreSQL")
+    else:
+        yield from _service_database(MARIADB_ADMIN_URL, "MariaDB")
 
+
+# One database, two nodes, for every test of the class on a backend (not one per
+# test): the tests only read (each request has its own query id; the write test
+# checks that nothing was written), and no rule here has a rate limit. Only the
+# statistics test asks counts under a minimum count, so the differencing guard's
+# memory of the investigator holds that test's own questions only.
+@pytest.fixture(scope="class", params=["sqlite", "postgresql", "mariadb"])
+def backend(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Backend]:
+    root = tmp_path_factory.mktemp("backends") / "federation"
+    with ExitStack() as stack:
+        database_url = stack.enter_context(class_database(request.param, tmp_path_factory))
+        engine = sa.create_engine(database_url)
+        stack.callback(engine.dispose)
+        agencies = {}
+        for local in demo_agencies():
+            if local.agency_id not in AGENCIES:
+                continue
+            # Media and accounts only: the cases tables would only cost DDL time.
+            local = dataclasses.replace(
+                local, tables=tuple(t for t in local.tables if t.dataset != "cases")
+            )
+            populate(local, engine, media=300, accounts=100)
+            config = write_agency_node(root, local, database_url)
+            agencies[local.agency_id] = Agency(local, start_local_node(stack, config))
+        yield Backend(engine, agencies)
+
+
+class TestNodeBackends:
     # --- match ---------------------------------------------------------------------
 
     def test_match_hits_exactly_the_stored_hashes(self, backend: Backend) -> None:
