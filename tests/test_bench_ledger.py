@@ -53,6 +53,12 @@ def test_bench_ledger_reports_every_section() -> None:
     verify = doc["verify"]
     assert verify["report"]["ok"] and verify["report"]["size"] == 3000
     assert verify["report"]["checkpoints"] == 1
+    # Against the Merkle floor measured in the same run (which computed the same root).
+    assert set(verify["best_s"]) == {"read", "floor", "verify"}
+    assert verify["verify_vs_floor"] > 0 and verify["read_vs_floor"] > 0
+    assert verify["aim"]["seconds_per_million_under"] == 4.0
+    assert verify["aim"]["vs_floor_at_most"] == 1.5
+    assert isinstance(verify["aim"]["met"], bool) and verify["aim"]["extrapolated"]
     assert doc["proofs"]["size"] == 3000
     fed = doc["federation"]
     per_query = {name: x["entries_per_query"] for name, x in fed["bytes"]["ledgers"].items()}
@@ -74,6 +80,46 @@ def test_bench_ledger_reports_every_section() -> None:
     assert 0 < fed["share"]["p50"] < 1 and 0 < fed["share"]["of_means"] < 1
     assert isinstance(fed["aim"]["met"], bool)
     assert "machine" in doc and doc["machine"]["sqlite"]
+
+
+def test_bench_ledger_runs_one_section_and_renders_its_table() -> None:
+    done = subprocess.run(
+        [
+            sys.executable, "-m", "liaison.bench.ledger",
+            "--only", "verify",
+            "--entries", "2000",
+            "--proofs", "5",
+            "--verify-repeats", "1",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )  # fmt: skip
+
+    assert done.returncode == 0, done.stderr
+    table = done.stdout
+    assert "4. Verifying 2,000 entries" in table and "5. Proofs at size 2,000" in table
+    for row in ("read the entries only", "Merkle floor", "verify_ledger: every check"):
+        assert row in table
+    assert "the Merkle floor (aim: under 4 s and at most 1.5x)" in table
+    assert "aim met:" in table or "aim NOT met:" in table
+    assert "Durable appends" not in table and "federated" not in table
+
+
+def test_bench_ledger_refuses_an_unknown_section() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "liaison.bench.ledger", "--only", "verify,bogus"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+    assert done.returncode == 2
+    assert "expected sections among appends,verify,federation" in done.stderr
 
 
 def _write_logs(run: Path, queries: list[str], skip_node: str | None = None) -> None:

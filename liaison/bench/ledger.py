@@ -4,7 +4,9 @@ From the issue: durable appends per second (one writer, and group commit
 under concurrent writers), the time to verify a ledger of one million
 entries, proof generation and verification, ledger bytes per query, and the
 ledger's share of a federated query. The aims: ledger cost below 10% of a
-federated query's time, one million entries verified in under 10 seconds.
+federated query's time; one million entries verified, every check made, in
+under 4 seconds and in at most 1.5 times the Merkle floor measured in the
+same run.
 
 The machine is shared and noisy, so every rate has a baseline measured in
 the same run, interleaved where the measurements are short:
@@ -14,8 +16,12 @@ the same run, interleaved where the measurements are short:
   with the same PRAGMAs (journal_mode=WAL, synchronous=FULL), in rotating
   blocks; on PostgreSQL against raw psycopg INSERT + COMMIT per row;
 * group commit: N threads appending at once, against the single writer;
-* verifying: ``verify_ledger`` against the floor of any verifier, one
-  SHA-256 per entry over the same bytes read from the same store;
+* verifying: ``verify_ledger`` against the Merkle floor, the least any
+  verifier must do: read every entry from the same store and recompute the
+  RFC 9162 root from the entries' bytes (a leaf hash each, then the tree),
+  in the cheapest Python there is for it: the verifier's own streaming
+  reader fetching entries only, hashlib in one comprehension per batch,
+  levels as lists of digests, and no check of anything;
 * the ledger's share of a federated query: searches through the demo
   federation run as a deployment runs it (three node processes and a gateway
   process on loopback, mutual TLS between them), timed at the client, against
@@ -29,7 +35,8 @@ outcome entries (byte for byte what ``request_entry``/``outcome_entry``
 write, checked at start) stored in bulk with ``LedgerStore.append``, with a
 checkpoint signed by the ledger's key every 10,000 entries.
 
-    python -m liaison.bench.ledger [--entries N] [--quick] [--no-postgres] [--json]
+    python -m liaison.bench.ledger [--entries N] [--quick] [--no-postgres]
+        [--only appends,verify,federation] [--json]
 """
 
 from __future__ import annotations
@@ -84,10 +91,16 @@ from liaison.ledger.entries import (
 )
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import gateway_origin
-from liaison.ledger.merkle import MerkleTree, leaf_hash, verify_consistency, verify_inclusion
+from liaison.ledger.merkle import (
+    MerkleTree,
+    leaf_hash,
+    root_from_leaf_hashes,
+    verify_consistency,
+    verify_inclusion,
+)
 from liaison.ledger.proofs import inclusion_proof as audit_inclusion_proof
-from liaison.ledger.store import LedgerStore
-from liaison.ledger.verify import verify_ledger
+from liaison.ledger.store import LedgerStore, entries_table
+from liaison.ledger.verify import entry_batches, gc_paused, verify_ledger
 from liaison.messages import (
     AnswerStatus,
     Decision,
@@ -106,7 +119,8 @@ if TYPE_CHECKING:
     import psycopg
 
 AIM_SHARE = 0.10  # ledger time at most this share of a federated query (p50)
-AIM_VERIFY_S = 10.0  # seconds to verify one million entries
+AIM_VERIFY_S = 4.0  # seconds to verify one million entries
+AIM_VERIFY_VS_FLOOR = 1.5  # verify_ledger at most this many times the Merkle floor
 MILLION = 1_000_000
 POSTGRES_ADMIN_URL = os.environ.get(
     "LIAISON_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"
@@ -136,7 +150,13 @@ class Settings:
     media: int
     postgres: str | None
     seed: int
+    sections: tuple[str, ...] = ("appends", "verify", "federation")
 
+
+# What --only picks from: durable appends (SQLite, then PostgreSQL unless
+# --no-postgres), the million-entry ledger (build, verify, proofs), and the
+# ledger's share of federated searches.
+SECTIONS = ("appends", "verify", "federation")
 
 FULL = {
     "entries": MILLION,
@@ -819,28 +839,42 @@ def _chain(first: _T, rest: Iterator[_T]) -> Iterator[_T]:
     yield from rest
 
 
-def _read_only(store: LedgerStore) -> int:
+def read_entries(store: LedgerStore) -> int:
+    """Every entry's bytes, in index order, as the verifier reads them; nothing else."""
     n = 0
-    for _row in store.rows():
-        n += 1
+    with gc_paused():
+        for rows in entry_batches(store, entries_table.c.entry):
+            n += len(rows)
     return n
 
 
-def _sha256_floor(store: LedgerStore) -> int:
-    sha256 = hashlib.sha256
-    n = 0
-    for _idx, _leaf, entry in store.rows():
-        sha256(entry).digest()
-        n += 1
-    return n
+def merkle_floor(store: LedgerStore) -> tuple[int, bytes]:
+    """The least any verifier must do: read every entry and recompute the RFC 9162 root.
+
+    In the cheapest Python there is for it: the verifier's own reader fetching
+    entries alone, one comprehension of hashlib calls per batch, the levels as
+    lists of digests (root_from_leaf_hashes), the cycle collector held off as
+    the verifier holds it. Nothing is checked: no index, no stored leaf, no
+    entry's content, no signature; so no verifier in Python on one core, as
+    verify_ledger runs, can be faster.
+    """
+    sha256, prefix = hashlib.sha256, b"\x00"
+    leaves: list[bytes] = []
+    with gc_paused():
+        for rows in entry_batches(store, entries_table.c.entry):
+            leaves += [sha256(prefix + raw).digest() for (raw,) in rows]
+        return len(leaves), root_from_leaf_hashes(leaves)
 
 
 def verify_section(
     path: Path, n: int, key: SigningKey, repeats: int, progress: TextIO
 ) -> tuple[dict[str, Any], MerkleTree, LedgerStore]:
-    """verify_ledger against reading alone and against one SHA-256 per entry, alternated."""
+    """verify_ledger against reading alone and against the Merkle floor, alternated."""
     store = LedgerStore(path, create=False)
     times: dict[str, list[float]] = {"read": [], "floor": [], "verify": []}
+    # CPU seconds too: on a shared machine they say what wall time does not.
+    cpu: dict[str, list[float]] = {"read": [], "floor": [], "verify": []}
+    roots: dict[str, bytes] = {}
     tree = MerkleTree()
     report_doc: dict[str, Any] = {}
     for r in range(repeats):
@@ -848,14 +882,14 @@ def verify_section(
         order = order[r % 3 :] + order[: r % 3]
         for what in order:
             print(f"    {what} ({r + 1}/{repeats})", file=progress)
-            started = time.perf_counter()
+            started, started_cpu = time.perf_counter(), time.process_time()
             if what == "read":
-                count = _read_only(store)
+                count = read_entries(store)
             elif what == "floor":
-                count = _sha256_floor(store)
+                count, roots["floor"] = merkle_floor(store)
             else:
                 report, tree = verify_ledger(store, key.verifying_key)
-                count = report.size
+                count, roots["verify"] = report.size, report.root
                 if not report.ok or report.warnings:
                     found = report.first_problem or report.warnings[0]
                     raise BenchFailed(f"the generated ledger does not verify: {found}")
@@ -867,24 +901,34 @@ def verify_section(
                     "unfinished": report.unfinished,
                 }
             times[what].append(time.perf_counter() - started)
+            cpu[what].append(time.process_time() - started_cpu)
             if count != n:
                 raise BenchFailed(f"{what} saw {count} entries, expected {n}")
+    if roots["floor"] != roots["verify"]:
+        raise BenchFailed("the Merkle floor computed another root than verify_ledger")
     best = {k: min(v) for k, v in times.items()}
+    best_cpu = {k: min(v) for k, v in cpu.items()}
     per_million = best["verify"] * MILLION / n
+    vs_floor = best["verify"] / best["floor"]
     return (
         {
             "entries": n,
             "repeats": repeats,
             "seconds": {k: [round(x, 3) for x in v] for k, v in times.items()},
             "best_s": {k: round(v, 3) for k, v in best.items()},
+            "cpu_s": {k: [round(x, 3) for x in v] for k, v in cpu.items()},
+            "best_cpu_s": {k: round(v, 3) for k, v in best_cpu.items()},
             "entries_per_s": {k: round(n / v) for k, v in best.items()},
-            "verify_vs_floor": round(best["verify"] / best["floor"], 2),
+            "verify_vs_floor": round(vs_floor, 2),
+            "verify_vs_floor_cpu": round(best_cpu["verify"] / best_cpu["floor"], 2),
+            "read_vs_floor": round(best["read"] / best["floor"], 2),
             "verify_vs_read": round(best["verify"] / best["read"], 2),
             "verify_s_per_million": round(per_million, 2),
             "report": report_doc,
             "aim": {
                 "seconds_per_million_under": AIM_VERIFY_S,
-                "met": per_million < AIM_VERIFY_S,
+                "vs_floor_at_most": AIM_VERIFY_VS_FLOOR,
+                "met": per_million < AIM_VERIFY_S and vs_floor <= AIM_VERIFY_VS_FLOOR,
                 "extrapolated": n != MILLION,
             },
         },
@@ -1261,37 +1305,41 @@ def run(s: Settings, progress: TextIO) -> dict[str, Any]:
             "searches": s.searches,
             "warmup": s.warmup,
             "seed": s.seed,
+            "sections": list(s.sections),
         },
     }
     with tempfile.TemporaryDirectory(prefix="liaison-bench-ledger-") as tmp:
         folder = Path(tmp)
-        print("1-2. durable appends", file=progress)
-        raw = RawSqlite(folder / "raw.sqlite3")
-        raw_settings = raw.settings()
-        sqlite_doc = appends_section(
-            "sqlite", lambda name: str(folder / f"{name}.sqlite3"), raw, s, factory, progress
-        )
-        sqlite_doc["raw_settings"] = raw_settings
-        print("3. durable appends on PostgreSQL", file=progress)
-        doc["appends"] = {
-            "sqlite": sqlite_doc,
-            "postgresql": postgres_section(s, factory, progress),
-        }
-        path = folder / "million.sqlite3"
-        print(f"4. building a ledger of {s.entries:,} entries", file=progress)
-        build = build_ledger(path, s.entries, factory, progress)
-        print(f"4. verifying {s.entries:,} entries", file=progress)
-        verify, tree, store = verify_section(path, s.entries, key, s.verify_repeats, progress)
-        verify["build"] = build
-        doc["verify"] = verify
-        print(f"5. proofs at size {tree.size:,} ({s.proofs} samples)", file=progress)
-        try:
-            doc["proofs"] = proofs_section(tree, store, key, s.proofs, s.seed)
-        finally:
-            store.close()
-        del tree
-    print("6-7. the ledger in federated searches", file=progress)
-    doc["federation"] = federation_section(s, progress)
+        if "appends" in s.sections:
+            print("1-2. durable appends", file=progress)
+            raw = RawSqlite(folder / "raw.sqlite3")
+            raw_settings = raw.settings()
+            sqlite_doc = appends_section(
+                "sqlite", lambda name: str(folder / f"{name}.sqlite3"), raw, s, factory, progress
+            )
+            sqlite_doc["raw_settings"] = raw_settings
+            print("3. durable appends on PostgreSQL", file=progress)
+            doc["appends"] = {
+                "sqlite": sqlite_doc,
+                "postgresql": postgres_section(s, factory, progress),
+            }
+        if "verify" in s.sections:
+            path = folder / "million.sqlite3"
+            print(f"4. building a ledger of {s.entries:,} entries", file=progress)
+            build = build_ledger(path, s.entries, factory, progress)
+            print(f"4. verifying {s.entries:,} entries", file=progress)
+            verify, tree, store = verify_section(path, s.entries, key, s.verify_repeats, progress)
+            verify["build"] = build
+            doc["verify"] = verify
+            print(f"5. proofs at size {tree.size:,} ({s.proofs} samples)", file=progress)
+            try:
+                doc["proofs"] = proofs_section(tree, store, key, s.proofs, s.seed)
+            finally:
+                store.close()
+            del tree
+    if "federation" in s.sections:
+        print("6-7. the ledger in federated searches", file=progress)
+        doc["federation"] = federation_section(s, progress)
     doc["machine"]["loadavg_end"] = loadavg()
     doc["runtime_s"] = round(time.perf_counter() - started, 1)
     return doc
@@ -1342,6 +1390,23 @@ def _appends_tables(a: Mapping[str, Any]) -> list[str]:
 
 
 def render_report(doc: dict[str, Any]) -> str:
+    mc = doc["machine"]
+    lines = [
+        *(_appends_lines(doc) if "appends" in doc else []),
+        *(_verify_lines(doc) if "verify" in doc else []),
+        *(_proofs_lines(doc) if "proofs" in doc else []),
+        *(_federation_lines(doc) if "federation" in doc else []),
+    ]
+    lines += [
+        f"machine: {mc['cpu_count']} CPUs ({mc['cpus_usable']} usable), {mc['python']}, "
+        f"SQLite {mc['sqlite']}, SQLAlchemy {mc['sqlalchemy']}, {mc['platform']}",
+        f"load average (1, 5, 15 min) at start {mc['loadavg_start']}, at end "
+        f"{mc['loadavg_end']}; runtime {doc['runtime_s']:.0f} s",
+    ]
+    return "\n".join(lines)
+
+
+def _appends_lines(doc: dict[str, Any]) -> list[str]:
     st, mc = doc["settings"], doc["machine"]
     lines = [
         f"1-2. Durable appends, SQLite {mc['sqlite']}: {st['appends_per_path']} realistic "
@@ -1358,36 +1423,52 @@ def render_report(doc: dict[str, Any]) -> str:
         lines += [f"3. PostgreSQL: skipped ({pg['skipped']})", ""]
     else:
         lines += ["3. Durable appends, PostgreSQL (same runs)", "", *_appends_tables(pg), ""]
+    return lines
+
+
+def _verify_lines(doc: dict[str, Any]) -> list[str]:
     v = doc["verify"]
     b = v["build"]
     n = v["entries"]
+    cpu = v["best_cpu_s"]
     verify_rows = [
-        [label, f"{v['best_s'][k]:.2f}", f"{v['entries_per_s'][k]:,}", ratio]
-        for label, k, ratio in (
-            ("read rows only (LedgerStore.rows)", "read", ""),
-            ("floor: read + one SHA-256 per entry", "floor", "1.00x"),
-            ("verify_ledger", "verify", f"{v['verify_vs_floor']:.2f}x"),
+        [
+            label,
+            f"{v['best_s'][k]:.2f}",
+            f"{v['entries_per_s'][k]:,}",
+            f"{v['best_s'][k] / v['best_s']['floor']:.2f}x",
+            f"{cpu[k]:.2f}",
+            f"{cpu[k] / cpu['floor']:.2f}x",
+        ]
+        for label, k in (
+            ("read the entries only (one streaming SELECT)", "read"),
+            ("Merkle floor: read + leaf hashes + RFC 9162 root", "floor"),
+            ("verify_ledger: every check", "verify"),
         )
     ]
     aim = v["aim"]
-    lines += [
+    return [
         f"4. Verifying {n:,} entries ({v['report']['checkpoints']} signed checkpoints; best "
         f"of {v['repeats']}, alternated)",
         "",
-        render.table(["path", "seconds", "entries/s", "vs floor"], verify_rows),
+        render.table(
+            ["path", "seconds", "entries/s", "vs floor", "CPU s", "CPU vs floor"], verify_rows
+        ),
         "",
         f"aim {'met' if aim['met'] else 'NOT met'}: "
-        + (
-            f"{v['verify_s_per_million']:.2f} s per million entries"
-            + (" (extrapolated from this size)" if aim["extrapolated"] else "")
-        )
-        + f" (aim: under {aim['seconds_per_million_under']:g} s)",
+        f"{v['verify_s_per_million']:.2f} s per million entries"
+        + (" (extrapolated from this size)" if aim["extrapolated"] else "")
+        + f", {v['verify_vs_floor']:.2f}x the Merkle floor (aim: under "
+        f"{aim['seconds_per_million_under']:g} s and at most {aim['vs_floor_at_most']:g}x)",
         f"entries: {v['report']['kinds']}, {v['report']['unfinished']} unfinished request(s)",
         f"generated in {b['seconds']:.1f} s ({b['entries_per_s']:,} entries/s, bulk "
         f"LedgerStore.append of {BULK_BATCH:,}); file {b['file_bytes']:,} bytes "
         f"({b['file_bytes_per_entry']:.0f} bytes per entry)",
         "",
     ]
+
+
+def _proofs_lines(doc: dict[str, Any]) -> list[str]:
     p = doc["proofs"]
     proof_rows = [
         [label, f"{p[k]['p50_us']:.1f}", f"{p[k]['p99_us']:.1f}", f"{p[k]['mean_us']:.1f}", h]
@@ -1404,13 +1485,16 @@ def render_report(doc: dict[str, Any]) -> str:
             ("audit prove document (store + checkpoint + path)", "audit_prove_document", ""),
         )
     ]
-    lines += [
+    return [
         f"5. Proofs at size {p['size']:,}, random indices and pairs ({p['samples']} samples "
         "each), microseconds",
         "",
         render.table(["operation", "p50", "p99", "mean", "hashes"], proof_rows),
         "",
     ]
+
+
+def _federation_lines(doc: dict[str, Any]) -> list[str]:
     f = doc["federation"]
     lat = f["latency_ms"]
     client_p50 = lat["client"]["p50_ms"]
@@ -1442,7 +1526,7 @@ def render_report(doc: dict[str, Any]) -> str:
     sizes = ", ".join(
         f"{kind} {x['mean']:.0f} B ({x['min']}-{x['max']})" for kind, x in f["entry_bytes"].items()
     )
-    lines += [
+    lines = [
         f"6. Ledger bytes per query: {f['searches']} searches through the demo federation "
         f"(3 nodes, {f['media_records']} media records each)",
         "",
@@ -1470,13 +1554,7 @@ def render_report(doc: dict[str, Any]) -> str:
         f"logs: {f['logs']}",
         "",
     ]
-    lines += [
-        f"machine: {mc['cpu_count']} CPUs ({mc['cpus_usable']} usable), {mc['python']}, "
-        f"SQLite {mc['sqlite']}, SQLAlchemy {mc['sqlalchemy']}, {mc['platform']}",
-        f"load average (1, 5, 15 min) at start {mc['loadavg_start']}, at end "
-        f"{mc['loadavg_end']}; runtime {doc['runtime_s']:.0f} s",
-    ]
-    return "\n".join(lines)
+    return lines
 
 
 def _threads(text: str) -> tuple[int, ...]:
@@ -1487,6 +1565,16 @@ def _threads(text: str) -> tuple[int, ...]:
     if not values or min(values) < 1:
         raise argparse.ArgumentTypeError(f"thread counts must be at least 1, got {text!r}")
     return values
+
+
+def _sections(text: str) -> tuple[str, ...]:
+    picked = tuple(dict.fromkeys(x.strip() for x in text.split(",") if x.strip()))
+    unknown = [x for x in picked if x not in SECTIONS]
+    if unknown or not picked:
+        raise argparse.ArgumentTypeError(
+            f"expected sections among {','.join(SECTIONS)}, got {text!r}"
+        )
+    return tuple(x for x in SECTIONS if x in picked)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -1512,6 +1600,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-postgres", action="store_true", help="skip PostgreSQL")
     p.add_argument("--seed", type=int, default=2026, help="seed of the generated entries")
+    p.add_argument(
+        "--only",
+        type=_sections,
+        default=SECTIONS,
+        metavar="SECTIONS",
+        help=f"run only these sections, comma-separated, of {','.join(SECTIONS)} (all); "
+        "verify builds the large ledger, verifies it and makes proofs on it",
+    )
     return p
 
 
@@ -1530,6 +1626,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         media=args.media,
         postgres=None if args.no_postgres else args.postgres,
         seed=args.seed,
+        sections=args.only,
     )
 
 

@@ -8,7 +8,9 @@ raise :class:`~liaison.errors.ProofError` and return nothing.
 from __future__ import annotations
 
 import hashlib
+import operator
 from collections.abc import Iterable, Sequence
+from itertools import repeat
 
 from liaison.errors import ProofError
 
@@ -40,8 +42,7 @@ def root_from_leaf_hashes(leaves: Sequence[bytes]) -> bytes:
     exactly the RFC's tree (split at the largest power of two below n) without
     recursion, in n - 1 hashes.
     """
-    for index, leaf in enumerate(leaves):
-        _check_leaf_argument(leaf, index)
+    _check_leaf_arguments(leaves)
     if not leaves:
         return EMPTY_ROOT
     level = list(leaves)
@@ -72,15 +73,14 @@ class MerkleTree:
     def from_leaf_hashes(cls, leaves: Iterable[bytes]) -> MerkleTree:
         """Build a tree from leaf hashes in one pass per level (faster than appending)."""
         level = list(leaves)
-        for index, leaf in enumerate(level):
-            _check_leaf_argument(leaf, index)
+        _check_leaf_arguments(level)
         tree = cls()
         tree._size = len(level)
-        tree._levels = [bytearray(b"".join(level))]
+        tree._levels = [bytearray().join(level)]
         while len(level) > 1:
             # An odd last node is not a complete subtree yet; append() will pair it later.
             level = _parents(level)
-            tree._levels.append(bytearray(b"".join(level)))
+            tree._levels.append(bytearray().join(level))
         return tree
 
     @property
@@ -386,6 +386,13 @@ def _consistency_proof_length(old_size: int, new_size: int) -> int:
 def _check_hash(value: bytes, what: str) -> None:
     if len(value) != HASH_SIZE:
         raise ProofError(f"{what} is {len(value)} bytes, expected {HASH_SIZE} (SHA-256)")
+
+
+def _check_leaf_arguments(leaves: Sequence[bytes]) -> None:
+    # In C over a million leaves; the loop below only runs to name the culprit.
+    if any(map(operator.ne, map(len, leaves), repeat(HASH_SIZE))):
+        for index, leaf in enumerate(leaves):
+            _check_leaf_argument(leaf, index)
 
 
 def _check_leaf_argument(leaf: bytes, index: int | None = None) -> None:
