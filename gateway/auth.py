@@ -227,7 +227,10 @@ class TokenVerifier:
         hit = self._cache.get(digest)
         if hit is not None:
             trusted = self._issuers[hit.issuer]
-            if time.time() < hit.expires and trusted.keys.current.keys.get(hit.kid) == hit.key:
+            key = trusted.keys.current.keys.get(hit.kid)
+            # Still the key it verified under (a refresh that dropped or
+            # replaced it ends the entry); the same object needs no comparing.
+            if time.time() < hit.expires and (key is hit.key or key == hit.key):
                 if may_refresh and trusted.keys.claim_refresh(kid_known=True):
                     raise _KeysNeeded(trusted, claimed=True)
                 self._cache.move_to_end(digest)

@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import grpc
 from tenacity import (
@@ -34,6 +37,8 @@ from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 log = logging.getLogger("liaison.gateway")
 # A policy fetch that meets UNAVAILABLE is tried this many times in all, within the deadline.
 POLICY_FETCH_ATTEMPTS = 3
+# The gRPC path of NodeService.Answer, from the descriptor the stubs come from.
+ANSWER_METHOD = f"/{pb_node.DESCRIPTOR.services_by_name['NodeService'].full_name}/Answer"
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +91,17 @@ class FanOut:
             node_id: pb_node_grpc.NodeServiceStub(channel)
             for node_id, channel in self._channels.items()
         }
+        # Answer calls that take the request already serialized: it goes to
+        # every node as the same bytes, so it is serialized once per search.
+        self._answer = {
+            node_id: channel.unary_unary(
+                ANSWER_METHOD,
+                request_serializer=None,
+                response_deserializer=pb_node.AnswerResponse.FromString,
+                _registered_method=True,  # type: ignore[call-arg]  # grpc-stubs predate it
+            )
+            for node_id, channel in self._channels.items()
+        }
 
     async def policy(self, node_id: str, until: float) -> Envelope:
         """``node_id``'s signed published policy, by ``until`` (a monotonic time).
@@ -128,38 +144,87 @@ class FanOut:
     async def ask_all(
         self, node_ids: tuple[str, ...], signed: SignedRequest, deadline_s: float
     ) -> list[Reply]:
-        request = signed_request_to_proto(signed)
-        until = time.monotonic() + deadline_s
-        return list(await asyncio.gather(*(self._ask(n, request, until) for n in node_ids)))
+        """Ask every node in ``node_ids`` at once; one reply per node, in that order.
 
-    async def _ask(self, node_id: str, request: pb_node.AnswerRequest, until: float) -> Reply:
+        The request is serialized once and every call is started before any is
+        awaited. Calls are taken up as they finish (the gRPC calls' own done
+        callbacks say when), so each node's latency is its own and a node that
+        was unreachable is retried at once, whatever the others are doing.
+        """
+        request = signed_request_to_proto(signed).SerializeToString()
+        loop = asyncio.get_running_loop()
         started = time.monotonic()
-        stub = self._stubs[node_id]
+        until = started + deadline_s
+        finished: list[tuple[int, Awaitable[Any], float]] = []
+        wake: asyncio.Future[None] | None = None
+
+        def done(index: int, awaited: Awaitable[Any]) -> None:
+            finished.append((index, awaited, time.monotonic()))
+            if wake is not None and not wake.done():
+                wake.set_result(None)
+
+        calls: list[Any] = []
+        replies: list[Reply | None] = [None] * len(node_ids)
+        try:
+            for index, node_id in enumerate(node_ids):
+                call = self._answer[node_id](request, timeout=deadline_s)
+                calls.append(call)
+                call.add_done_callback(partial(done, index))
+            outstanding = len(node_ids)
+            while outstanding:
+                if not finished:
+                    wake = loop.create_future()
+                    await wake
+                    continue
+                index, awaited, at = finished.pop()
+                node_id = node_ids[index]
+                if isinstance(awaited, asyncio.Task):  # a retry: it made its own reply
+                    replies[index] = await awaited
+                    outstanding -= 1
+                    continue
+                latency_ms = (at - started) * 1000
+                try:
+                    response = await awaited
+                except grpc.aio.AioRpcError as exc:
+                    if _transient(exc):
+                        retry = loop.create_task(self._retry(node_id, request, started, until))
+                        calls.append(retry)
+                        retry.add_done_callback(partial(done, index))
+                        continue
+                    replies[index] = Reply(
+                        node_id, latency_ms, code=exc.code(), detail=exc.details() or ""
+                    )
+                else:
+                    replies[index] = Reply(
+                        node_id, latency_ms, envelope=envelope_from_proto(response.answer)
+                    )
+                outstanding -= 1
+        except BaseException:
+            # Cancelled (the investigator went away) or failed: stop asking.
+            for call in calls:
+                call.cancel()
+            raise
+        return [r for r in replies if r is not None]
+
+    async def _retry(self, node_id: str, request: bytes, started: float, until: float) -> Reply:
+        """Ask ``node_id`` again after a transient failure, within the deadline."""
+        answer = self._answer[node_id]
 
         def elapsed() -> float:
             return (time.monotonic() - started) * 1000
 
         try:
-            # The common case pays nothing for the retry machinery.
-            remaining = until - time.monotonic()
-            if remaining <= 0:
-                return Reply(node_id, elapsed(), code=grpc.StatusCode.DEADLINE_EXCEEDED)
-            try:
-                response = await stub.Answer(request, timeout=remaining)
-            except grpc.aio.AioRpcError as exc:
-                if not _transient(exc):
-                    raise
-                async for attempt in AsyncRetrying(
-                    retry=retry_if_exception(_transient),
-                    wait=wait_exponential(multiplier=0.02, max=0.5),
-                    stop=stop_after_attempt(3) | stop_after_delay(max(0.0, until - started)),
-                    reraise=True,
-                ):
-                    with attempt:
-                        remaining = until - time.monotonic()
-                        if remaining <= 0:
-                            return Reply(node_id, elapsed(), code=grpc.StatusCode.DEADLINE_EXCEEDED)
-                        response = await stub.Answer(request, timeout=remaining)
+            async for attempt in AsyncRetrying(
+                retry=retry_if_exception(_transient),
+                wait=wait_exponential(multiplier=0.02, max=0.5),
+                stop=stop_after_attempt(3) | stop_after_delay(max(0.0, until - started)),
+                reraise=True,
+            ):
+                with attempt:
+                    remaining = until - time.monotonic()
+                    if remaining <= 0:
+                        return Reply(node_id, elapsed(), code=grpc.StatusCode.DEADLINE_EXCEEDED)
+                    response = await answer(request, timeout=remaining)
         except grpc.aio.AioRpcError as exc:
             return Reply(node_id, elapsed(), code=exc.code(), detail=exc.details() or "")
         return Reply(node_id, elapsed(), envelope=envelope_from_proto(response.answer))

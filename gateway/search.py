@@ -15,6 +15,7 @@ import os
 import time
 import uuid
 from collections.abc import Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
 import grpc
@@ -139,9 +140,11 @@ class GatewayCore:
         Returns the narrowed search and the nodes left out.
         """
         dataset = checked.query.dataset
-        offers = await self.offers(
-            checked.targets, min(OFFERS_TIMEOUT_S, checked.deadline_ms / 4000)
-        )
+        offers = self._known_offers(checked.targets)
+        if offers is None:
+            offers = await self.offers(
+                checked.targets, min(OFFERS_TIMEOUT_S, checked.deadline_ms / 4000)
+            )
         # Unknown offers (None) are asked; an empty offer is a node offering nothing.
         skipped = tuple(
             n for n in checked.targets if (found := offers[n]) is not None and dataset not in found
@@ -182,6 +185,24 @@ class GatewayCore:
         if unknown:
             await asyncio.gather(*(self._describe(n, timeout_s) for n in unknown))
         return {n: self._offers.get(n, (0.0, None))[1] for n in node_ids}
+
+    def _known_offers(self, node_ids: Sequence[str]) -> dict[str, frozenset[str] | None] | None:
+        """:meth:`offers` without a coroutine, when no node needs waiting for; None otherwise.
+
+        Every node was described before: stale offers are used while they are
+        refreshed in the background, as :meth:`offers` does.
+        """
+        now = time.monotonic()
+        known: dict[str, frozenset[str] | None] = {}
+        for node_id in node_ids:
+            fetched = self._offers.get(node_id)
+            if fetched is None:
+                return None
+            at, offered = fetched
+            if now - at >= (OFFERS_TTL_S if offered is not None else OFFERS_RETRY_S):
+                self._refresh_later(node_id)
+            known[node_id] = offered
+        return known
 
     def _refresh_later(self, node_id: str) -> None:
         if node_id in self._describing:
@@ -258,29 +279,31 @@ class GatewayCore:
                 results=results,
             )
         )
-        log.info(
-            "search",
-            extra={
-                "query_id": request.query_id,
-                "agency": requester.agency,
-                "subject": requester.subject,
-                "purpose": request.purpose,
-                "dataset": request.query.dataset,
-                "operation": request.query.operation.value,
-                "outcome": {r.node_id: r.status.value for r in results},
-                # Time spent waiting for durable ledger writes, and in all: the
-                # operator's view of what the audit trail costs each query.
-                "ledger_ms": round((ledger_s + time.perf_counter() - outcome_started) * 1000, 3),
-                "total_ms": round((time.perf_counter() - started) * 1000, 3),
-            },
-        )
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "search",
+                extra={
+                    "query_id": request.query_id,
+                    "agency": requester.agency,
+                    "subject": requester.subject,
+                    "purpose": request.purpose,
+                    "dataset": request.query.dataset,
+                    "operation": request.query.operation.value,
+                    "outcome": {r.node_id: r.status.value for r in results},
+                    # Time spent waiting for durable ledger writes, and in all: the
+                    # operator's view of what the audit trail costs each query.
+                    "ledger_ms": round(
+                        (ledger_s + time.perf_counter() - outcome_started) * 1000, 3
+                    ),
+                    "total_ms": round((time.perf_counter() - started) * 1000, 3),
+                },
+            )
         return SearchResult(request.query_id, request.query, results, signed_request=envelope)
 
     async def _log(self, entry: bytes, *, prove: bool = False) -> Appended:
-        future = self.ledger.submit(entry, prove=prove)
         limit_s = self.ledger.write_timeout_s + LEDGER_TIMEOUT_MARGIN_S
         try:
-            return await asyncio.wait_for(asyncio.wrap_future(future), limit_s)
+            return await _durable(self.ledger.submit(entry, prove=prove), limit_s)
         except TimeoutError as exc:
             raise LedgerUnavailable(
                 f"the gateway's ledger did not confirm a write within {limit_s:g} s; "
@@ -338,6 +361,50 @@ class GatewayCore:
             answer_digest,
             signed_answer=reply.envelope,
         )
+
+
+async def _durable(future: Future[Appended], limit_s: float) -> Appended:
+    """What the ledger's writer settles ``future`` with, awaited on the event loop.
+
+    As ``wait_for(wrap_future(future), limit_s)`` (TimeoutError after
+    ``limit_s``; a caller that gives up cancels ``future``, so a write not yet
+    begun is dropped), with one loop future and one timer instead of the
+    futures, callbacks and task those two make for every append.
+    """
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[Appended] = loop.create_future()
+
+    def settled(_: Future[Appended]) -> None:  # on the writer's thread, or here if done
+        if not loop.is_closed():  # as asyncio's own future chaining: no loop, no one to tell
+            loop.call_soon_threadsafe(_copy_outcome, future, waiter)
+
+    timer = loop.call_later(limit_s, _time_out, waiter)
+    future.add_done_callback(settled)
+    try:
+        return await waiter
+    except BaseException:
+        future.cancel()
+        raise
+    finally:
+        timer.cancel()
+
+
+def _copy_outcome(future: Future[Appended], waiter: asyncio.Future[Appended]) -> None:
+    if waiter.done():  # timed out or cancelled meanwhile
+        return
+    if future.cancelled():
+        waiter.cancel()
+        return
+    failure = future.exception()
+    if failure is not None:
+        waiter.set_exception(failure)
+    else:
+        waiter.set_result(future.result())
+
+
+def _time_out(waiter: asyncio.Future[Appended]) -> None:
+    if not waiter.done():
+        waiter.set_exception(TimeoutError())
 
 
 def _status_of(code: grpc.StatusCode | None) -> NodeStatus:

@@ -14,6 +14,10 @@ a process that could not start; the Python traceback of a fatal signal
 (``faulthandler``, written straight to the real stderr); and, if forwarding
 ever fails, everything after one "stderr capture failed" event (raw lines,
 rather than writers blocked on a full pipe).
+
+Python's own events (:func:`configure`) are JSON already, so they skip the
+pipe and go straight to the real stderr: a serving process does not write,
+read, parse and write again every line it logs.
 """
 
 from __future__ import annotations
@@ -28,23 +32,39 @@ import re
 import sys
 import threading
 import time
-from typing import Any
+from typing import Any, TextIO
 
-_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+_STANDARD = frozenset(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {
+    "message",
+    "asctime",
+}
+# The last whole second formatted, and its text: a busy process logs many
+# events a second, and strftime is most of what a timestamp costs.
+_second: tuple[int, str] = (-1, "")
+
+
+def _seconds_text(second: int) -> str:
+    global _second
+    cached = _second
+    if cached[0] == second:
+        return cached[1]
+    text = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+    _second = (second, text)
+    return text
 
 
 def _timestamp(created: float) -> str:
-    return (
-        time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(created))
-        + f".{int(created * 1000) % 1000:03d}Z"
-    )
+    return f"{_seconds_text(int(created))}.{int(created * 1000) % 1000:03d}Z"
+
+
+# json.dumps(..., default=str) builds an encoder per call; one serves every event.
+_ENCODER = json.JSONEncoder(default=str)
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
-            + f".{int(record.msecs):03d}Z",
+            "ts": f"{_seconds_text(int(record.created))}.{int(record.msecs):03d}Z",
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -54,11 +74,34 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODER.encode(entry)
+
+
+class JsonLineHandler(logging.StreamHandler[TextIO]):
+    """One JSON line per event: on ``stream``, or straight to the real stderr once fd 2 is captured.
+
+    Through the capture pipe, each line would be written, read back, parsed
+    and written again by the pump thread: twice the work for every event, in
+    the very processes that log the most. The pump stays for what only it
+    can turn into JSON: lines written below Python.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        captured = _captured
+        if captured is None or captured.failed:
+            super().emit(record)
+            return
+        try:
+            line = self.format(record).encode("utf-8", "backslashreplace") + b"\n"
+            captured.write_line(line)
+        except RecursionError:
+            raise
+        except Exception:
+            self.handleError(record)
 
 
 def configure(level: str = "info") -> None:
-    handler = logging.StreamHandler(sys.stderr)
+    handler = JsonLineHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger("liaison")
     root.handlers[:] = [handler]
@@ -173,6 +216,9 @@ class _NativeStderr:
         self._read_end = read_end
         self.failed = False
         self._in_hand: list[bytes] = []
+        # The pump and JsonLineHandler both write to the real stderr: one
+        # write at a time, so that no line lands inside another.
+        self._write_lock = threading.Lock()
         # The real stderr stays open for the life of the process (self.real).
         faulthandler.enable(file=self.real, all_threads=True)
         self._thread = threading.Thread(target=self._pump, name="stderr-json", daemon=True)
@@ -238,9 +284,15 @@ class _NativeStderr:
 
     def _write(self, data: bytes) -> None:
         # Never through logging: that writes to fd 2, which is this pipe.
-        with contextlib.suppress(OSError):
+        with contextlib.suppress(OSError), self._write_lock:
             while data:
                 data = data[os.write(self.real, data) :]
+
+    def write_line(self, line: bytes) -> None:
+        """Write a whole JSON line (a Python log event) to the real stderr, past the pipe."""
+        with self._write_lock:
+            while line:
+                line = line[os.write(self.real, line) :]
 
     def restore(self) -> None:
         """Put the real stderr back and forward what is still in the pipe."""

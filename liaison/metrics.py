@@ -87,12 +87,25 @@ class GatewayMetrics:
         self.ledger_append = _ledger_histogram(
             r, "liaison_gateway_ledger_append_seconds", "gateway's ledger"
         )
+        # Each labelled series, looked up once: ``labels()`` validates and locks
+        # on every call, and a search touches one series per node. The keys are
+        # node ids from the config and fixed statuses and outcomes: bounded.
+        self._node_results: dict[tuple[str, NodeStatus], Counter] = {}
+        self._node_seconds: dict[str, Histogram] = {}
+        self._searches: dict[str, Counter] = {}
 
     def known_nodes(self, node_ids: Iterable[str]) -> None:
         """Show every node's series at zero from the start, so rates work from the first scrape."""
         for node_id in node_ids:
-            for label in NODE_STATUS_LABELS.values():
-                self.node_results.labels(node_id, label)
+            for status in NODE_STATUS_LABELS:
+                self._node_result(node_id, status)
+
+    def _node_result(self, node_id: str, status: NodeStatus) -> Counter:
+        series = self._node_results.get((node_id, status))
+        if series is None:
+            series = self.node_results.labels(node_id, NODE_STATUS_LABELS[status])
+            self._node_results[node_id, status] = series
+        return series
 
     def searched(self, result: SearchResult, seconds: float) -> None:
         self.search_seconds.observe(seconds)
@@ -104,18 +117,27 @@ class GatewayMetrics:
             outcome = "partial"
         else:
             outcome = "unanswered"
-        self.searches.labels(outcome).inc()
+        self._search_outcome(outcome).inc()
         if missing:
             self.partial.inc()
         for r in result.results:
-            self.node_results.labels(r.node_id, NODE_STATUS_LABELS[r.status]).inc()
+            self._node_result(r.node_id, r.status).inc()
             if r.status is not NodeStatus.NOT_ASKED:
-                self.node_seconds.labels(r.node_id).observe(r.latency_ms / 1000)
+                seconds_of = self._node_seconds.get(r.node_id)
+                if seconds_of is None:
+                    seconds_of = self._node_seconds[r.node_id] = self.node_seconds.labels(r.node_id)
+                seconds_of.observe(r.latency_ms / 1000)
+
+    def _search_outcome(self, outcome: str) -> Counter:
+        series = self._searches.get(outcome)
+        if series is None:
+            series = self._searches[outcome] = self.searches.labels(outcome)
+        return series
 
     def refused(self, kind: str, seconds: float) -> None:
         """A search refused before or while asking nodes; ``kind`` is its error kind."""
         self.search_seconds.observe(seconds)
-        self.searches.labels(kind).inc()
+        self._search_outcome(kind).inc()
 
 
 class NodeMetrics:

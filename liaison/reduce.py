@@ -9,7 +9,7 @@ function.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from typing import Any
 
 from liaison.messages import AnswerStatus, QueryAnswer
 from liaison.query import Operation, Query
@@ -17,24 +17,26 @@ from liaison.query import Operation, Query
 
 def reduce_to_query(answer: QueryAnswer, query: Query) -> QueryAnswer:
     """Keep only the parts of ``answer`` that ``query`` asked for."""
-    bare = QueryAnswer(
-        query_id=answer.query_id,
-        node_id=answer.node_id,
-        request_digest=answer.request_digest,
-        answered_at_ms=answer.answered_at_ms,
-        status=answer.status,
-        decision=answer.decision,
-    )
+    # Built once per answer, with only what is kept (no copy of a bare answer
+    # and then another): the gateway does this for every node of every search.
+    common: dict[str, Any] = {
+        "query_id": answer.query_id,
+        "node_id": answer.node_id,
+        "request_digest": answer.request_digest,
+        "answered_at_ms": answer.answered_at_ms,
+        "status": answer.status,
+        "decision": answer.decision,
+    }
     if answer.status is not AnswerStatus.ANSWERED:
-        return bare
+        return QueryAnswer(**common)
     op = query.operation
     if op is Operation.MATCH:
-        return replace(bare, hit=answer.hit)
+        return QueryAnswer(**common, hit=answer.hit)
     if op is Operation.COUNT:
-        return replace(bare, count=answer.count)
+        return QueryAnswer(**common, count=answer.count)
     if op is Operation.COUNT_BY:
-        return replace(
-            bare,
+        return QueryAnswer(
+            **common,
             buckets=answer.buckets,
             buckets_suppressed=answer.buckets_suppressed,
             bucket_minimum=answer.bucket_minimum,
@@ -46,8 +48,8 @@ def reduce_to_query(answer: QueryAnswer, query: Query) -> QueryAnswer:
     rows = tuple(
         tuple(row[i] for i in keep) for row in answer.rows[:limit] if len(row) == len(answer.fields)
     )
-    return replace(
-        bare,
+    return QueryAnswer(
+        **common,
         fields=tuple(answer.fields[i] for i in keep),
         rows=rows,
         withheld_fields=tuple(f for f in answer.withheld_fields if f in asked),

@@ -6,6 +6,8 @@ mistaken for the domain types of the same name.
 
 from __future__ import annotations
 
+from typing import Any
+
 from google.protobuf.message import DecodeError
 
 from liaison.envelope import Envelope
@@ -199,21 +201,18 @@ def request_from_bytes(payload: bytes) -> QueryRequest:
 
 
 def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
-    message = pb_query.QueryAnswer(
-        query_id=answer.query_id,
-        node_id=answer.node_id,
-        request_digest=answer.request_digest,
-        answered_at_ms=answer.answered_at_ms,
-        status=_STATUS[answer.status],
-        decision=pb_query.Decision(
-            permitted=answer.decision.permitted,
-            rules=list(answer.decision.rules),
-            reason=answer.decision.reason,
-            obligations=list(answer.decision.obligations),
-            explanation=list(answer.decision.explanation),
-        ),
-        hit=answer.hit,
-        buckets=[
+    # Only what is set is passed: most answers are a hit or a count, and an
+    # empty repeated field serializes to nothing either way.
+    fields: dict[str, Any] = {}
+    if answer.count is not None:
+        fields["count"] = pb_query.Count(
+            value=answer.count.value,
+            below_minimum=answer.count.below_minimum,
+            minimum=answer.count.minimum,
+            noise_bound=answer.count.noise_bound,
+        )
+    if answer.buckets:
+        fields["buckets"] = [
             pb_query.Bucket(
                 key=b.key or "",
                 key_present=b.key is not None,
@@ -221,36 +220,38 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
                 noise_bound=b.noise_bound,
             )
             for b in answer.buckets
-        ],
-        buckets_suppressed=answer.buckets_suppressed,
-        bucket_minimum=answer.bucket_minimum,
-        fields=list(answer.fields),
-        rows=[
+        ]
+    if answer.fields:
+        fields["fields"] = answer.fields
+    if answer.rows:
+        fields["rows"] = [
             pb_query.Row(cells=[pb_query.Cell(present=c is not None, value=c or "") for c in row])
             for row in answer.rows
-        ],
-        withheld_fields=list(answer.withheld_fields),
+        ]
+    if answer.withheld_fields:
+        fields["withheld_fields"] = answer.withheld_fields
+    return pb_query.QueryAnswer(
+        query_id=answer.query_id,
+        node_id=answer.node_id,
+        request_digest=answer.request_digest,
+        answered_at_ms=answer.answered_at_ms,
+        status=_STATUS[answer.status],
+        decision=decision_to_proto(answer.decision),
+        hit=answer.hit,
+        buckets_suppressed=answer.buckets_suppressed,
+        bucket_minimum=answer.bucket_minimum,
         truncated=answer.truncated,
+        **fields,
     )
-    if answer.count is not None:
-        message.count.CopyFrom(
-            pb_query.Count(
-                value=answer.count.value,
-                below_minimum=answer.count.below_minimum,
-                minimum=answer.count.minimum,
-                noise_bound=answer.count.noise_bound,
-            )
-        )
-    return message
 
 
 def decision_to_proto(decision: Decision) -> pb_query.Decision:
     return pb_query.Decision(
         permitted=decision.permitted,
-        rules=list(decision.rules),
+        rules=decision.rules,
         reason=decision.reason,
-        obligations=list(decision.obligations),
-        explanation=list(decision.explanation),
+        obligations=decision.obligations,
+        explanation=decision.explanation,
     )
 
 
@@ -268,14 +269,14 @@ def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
     status = _STATUS_BACK.get(message.status)
     if status is None:
         raise InvalidQuery("answer carries no status")
-    d = message.decision
+    # Empty repeated fields (most of them, in most answers) are not walked.
     return QueryAnswer(
         query_id=message.query_id,
         node_id=message.node_id,
         request_digest=message.request_digest,
         answered_at_ms=message.answered_at_ms,
         status=status,
-        decision=decision_from_proto(d),
+        decision=decision_from_proto(message.decision),
         hit=message.hit,
         count=(
             Count(
@@ -287,15 +288,21 @@ def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
             if message.HasField("count")
             else None
         ),
-        buckets=tuple(
-            Bucket(b.key if b.key_present else None, b.count, b.noise_bound)
-            for b in message.buckets
+        buckets=(
+            tuple(
+                Bucket(b.key if b.key_present else None, b.count, b.noise_bound)
+                for b in message.buckets
+            )
+            if message.buckets
+            else ()
         ),
         buckets_suppressed=message.buckets_suppressed,
         bucket_minimum=message.bucket_minimum,
         fields=tuple(message.fields),
-        rows=tuple(
-            tuple(c.value if c.present else None for c in row.cells) for row in message.rows
+        rows=(
+            tuple(tuple(c.value if c.present else None for c in row.cells) for row in message.rows)
+            if message.rows
+            else ()
         ),
         withheld_fields=tuple(message.withheld_fields),
         truncated=message.truncated,
@@ -346,18 +353,22 @@ def search_from_proto(message: pb_gateway.SearchRequest) -> SearchInput:
 
 def search_result_to_proto(result: SearchResult) -> pb_gateway.SearchResponse:
     out = pb_gateway.SearchResponse(query_id=result.query_id)
+    add = out.results.add
     for r in result.results:
-        item = out.results.add(
+        # Only the parts present, each passed once (no empty part made, then filled).
+        parts: dict[str, Any] = {}
+        if r.answer is not None:
+            parts["answer"] = answer_to_proto(r.answer)
+        if r.signed_answer is not None:
+            parts["signed_answer"] = envelope_to_proto(r.signed_answer)
+        add(
             node_id=r.node_id,
             status=_NODE_STATUS[r.status],
             detail=r.detail,
             latency_ms=r.latency_ms,
             answer_digest=r.answer_digest,
+            **parts,
         )
-        if r.answer is not None:
-            item.answer.CopyFrom(answer_to_proto(r.answer))
-        if r.signed_answer is not None:
-            item.signed_answer.CopyFrom(envelope_to_proto(r.signed_answer))
     if result.signed_request is not None:
         out.signed_request.CopyFrom(envelope_to_proto(result.signed_request))
     return out

@@ -12,6 +12,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from liaison import keys
 from liaison.envelope import (
     ANSWER_TYPE,
     MAX_PAYLOAD_BYTES,
@@ -436,3 +437,72 @@ def test_private_key_given_as_public_key_is_refused(tmp_path: Path) -> None:
         ConfigError, match=re.escape(f"{tmp_path / 'gw.key'} is not a PEM public key (")
     ):
         VerifyingKey.from_pem_file(tmp_path / "gw.key")
+
+
+# --- one Ed25519 check, whichever library makes it ----------------------------------------
+
+# libsodium (PyNaCl) checks signatures when it is installed, OpenSSL (cryptography)
+# otherwise: each is run here, and they must agree on every case.
+BACKENDS = [
+    pytest.param(
+        "libsodium",
+        marks=pytest.mark.skipif(keys._SODIUM is None, reason="PyNaCl is not installed"),
+    ),
+    pytest.param("openssl"),
+]
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    name: str = request.param
+    if name == "openssl":
+        monkeypatch.setattr(keys, "_SODIUM", None)
+    return name
+
+
+def forged_cases(signer: SigningKey) -> list[tuple[bytes, bytes]]:
+    """(signature, message) pairs no honest signer made for ``signer``'s key."""
+    message = pae(ANSWER_TYPE, PAYLOAD)
+    signature = signer.sign(message)
+    other = SigningKey.generate()
+    # S = L (the group order): non-canonical, so no valid signature has it.
+    order = (2**252 + 27742317777372353535851937790883648493).to_bytes(32, "little")
+    return [
+        (flip(signature, 0), message),  # R changed
+        (flip(signature, 40), message),  # S changed
+        (signature, flip(message, 5)),  # the message changed
+        (signature, message + b"\x00"),  # one byte appended
+        (other.sign(message), message),  # another key's signature
+        (signature[:32] + order, message),
+        (signature[:63], message),
+        (signature + b"\x00", message),
+        (b"", message),
+    ]
+
+
+def test_a_signature_verifies_under_either_library(signer: SigningKey, backend: str) -> None:
+    message = pae(ANSWER_TYPE, PAYLOAD)
+    signer.verifying_key.verify(signer.sign(message), message)
+    signer.verifying_key.verify(signer.sign(b""), b"")
+
+
+def test_either_library_refuses_every_forgery_as_bad_signature(
+    signer: SigningKey, backend: str
+) -> None:
+    for signature, message in forged_cases(signer):
+        with pytest.raises(BadSignature, match=r"^signature does not verify under key "):
+            signer.verifying_key.verify(signature, message)
+
+
+def test_a_key_read_from_pem_verifies_like_the_generated_one(
+    signer: SigningKey, backend: str, tmp_path: Path
+) -> None:
+    # The raw key libsodium takes is derived when the key is made, however it is made.
+    signer.write(tmp_path / "k.key", tmp_path / "k.pub")
+    loaded = VerifyingKey.from_pem_file(tmp_path / "k.pub")
+    message = pae(REQUEST_TYPE, PAYLOAD)
+
+    loaded.verify(signer.sign(message), message)
+    assert loaded == signer.verifying_key
+    with pytest.raises(BadSignature):
+        loaded.verify(SigningKey.generate().sign(message), message)
