@@ -10,9 +10,14 @@ anything that is not the shape the policy engine expects.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import TYPE_CHECKING
 
-from liaison.config import ClaimMapping
 from liaison.messages import Requester
+
+if TYPE_CHECKING:
+    # Only an annotation here; importing the config module pulls in SQLAlchemy,
+    # which `liaison token issue` would load for nothing.
+    from liaison.config import ClaimMapping
 
 MAX_ATTRIBUTES = 16
 MAX_ATTRIBUTE_CHARS = 64

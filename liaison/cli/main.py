@@ -210,11 +210,13 @@ def _cmd_policy(args: argparse.Namespace) -> int:
 def _policy_check(args: argparse.Namespace) -> int:
     from liaison.catalog import CATALOG_V1
     from liaison.cli import render
-    from liaison.config import load_node_config
     from policies.analysis import NodeMapping, Severity
 
     node = None
     if args.node_config is not None:
+        # Only here: the config module pulls in SQLAlchemy.
+        from liaison.config import load_node_config
+
         node = NodeMapping.from_config(load_node_config(args.node_config, CATALOG_V1))
     policy, findings = _check_policy_file(args.file, node)
     if args.json:
@@ -336,7 +338,7 @@ def _policy_test(args: argparse.Namespace) -> int:
 
 def token_attributes(items: list[str]) -> dict[str, str]:
     """``--attribute KEY=VALUE`` options as a claim, within the limits the gateway enforces."""
-    from gateway.auth import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES
+    from gateway.claims import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES
 
     attributes: dict[str, str] = {}
     for item in items:
