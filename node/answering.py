@@ -1,14 +1,20 @@
 """The node's core: from a signed request to a signed answer.
 
-peer -> verify -> proof of logging -> replay guard -> policy decision ->
-compile -> run read-only -> obligations -> sign -> receipt -> stored answer.
-Each step lives in its own module; this one only orders them and keeps what
-must happen once (the replay claim, the receipt, the rate charge) in one place.
+peer -> verify -> proof of logging -> replay claim -> policy decision ->
+rate charge -> compile -> run read-only -> obligations -> sign -> one commit
+(receipt, stored answer, rate usage). Each step lives in its own module; this
+one only orders them and keeps what must happen once (the replay claim, the
+receipt, the rate charge) in one place.
 
-The receipt is durable before the answer is stored for retries, and the
-answer leaves only once both are. If the store fails after the receipt, a
-second receipt for the same request says "not-delivered", the rate charge is
-refunded, and the caller is told UNAVAILABLE: receipts say what happened.
+The receipt, the answer stored for retries and the rate usage it paid are
+committed in one transaction of the receipts ledger, and the answer leaves
+only once that commit returned: all three are durable, or none is and
+nothing left. When the commit fails, the claim and the charge are let go
+and the caller is told UNAVAILABLE; a retry is answered afresh. (Earlier
+releases stored the answer in a second commit after the receipt, and wrote
+a compensating "not-delivered" receipt when that one failed; a single commit
+leaves no such gap, so this node writes none. Ledgers that hold them still
+reconcile.)
 """
 
 from __future__ import annotations
@@ -29,16 +35,16 @@ from liaison.errors import (
     CatalogError,
     ConfigError,
     InvalidQuery,
+    LedgerError,
     LedgerUnavailable,
     ReplayDetected,
-    StateUnavailable,
     UntrustedPeer,
 )
 from liaison.keys import KeyId, SigningKey
 from liaison.ledger.entries import ReceiptFacts, receipt_entry
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LoggedRequest, SignedRequest, check_logged
-from liaison.messages import AnswerStatus, Decision, PublishedPolicy, QueryAnswer, Requester
+from liaison.messages import AnswerStatus, Decision, PublishedPolicy, QueryAnswer
 from liaison.query import (
     Operation,
     Query,
@@ -52,33 +58,23 @@ from node.differencing import RecentAggregates
 from node.execute import Executor, Refusal
 from node.near import NearIndexes
 from node.near_guard import NearGuard
-from node.ratelimit import RateLedger
-from node.replay import ReplayGuard, private_dir, private_file
+from node.noise import load_or_create_key
+from node.ratelimit import LEGACY_FILE as RATES_LEGACY_FILE
+from node.ratelimit import Charge, RateLedger
+from node.replay import LEGACY_FILE as REPLAY_LEGACY_FILE
+from node.replay import SEAL_KEY_FILE, ReplayGuard, private_dir, private_file
 from node.verify import Peer, TrustedGateway, VerifiedRequest, peer_gateways, verify_request
 from policies import Policy, decide
-from policies.model import RateLimit
 
 log = logging.getLogger("liaison.node")
 
 NOT_OFFERED = "dataset-not-offered"
-# The status of a compensating receipt: the answer of the receipt before it
-# (same request digest and answer digest) never left this node.
-NOT_DELIVERED = "not-delivered"
+# Every 256 answers, records past their use are purged.
+PURGE_EVERY = 256
 
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Charge:
-    """One rate-limit charge, kept so that it can be refunded if no answer leaves."""
-
-    rule_id: str
-    limits: tuple[RateLimit, ...]
-    requester: Requester
-    cost: int
-    at_ms: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,7 +109,6 @@ class NodeCore:
         catalog: Catalog,
         engine: Engine,
         schema: Mapping[str, MappedDataset],
-        replay: ReplayGuard,
         receipts: Ledger,
         limits: NodeLimits,
         state_dir: Path,
@@ -128,14 +123,21 @@ class NodeCore:
         self.catalog = catalog
         self.engine = engine
         self.schema = dict(schema)
-        self.replay = replay
         self.receipts = receipts
         self.limits = limits
-        # Replay answers, rate usage and recent aggregates describe who asked
-        # what and what was released: owner-only.
+        # Recent aggregates and near probes describe who asked what: owner-only.
         private_dir(state_dir)
         private_file(state_dir / "aggregates.sqlite3")
-        self.rates = RateLedger(state_dir / "rates.sqlite3")
+        # Replay records and rate usage live beside the receipts and are
+        # committed with them; files of an earlier release are taken in.
+        seal_key_path = state_dir / SEAL_KEY_FILE
+        self.replay = ReplayGuard(
+            receipts, load_or_create_key(seal_key_path), legacy=state_dir / REPLAY_LEGACY_FILE
+        )
+        self.rates = RateLedger(receipts, legacy=state_dir / RATES_LEGACY_FILE)
+        # How long an append may wait: past the ledger's own write timeout,
+        # whose watchdog answers first.
+        self._append_timeout_s = receipts.write_timeout_s + 30
         self.near_guard = NearGuard(state_dir / "near.sqlite3")
         self.executor = Executor(
             engine=engine,
@@ -242,42 +244,43 @@ class NodeCore:
             raise
         if cached is not None:
             log.info("retry answered from store", extra={"query_id": request.query_id})
-            # This node's own signed bytes, stored by complete() below.
+            # This node's own signed bytes, committed with their receipt below.
             return SignedAnswer(cached, answer_from_bytes(cached.payload))
         charges: list[Charge] = []
+        doubtful = False
         try:
             answer = self._decide_and_run(verified, charges)
             sealed = seal(self.signing_key, ANSWER_TYPE, answer_to_bytes(answer))
-            # The receipt is durable before the answer can leave.
+            side = [*self.replay.record(request.nonce, sealed), *self.rates.record(charges)]
             receipt_started = time.perf_counter()
             try:
-                self.receipts.append(receipt_entry(self._receipt(verified, logged, answer, sealed)))
-            except LedgerUnavailable as exc:
+                # One commit: the receipt, the stored answer and the rate usage.
+                # The answer cannot leave before it returned.
+                self.receipts.append(
+                    receipt_entry(self._receipt(verified, logged, answer, sealed)),
+                    side=side,
+                    timeout_s=self._append_timeout_s,
+                )
+            except (LedgerError, TimeoutError) as exc:
+                # A write that overran its timeout may still land: its claim
+                # waits until that is settled. Any other failed write was not
+                # committed, and a retry is answered afresh.
+                doubtful = self.receipts.stalled or isinstance(exc, TimeoutError)
                 # Where the ledger lives is for the operator's log, not the caller.
                 raise LedgerUnavailable(
                     "this node cannot write its receipts ledger, so it answers nothing; "
                     "try again later (the node's operator sees why in its log)"
                 ) from exc
             receipt_ms = (time.perf_counter() - receipt_started) * 1000
-            try:
-                self.replay.complete(request.nonce, sealed)
-            except StateUnavailable:
-                self._withdraw(verified, logged, answer, sealed)
-                raise
         except BaseException:
-            self.replay.release(request.nonce)
+            self.replay.release(request.nonce, doubtful=doubtful)
             for charge in charges:
-                self.rates.refund(
-                    charge.rule_id, charge.limits, charge.requester, charge.cost, charge.at_ms
-                )
+                self.rates.refund(charge)
             raise
+        self.replay.complete(request.nonce)
         self._answered += 1
-        if self._answered % 256 == 0:
-            self.replay.purge(
-                now_ms(),
-                keep_ms=(2 * self.limits.max_request_age_s + self.limits.clock_skew_s) * 1000,
-            )
-            self.rates.purge(now_ms() - 8 * 86400 * 1000)
+        if self._answered % PURGE_EVERY == 0:
+            self._purge()
         log.info(
             "answered",
             extra={
@@ -297,31 +300,17 @@ class NodeCore:
         )
         return SignedAnswer(sealed, answer)
 
-    def _withdraw(
-        self,
-        verified: VerifiedRequest,
-        logged: LoggedRequest,
-        answer: QueryAnswer,
-        sealed: Envelope,
-    ) -> None:
-        """Record that the receipted answer never left (its store write failed)."""
-        query_id = verified.request.query_id
-        facts = self._receipt(verified, logged, answer, sealed, status=NOT_DELIVERED)
+    def _purge(self) -> None:
+        """Drop replay records and rate usage past their use; a failure waits for the next turn."""
+        now = now_ms()
         try:
-            self.receipts.append(receipt_entry(facts))
-        except LedgerUnavailable:
-            # Both stores failed: the receipts ledger overstates (answered, never
-            # delivered) and only this log line says so. It errs towards
-            # recording, never towards releasing unrecorded.
-            log.critical(
-                "receipt says answered but the answer was not delivered",
-                extra={"query_id": query_id, "answer_digest": facts.answer_digest},
+            self.replay.purge(
+                now, keep_ms=(2 * self.limits.max_request_age_s + self.limits.clock_skew_s) * 1000
             )
-        else:
-            log.error(
-                "answer not delivered: the replay guard could not store it",
-                extra={"query_id": query_id, "answer_digest": facts.answer_digest},
-            )
+            self.rates.purge(now)
+        except LedgerError as exc:
+            # The answer is committed already: upkeep never turns it into an error.
+            log.warning("purge of old replay records failed", extra={"error": str(exc)})
 
     def _receipt(
         self,
@@ -329,13 +318,11 @@ class NodeCore:
         logged: LoggedRequest,
         answer: QueryAnswer,
         sealed: Envelope,
-        *,
-        status: str = "",
     ) -> ReceiptFacts:
         request = verified.request
         return ReceiptFacts(
             node_id=self.node_id,
-            time_ms=answer.answered_at_ms if not status else now_ms(),
+            time_ms=answer.answered_at_ms,
             query_id=request.query_id,
             request_digest=verified.digest,
             gateway_id=request.gateway_id,
@@ -344,7 +331,7 @@ class NodeCore:
             gateway_entry=logged.proof.entry,
             gateway_leaf_index=logged.proof.leaf_index,
             gateway_checkpoint=logged.proof.checkpoint,
-            status=status or answer.status.value,
+            status=answer.status.value,
             rules=answer.decision.rules,
             obligations=answer.decision.obligations,
             answer_digest=hashlib.sha256(sealed.payload).hexdigest(),
@@ -415,23 +402,12 @@ class NodeCore:
             return deny(
                 decision.rules, near_reason, (*decision.explanation, f"node: {near_reason}")
             )
-        charged_at_ms = now_ms()
-        limit_reason = self.rates.charge(
-            grant.rule_id, grant.rate_limits, request.requester, query_cost(query), charged_at_ms
+        charged = self.rates.charge(
+            grant.rule_id, grant.rate_limits, request.requester, query_cost(query), now_ms()
         )
-        if limit_reason:
-            return deny(
-                decision.rules, limit_reason, (*decision.explanation, f"node: {limit_reason}")
-            )
-        charges.append(
-            Charge(
-                grant.rule_id,
-                grant.rate_limits,
-                request.requester,
-                query_cost(query),
-                charged_at_ms,
-            )
-        )
+        if isinstance(charged, str):
+            return deny(decision.rules, charged, (*decision.explanation, f"node: {charged}"))
+        charges.append(charged)
         outcome = self.executor.run(mapped, query, grant, request, now_ms(), self.policy)
         if isinstance(outcome, Refusal):
             return deny(
@@ -456,7 +432,7 @@ def close_core(core: NodeCore) -> None:
     if core.near is not None:
         core.near.close()
     core.replay.close()
-    core.receipts.close()
     core.rates.close()
+    core.receipts.close()
     core.executor.recent.close()
     core.engine.dispose()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import logging
 from concurrent import futures
 from contextlib import ExitStack
@@ -9,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
+import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import NodeConfig, load_node_config
@@ -17,6 +19,7 @@ from liaison.grpc_errors import MalformedRequests
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import node_origin
+from liaison.ledger.store import ledger_url
 from liaison.logs import capture_native_stderr
 from liaison.messages import document_sha256
 from liaison.metrics import IndexState, NodeMetrics
@@ -36,7 +39,7 @@ from node.answering import NodeCore, NodeLimits, close_core
 from node.database import bind_schema, open_read_only
 from node.health import DatabaseProbe
 from node.near import NearIndexes
-from node.replay import ReplayGuard
+from node.replay import private_dir, private_file
 from node.service import NodeServicer
 from node.transform_key import read_transform_key, require_if_used
 from node.verify import GatewayIdentity, TrustedGateway
@@ -68,13 +71,17 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         engine.dispose()
         raise
     try:
-        near = NearIndexes(engine, schema, refresh_s=config.pdq_refresh_s)
+        # The persisted PDQ index holds the agency's hashes: owner-only, as the rest.
+        private_dir(config.state_dir)
+        near = NearIndexes(
+            engine, schema, refresh_s=config.pdq_refresh_s, state_dir=config.state_dir
+        )
     except BaseException:
         engine.dispose()
         raise
     near.start()
-    replay = ReplayGuard(config.state_dir / "replay.sqlite3")
     try:
+        private_receipts(config.receipts, config.state_dir)
         receipts = Ledger.open(
             config.receipts,
             signing_key,
@@ -83,25 +90,48 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
         )
     except BaseException:
         near.close()
-        replay.close()
         engine.dispose()
         raise
-    return NodeCore(
-        node_id=config.node_id,
-        signing_key=signing_key,
-        trusted=trusted,
-        policy=policy,
-        catalog=catalog,
-        engine=engine,
-        schema=schema,
-        replay=replay,
-        receipts=receipts,
-        limits=NodeLimits(config.max_request_age_s, config.clock_skew_s, config.default_limit),
-        state_dir=config.state_dir,
-        transform_secret=secret,
-        policy_document=policy_document,
-        near=near,
-    )
+    try:
+        return NodeCore(
+            node_id=config.node_id,
+            signing_key=signing_key,
+            trusted=trusted,
+            policy=policy,
+            catalog=catalog,
+            engine=engine,
+            schema=schema,
+            receipts=receipts,
+            limits=NodeLimits(config.max_request_age_s, config.clock_skew_s, config.default_limit),
+            state_dir=config.state_dir,
+            transform_secret=secret,
+            policy_document=policy_document,
+            near=near,
+        )
+    except BaseException:
+        receipts.close()
+        near.close()
+        engine.dispose()
+        raise
+
+
+def private_receipts(location: str, state_dir: Path) -> None:
+    """Make a SQLite receipts ledger owner-only (0600) before it opens.
+
+    It keeps the node's replay records, which hold the answers released in
+    the last minutes, and its rate usage (who asked how much): as private as
+    the rest of the node's state. Its -wal and -shm take the file's mode. A
+    ledger in the state folder makes that folder owner-only too.
+    """
+    url = sa.make_url(ledger_url(location))
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return
+    path = Path(url.database or "")
+    if path.parent.resolve() == state_dir.resolve():
+        private_dir(path.parent)
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    private_file(path)
 
 
 @dataclass
@@ -221,6 +251,11 @@ def serve(
         stack.callback(lambda: served.server.stop(grace=5).wait())
         served.servicer.on_database_error = probe.kick
         probe.start()
+        # Everything loaded so far lives as long as the process: leave it out
+        # of the collector's full passes, which would otherwise walk it again
+        # and again while queries are answered.
+        gc.collect()
+        gc.freeze()
         host = host_of(config.listen)
         write_port_file(port_file, host, served.port)
         log.info(

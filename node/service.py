@@ -35,16 +35,30 @@ def _abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
     raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
 
 
+# Identities of the certificates peers presented, by their PEM: a node meets
+# a few gateways, each on every call; parsing the certificate each time would
+# cost more than the rest of the call's bookkeeping. Bounded all the same.
+_MAX_IDENTITIES = 64
+_identities: dict[bytes, CertificateIdentity] = {}
+
+
 def peer_of(context: grpc.ServicerContext) -> Peer:
     """Who is on the line: the address and, over TLS, the certificate the peer proved it holds."""
-    pems = [bytes(pem) for pem in context.auth_context().get("x509_pem_cert", ())]
+    pems = context.auth_context().get("x509_pem_cert", ())
     certificate = None
     if pems:
-        try:
-            certificate = CertificateIdentity.from_pem(pems[0])
-        except ConfigError:
-            # TLS verified it, so this cannot happen; if it does, the peer is nobody.
-            log.warning("peer certificate does not parse", extra={"peer": context.peer()})
+        pem = bytes(pems[0])
+        certificate = _identities.get(pem)
+        if certificate is None:
+            try:
+                certificate = CertificateIdentity.from_pem(pem)
+            except ConfigError:
+                # TLS verified it, so this cannot happen; if it does, the peer is nobody.
+                log.warning("peer certificate does not parse", extra={"peer": context.peer()})
+            else:
+                if len(_identities) >= _MAX_IDENTITIES:
+                    _identities.clear()
+                _identities[pem] = certificate
     return Peer(context.peer(), certificate)
 
 

@@ -17,10 +17,11 @@ from tests.support import investigator_token
 
 
 def nonces(federation: Federation, node_id: str) -> int:
-    db = federation.root / "nodes" / node_id / "state" / "replay.sqlite3"
+    # Replay records live in the node's receipts ledger, committed with the receipts.
+    db = federation.root / "nodes" / node_id / "state" / "receipts.sqlite3"
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
     try:
-        return int(conn.execute("SELECT count(*) FROM seen_nonce").fetchone()[0])
+        return int(conn.execute("SELECT count(*) FROM liaison_node_seen_nonce").fetchone()[0])
     finally:
         conn.close()
 

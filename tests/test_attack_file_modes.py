@@ -1,8 +1,9 @@
 """Secrets and caches of released data are owner-only (issue 9, item 4).
 
-A bearer token lets whoever reads it ask as the investigator; a node's replay
-store keeps every answer it released; its rate and aggregate files say who
-asked what. None of them may be readable by other local users.
+A bearer token lets whoever reads it ask as the investigator; a node's
+receipts ledger keeps the answers it released lately (its replay records) and
+its rate usage; its aggregate file says who asked what. None of them may be
+readable by other local users.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from liaison.keys import SigningKey
 from liaison.query import Comparator, Operation, Predicate, Query
 from tests.support import call_node, make_request, running_node, sign_request
 
-STATE_FILES = ("replay.sqlite3", "rates.sqlite3", "aggregates.sqlite3")
+STATE_FILES = ("receipts.sqlite3", "aggregates.sqlite3")
 
 
 def mode(path: Path) -> int:
@@ -38,8 +39,8 @@ def test_node_state_is_owner_only_after_answering(federation_dir: Path) -> None:
     state = federation_dir / "nodes" / "ruritania" / "state"
     state.mkdir(mode=0o755)
     os.chmod(state, 0o755)  # noqa: S103 - the world-readable state of an older release
-    (state / "replay.sqlite3").touch()
-    os.chmod(state / "replay.sqlite3", 0o644)
+    (state / "receipts.sqlite3").touch()
+    os.chmod(state / "receipts.sqlite3", 0o644)
     key = SigningKey.from_pem_file(federation_dir / "gateway" / "gateway.key")
     request = make_request(
         Query("media", Operation.COUNT, (Predicate("category", Comparator.EQ, ("A",)),)),
@@ -52,7 +53,7 @@ def test_node_state_is_owner_only_after_answering(federation_dir: Path) -> None:
     with running_node(federation_dir / "nodes" / "ruritania" / "node.toml") as node:
         call_node(node.address, sign_request(key, request))
         # assert: while the node runs, with its -wal and -shm files
-        assert (state / "replay.sqlite3-wal").exists()
+        assert (state / "receipts.sqlite3-wal").exists()
         assert_private_state(state)
 
 

@@ -1,8 +1,10 @@
-"""Reused query ids, and an answer whose replay-guard write fails (issue 9, items 2 and 3).
+"""Reused query ids, and an answer whose replay record cannot be written (issue 9, items 2 and 3).
 
 Real nodes on loopback, requests signed with the demo gateway's key, real
-SQLite state files: the failure is injected the way a full disk shows
-itself to SQLite, through a trigger added from a connection of our own.
+SQLite files: the failure is injected the way a full disk shows itself to
+SQLite, through a trigger added from a connection of our own. The replay
+record, the rate usage and the receipt of an answer are one commit of the
+receipts ledger, so a failure of any of them leaves none of them.
 """
 
 from __future__ import annotations
@@ -67,22 +69,37 @@ def receipts_for(root: Path, query_id: str) -> list[tuple[str, str]]:
 
 
 def rate_used(root: Path, rule_id: str) -> int:
-    conn = sqlite3.connect(f"file:{state(root) / 'rates.sqlite3'}?mode=ro", uri=True)
+    """The committed rate usage of ``rule_id``."""
+    conn = sqlite3.connect(f"file:{state(root) / 'receipts.sqlite3'}?mode=ro", uri=True)
     try:
         (used,) = conn.execute(
-            "SELECT COALESCE(SUM(cost), 0) FROM usage WHERE rule_id = ?", (rule_id,)
+            "SELECT COALESCE(SUM(cost), 0) FROM liaison_node_rate_usage WHERE rule_id = ?",
+            (rule_id.encode(),),
         ).fetchone()
     finally:
         conn.close()
     return int(used)
 
 
+def stored_answers(root: Path, query_id: str) -> int:
+    """How many answers the node keeps for retries of ``query_id``."""
+    conn = sqlite3.connect(f"file:{state(root) / 'receipts.sqlite3'}?mode=ro", uri=True)
+    try:
+        (n,) = conn.execute(
+            "SELECT count(*) FROM liaison_node_seen_nonce WHERE query_id = ?",
+            (query_id.encode(),),
+        ).fetchone()
+    finally:
+        conn.close()
+    return int(n)
+
+
 @contextmanager
-def replay_store_full(root: Path) -> Iterator[None]:
-    """Make every write of the node's replay guard fail, as a full disk would, until exit."""
-    conn = sqlite3.connect(state(root) / "replay.sqlite3", isolation_level=None)
+def replay_records_full(root: Path) -> Iterator[None]:
+    """Make every write of a replay record fail, as a full disk would, until exit."""
+    conn = sqlite3.connect(state(root) / "receipts.sqlite3", isolation_level=None)
     conn.execute(
-        "CREATE TRIGGER fail_seen_nonce BEFORE INSERT ON seen_nonce "
+        "CREATE TRIGGER fail_seen_nonce BEFORE INSERT ON liaison_node_seen_nonce "
         "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
     )
     try:
@@ -174,41 +191,41 @@ def test_concurrent_requests_sharing_a_query_id_do_not_both_get_answers(
 # --- item 3: an answer that cannot be stored never leaves, and costs nothing -----------------
 
 
-def test_unwritable_replay_store_withdraws_the_answer_and_refunds_the_charge(
+def test_an_unwritable_replay_record_leaves_no_receipt_no_charge_and_no_answer(
     federation_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # prepare
     request = make_request(match("ab" * 32), audience=(NODE_ID,))
     signed = sign_request(gateway_key(federation_dir), request)
-    caplog.set_level(logging.ERROR, logger="liaison.node")
+    caplog.set_level(logging.ERROR, logger="liaison.ledger")
 
     with running_node(node_config(federation_dir)) as node:
         used_before = rate_used(federation_dir, RATED_RULE)
-        # execute: the store fails after the receipt was written, then recovers
-        with replay_store_full(federation_dir):
+        # execute: the record fails in the commit that would hold the receipt, then recovers
+        with replay_records_full(federation_dir):
             failed = refused(node.address, signed)
         used_while_failed = rate_used(federation_dir, RATED_RULE)
         receipts_while_failed = receipts_for(federation_dir, request.query_id)
+        stored_while_failed = stored_answers(federation_dir, request.query_id)
         recovered = call_node(node.address, signed)
+        retried = call_node(node.address, signed)
         used_after = rate_used(federation_dir, RATED_RULE)
 
-    # assert: a plain UNAVAILABLE, receipts that say what happened, nothing charged
+    # assert: a plain UNAVAILABLE, and nothing of the failed answer anywhere
     assert failed.code() == grpc.StatusCode.UNAVAILABLE
     assert failed.details() == (
-        "this node cannot record requests against replay right now, so it answers nothing; "
-        "nothing was released or charged; try again later (the node's operator sees why in "
-        "its log)"
+        "this node cannot write its receipts ledger, so it answers nothing; try again later "
+        "(the node's operator sees why in its log)"
     )
-    (answered, withdrawn) = receipts_while_failed
-    assert answered[0] == "answered"
-    assert withdrawn == ("not-delivered", answered[1])
+    assert (receipts_while_failed, stored_while_failed) == ([], 0)
     assert used_while_failed == used_before
-    # the retry is answered, receipted and charged once
+    # the retry is answered, receipted, stored and charged once; its own retry gets it back
     assert recovered.answer.signature
-    statuses = [s for s, _ in receipts_for(federation_dir, request.query_id)]
-    assert statuses == ["answered", "not-delivered", "answered"]
+    assert retried == recovered
+    assert [s for s, _ in receipts_for(federation_dir, request.query_id)] == ["answered"]
+    assert stored_answers(federation_dir, request.query_id) == 1
     assert used_after == used_before + 1
-    assert any(r.getMessage() == "replay guard cannot be used" for r in caplog.records)
+    assert any(r.getMessage() == "ledger write failed" for r in caplog.records)
 
 
 def test_a_request_failing_after_its_charge_is_refunded(federation_dir: Path) -> None:

@@ -1,10 +1,14 @@
 """A node's compensating receipt ("not-delivered") as reconciliation reads it.
 
-When a node cannot store an answer after its receipt is durable, it adds a
-second receipt for the same request saying the answer never left (issue 9,
-"found under faults"). Reconciliation must read that pair as one request that
-was not answered, not as an answer the gateway lost, and must still catch a
-gateway that claims to hold an answer the node says it never sent.
+Earlier releases stored an answer for retries in a second commit after its
+receipt, and when that commit failed they added a second receipt for the
+same request saying the answer never left (issue 9, "found under faults").
+A node now commits the receipt and the stored answer together, so it writes
+no such receipt (tests/test_attack_replay.py shows the failure leaving
+nothing), but ledgers written before hold them for years: reconciliation
+must read such a pair as one request that was not answered, not as an answer
+the gateway lost, and must still catch a gateway that claims to hold an
+answer the node says it never sent.
 """
 
 from __future__ import annotations

@@ -103,10 +103,13 @@ def nonces_seen(root: Path) -> dict[str, int]:
     """How many requests each demo node has recorded in its replay store."""
     counts = {}
     for node_id in NODES:
-        db = root / "nodes" / node_id / "state" / "replay.sqlite3"
+        # Replay records are kept in the node's receipts ledger, committed with receipts.
+        db = root / "nodes" / node_id / "state" / "receipts.sqlite3"
         conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
         try:
-            counts[node_id] = int(conn.execute("SELECT count(*) FROM seen_nonce").fetchone()[0])
+            counts[node_id] = int(
+                conn.execute("SELECT count(*) FROM liaison_node_seen_nonce").fetchone()[0]
+            )
         finally:
             conn.close()
     return counts

@@ -103,9 +103,11 @@ def nonces_seen(root: Path) -> dict[str, int]:
     """How many requests each demo node has recorded in its replay store."""
     counts = {}
     for node_id in NODES:
-        db = root / "nodes" / node_id / "state" / "replay.sqlite3"
+        # The replay records live in the node's receipts ledger database.
+        db = root / "nodes" / node_id / "state" / "receipts.sqlite3"
         with sqlite3.connect(f"file:{db}?mode=ro", uri=True) as conn:
-            counts[node_id] = int(conn.execute("SELECT count(*) FROM seen_nonce").fetchone()[0])
+            (seen,) = conn.execute("SELECT count(*) FROM liaison_node_seen_nonce").fetchone()
+            counts[node_id] = int(seen)
         conn.close()
     return counts
 

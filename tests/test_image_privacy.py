@@ -440,7 +440,8 @@ def test_no_ledger_state_or_log_holds_an_image_byte(triage: Triage, needles: Nee
 
     # assert: the scan read the files of this very search...
     for n in NODES:
-        for kind in ("receipts", "replay", "rates", "aggregates"):
+        # Replay records and rate usage live in the receipts ledger's database.
+        for kind in ("receipts", "aggregates"):
             assert any(name.startswith(f"nodes/{n}/state/{kind}") for name in files), (n, kind)
         receipts = b"".join(
             d for k, d in files.items() if k.startswith(f"nodes/{n}/state/receipts")

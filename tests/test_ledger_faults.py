@@ -126,12 +126,15 @@ def demo_nodes(root: Path) -> Iterator[dict[str, str]]:
 def nonces_seen(root: Path) -> dict[str, int]:
     counts = {}
     for node_id in NODES:
-        db = root / "nodes" / node_id / "state" / "replay.sqlite3"
+        # Replay records are kept in the node's receipts ledger, committed with receipts.
+        db = root / "nodes" / node_id / "state" / "receipts.sqlite3"
         engine = sa.create_engine(f"sqlite:///file:{db}?mode=ro&uri=true")
         try:
             with engine.connect() as conn:
                 counts[node_id] = int(
-                    conn.execute(sa.text("SELECT count(*) FROM seen_nonce")).scalar_one()
+                    conn.execute(
+                        sa.text("SELECT count(*) FROM liaison_node_seen_nonce")
+                    ).scalar_one()
                 )
         finally:
             engine.dispose()

@@ -39,7 +39,7 @@ from liaison.ledger.checkpoint import Checkpoint, open_checkpoint
 from liaison.ledger.entries import EntryKind, ReceiptFacts, parse_entry, receipt_entry
 from liaison.ledger.log import Appended, Ledger
 from liaison.ledger.merkle import leaf_hash, root_from_leaf_hashes, verify_inclusion
-from liaison.ledger.store import LedgerStore, ledger_url
+from liaison.ledger.store import LedgerStore, SideRows, ledger_url
 from liaison.ledger.verify import verify_ledger
 
 ORIGIN = "liaison.test/ledger-log"
@@ -333,6 +333,109 @@ def test_concurrent_appends_are_committed_in_groups(
     assert max(len(indices) for indices in batches.values()) > 1
     ledger.close()
     assert assert_verifies(location, key) == {"opened": 1, "receipt": total}
+
+
+def test_threads_appending_at_once_commit_each_others_entries(
+    location: str, key: SigningKey, ledgers: Ledgers
+) -> None:
+    # prepare: node workers call append() and wait; whoever commits takes the others along
+    ledger = ledgers.open(location, key)
+    threads_n, total = 16, 320
+    start = threading.Barrier(threads_n)
+    results: list[list[tuple[bytes, Appended]]] = [[] for _ in range(threads_n)]
+
+    def append_share(t: int) -> None:
+        start.wait(WAIT_S)
+        for n in range(t, total, threads_n):
+            entry = receipt(n)
+            results[t].append((entry, ledger.append(entry, prove=True, timeout_s=WAIT_S)))
+
+    # execute
+    threads = [threading.Thread(target=append_share, args=(t,)) for t in range(threads_n)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(WAIT_S * 3)
+
+    # assert: every entry landed once, with a proof, and some commits held several
+    appended = [pair for share in results for pair in share]
+    assert len(appended) == total
+    assert sorted(a.index for _, a in appended) == list(range(1, total + 1))
+    sizes: set[int] = set()
+    for entry, a in appended:
+        assert a.checkpoint is not None
+        cp = open_cp(a.checkpoint.note, key)
+        verify_inclusion(leaf_hash(entry), a.index, cp.size, a.inclusion_path, cp.root)
+        sizes.add(cp.size)
+    assert len(sizes) < total, "every entry was committed alone: no group commit"
+    ledger.close()
+    assert assert_verifies(location, key) == {"opened": 1, "receipt": total}
+
+
+# --- rows of other tables, committed with entries -------------------------------------------
+
+side_tables = sa.MetaData()
+side_table = sa.Table(
+    "liaison_test_side",
+    side_tables,
+    sa.Column("name", sa.Text, primary_key=True),
+    sa.Column("value", sa.LargeBinary, nullable=False),
+)
+
+
+def side_rows(ledger: Ledger, *rows: tuple[str, bytes]) -> list[SideRows]:
+    return [SideRows(ledger.store.insert_statement(side_table), tuple(rows))]
+
+
+def side_names(backdoor: Backdoor) -> list[str]:
+    with backdoor.engine.connect() as conn:
+        return [str(n) for n in conn.scalars(sa.text("SELECT name FROM liaison_test_side"))]
+
+
+def test_side_rows_are_committed_with_their_entry(
+    location: str, key: SigningKey, ledgers: Ledgers, backdoor: Backdoor
+) -> None:
+    # prepare
+    ledger = ledgers.open(location, key)
+    ledger.store.create_tables(side_tables)
+
+    # execute: one append carrying rows, one submit carrying rows, and an upkeep write
+    ledger.append(receipt(0), side=side_rows(ledger, ("a", b"\x00\x01")))
+    ledger.submit(receipt(1), side=side_rows(ledger, ("b", b""), ("c", b"x"))).result(WAIT_S)
+    ledger.apply(side_rows(ledger, ("d", b"y")))
+
+    # assert: read back with the store's own short path, and from outside
+    select = ledger.store.prepare(
+        sa.select(side_table.c.value).where(side_table.c.name == sa.bindparam("name")), ("name",)
+    )
+    assert [bytes(v) for (v,) in ledger.store.fetch(select, ("a",))] == [b"\x00\x01"]
+    assert ledger.store.fetch(select, ("zzz",)) == []
+    assert sorted(side_names(backdoor)) == ["a", "b", "c", "d"]
+    assert ledger.size == 3
+    ledger.close()
+    assert assert_verifies(location, key) == {"opened": 1, "receipt": 2}
+
+
+def test_an_entry_whose_side_rows_fail_is_not_written_either(
+    location: str, key: SigningKey, ledgers: Ledgers, backdoor: Backdoor
+) -> None:
+    # prepare: a row whose key is already taken fails the whole transaction
+    ledger = ledgers.open(location, key)
+    ledger.store.create_tables(side_tables)
+    ledger.append(receipt(0), side=side_rows(ledger, ("a", b"1")))
+    size = ledger.size
+
+    # execute
+    with pytest.raises(LedgerUnavailable, match="cannot write the ledger"):
+        ledger.append(receipt(1), side=side_rows(ledger, ("b", b"2"), ("a", b"3")))
+
+    # assert: neither the entry nor any of its rows; the next append works
+    assert (ledger.size, backdoor.indices()) == (size, list(range(size)))
+    assert side_names(backdoor) == ["a"]
+    assert ledger.append(receipt(2), side=side_rows(ledger, ("b", b"4"))).index == size
+    assert ledger.healthy is True
+    ledger.close()
+    assert assert_verifies(location, key) == {"opened": 1, "receipt": 2}
 
 
 # --- periodic checkpoints -------------------------------------------------------------------

@@ -156,7 +156,7 @@ def test_working_config_builds_a_node(site: Site, built: list[NodeCore]) -> None
     assert core.schema["media"].provided_fields == ("sha256", "md5", "category", "first_seen")
     assert [t.gateway_id for t in core.trusted.values()] == ["gateway"]
     assert core.limits.max_request_age_s == 300
-    assert (site.folder / "state" / "replay.sqlite3").exists()
+    assert (site.folder / "state" / "receipts.sqlite3").exists()
 
 
 def test_relative_paths_are_relative_to_the_config_file(
@@ -292,7 +292,7 @@ def test_no_mapped_dataset_is_refused(site: Site) -> None:
             (NODE, TRUSTED, MEDIA.replace("table =", "tabel =")),
             " [datasets.media]",
             "tabel",
-            "fields, hex_case, table",
+            "fields, hex_case, key, table",
         ),
     ],
     ids=["top-level", "node", "trusted-gateway", "dataset"],
@@ -308,6 +308,37 @@ def test_unknown_keys_are_named_with_the_allowed_ones(
     with pytest.raises(
         ConfigError,
         match=re.escape(f"{path}{where}: unknown keys {unknown}; allowed: {allowed_text}"),
+    ):
+        load(path)
+
+
+def test_dataset_key_column_is_read(site: Site) -> None:
+    # prepare: a view or table without a single integer primary key names its row key
+    path = site.write(
+        NODE,
+        TRUSTED,
+        MEDIA.replace('table = "hash_register"\n', 'table = "hash_register"\nkey = "rowid"\n'),
+    )
+
+    # execute
+    config = load(path)
+
+    # assert
+    assert [m.key for m in config.datasets] == ["rowid"]
+
+
+@pytest.mark.parametrize("value", ['""', "5"])
+def test_dataset_key_column_that_is_not_a_name_is_refused(site: Site, value: str) -> None:
+    # prepare
+    path = site.write(
+        NODE,
+        TRUSTED,
+        MEDIA.replace('table = "hash_register"\n', f'table = "hash_register"\nkey = {value}\n'),
+    )
+
+    # execute / assert
+    with pytest.raises(
+        ConfigError, match=re.escape("[datasets.media]: `key` must be a non-empty string")
     ):
         load(path)
 

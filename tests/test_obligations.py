@@ -751,7 +751,7 @@ def test_a_rate_limit_survives_a_node_restart(agencies: Agencies) -> None:
     node = agencies.node("alpha", RATE_POLICY)
     answered(_lookup(agencies, node, ALICE, ALL_SHAS[:10]))
     node.stack.close()
-    assert (agencies.folder("alpha") / "state" / "rates.sqlite3").exists()
+    assert (agencies.folder("alpha") / "state" / "receipts.sqlite3").exists()
 
     restarted = agencies.start("alpha")
 

@@ -52,6 +52,10 @@ _ALG_ED25519 = b"\x01"
 _KEY_HASH_BYTES = 4
 _ROOT_BYTES = 32
 _CANONICAL_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
+# Control characters but newline: none may appear in a note.
+_CONTROL = re.compile("[\x00-\x09\x0b-\x1f]")
+# What a key name may not hold: Unicode whitespace (str.isspace), controls, '+'.
+_NOT_IN_KEY_NAME = re.compile(r"[\s\x00-\x1f+]")
 
 # An Ed25519 log key may also sign DSSE envelopes (liaison.envelope), whose
 # signed bytes are the pre-authentication encoding "DSSEv1 <len> <type> ...".
@@ -59,6 +63,11 @@ _CANONICAL_DECIMAL = re.compile(r"0|[1-9][0-9]{0,18}")
 # start with "DSSEv1" keeps the two signature domains apart: no checkpoint text
 # is ever a valid PAE, and no PAE ever parses as a checkpoint.
 _DSSE_PREFIX = "DSSEv1"
+
+
+# key_hash() of the few (log, key) pairs a process meets; bounded all the same.
+_MAX_KEY_HASHES = 256
+_key_hashes: dict[tuple[str, str], bytes] = {}
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,9 +156,15 @@ def check_origin(origin: str) -> str:
 def key_hash(name: str, key: VerifyingKey) -> bytes:
     """The signed-note key hash: SHA-256(name || "\\n" || 0x01 || raw public key)[:4]."""
     _check_key_name(name)
-    raw = key.public_key.public_bytes_raw()
-    digest = hashlib.sha256(name.encode("utf-8") + b"\n" + _ALG_ED25519 + raw).digest()
-    return digest[:_KEY_HASH_BYTES]
+    # The key id is a hash of the public key: the pair names one key hash.
+    found = _key_hashes.get((name, key.key_id))
+    if found is None:
+        raw = key.public_key.public_bytes_raw()
+        found = hashlib.sha256(name.encode("utf-8") + b"\n" + _ALG_ED25519 + raw).digest()
+        found = found[:_KEY_HASH_BYTES]
+        if len(_key_hashes) < _MAX_KEY_HASHES:
+            _key_hashes[(name, key.key_id)] = found
+    return found
 
 
 def verifier_key_string(name: str, key: VerifyingKey) -> str:
@@ -243,13 +258,14 @@ def _split_note(note: str) -> tuple[str, list[_SignatureLine]]:
             f"note is {size} bytes, above the {MAX_NOTE_BYTES}-byte limit; "
             "a Liaison checkpoint is a few hundred bytes, so this is not one"
         )
-    for position, char in enumerate(note):
-        if char < " " and char != "\n":
-            hint = " (convert CRLF line endings to LF)" if char == "\r" else ""
-            raise CheckpointError(
-                f"note has {_describe(char)} at position {position}; signed notes allow no "
-                f"control characters but newline{hint}"
-            )
+    control = _CONTROL.search(note)
+    if control is not None:
+        char, position = control.group(), control.start()
+        hint = " (convert CRLF line endings to LF)" if char == "\r" else ""
+        raise CheckpointError(
+            f"note has {_describe(char)} at position {position}; signed notes allow no "
+            f"control characters but newline{hint}"
+        )
     split = note.rfind("\n\n")
     if split < 0:
         raise CheckpointError(
@@ -409,7 +425,7 @@ def _check_integer(value: int, what: str) -> None:
 
 def _is_key_name(name: str) -> bool:
     """signed-note: key names are non-empty, without Unicode spaces or '+'."""
-    return bool(name) and "+" not in name and not any(c.isspace() or c < " " for c in name)
+    return bool(name) and _NOT_IN_KEY_NAME.search(name) is None
 
 
 def _check_key_name(name: str) -> None:

@@ -1,14 +1,22 @@
 """The ledger writer: one thread, group commit, proofs for fresh entries, periodic checkpoints.
 
-Appends from many threads (node workers) or coroutines (the gateway) queue up
-for a single writer thread, which commits whatever has queued in one
-transaction. One durable commit then serves a whole burst of concurrent
-queries, and the in-memory Merkle tree is only ever touched by that thread,
-so it needs no lock.
+Appends from coroutines (the gateway, through :meth:`Ledger.submit`) queue up
+for a writer thread, which commits whatever has queued in one transaction.
+Threads that wait anyway (node workers, through :meth:`Ledger.append`) commit
+themselves: the first to find nobody committing writes its entry and every
+other one waiting, and when it is done it wakes the first that came in
+meanwhile to do the same (leader and followers). One durable commit serves a
+whole burst of concurrent queries either way, and only whoever holds the
+commit lock touches the in-memory Merkle tree.
 
 The writer also signs a checkpoint every ``checkpoint_interval_s``, even
 when nothing was appended: a deleted tail or a stopped log then shows as a
 missing stretch of checkpoints.
+
+An entry may carry rows of other tables of the ledger's database
+(:class:`~liaison.ledger.store.SideRows`), committed in its batch's
+transaction: a node makes an answer's replay record and rate charge durable
+with its receipt, in one commit, or none of them.
 
 A watchdog bounds every write by the store's ``timeouts.write_s``: a write
 that has not returned by then (a database that stopped answering, its
@@ -23,9 +31,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, InvalidStateError
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,7 +43,7 @@ from liaison.keys import SigningKey
 from liaison.ledger.checkpoint import Checkpoint, SignedCheckpoint, check_origin, sign_checkpoint
 from liaison.ledger.entries import opened_entry
 from liaison.ledger.merkle import MerkleTree, leaf_hash
-from liaison.ledger.store import LedgerStore, LedgerTimeouts
+from liaison.ledger.store import LedgerStore, LedgerTimeouts, SideRows
 
 log = logging.getLogger("liaison.ledger")
 
@@ -66,6 +74,10 @@ class _Pending:
     entry: bytes
     prove: bool
     future: Future[Appended]
+    side: Sequence[SideRows] = ()
+    # An append() caller's wake-up: released when its entry is settled, or
+    # when it should try to commit (the committer before it is done).
+    wake: threading.Lock | None = None
 
 
 _STOP = object()
@@ -75,15 +87,36 @@ def _closed_error() -> LedgerUnavailable:
     return LedgerUnavailable("the ledger is closed; restart the service")
 
 
-def _settle(future: Future[Appended], result: Appended | BaseException) -> None:
-    """Resolve ``future`` unless the watchdog already failed it (a write that came back late)."""
+def _settle(pending: _Pending, result: Appended | BaseException) -> None:
+    """Resolve ``pending`` unless the watchdog already failed it (a write that came back late)."""
     try:
         if isinstance(result, BaseException):
-            future.set_exception(result)
+            pending.future.set_exception(result)
         else:
-            future.set_result(result)
+            pending.future.set_result(result)
     except InvalidStateError:
         pass
+    _wake(pending)
+
+
+def _refuse(pending: _Pending, failure: BaseException) -> None:
+    """Fail ``pending`` before it was taken up (it was never written)."""
+    if pending.future.set_running_or_notify_cancel():
+        pending.future.set_exception(failure)
+    _wake(pending)
+
+
+def _wake(pending: _Pending) -> None:
+    if pending.wake is not None:
+        # Already released (woken twice): one wake-up is all it needs.
+        with suppress(RuntimeError):
+            pending.wake.release()
+
+
+def _asleep() -> threading.Lock:
+    lock = threading.Lock()
+    lock.acquire()
+    return lock
 
 
 class Ledger:
@@ -112,6 +145,8 @@ class Ledger:
             store.close()
             raise
         self._queue: queue.SimpleQueue[_Pending | object] = queue.SimpleQueue()
+        # append() callers waiting for someone (or themselves) to commit, oldest first.
+        self._waiting: list[_Pending] = []
         self._failure: LedgerError | None = None
         self._last_checkpoint: SignedCheckpoint | None = None
         self._closed = False
@@ -134,6 +169,7 @@ class Ledger:
         self._inflight: list[_Pending] = []
         self._stalled = False
         self._watch_stop = threading.Event()
+        self._read_cut_at = 0.0
         self._watchdog = threading.Thread(target=self._watch, name="ledger-watchdog", daemon=True)
         self._watchdog.start()
         # The reopening is itself logged and checkpointed before anything else,
@@ -198,6 +234,16 @@ class Ledger:
         return self._failure is None and not self._closed
 
     @property
+    def stalled(self) -> bool:
+        """A write overran the write timeout, and none has succeeded since.
+
+        Such a write may still land (its callers were told it failed): until
+        a later write succeeds, which can only begin once it has returned,
+        what the database holds is not yet settled.
+        """
+        return self._stalled
+
+    @property
     def size(self) -> int:
         return self.tree.size
 
@@ -205,13 +251,15 @@ class Ledger:
     def latest_checkpoint(self) -> SignedCheckpoint | None:
         return self._last_checkpoint
 
-    def submit(self, entry: bytes, *, prove: bool = False) -> Future[Appended]:
-        """Queue ``entry``; the future resolves once it is durable (or fails)."""
+    def submit(
+        self, entry: bytes, *, prove: bool = False, side: Sequence[SideRows] = ()
+    ) -> Future[Appended]:
+        """Queue ``entry`` (and ``side``); the future resolves once it is durable (or fails)."""
         future: Future[Appended] = Future()
         with self._gate:
             refusal = _closed_error() if self._closed else self._stalled_error()
             if refusal is None:
-                self._queue.put(_Pending(entry, prove, future))
+                self._queue.put(_Pending(entry, prove, future, side))
                 return future
         future.set_exception(refusal)
         return future
@@ -222,8 +270,15 @@ class Ledger:
             return None
         return self._failure or LedgerUnavailable(f"cannot write the ledger at {self.store.url}")
 
-    def append(self, entry: bytes, *, prove: bool = False, timeout_s: float = 30) -> Appended:
-        """Append ``entry`` and wait until it is durable.
+    def append(
+        self,
+        entry: bytes,
+        *,
+        prove: bool = False,
+        timeout_s: float = 30,
+        side: Sequence[SideRows] = (),
+    ) -> Appended:
+        """Append ``entry`` (and ``side``, in the same transaction) and wait until it is durable.
 
         When nobody is committing, the calling thread commits its entry (and
         whatever else has queued) itself: handing it to the writer thread
@@ -233,20 +288,59 @@ class Ledger:
         refusal = self._stalled_error()
         if refusal is not None:
             raise refusal
-        if not self._commit_lock.acquire(blocking=False):
-            return self.submit(entry, prove=prove).result(timeout_s)
+        own = _Pending(entry, prove, Future(), side, _asleep())
+        with self._gate:
+            if self._closed:
+                raise _closed_error()
+            self._waiting.append(own)
+        deadline = time.monotonic() + timeout_s
+        while not own.future.done():
+            # Whoever gets the lock commits everyone waiting, itself included
+            # unless a committer already took it.
+            if self._commit_lock.acquire(blocking=False):
+                try:
+                    self._commit(self._drain())
+                finally:
+                    self._release_commit()
+                continue
+            left = deadline - time.monotonic()
+            if left <= 0 or not own.wake.acquire(timeout=left):  # type: ignore[union-attr]  # set above
+                break
+        return own.future.result(max(0.0, deadline - time.monotonic()))
+
+    def _release_commit(self) -> None:
+        """Release the commit lock and wake the oldest append() waiting, to commit next."""
+        self._commit_lock.release()
+        with self._gate:
+            first = self._waiting[0] if self._waiting else None
+        if first is not None:
+            _wake(first)
+
+    def apply(self, side: Sequence[SideRows]) -> None:
+        """Write ``side`` in a transaction of its own, between commits of entries.
+
+        For upkeep of the tables that ride along with entries (purging old
+        rows, importing old files): the ledger's database keeps one writer.
+        Raises LedgerUnavailable if the write fails; the ledger's health is
+        left to the entries.
+        """
+        refusal = self._stalled_error()
+        if refusal is not None:
+            raise refusal
+        self._commit_lock.acquire()
         try:
             if self._closed:
                 raise _closed_error()
-            own = _Pending(entry, prove, Future())
-            self._commit([own, *self._drain()])
+            with self._watched():
+                self.store.write(self.tree.size, (), side)
         finally:
-            self._commit_lock.release()
-        return own.future.result(timeout_s)
+            self._release_commit()
 
     def _drain(self) -> list[_Pending]:
-        """Whatever has queued, without waiting; a stop marker stays for the writer."""
-        taken: list[_Pending] = []
+        """Whatever waits or has queued, without waiting; a stop marker stays for the writer."""
+        with self._gate:
+            taken = self._waiting[:MAX_BATCH]
+            del self._waiting[:MAX_BATCH]
         while len(taken) < MAX_BATCH:
             try:
                 item = self._queue.get_nowait()
@@ -269,13 +363,17 @@ class Ledger:
         self._thread.join(30)
         with self._commit_lock:
             # Only possible if the writer died or hung: nobody may wait forever.
+            with self._gate:
+                left: list[object] = [*self._waiting]
+                self._waiting.clear()
             while True:
                 try:
-                    item = self._queue.get_nowait()
+                    left.append(self._queue.get_nowait())
                 except queue.Empty:
                     break
-                if isinstance(item, _Pending) and item.future.set_running_or_notify_cancel():
-                    item.future.set_exception(_closed_error())
+            for item in left:
+                if isinstance(item, _Pending):
+                    _refuse(item, _closed_error())
             self._stop_watchdog()
             self.store.close()
 
@@ -300,6 +398,9 @@ class Ledger:
         next_checkpoint = time.monotonic() + self.checkpoint_interval_s
         next_probe = next_checkpoint
         while True:
+            if self._failure is not None:
+                # The first probe after a failure comes one retry interval after it.
+                next_probe = min(next_probe, time.monotonic() + self.retry_interval_s)
             wake = next_checkpoint if self._failure is None else min(next_checkpoint, next_probe)
             wait = max(0.0, wake - time.monotonic())
             try:
@@ -319,7 +420,11 @@ class Ledger:
                     stop = True
                 elif isinstance(item, _Pending):
                     batch.append(item)
-            with self._commit_lock:
+            self._commit_lock.acquire()
+            try:
+                if stop:
+                    # The last batch: whoever still waits in append() goes too.
+                    batch.extend(self._drain())
                 if batch:
                     self._commit(batch)
                 checkpoint_due = stop or time.monotonic() >= next_checkpoint
@@ -329,6 +434,8 @@ class Ledger:
                 if checkpoint_due:
                     self._store_checkpoint()
                     next_checkpoint = time.monotonic() + self.checkpoint_interval_s
+            finally:
+                self._release_commit()
             if stop:
                 return
 
@@ -345,10 +452,13 @@ class Ledger:
 
     def _watch(self) -> None:
         limit = self.write_timeout_s
-        tick = min(0.05, limit / 4)
+        # Checks cost a wake-up each, on a busy server too: a few a second
+        # find a stuck write well within a quarter of its limit.
+        tick = min(0.25, limit / 4)
         handled: float | None = None
         last_cut = 0.0
         while not self._watch_stop.wait(tick):
+            self._watch_reads(limit)
             since = self._busy_since
             if since is None or time.monotonic() - since < limit:
                 continue
@@ -361,6 +471,22 @@ class Ledger:
                 self.store.cut_connections()
                 last_cut = time.monotonic()
 
+    def _watch_reads(self, limit: float) -> None:
+        """Cut the connections under a read that overran ``limit`` (its caller then fails)."""
+        began = self.store.oldest_read()
+        if began is None or time.monotonic() - began < limit:
+            return
+        now = time.monotonic()
+        if now - self._read_cut_at < limit:
+            return  # cut already; a read begun since gets its own full limit
+        self._read_cut_at = now
+        cut = self.store.cut_connections()
+        if cut:
+            log.warning(
+                "ledger read did not return; connections cut",
+                extra={"ledger": self.store.url, "connections": cut, "timeout_s": limit},
+            )
+
     def _stall(self, limit: float, *, inflight: list[_Pending]) -> None:
         """A write overran ``limit``: unavailable, tell everyone waiting, cut the connection."""
         failure = LedgerUnavailable(
@@ -371,10 +497,9 @@ class Ledger:
         self._stalled = True
         self._fail(failure, reason="write timed out", timeout_s=limit)
         for p in inflight:
-            _settle(p.future, failure)
+            _settle(p, failure)
         for p in self._drain():
-            if p.future.set_running_or_notify_cancel():
-                p.future.set_exception(failure)
+            _refuse(p, failure)
         cut = self.store.cut_connections()
         if cut:
             log.warning(
@@ -389,13 +514,16 @@ class Ledger:
         if not batch:
             return
         leaves = [leaf_hash(p.entry) for p in batch]
+        rows = list(zip(leaves, (p.entry for p in batch), strict=True))
+        side = [s for p in batch for s in p.side]
         started = time.perf_counter()
         try:
             with self._watched(batch):
                 self._resync()
-                self.store.append(
-                    self.tree.size, list(zip(leaves, (p.entry for p in batch), strict=True))
-                )
+                if side:
+                    self.store.write(self.tree.size, rows, side)
+                else:
+                    self.store.append(self.tree.size, rows)
         except Exception as exc:
             failure = (
                 exc
@@ -406,7 +534,7 @@ class Ledger:
             )
             self._fail(failure)
             for p in batch:
-                _settle(p.future, failure)
+                _settle(p, failure)
             return
         if self.on_append is not None:
             self.on_append(time.perf_counter() - started)
@@ -421,9 +549,9 @@ class Ledger:
             index = start + i
             if p.prove and signed is not None:
                 path = tuple(self.tree.inclusion_proof(index, signed.checkpoint.size))
-                _settle(p.future, Appended(index, leaves[i], signed, path))
+                _settle(p, Appended(index, leaves[i], signed, path))
             else:
-                _settle(p.future, Appended(index, leaves[i]))
+                _settle(p, Appended(index, leaves[i]))
 
     def _resync(self) -> None:
         # After a failed commit whose fate is unknown (a dropped connection

@@ -8,6 +8,7 @@ gateway that skips or falsifies its ledger gets no answers.
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass
 
 from liaison.envelope import Envelope
@@ -74,8 +75,8 @@ def check_logged(
     if len(proof.inclusion_path) > MAX_PROOF_ELEMENTS:
         raise UnloggedRequest(f"ledger proof has more than {MAX_PROOF_ELEMENTS} elements")
     try:
-        checkpoint = open_checkpoint(
-            proof.checkpoint, gateway_key, origin=gateway_origin(request.gateway_id)
+        checkpoint = _opened_checkpoint(
+            proof.checkpoint, gateway_key, gateway_origin(request.gateway_id)
         )
         verify_inclusion(
             leaf_hash(proof.entry),
@@ -89,6 +90,30 @@ def check_logged(
         raise UnloggedRequest(f"the request's ledger proof does not verify: {exc}") from exc
     _check_describes(entry, request, request_digest, request_key_id)
     return LoggedRequest(entry, checkpoint, proof)
+
+
+# Checkpoints whose signature already verified, by (key id, origin, note). A
+# gateway signs one checkpoint per commit of its ledger, and every request of
+# that commit (each asking several nodes) carries the same one: verifying it
+# once is enough. The note is the exact signed text, so a hit is the same
+# bytes under the same key; bounded, oldest out first.
+_MAX_OPENED = 512
+_opened: dict[tuple[str, str, str], Checkpoint] = {}
+_opened_lock = threading.Lock()
+
+
+def _opened_checkpoint(note: str, key: VerifyingKey, origin: str) -> Checkpoint:
+    """:func:`open_checkpoint`, remembering what verified."""
+    cache_key = (key.key_id, origin, note)
+    found = _opened.get(cache_key)
+    if found is not None:
+        return found
+    checkpoint = open_checkpoint(note, key, origin=origin)
+    with _opened_lock:
+        while len(_opened) >= _MAX_OPENED:
+            del _opened[next(iter(_opened))]
+        _opened[cache_key] = checkpoint
+    return checkpoint
 
 
 def _check_describes(entry: Entry, request: QueryRequest, digest: bytes, key_id: str) -> None:

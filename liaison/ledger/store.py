@@ -4,6 +4,16 @@ The store is dumb on purpose: it keeps entries by index, their leaf hashes
 (so a restart need not rehash every entry) and signed checkpoints. Every
 claim it makes is checked against the Merkle tree by the verifier, so a
 store edited behind the ledger's back is found out, not believed.
+
+Appends take the short way: statements compiled once for the database
+(:class:`Prepared`), run through the driver on one connection the writer
+keeps, so a commit costs the database's work and not SQLAlchemy's. The same
+transaction may carry rows of other tables in the ledger's database
+(:class:`SideRows`): a node commits the replay record of an answer and its
+rate charge with the answer's receipt, all or nothing. Small point reads of
+those tables (:meth:`LedgerStore.fetch`) use a few reader connections kept
+for the purpose. Everything else (checkpoints, probes, reading entries back)
+goes through SQLAlchemy Core, where a few hundred microseconds do not matter.
 """
 
 from __future__ import annotations
@@ -13,16 +23,20 @@ import os
 import socket
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.sql.compiler import SQLCompiler
 
 from liaison.errors import ConfigError, LedgerError, LedgerUnavailable
 
@@ -54,6 +68,10 @@ meta_table = sa.Table(
 )
 
 READ_BATCH = 20_000
+# Reader connections kept for fetch(); more callers at once wait for one.
+# Kept well under the engine pool's limit (5 + 10 overflow), which the
+# writer's connection, PostgreSQL's lock connection and Core calls share.
+MAX_READERS: Final = 6
 # The probe's row: never a real index, and deleted in the same transaction.
 PROBE_INDEX = -1
 # libpq drivers, which take connect_timeout, keepalives and server options.
@@ -132,6 +150,38 @@ class StoredCheckpoint:
     note: str
 
 
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """A statement compiled once for one database: its SQL text, and where each value goes.
+
+    Callers give values in ``names`` order; :meth:`params` lays them out in
+    the driver's parameter style (a tuple for ``?`` and ``%s``, a dict for
+    ``%(name)s``). Values reach the driver as they are (bytes, int, str, None):
+    no SQLAlchemy type processing happens on this path, so give plain values.
+    """
+
+    sql: str
+    names: tuple[str, ...]
+    # For positional styles, the index into the values of each placeholder;
+    # None for named styles.
+    order: tuple[int, ...] | None
+
+    def params(self, values: Sequence[Any]) -> Sequence[Any] | dict[str, Any]:
+        if self.order is None:
+            return dict(zip(self.names, values, strict=True))
+        if len(values) != len(self.names):
+            raise ValueError(f"expected {len(self.names)} values, got {len(values)}")
+        return tuple(values[i] for i in self.order)
+
+
+@dataclass(frozen=True, slots=True)
+class SideRows:
+    """Rows for another table of the ledger's database, committed with entries or not at all."""
+
+    statement: Prepared
+    rows: tuple[tuple[Any, ...], ...]
+
+
 def ledger_url(location: str | Path) -> str:
     """A SQLAlchemy URL for ``location``: a URL as given, or a path to a SQLite file."""
     text = str(location)
@@ -152,6 +202,16 @@ def _durable_sqlite(busy_ms: int) -> Any:
             cursor.close()
 
     return on_connect
+
+
+def _release(connection: Any, *, discard: bool = False) -> None:
+    """Return a pooled connection, or with ``discard`` close it for good (after a failure)."""
+    # A connection that broke meanwhile has nothing more to release.
+    with suppress(Exception):
+        if discard:
+            connection.invalidate()
+        else:
+            connection.close()
 
 
 def _cut(dbapi_connection: Any) -> None:
@@ -188,6 +248,20 @@ class LedgerStore:
         timeouts: LedgerTimeouts | None = None,
     ) -> None:
         self._writer_lock: Any = None
+        # The connection appends are written on, kept between appends; only the
+        # ledger's committer uses it. Reader connections for fetch(), idle ones
+        # in ``_idle_readers``.
+        self._writer: Any = None
+        self._reader_slots = threading.BoundedSemaphore(MAX_READERS)
+        self._idle_readers: list[Any] = []
+        self._readers_lock = threading.Lock()
+        self._closed = False
+        # How many times cut_connections() cut something: a write whose
+        # connection was cut was given up on, and is not tried again.
+        self._cuts = 0
+        # When each fetch() under way began, by a token of its own: a server
+        # that stops answering would hold a read forever (see oldest_read).
+        self._reads: dict[object, float] = {}
         self.timeouts = timeouts or LedgerTimeouts()
         # Every driver connection the engine opened, so a hung one can be cut.
         self._opened: weakref.WeakSet[Any] = weakref.WeakSet()
@@ -224,11 +298,69 @@ class LedgerStore:
             sa.event.listen(self.engine, "connect", _durable_sqlite(busy_ms))
         if parsed.get_backend_name() == "postgresql":
             sa.event.listen(self.engine, "connect", self._remember)
+        dbapi = self.engine.dialect.loaded_dbapi
+        # What the driver raises, which the short paths map as SQLAlchemy's errors are.
+        self._driver_errors: tuple[type[BaseException], ...] = (SQLAlchemyError, dbapi.Error)
+        # sqlite3 reads outside a transaction; other drivers open one per read.
+        self._reads_open_transactions = self.engine.dialect.name != "sqlite"
+        names = ("idx", "leaf_hash", "entry")
+        self._insert_entries = self.prepare(
+            entries_table.insert().values({n: sa.bindparam(n) for n in names}), names
+        )
         try:
             self._prepare(create)
         except BaseException:
             self.engine.dispose()
             raise
+
+    def prepare(self, statement: sa.ClauseElement, names: Sequence[str]) -> Prepared:
+        """Compile ``statement`` (bound parameters named ``names``) once for this database."""
+        compiled = statement.compile(dialect=self.engine.dialect)
+        if not isinstance(compiled, SQLCompiler):
+            raise TypeError(f"{type(statement).__name__} does not compile to a SQL statement")
+        names = tuple(names)
+        if not compiled.positional:
+            return Prepared(compiled.string, names, None)
+        position = {name: i for i, name in enumerate(names)}
+        try:
+            order = tuple(position[name] for name in compiled.positiontup or ())
+        except KeyError as exc:
+            raise ValueError(f"statement binds {exc.args[0]!r}, not one of {names}") from None
+        return Prepared(compiled.string, names, order)
+
+    def insert_statement(self, table: sa.Table, *, ignore_existing: bool = False) -> Prepared:
+        """An INSERT of every column of ``table``, values in column order.
+
+        With ``ignore_existing``, a row whose key is already stored is skipped
+        instead of failing the transaction.
+        """
+        names = tuple(c.name for c in table.columns)
+        values: dict[str, Any] = {n: sa.bindparam(n) for n in names}
+        dialect = self.engine.dialect.name
+        statement: sa.ClauseElement
+        if not ignore_existing:
+            statement = table.insert().values(values)
+        elif dialect == "sqlite":
+            statement = sqlite_insert(table).values(values).on_conflict_do_nothing()
+        elif dialect == "postgresql":
+            statement = postgresql_insert(table).values(values).on_conflict_do_nothing()
+        elif dialect in ("mysql", "mariadb"):
+            statement = table.insert().values(values).prefix_with("IGNORE")
+        else:
+            raise ConfigError(
+                f"a ledger on {dialect} cannot hold a node's replay records; "
+                "use SQLite or PostgreSQL"
+            )
+        return self.prepare(statement, names)
+
+    def create_tables(self, tables: sa.MetaData) -> None:
+        """Create ``tables`` (a caller's own, such as a node's replay records) beside the ledger."""
+        try:
+            tables.create_all(self.engine)
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(
+                f"cannot prepare the ledger at {self.url} ({_first_line(exc)})"
+            ) from exc
 
     def _prepare(self, create: bool) -> None:
         try:
@@ -290,10 +422,100 @@ class LedgerStore:
             self._writer_lock = conn
 
     def close(self) -> None:
+        self._closed = True
+        self._drop_writer(keep=True)
+        with self._readers_lock:
+            idle, self._idle_readers = self._idle_readers, []
+        for reader in idle:
+            _release(reader)
         if self._writer_lock is not None:
             self._writer_lock.close()
             self._writer_lock = None
         self.engine.dispose()
+
+    def _writer_connection(self) -> Any:
+        if self._writer is None:
+            self._writer = self.engine.raw_connection()
+        return self._writer.driver_connection
+
+    def _drop_writer(self, *, keep: bool = False) -> None:
+        """Let go of the writer's connection: back to the pool (``keep``), or discarded.
+
+        After a failed write the connection is discarded: it may be cut, or hold
+        an aborted transaction, and a fresh one costs little next to a failure.
+        """
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            _release(writer, discard=not keep)
+
+    def _take_reader(self) -> Any:
+        self._reader_slots.acquire()
+        with self._readers_lock:
+            reader = self._idle_readers.pop() if self._idle_readers else None
+        if reader is not None:
+            return reader
+        try:
+            return self.engine.raw_connection()
+        except BaseException:
+            self._reader_slots.release()
+            raise
+
+    def _give_back(self, reader: Any, *, broken: bool) -> None:
+        try:
+            if broken or self._closed:
+                _release(reader, discard=broken)
+            else:
+                with self._readers_lock:
+                    self._idle_readers.append(reader)
+        finally:
+            self._reader_slots.release()
+
+    def oldest_read(self) -> float | None:
+        """When the longest-running fetch() began (``time.monotonic()``), or None.
+
+        No driver timeout ends a read from a server that stopped answering with
+        its connection open; the ledger's watchdog cuts the connections of a
+        read that overran the write timeout, as it does for a write.
+        """
+        # list() copies the values in one step under the GIL: no lock needed.
+        return min(list(self._reads.values()), default=None)
+
+    def fetch(self, statement: Prepared, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        """The rows ``statement`` selects for ``values``, read at once from committed data."""
+        token = object()
+        # One dict operation each, atomic under the GIL.
+        self._reads[token] = time.monotonic()
+        try:
+            return self._fetch(statement, values)
+        finally:
+            del self._reads[token]
+
+    def _fetch(self, statement: Prepared, values: Sequence[Any]) -> list[tuple[Any, ...]]:
+        try:
+            reader = self._take_reader()
+        except self._driver_errors as exc:
+            raise LedgerUnavailable(
+                f"cannot read the ledger at {self.url} ({type(exc).__name__})"
+            ) from exc
+        broken = True
+        try:
+            conn = reader.driver_connection
+            cursor = conn.cursor()
+            try:
+                cursor.execute(statement.sql, statement.params(values))
+                found = [tuple(row) for row in cursor.fetchall()]
+            finally:
+                cursor.close()
+            if self._reads_open_transactions:
+                conn.rollback()
+            broken = False
+        except self._driver_errors as exc:
+            raise LedgerUnavailable(
+                f"cannot read the ledger at {self.url} ({type(exc).__name__})"
+            ) from exc
+        finally:
+            self._give_back(reader, broken=broken)
+        return found
 
     def _remember(self, dbapi_connection: Any, _record: Any) -> None:
         with self._opened_lock:
@@ -318,6 +540,8 @@ class LedgerStore:
                 keep = None
         with self._opened_lock:
             opened = [c for c in self._opened if c is not keep]
+        if opened:
+            self._cuts += 1
         for dbapi_connection in opened:
             _cut(dbapi_connection)
         return len(opened)
@@ -360,18 +584,58 @@ class LedgerStore:
 
     def append(self, start: int, rows: Sequence[tuple[bytes, bytes]]) -> None:
         """Store ``rows`` of (leaf hash, entry) at ``start``...; durable when this returns."""
-        values = [
-            {"idx": start + i, "leaf_hash": leaf, "entry": entry}
+        self.write(start, rows, ())
+
+    def write(
+        self, start: int, rows: Sequence[tuple[bytes, bytes]], side: Sequence[SideRows]
+    ) -> None:
+        """Store ``rows`` at ``start``... and ``side`` in one transaction, durable on return.
+
+        Only one thread may write at a time (the ledger's committer).
+        """
+        if not rows and not any(s.rows for s in side):
+            return
+        entries = [
+            self._insert_entries.params((start + i, leaf, entry))
             for i, (leaf, entry) in enumerate(rows)
         ]
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(entries_table.insert(), values)
-        except SQLAlchemyError as exc:
-            raise LedgerUnavailable(
-                f"cannot write the ledger at {self.url} ({type(exc).__name__}); "
-                "no query is sent until it can be written"
-            ) from exc
+        # A kept connection to a server may have gone stale since the last
+        # write (a server restarted, an earlier write's connection cut): as a
+        # pool's pre-ping would, try once more on a fresh one, which is safe
+        # before COMMIT is sent. Not when this very write was cut (given up
+        # on: the ledger probes), nor on SQLite, which has no connection to lose.
+        cuts = self._cuts
+        for retry in (self.engine.dialect.name != "sqlite", False):
+            kept = self._writer is not None
+            try:
+                conn = self._writer_connection()
+                cursor = conn.cursor()
+                try:
+                    if entries:
+                        cursor.executemany(self._insert_entries.sql, entries)
+                    for extra in side:
+                        if extra.rows:
+                            params = extra.statement.params
+                            cursor.executemany(extra.statement.sql, [params(r) for r in extra.rows])
+                finally:
+                    cursor.close()
+            except self._driver_errors as exc:
+                self._drop_writer()
+                if retry and kept and self._cuts == cuts:
+                    continue
+                raise self._write_failed(exc) from exc
+            try:
+                conn.commit()
+            except self._driver_errors as exc:
+                self._drop_writer()
+                raise self._write_failed(exc) from exc
+            return
+
+    def _write_failed(self, exc: BaseException) -> LedgerUnavailable:
+        return LedgerUnavailable(
+            f"cannot write the ledger at {self.url} ({type(exc).__name__}); "
+            "no query is sent until it can be written"
+        )
 
     def add_checkpoint(self, size: int, time_ms: int, note: str) -> None:
         try:
