@@ -49,6 +49,9 @@ class DatasetMapping:
     columns: Mapping[str, str]  # catalog field -> local column
     # catalog hex field -> how its column spells hex; unlisted hex fields: DETECT
     hex_case: Mapping[str, HexCase] = field(default_factory=dict)
+    # The column naming one row (a unique integer), for tables and views
+    # without a single integer primary key: the PDQ index fetches by it.
+    key: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -340,7 +343,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
                 "mapping"
             )
         r = _Reader(table, where, base)
-        r.check_keys({"table", "fields", "hex_case"})
+        r.check_keys({"table", "fields", "hex_case", "key"})
         fields = table.get("fields", {})
         if not isinstance(fields, dict) or not fields:
             raise ConfigError(f"{where}: map catalog fields to columns under `fields`")
@@ -351,9 +354,14 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
                 raise ConfigError(f"{where}: {exc}") from exc
             if not isinstance(column, str) or not column:
                 raise ConfigError(f"{where}: field {field_name!r} must map to a column name")
+        key = r.text("key") if "key" in table else None
         mappings.append(
             DatasetMapping(
-                name, r.text("table"), dict(fields), _hex_case(table, fields, dataset, where)
+                name,
+                r.text("table"),
+                dict(fields),
+                _hex_case(table, fields, dataset, where),
+                key=key,
             )
         )
     return NodeConfig(

@@ -106,6 +106,9 @@ class HexSpelling:
 
     case: HexCase
     aliases: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # The case was read from the column (DETECT), not configured: whoever reads
+    # the whole column (the PDQ index) may settle it.
+    detected: bool = field(default=False, compare=False)
 
     def base_forms(self, canonical: str) -> tuple[str, ...]:
         if self.case is HexCase.UPPER:
@@ -137,6 +140,10 @@ class MappedDataset:
     spellings: dict[str, HexSpelling] = field(default_factory=dict)
     # What the mapped name is in the database: table, view or materialized view.
     relation: str = "table"
+    # The column naming one row, for the PDQ index to fetch matches by: the
+    # table's primary key when it is a single integer column, or the mapping's
+    # configured key column. None: the index holds hashes only.
+    row_key: sa.Column[Any] | None = None
 
     def spelling(self, field: str) -> HexSpelling | None:
         return self.spellings.get(field)
@@ -147,6 +154,16 @@ class MappedDataset:
         if current is not None:
             self.spellings[field] = replace(
                 current, aliases={k: tuple(sorted(set(v))) for k, v in aliases.items()}
+            )
+
+    def set_spelling(self, field: str, case: HexCase, aliases: Mapping[str, Iterable[str]]) -> None:
+        """Replace how ``field`` is spelled, from a read of the whole column (the PDQ index)."""
+        current = self.spellings.get(field)
+        if current is not None:
+            self.spellings[field] = replace(
+                current,
+                case=case if current.detected else current.case,
+                aliases={k: tuple(sorted(set(v))) for k, v in aliases.items()},
             )
 
     @property
@@ -295,12 +312,19 @@ def bind_schema(
                     columns[field_name] = table.c[column_name]
                 dataset = catalog.dataset(mapping.dataset)
                 spellings = {
-                    name: _hex_spelling(conn, mapping, name, column)
+                    name: _hex_spelling(
+                        conn, mapping, name, column, indexed=dataset.field(name).near
+                    )
                     for name, column in columns.items()
                     if dataset.field(name).type in _HEX_TYPES and isinstance(column.type, sa.String)
                 }
                 bound[mapping.dataset] = MappedDataset(
-                    dataset, table, columns, spellings, relation=existing[name]
+                    dataset,
+                    table,
+                    columns,
+                    spellings,
+                    relation=existing[name],
+                    row_key=_row_key(mapping, table),
                 )
                 if conn.dialect.name in ("mysql", "mariadb"):
                     _check_collations(conn, mapping, dataset, schema, name)
@@ -315,19 +339,33 @@ def bind_schema(
 
 
 def _hex_spelling(
-    conn: sa.Connection, mapping: DatasetMapping, name: str, column: sa.Column[Any]
+    conn: sa.Connection,
+    mapping: DatasetMapping,
+    name: str,
+    column: sa.Column[Any],
+    *,
+    indexed: bool = False,
 ) -> HexSpelling:
-    """The configured case of a hex column, or the one a sample of it shows."""
+    """The configured case of a hex column, or the one a sample of it shows.
+
+    ``indexed``: the node's PDQ index reads every value of the column (once,
+    then as it changes, and remembers what it found across restarts) and
+    settles its case itself, so only the cheap sample in storage order is
+    read here: sorting or scanning a large column without an index of its own
+    would hold up the node's start.
+    """
     configured = mapping.hex_case.get(name, HexCase.DETECT)
     if configured is not HexCase.DETECT:
         return HexSpelling(configured)
     present = column.is_not(None)
     sample: list[str] = []
-    for select in (
-        sa.select(column).where(present).limit(HEX_SAMPLE),
-        sa.select(column).where(present).order_by(column).limit(HEX_SAMPLE),
-        sa.select(column).where(present).order_by(column.desc()).limit(HEX_SAMPLE),
-    ):
+    selects = [sa.select(column).where(present).limit(HEX_SAMPLE)]
+    if not indexed:
+        selects += [
+            sa.select(column).where(present).order_by(column).limit(HEX_SAMPLE),
+            sa.select(column).where(present).order_by(column.desc()).limit(HEX_SAMPLE),
+        ]
+    for select in selects:
         sample.extend(str(v) for v in conn.execute(select).scalars())
     lower = sum(1 for v in sample if v != v.upper())
     upper = sum(1 for v in sample if v != v.lower())
@@ -340,7 +378,7 @@ def _hex_spelling(
     else:
         # Both spellings, or nothing to tell by (an empty column): ask for both.
         case = HexCase.MIXED
-    if case is not HexCase.MIXED:
+    if case is not HexCase.MIXED and not indexed:
         # A sample misses a rare other spelling (a small legacy import), and a
         # held hash must never read as "no hit": one scan at start settles it.
         fold = sa.func.lower if case is HexCase.LOWER else sa.func.upper
@@ -375,7 +413,33 @@ def _hex_spelling(
                 ),
             },
         )
-    return HexSpelling(case)
+    return HexSpelling(case, detected=True)
+
+
+def _row_key(mapping: DatasetMapping, table: sa.Table) -> sa.Column[Any] | None:
+    """The column that names one row: configured, or a single integer primary key."""
+    configured = mapping.key
+    column: sa.Column[Any]
+    if configured:
+        if configured not in table.c:
+            raise ConfigError(
+                f"dataset {mapping.dataset!r}: key column {configured!r} does not exist in "
+                f"{mapping.table}; columns: {', '.join(c.name for c in table.c)}"
+            )
+        column = table.c[configured]
+    else:
+        primary = list(table.primary_key.columns)
+        if len(primary) != 1:
+            return None
+        column = primary[0]
+    if not isinstance(column.type, sa.Integer):
+        if configured:
+            raise ConfigError(
+                f"dataset {mapping.dataset!r}: key column {configured!r} is "
+                f"{column.type}, not an integer; name a unique integer column"
+            )
+        return None
+    return column
 
 
 def _check_collations(

@@ -17,6 +17,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.sql.elements import ColumnElement
 
 from liaison.catalog import format_value
 from liaison.errors import BackendError, CatalogError, InvalidQuery
@@ -37,6 +38,9 @@ MAX_BUCKETS = 1000
 # be a list of the agency's collection, not a question about one image.
 MAX_NEAR_MATCHES = 10_000
 NEAR_CAP_RULE = "near-match-cap"
+# Matched rows are fetched by key up to this many keys (integers, written into
+# the statement); beyond it, by hash as stored.
+MAX_NEAR_KEYS = 50_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +49,19 @@ class Refusal:
 
     rule: str
     reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class NearResolved:
+    """A query whose near predicates were replaced by the stored hashes they match.
+
+    ``only``: a condition on the row key that every statement of the answer
+    adds (the rows the index found), or None to select by hash alone.
+    """
+
+    query: Query
+    nearest: dict[str, int]
+    only: ColumnElement[bool] | None = None
 
 
 class Executor:
@@ -101,27 +118,53 @@ class Executor:
         and the grant's row filters to exactly those hashes. Returns the
         nearest distance per matched hash too, or a refusal when too many match
         (a signed denial that keeps its rate charge: it says something about
-        what the node holds, so it is not free).
+        what the node holds, so it is not free). See :meth:`resolve_near_rows`
+        for the rows' keys as well.
+        """
+        resolved = self.resolve_near_rows(mapped, query)
+        if isinstance(resolved, Refusal):
+            return resolved
+        return resolved.query, resolved.nearest
+
+    def resolve_near_rows(self, mapped: MappedDataset, query: Query) -> NearResolved | Refusal:
+        """As :meth:`resolve_near`, with the keys of the rows the index found.
+
+        Where the index keeps row keys, every statement answering the query
+        selects those rows by key (always indexed), and still requires the
+        column to hold one of the matched hashes, as stored: a row deleted or
+        changed since the index last looked no longer matches, and the PDQ
+        column needs no index of its own.
         """
         self.require_near_index(mapped.dataset.name, query)
         nearest: dict[str, int] = {}
         predicates = []
+        keys: set[int] | None = None
         for p in query.predicates:
             if p.comparator is not Comparator.NEAR:
                 predicates.append(p)
                 continue
             assert self.near is not None  # require_near_index checked
-            found = self.near.lookup(mapped.dataset.name, p.field, p.values, p.max_distance or 0)
-            if len(found) > MAX_NEAR_MATCHES:
+            found = self.near.match(mapped.dataset.name, p.field, p.values, p.max_distance or 0)
+            if len(found.nearest) > MAX_NEAR_MATCHES:
                 return Refusal(
                     NEAR_CAP_RULE,
                     f"more than {MAX_NEAR_MATCHES} stored hashes are within "
                     f"{p.max_distance} bits; ask for a smaller distance",
                 )
-            for value, distance in found.items():
+            for value, distance in found.nearest.items():
                 nearest[value] = min(distance, nearest.get(value, distance))
-            predicates.append(Predicate(p.field, Comparator.IN, tuple(sorted(found))))
-        return replace(query, predicates=tuple(predicates)), nearest
+            predicates.append(Predicate(p.field, Comparator.IN, tuple(sorted(found.nearest))))
+            if found.keys is not None:
+                # Rows must match every near predicate: the keys found by each.
+                keys = set(found.keys) if keys is None else keys & set(found.keys)
+        only: ColumnElement[bool] | None = None
+        if keys is not None and mapped.row_key is not None and len(keys) <= MAX_NEAR_KEYS:
+            # Literal integers: a long list stays within every driver's parameter limit.
+            listed: sa.BindParameter[list[int]] = sa.bindparam(
+                "near_row_keys", sorted(keys), expanding=True, literal_execute=True
+            )
+            only = mapped.row_key.in_(listed)
+        return NearResolved(replace(query, predicates=tuple(predicates)), nearest, only)
 
     def run(
         self,
@@ -142,15 +185,15 @@ class Executor:
         if op is Operation.COUNT_BY and query.group_by not in mapped.columns:
             raise InvalidQuery(f"this node does not hold field {query.group_by!r}")
         asked = query
-        resolved = self.resolve_near(mapped, query)
+        resolved = self.resolve_near_rows(mapped, query)
         if isinstance(resolved, Refusal):
             return resolved
-        query, nearest = resolved
+        query, nearest, only = resolved.query, resolved.nearest, resolved.only
         try:
             with self.engine.connect() as conn:
                 if op is Operation.MATCH:
-                    hit = conn.execute(sql.compile_match(mapped, query, grant)).first()
-                    return {"hit": hit is not None}
+                    hit = conn.execute(_only(sql.compile_match(mapped, query, grant), only))
+                    return {"hit": hit.first() is not None}
                 if op in (Operation.COUNT, Operation.COUNT_BY) and grant.min_count > 0:
                     refusal = self._differencing(
                         conn, mapped, query, grant, request.requester, now_ms
@@ -158,13 +201,13 @@ class Executor:
                     if refusal is not None:
                         return refusal
                 if op is Operation.COUNT:
-                    return {"count": self._count(conn, mapped, query, grant)}
+                    return {"count": self._count(conn, mapped, query, grant, only)}
                 if op is Operation.COUNT_BY:
-                    return self._count_by(conn, mapped, query, grant)
-                answer = self._records(conn, mapped, query, grant, nearest)
+                    return self._count_by(conn, mapped, query, grant, only)
+                answer = self._records(conn, mapped, query, grant, nearest, only)
                 if not answer["rows"] and grant.row_filters and policy is not None:
                     refusal = self._held_not_released(
-                        conn, mapped, asked, query, grant, request, policy
+                        conn, mapped, asked, resolved, grant, request, policy
                     )
                     if refusal is not None:
                         return refusal
@@ -193,9 +236,10 @@ class Executor:
         query: Query,
         grant: Grant,
         nearest: Mapping[str, int],
+        only: ColumnElement[bool] | None = None,
     ) -> dict[str, Any]:
         limit = min(query.limit or self.default_limit, grant.max_rows)
-        rows = conn.execute(sql.compile_records(mapped, query, grant, limit)).all()
+        rows = conn.execute(_only(sql.compile_records(mapped, query, grant, limit), only)).all()
         formats = [
             _distance_of(nearest)
             if mapped.dataset.field(f).computed_from
@@ -232,24 +276,36 @@ class Executor:
         return cells
 
     def _count(
-        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+        self,
+        conn: sa.Connection,
+        mapped: MappedDataset,
+        query: Query,
+        grant: Grant,
+        only: ColumnElement[bool] | None = None,
     ) -> Count:
         if grant.min_count <= 0:
-            return Count(int(conn.execute(sql.compile_count(mapped, query, grant)).scalar_one()))
+            statement = _only(sql.compile_count(mapped, query, grant), only)
+            return Count(int(conn.execute(statement).scalar_one()))
         counted = self.noise.records()
-        for row in _stream(conn, _listing(mapped, query, grant)):
+        for row in _stream(conn, _only(_listing(mapped, query, grant), only)):
             counted.add(row)
         return self.noise.release(mapped.dataset.name, counted, grant.min_count)
 
     def _noisy_cells(
-        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+        self,
+        conn: sa.Connection,
+        mapped: MappedDataset,
+        query: Query,
+        grant: Grant,
+        only: ColumnElement[bool] | None = None,
     ) -> dict[str | None, tuple[int, int]]:
         """Per (transformed) group key: the noisy count and its bound, cells at k or more."""
         assert query.group_by is not None  # checked by compile_count_by's callers
         fmt = self._formatter(mapped, query.group_by, grant)
         group = mapped.columns[query.group_by]
         sets: dict[str | None, RecordSet] = {}
-        for key, *identity in _stream(conn, _listing(mapped, query, grant, group)):
+        listing = _only(_listing(mapped, query, grant, group), only)
+        for key, *identity in _stream(conn, listing):
             cell = None if key is None else fmt(key)
             counted = sets.get(cell)
             if counted is None:
@@ -264,15 +320,20 @@ class Executor:
         return out
 
     def _count_by(
-        self, conn: sa.Connection, mapped: MappedDataset, query: Query, grant: Grant
+        self,
+        conn: sa.Connection,
+        mapped: MappedDataset,
+        query: Query,
+        grant: Grant,
+        only: ColumnElement[bool] | None = None,
     ) -> dict[str, Any]:
         sql.compile_count_by(mapped, query, grant)  # checks the grouping, as before
         if grant.min_count > 0:
             # Cells below the minimum are marked -1; the others are noisy, and
             # ordered by their noisy counts, so the order says nothing more.
-            cells = self._noisy_cells(conn, mapped, query, grant)
+            cells = self._noisy_cells(conn, mapped, query, grant, only)
         else:
-            raw = conn.execute(sql.compile_count_by(mapped, query, grant))
+            raw = conn.execute(_only(sql.compile_count_by(mapped, query, grant), only))
             cells = {k: (n, 0) for k, n in self._cells(raw, mapped, query.group_by, grant).items()}
         # Same order on every database: biggest first, then the absent key, then by key.
         ordered = sorted(cells.items(), key=lambda kv: (-kv[1][0], kv[0] is not None, kv[0] or ""))
@@ -347,7 +408,7 @@ class Executor:
         conn: sa.Connection,
         mapped: MappedDataset,
         asked: Query,
-        resolved: Query,
+        resolved: NearResolved,
         grant: Grant,
         request: QueryRequest,
         policy: Policy,
@@ -371,9 +432,9 @@ class Executor:
         )
         if not decision.permitted or decision.grant is None:
             return None
-        matching = replace(resolved, operation=Operation.MATCH, fields=(), limit=0)
+        matching = replace(resolved.query, operation=Operation.MATCH, fields=(), limit=0)
         try:
-            statement = sql.compile_match(mapped, matching, decision.grant)
+            statement = _only(sql.compile_match(mapped, matching, decision.grant), resolved.only)
         except (InvalidQuery, CatalogError):
             return None  # a row filter this node cannot apply: the match would be denied
         if conn.execute(statement).first() is None:
@@ -395,6 +456,11 @@ def _distance_of(nearest: Mapping[str, int]) -> Callable[[Any], str | None]:
         return None if found is None else str(found)
 
     return distance
+
+
+def _only(statement: sa.Select[Any], only: ColumnElement[bool] | None) -> sa.Select[Any]:
+    """``statement`` narrowed to the rows a near-duplicate lookup found, if it found them by key."""
+    return statement if only is None else statement.where(only)
 
 
 def _key(fmt: Callable[[Any], str], value: Any) -> str | None:

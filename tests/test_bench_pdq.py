@@ -25,10 +25,15 @@ ROOT = Path(__file__).resolve().parent.parent
 HAS_THREATEXCHANGE = importlib.util.find_spec("threatexchange") is not None
 TINY = [
     "--sizes", "20000",
+    "--random-sizes", "5000",
     "--queries", "300",
     "--singles", "50",
     "--fed-per-node", "5000",
     "--fed-hashes", "1200",
+    "--node-size", "20000",
+    "--node-queries", "40",
+    "--node-window", "2",
+    "--no-node-baseline",
     "--json",
 ]  # fmt: skip
 
@@ -47,21 +52,37 @@ def test_bench_pdq_reports_exact_answers_and_the_federated_batch() -> None:
 
     assert done.returncode == 0, done.stderr
     doc = json.loads(done.stdout)
-    (size,) = doc["sizes"]
-    assert size["size"] == 20000 and size["truth_pairs"] > 0
-    contenders = size["contenders"]
-    yardsticks = ["threatexchange", "threatexchange_faiss"]
-    measured = ["ours", "numpy_scan"] + (yardsticks if HAS_THREATEXCHANGE else [])
-    for name in measured:
-        r = contenders[name]
-        assert r["recall"] == 1.0 and r["extra"] == 0, (name, r["answers"])
-        assert r["build_s"] >= 0 and r["resident_mb"] >= 0 and r["batch"]["qps"] > 0
-        assert r["single"]["samples"] == 50
-    assert contenders["numpy_scan"]["cross_check"]["identical"]
-    if not HAS_THREATEXCHANGE:
-        for name in yardsticks:
-            assert contenders[name] == {"skipped": "--no-threatexchange"}
+    structured, planted = doc["sizes"]
+    assert (structured["size"], structured["data"]) == (20000, "structured")
+    assert (planted["size"], planted["data"]) == (5000, "random")
+    for size in (structured, planted):
+        assert size["truth_pairs"] > 0
+        contenders = size["contenders"]
+        yardsticks = ["threatexchange", "threatexchange_faiss"]
+        measured = ["ours", "numpy_scan"] + (yardsticks if HAS_THREATEXCHANGE else [])
+        for name in measured:
+            r = contenders[name]
+            assert r["recall"] == 1.0 and r["extra"] == 0, (name, r["answers"])
+            assert r["build_s"] >= 0 and r["resident_mb"] >= 0 and r["batch"]["qps"] > 0
+            assert r["batch"]["qps_per_core"] > 0
+            assert r["single"]["samples"] == 50
+        assert contenders["numpy_scan"]["cross_check"]["identical"]
+        if not HAS_THREATEXCHANGE:
+            for name in yardsticks:
+                assert contenders[name] == {"skipped": "--no-threatexchange"}
     assert [a["met"] for a in doc["aims"]][-1] is True  # 100% recall
+    # One node over its agency's table: exact answers, the writer's changes followed.
+    for variant in ("no_pdq_index", "pdq_indexed"):
+        node = doc["node"]["variants"][variant]["keyed"]
+        assert node["exact"]["missed"] == 0 and node["exact"]["extra"] == 0, node["exact"]
+        assert node["exact"]["rows"] > 0 and node["steady"]["samples"] == 40
+        assert node["restart"]["serve_s"] < 5
+        followed = node["followed"]
+        assert followed["inserted"] > 0
+        assert followed["inserted_matched"] == followed["inserted"], followed
+        assert followed["deleted_still_in_index"] == 0, followed
+        assert followed["old_value_still_in_index"] == 0, followed
+        assert node["window"]["compactions"], node["window"]
     fed = doc["federated"]
     assert fed["asked"] == 1200 and fed["chunks"] == 2
     holders = {n: x for n, x in fed["nodes"].items() if x["pdq_column"] is not None}
@@ -69,15 +90,15 @@ def test_bench_pdq_reports_exact_answers_and_the_federated_batch() -> None:
     for node_id, x in holders.items():
         assert x["chunks_answered"] == 2, (node_id, x["reasons"])
         assert x["hits_as_expected"] is True, node_id
-        assert x["index_at_startup"]["hashes"] == x["distinct_hashes"]
+        assert x["index_at_startup"]["hashes"] == x["rows_with_pdq"]
 
 
 def test_bench_pdq_tables_without_threatexchange_or_federation() -> None:
     done = subprocess.run(
         [
             sys.executable, "-m", "liaison.bench.pdq",
-            "--sizes", "2000", "--queries", "40", "--singles", "10",
-            "--no-threatexchange", "--no-federated",
+            "--sizes", "2000", "--random-sizes", "2000", "--queries", "40", "--singles", "10",
+            "--no-threatexchange", "--no-federated", "--no-node",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -92,6 +113,8 @@ def test_bench_pdq_tables_without_threatexchange_or_federation() -> None:
     assert "not measured: batch throughput at least 4x threatexchange's" in report
     assert "met: 100% recall, nothing extra" in report
     assert "Federated: skipped (--no-federated)" in report
+    assert "Node: skipped (--no-node)" in report
+    assert "2,000 PDQ hashes (random" in report
 
 
 def test_numpy_scan_matches_distances_including_the_complement() -> None:

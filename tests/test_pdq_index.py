@@ -2,7 +2,7 @@
 
 Every search is checked against np.bitwise_count over all stored hashes: every
 hash within the threshold is found, none beyond it, with its distance, in
-(distance, position) order. Both substring layouts and both search paths
+(distance, position) order. Every substring layout and both search paths
 (multi-index probing and the linear scan) are run.
 """
 
@@ -29,11 +29,13 @@ from liaison.hashing.pdq import (
     words_from_hex,
 )
 from node import pdq_index
-from node.pdq_index import LAYOUT_12X21, LAYOUT_16X16, Layout, PdqIndex
+from node.pdq_index import LAYOUT_11X23, LAYOUT_12X21, LAYOUT_16X16, Layout, PdqIndex
 
 Words = npt.NDArray[np.uint64]
 THRESHOLDS = (0, 1, 15, 16, 17, 31, 32, 47, 48, 63, 64)
 LAYOUTS = {"16x16": LAYOUT_16X16, "12x21": LAYOUT_12X21}
+# Substrings spanning two words; its bucket tables take 470 MB, so it has a test of its own.
+WIDEST = {"11x23": LAYOUT_11X23}
 
 
 def brute_force(words: Words, query: Words, t: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,21 +87,22 @@ def spread(row: Words, flips: int, layout: Layout, rng: np.random.Generator) -> 
     per = np.full(len(layout), flips // len(layout))
     per[rng.permutation(len(layout))[: flips % len(layout)]] += 1
     mask = np.zeros(4, dtype=np.uint64)
-    for (word, shift, width), k in zip(layout, per, strict=True):
+    for (start, width), k in zip(layout, per, strict=True):
         for bit in rng.choice(width, size=int(k), replace=False):
-            mask[word] |= np.uint64(1) << np.uint64(shift + int(bit))
+            word, at = divmod(start + int(bit), 64)  # bits numbered from the top of word 0
+            mask[word] |= np.uint64(1) << np.uint64(63 - at)
     return row ^ mask
 
 
 def queries_for(index: PdqIndex, t: int, rng: np.random.Generator) -> list[Words]:
     """Random hashes, stored ones, and hashes exactly t and t+1 bits from stored ones,
-    some with the flips spread evenly over either layout's substrings."""
-    stored = index.words[rng.integers(index.size, size=10)]
+    some with the flips spread evenly over each layout's substrings."""
+    stored = index.words[rng.integers(index.size, size=12)]
     out = [random_hashes(1, rng)[0], stored[0]]
     out += [near(row, t, rng) for row in stored[1:3]]
     out += [near(row, t + 1, rng) for row in stored[3:5]]
     out += [near(row, int(rng.integers(0, t + 1)), rng) for row in stored[5:6]]
-    for row, layout in zip(stored[6:], [*LAYOUTS.values()] * 2, strict=True):
+    for row, layout in zip(stored[6:], [*LAYOUTS.values(), *WIDEST.values()] * 2, strict=True):
         out += [spread(row, t, layout, rng), spread(row, t + 1, layout, rng)]
     return out
 
@@ -117,6 +120,17 @@ def test_search_equals_brute_force_on_structured_data(
         for t in THRESHOLDS:
             for query in queries_for(index, t, rng):
                 assert_exact(index, query, t)
+
+
+def test_substrings_spanning_two_words_are_exact(register: Words) -> None:
+    # 11 substrings of 23 and 24 bits: 3 of them span two words.
+    rng = np.random.default_rng(8)
+    with search_path("mih"):
+        index = PdqIndex.build(register[:20_000], layout=LAYOUT_11X23)
+        for t in (0, 21, 31, 32):
+            for query in queries_for(index, t, rng):
+                assert_exact(index, query, t)
+    assert sum((s % 64) + b > 64 for s, b in LAYOUT_11X23) == 3
 
 
 @pytest.mark.parametrize("t", THRESHOLDS)

@@ -62,12 +62,20 @@ from typing import TYPE_CHECKING, Any, Protocol, TextIO
 import numpy as np
 import numpy.typing as npt
 
-from liaison.bench.runner import BenchFailed, at_least, bench_main, loadavg, machine, with_preset
+from liaison.bench.runner import (
+    BenchFailed,
+    at_least,
+    bench_main,
+    loadavg,
+    machine,
+    positive,
+    with_preset,
+)
 from liaison.cli import render
-from liaison.demo.pdq_data import near, random_hashes, synthetic_hashes
+from liaison.demo.pdq_data import near, planted_hashes, random_hashes, synthetic_hashes
 from liaison.errors import LiaisonError
 from liaison.hashing.pdq import PDQ_WORDS, hex_from_words, words_from_hex
-from node.pdq_index import PdqIndex
+from node.pdq_index import LAYOUT_12X21, LAYOUT_16X16, PdqIndex
 
 if TYPE_CHECKING:
     from liaison.demo.data import LocalTable
@@ -88,10 +96,14 @@ AIM_P50_MS = 1.0  # single-query p50 under this many ms at 2.7 million hashes
 AIM_P50_SIZE = 2_700_000
 AIM_RESIDENT_MB = 1024.0  # at most 1 GB resident for 10 million hashes
 AIM_RESIDENT_SIZE = 10_000_000
+AIM_LOOKUPS_PER_CORE = 4000  # batch lookups per CPU-second at 10 million random hashes
+AIM_LOOKUPS_SIZE = 10_000_000
 
 OURS, SCAN, TX, TX_FAISS = "ours", "numpy_scan", "threatexchange", "threatexchange_faiss"
+PREVIOUS = "previous"
 LABELS = {
     OURS: "ours (PdqIndex)",
+    PREVIOUS: "  previous: distinct hashes",
     SCAN: "numpy scan",
     TX: "threatexchange PDQIndex",
     TX_FAISS: "  its faiss index alone",
@@ -108,6 +120,7 @@ Positions = npt.NDArray[np.intp]
 @dataclass(frozen=True, slots=True)
 class Settings:
     sizes: tuple[int, ...]
+    random_sizes: tuple[int, ...]
     queries: int
     singles: int
     threatexchange: bool
@@ -116,21 +129,36 @@ class Settings:
     fed_hashes: int
     fed_distance: int
     seed: int
+    node: bool = True
+    node_size: int = 10_000_000
+    node_queries: int = 1000
+    node_window_s: float = 60.0
+    node_refresh_s: float = 5.0
+    node_baseline: bool = True
+    node_baseline_queries: int = 30
 
 
 FULL: dict[str, Any] = {
     "sizes": (2_700_000, 10_000_000),
+    "random_sizes": (10_000_000,),
     "queries": 10_000,
     "singles": 1000,
     "fed_per_node": 1_000_000,
     "fed_hashes": 10_000,
+    "node_size": 10_000_000,
+    "node_queries": 1000,
+    "node_window": 60.0,
 }
 QUICK: dict[str, Any] = {
     "sizes": (100_000, 300_000),
+    "random_sizes": (100_000,),
     "queries": 1000,
     "singles": 200,
     "fed_per_node": 50_000,
     "fed_hashes": 2000,
+    "node_size": 30_000,
+    "node_queries": 100,
+    "node_window": 6.0,
 }
 
 
@@ -234,7 +262,8 @@ class Ours:
         return self.index
 
     def build(self, words: Words) -> None:
-        self.index = PdqIndex.build(words)
+        # As a node holds it: every row with its key (here its row number).
+        self.index = PdqIndex.build(words, keys=np.arange(len(words), dtype=np.int64))
 
     def index_bytes(self) -> int | None:
         return self._index().nbytes
@@ -394,8 +423,18 @@ class ThreatExchangeFaiss(ThreatExchange):
         return np.asarray(found, dtype=np.intp)
 
 
+class Previous(Ours):
+    """The index as nodes held it before: distinct hashes, 12 substrings of 21-22 bits
+    from a million hashes (16 of 16 below), substring 0's buckets runs of ``words``."""
+
+    def build(self, words: Words) -> None:
+        layout = LAYOUT_12X21 if len(words) >= 1_000_000 else LAYOUT_16X16
+        self.index = PdqIndex.build(words, layout=layout)
+
+
 CONTENDERS: dict[str, Callable[[], Contender]] = {
     OURS: Ours,
+    PREVIOUS: Previous,
     SCAN: NumpyScan,
     TX: ThreatExchange,
     TX_FAISS: ThreatExchangeFaiss,
@@ -406,6 +445,7 @@ CONTENDERS: dict[str, Callable[[], Contender]] = {
 class WorkerSpec:
     contender: str
     size: int
+    kind: str  # "structured" or "random"
     singles: int
     data: str  # .npy of the stored hashes, written once by the parent for every contender
     queries: str  # .npy of the queries
@@ -427,7 +467,8 @@ def _digest(a: Words) -> str:
 
 def _code_digest(cls: type) -> str:
     """SHA-256 (first 12 hex digits) of the source file of the module that ``cls`` wraps."""
-    module = sys.modules[PdqIndex.__module__] if cls is Ours else sys.modules[__name__]
+    ours = cls in (Ours, Previous)
+    module = sys.modules[PdqIndex.__module__] if ours else sys.modules[__name__]
     path = getattr(module, "__file__", None)
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:12] if path else ""
 
@@ -476,7 +517,9 @@ def worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
         single_pos.append(positions)
     print(f"{name}: a batch of {len(hexes):,} queries", file=progress)
     t0 = time.perf_counter_ns()
+    cpu0 = time.process_time()
     batch_q, batch_pos = contender.batch(hexes, progress)
+    batch_cpu_s = time.process_time() - cpu0
     batch_s = (time.perf_counter_ns() - t0) / 1e9
     print(f"{name}: batch in {batch_s:.2f} s ({len(hexes) / batch_s:,.0f} q/s)", file=progress)
 
@@ -497,6 +540,7 @@ def worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
     return {
         "contender": spec.contender,
         "size": spec.size,
+        "kind": spec.kind,
         "data_sha256": data_digest,
         "queries_sha256": query_digest,
         "build_s": round(build_s, 3),
@@ -514,6 +558,10 @@ def worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
             "queries": len(hexes),
             "seconds": round(batch_s, 3),
             "qps": round(len(hexes) / batch_s, 1),
+            # Lookups per CPU-second of this one-threaded process: per core,
+            # and less disturbed than wall time by other work on the machine.
+            "cpu_seconds": round(batch_cpu_s, 3),
+            "qps_per_core": round(len(hexes) / max(batch_cpu_s, 1e-9), 1),
         },
         "pairs": {"single": len(single_pairs), "batch": len(batch_pairs)},
         "cross_check": cross_check,
@@ -620,12 +668,18 @@ def compare(truth: Words, got: Words, queries: Words) -> dict[str, Any]:
 
 
 def size_section(
-    s: Settings, size: int, folder: Path, tx_skipped: str | None, progress: TextIO
+    s: Settings, size: int, kind: str, folder: Path, tx_skipped: str | None, progress: TextIO
 ) -> dict[str, Any]:
-    names = [OURS, SCAN] + ([TX, TX_FAISS] if tx_skipped is None else [])
-    print(f"  generating {size:,} hashes and {s.queries:,} queries (seed {s.seed})", file=progress)
+    names = [OURS, PREVIOUS, SCAN] + ([TX, TX_FAISS] if tx_skipped is None else [])
+    print(
+        f"  generating {size:,} {kind} hashes and {s.queries:,} queries (seed {s.seed})",
+        file=progress,
+    )
     started = time.perf_counter()
-    words = synthetic_hashes(size, seed=s.seed)
+    if kind == "random":
+        words = planted_hashes(size, seed=s.seed)
+    else:
+        words = synthetic_hashes(size, seed=s.seed)
     queries = make_queries(words, s.queries, s.seed + 1)
     digests = (_digest(words), _digest(queries))
     np.save(folder / "data.npy", words)
@@ -639,6 +693,7 @@ def size_section(
         spec = WorkerSpec(
             name,
             size,
+            kind,
             s.singles,
             data=str(folder / "data.npy"),
             queries=str(folder / "queries.npy"),
@@ -678,6 +733,7 @@ def size_section(
         r["extra"] = both["single"]["extra"] + both["batch"]["extra"]
     doc: dict[str, Any] = {
         "size": size,
+        "data": kind,
         "distinct": results[OURS]["held"],
         "generated_s": round(generated_s, 1),
         "contenders": results,
@@ -747,13 +803,13 @@ def _fill_media(db: Path, local: LocalTable, words: Words, seed: int) -> int:
 
 
 def _stored(db: Path, local: LocalTable) -> Words:
-    """Every distinct PDQ hash in the agency's table, as the node's index will hold them."""
+    """The PDQ hash of every row of the agency's table, as the node's index holds them."""
     pdq = local.columns["pdq"]
     with closing(sqlite3.connect(db)) as conn:
         texts = [
             str(v).strip().lower()
             for (v,) in conn.execute(
-                f'SELECT DISTINCT "{pdq}" FROM "{local.table.name}" '  # noqa: S608
+                f'SELECT "{pdq}" FROM "{local.table.name}" '  # noqa: S608
                 f'WHERE "{pdq}" IS NOT NULL'
             )
         ]
@@ -816,7 +872,7 @@ def federated_section(s: Settings, progress: TextIO) -> dict[str, Any]:
             nodes[agency.agency_id] = {
                 "pdq_column": f"{media.table.name}.{media.columns['pdq']}",
                 "rows_added": len(words),
-                "distinct_hashes": len(held[agency.agency_id]),
+                "rows_with_pdq": len(held[agency.agency_id]),
             }
         fill_s = time.perf_counter() - fill_started
         if not generated:
@@ -910,7 +966,7 @@ def federated_section(s: Settings, progress: TextIO) -> dict[str, Any]:
 
 
 def _aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
-    sizes = doc["sizes"]
+    sizes = [z for z in doc["sizes"] if z["data"] == "structured"]
     aims: list[dict[str, Any]] = []
 
     def add(text: str, met: bool | None, detail: str) -> None:
@@ -964,16 +1020,38 @@ def _aims(doc: Mapping[str, Any]) -> list[dict[str, Any]]:
         if ours is None
         else f"{ours['resident_mb']:,.0f} MB",
     )
+    lookups = [
+        (
+            z["data"],
+            z["contenders"][OURS]["batch"]["qps_per_core"],
+            z["contenders"].get(PREVIOUS, {}).get("batch", {}).get("qps_per_core"),
+        )
+        for z in doc["sizes"]
+        if z["size"] == AIM_LOOKUPS_SIZE
+    ]
+    on_random = [q for kind, q, _ in lookups if kind == "random"]
+    add(
+        f"at least {AIM_LOOKUPS_PER_CORE:,} lookups per second per core at "
+        f"{AIM_LOOKUPS_SIZE:,} uniformly random hashes",
+        None if not on_random else all(q >= AIM_LOOKUPS_PER_CORE for q in on_random),
+        "; ".join(
+            f"{kind}: {q:,.0f}"
+            + ("" if not p else f" (the previous index in this run: {p:,.0f}, {q / p:.2f}x)")
+            for kind, q, p in lookups
+        )
+        or "not measured at this size in this run",
+    )
+    everything = doc["sizes"]
     add(
         "100% recall, nothing extra (single queries and batch, every size)",
         all(
             z["contenders"][OURS]["recall"] == 1.0 and not z["contenders"][OURS]["extra"]
-            for z in sizes
+            for z in everything
         ),
         "; ".join(
-            f"{z['size']:,}: {z['contenders'][OURS]['recall']:.4%}, "
+            f"{z['size']:,} {z['data']}: {z['contenders'][OURS]['recall']:.4%}, "
             f"{z['contenders'][OURS]['extra']} extra"
-            for z in sizes
+            for z in everything
         ),
     )
     return aims
@@ -1012,6 +1090,7 @@ def run(s: Settings, progress: TextIO) -> dict[str, Any]:
         },
         "settings": {
             "sizes": list(s.sizes),
+            "random_sizes": list(s.random_sizes),
             "queries": s.queries,
             "singles": s.singles,
             "warmup": WARMUP,
@@ -1027,10 +1106,16 @@ def run(s: Settings, progress: TextIO) -> dict[str, Any]:
         },
         "sizes": [],
     }
-    for size in s.sizes:
-        print(f"{size:,} PDQ hashes, t = {THRESHOLD}", file=progress)
+    runs = [(n, "structured") for n in s.sizes] + [(n, "random") for n in s.random_sizes]
+    for size, kind in runs:
+        print(f"{size:,} PDQ hashes ({kind}), t = {THRESHOLD}", file=progress)
         with tempfile.TemporaryDirectory(prefix="liaison-bench-pdq-") as tmp:
-            doc["sizes"].append(size_section(s, size, Path(tmp), tx_skipped, progress))
+            doc["sizes"].append(size_section(s, size, kind, Path(tmp), tx_skipped, progress))
+    if s.node:
+        print(f"one node over {s.node_size:,} rows in its agency's database", file=progress)
+        doc["node"] = node_section(s, progress)
+    else:
+        doc["node"] = {"skipped": "--no-node"}
     doc["aims"] = _aims(doc)
     if s.federated:
         print(
@@ -1070,10 +1155,10 @@ def render_report(doc: dict[str, Any]) -> str:
     for z in doc["sizes"]:
         rows = []
         vs = z.get("vs_threatexchange", {})
-        for name in (OURS, SCAN, TX, TX_FAISS):
+        for name in (OURS, PREVIOUS, SCAN, TX, TX_FAISS):
             r = z["contenders"][name]
             if "skipped" in r:
-                rows.append([LABELS[name], "skipped", *[""] * 11])
+                rows.append([LABELS[name], "skipped", *[""] * 12])
                 continue
             v = vs.get(name, {})
             index_mb = "" if r["index_mb"] is None else f"{r['index_mb']:,.0f}"
@@ -1087,6 +1172,7 @@ def render_report(doc: dict[str, Any]) -> str:
                     f"{r['single']['p50_ms']:.3f}",
                     f"{r['single']['p99_ms']:.3f}",
                     f"{r['batch']['qps']:,.0f}",
+                    f"{r['batch']['qps_per_core']:,.0f}",
                     f"{r['recall']:.2%}",
                     f"{r['extra']}",
                     _ratio(v.get("batch_qps")),
@@ -1096,7 +1182,8 @@ def render_report(doc: dict[str, Any]) -> str:
             )
         scan = z["contenders"][SCAN]
         lines += [
-            f"{z['size']:,} PDQ hashes ({z['distinct']:,} distinct), t = {st['threshold']}: "
+            f"{z['size']:,} PDQ hashes ({z['data']}; {z['distinct']:,} held), "
+            f"t = {st['threshold']}: "
             f"{st['singles']:,} single queries "
             f"(after {st['warmup']} warm-up), a batch of {st['queries']:,}; half near-duplicates "
             f"(1-{st['max_flips']} bits from a stored hash), half random",
@@ -1111,6 +1198,7 @@ def render_report(doc: dict[str, Any]) -> str:
                     "p50 ms",
                     "p99 ms",
                     "batch q/s",
+                    "q/s per core",
                     "recall",
                     "extra",
                     "batch vs TX",
@@ -1135,6 +1223,7 @@ def render_report(doc: dict[str, Any]) -> str:
                         f"{a['extra_at_distance']})"
                     )
         lines.append("")
+    lines += _node_lines(doc["node"])
     lines.append("Aims")
     for a in doc["aims"]:
         state = "not measured" if a["met"] is None else ("met" if a["met"] else "NOT met")
@@ -1183,7 +1272,7 @@ def render_report(doc: dict[str, Any]) -> str:
 def _federated_lines(fed: Mapping[str, Any]) -> list[str]:
     rows = []
     for node_id, n in fed["nodes"].items():
-        hashes = "no pdq column" if n["pdq_column"] is None else f"{n['distinct_hashes']:,}"
+        hashes = "no pdq column" if n["pdq_column"] is None else f"{n['rows_with_pdq']:,}"
         start = n["index_at_startup"]
         built = "" if start is None else f"{start['seconds']:.2f} s, {start['bytes'] / MIB:,.0f} MB"
         expected = n.get("expected_hit_chunks")
@@ -1281,6 +1370,28 @@ def build_parser() -> argparse.ArgumentParser:
         default=24,
         help="distance of the federated batch (24: sylvania's policy allows no more)",
     )
+    p.add_argument(
+        "--random-sizes",
+        type=_sizes,
+        help="hashes per index, uniformly random with planted near-duplicates (10000000)",
+    )
+    p.add_argument(
+        "--node",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="one node over its agency's table: start, restart, queries during maintenance (on)",
+    )
+    p.add_argument("--node-size", type=at_least(1), help="rows in the node's table (10,000,000)")
+    p.add_argument("--node-queries", type=at_least(2), help="steady near queries timed (1,000)")
+    p.add_argument(
+        "--node-window", type=positive, help="seconds of queries during maintenance (60)"
+    )
+    p.add_argument(
+        "--node-baseline",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the previous design (hash-only index, fetched by hash) in the same run (on)",
+    )
     p.add_argument("--seed", type=int, default=2026, help="seed of the hashes and queries")
     return p
 
@@ -1289,6 +1400,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
     picked = with_preset(args, QUICK if args.quick else FULL)
     return Settings(
         sizes=picked["sizes"],
+        random_sizes=picked["random_sizes"],
         queries=picked["queries"],
         singles=min(picked["singles"], picked["queries"]),
         threatexchange=not args.no_threatexchange,
@@ -1297,6 +1409,11 @@ def settings_from(args: argparse.Namespace) -> Settings:
         fed_hashes=min(picked["fed_hashes"], 100_000),
         fed_distance=args.fed_distance,
         seed=args.seed,
+        node=args.node,
+        node_size=picked["node_size"],
+        node_queries=picked["node_queries"],
+        node_window_s=picked["node_window"],
+        node_baseline=args.node_baseline,
     )
 
 
@@ -1307,6 +1424,695 @@ def main(argv: list[str] | None = None) -> int:
         lambda args, progress: run(settings_from(args), progress),
         render_report,
     )
+
+
+# --- one node over its agency's database -------------------------------------------
+
+NODE_DATASET = "media"
+NODE_FIELDS = ("pdq", "pdq_distance", "category")
+NODE_CHECKED = 20  # steady-state answers compared with a brute-force scan of the rows
+NODE_COMPACT_AFTER_S = 3.0  # into the maintenance window, a compaction is started
+# The agency's tools while the node serves: every 0.1 s, one transaction.
+WRITER_STEP_S = 0.1
+WRITER_INSERTS, WRITER_DELETES, WRITER_UPDATES = 20, 5, 5
+
+
+@dataclass(frozen=True, slots=True)
+class NodeSpec:
+    db: str  # the agency's SQLite file
+    state: str  # the node's state folder
+    data: str  # .npy of the stored hashes; row i has key i + 1
+    shareable: str  # .npy of each row's releasable flag
+    variant: str  # "no_pdq_index" or "pdq_indexed"
+    mode: str  # "keyed" (ours) or "hash_only" (the previous design)
+    queries: int
+    window_s: float
+    refresh_s: float
+    seed: int
+    writer_seed: int  # what the agency's tools insert, delete and change
+    cold: bool  # start without a persisted index (its first build is measured)
+
+
+def _register_mapping() -> Any:
+    from liaison.config import DatasetMapping
+    from liaison.demo.data import demo_agencies
+
+    agency = next(a for a in demo_agencies() if a.agency_id == "ruritania")
+    media = next(t for t in agency.tables if t.dataset == NODE_DATASET)
+    return media, DatasetMapping(NODE_DATASET, media.table.name, dict(media.columns))
+
+
+def _fill_register(db: Path, words: Words, shareable: npt.NDArray[np.bool_], seed: int) -> None:
+    """The demo's ruritania media table (no index on its PDQ column), one row per hash."""
+    import sqlalchemy as sa
+
+    media, _ = _register_mapping()
+    engine = sa.create_engine(f"sqlite:///{db}")
+    media.table.metadata.create_all(engine, tables=[media.table])
+    engine.dispose()
+    rng = np.random.default_rng(seed)
+    categories = rng.integers(0, len(CATEGORIES), size=len(words))
+    table, pdq = media.table.name, media.columns["pdq"]
+    cat, ok = media.columns["category"], media.columns["shareable"]
+
+    def rows() -> Any:
+        for lo in range(0, len(words), SCAN_BLOCK):
+            texts = hex_from_words(words[lo : lo + SCAN_BLOCK])
+            for i, text in enumerate(texts, lo):
+                yield (i + 1, text, CATEGORIES[categories[i]], int(shareable[i]))
+
+    with closing(sqlite3.connect(db)) as conn:
+        conn.execute("PRAGMA journal_mode = WAL")
+        with conn:
+            # Identifiers are the demo schema's own table and column names, quoted.
+            conn.executemany(
+                f'INSERT INTO "{table}" ("entry_id", "{pdq}", "{cat}", "{ok}") '  # noqa: S608
+                "VALUES (?, ?, ?, ?)",
+                rows(),
+            )
+
+
+def _index_pdq_column(db: Path) -> float:
+    media, _ = _register_mapping()
+    started = time.perf_counter()
+    with closing(sqlite3.connect(db)) as conn, conn:
+        conn.execute(
+            f'CREATE INDEX "ix_bench_pdq" ON "{media.table.name}" ("{media.columns["pdq"]}")'
+        )
+    return time.perf_counter() - started
+
+
+def writer_main(argv: Sequence[str]) -> None:
+    """The agency's tools, in a process of their own: insert, delete, update until told to stop.
+
+    Every ``step`` seconds one transaction; what it did goes to ``log`` as JSON lines.
+    """
+    db, table, pdq, cat, ok, rows, seed, step, ins, dels, ups, log_path, stop = argv
+    n, rng = int(rows), np.random.default_rng(int(seed))
+    k_ins, k_del, k_up = int(ins), int(dels), int(ups)
+    with closing(sqlite3.connect(db, timeout=30)) as conn, open(log_path, "w") as log:
+        next_key = int(conn.execute(f'SELECT MAX(entry_id) FROM "{table}"').fetchone()[0]) + 1  # noqa: S608
+        while not Path(stop).exists():
+            began = time.monotonic()
+            new = [rng.bytes(32).hex() for _ in range(k_ins)]
+            gone = [int(x) for x in rng.integers(1, n + 1, size=k_del)]
+            changed = [int(x) for x in rng.integers(1, n + 1, size=k_up)]
+            values = [rng.bytes(32).hex() for _ in range(k_up)]
+            marks = ",".join("?" * (k_del + k_up))
+            # Identifiers are the demo schema's own table and column names, quoted.
+            with conn:
+                old = dict(
+                    conn.execute(
+                        f'SELECT entry_id, "{pdq}" FROM "{table}" '  # noqa: S608
+                        f"WHERE entry_id IN ({marks})",
+                        gone + changed,
+                    ).fetchall()
+                )
+                conn.executemany(
+                    f'INSERT INTO "{table}" (entry_id, "{pdq}", "{cat}", "{ok}") '  # noqa: S608
+                    "VALUES (?, ?, 'A', 1)",
+                    [(next_key + i, h) for i, h in enumerate(new)],
+                )
+                conn.executemany(
+                    f'DELETE FROM "{table}" WHERE entry_id = ?',  # noqa: S608
+                    [(k,) for k in gone],
+                )
+                conn.executemany(
+                    f'UPDATE "{table}" SET "{pdq}" = ?, "{ok}" = 1 WHERE entry_id = ?',  # noqa: S608
+                    list(zip(values, changed, strict=True)),
+                )
+            for i, h in enumerate(new):
+                log.write(json.dumps(["insert", next_key + i, h]) + "\n")
+            for k in gone:
+                log.write(json.dumps(["delete", k, old.get(k)]) + "\n")
+            for k, h in zip(changed, values, strict=True):
+                log.write(json.dumps(["update", k, old.get(k), h]) + "\n")
+            log.flush()
+            next_key += k_ins
+            time.sleep(max(0.0, float(step) - (time.monotonic() - began)))
+
+
+_WRITER_CODE = "import sys; from liaison.bench.pdq import writer_main; writer_main(sys.argv[1:])"
+
+
+class _Sampler:
+    """Resident memory of this process and of a compaction child, every 0.2 s."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak_rss = 0
+        self.peak_anon = 0
+        self.began = time.monotonic()
+        self.timeline: list[tuple[float, float, float, float]] = []  # s, RSS, anon, child MB
+        self.child_anon = 0
+        self.child_rss = 0
+        self.child: Callable[[], int | None] = lambda: None
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.2):
+            mine = _proc_status("self")
+            self.peak_rss = max(self.peak_rss, mine.get("VmRSS", 0))
+            self.peak_anon = max(self.peak_anon, mine.get("RssAnon", 0))
+            pid = self.child()
+            theirs = _proc_status(str(pid)) if pid is not None else {}
+            self.child_anon = max(self.child_anon, theirs.get("RssAnon", 0))
+            self.child_rss = max(self.child_rss, theirs.get("VmRSS", 0))
+            self.timeline.append(
+                (
+                    round(time.monotonic() - self.began, 1),
+                    _mb(mine.get("VmRSS", 0)),
+                    _mb(mine.get("RssAnon", 0)),
+                    _mb(theirs.get("RssAnon", 0)),
+                )
+            )
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def _proc_status(pid: str) -> dict[str, int]:
+    """VmRSS, VmHWM, RssAnon, RssFile of a process, in bytes ({} if it is gone)."""
+    found: dict[str, int] = {}
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return found
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        if key in ("VmRSS", "VmHWM", "RssAnon", "RssFile"):
+            found[key] = int(rest.split()[0]) * 1024
+    return found
+
+
+def node_worker(spec: NodeSpec, progress: TextIO) -> dict[str, Any]:
+    """Start a node's PDQ index over the register and ask it near queries; in its own process."""
+    import dataclasses
+    import logging
+    import shutil
+
+    from liaison.catalog import CATALOG_V1
+    from liaison.messages import QueryRequest, Requester
+    from liaison.query import Comparator, Operation, Predicate, Query
+    from node.database import bind_schema, open_read_only
+    from node.differencing import RecentAggregates
+    from node.execute import Executor
+    from node.near import NearIndexes
+    from policies import Grant
+    from policies.model import RowFilter
+
+    name = f"    {spec.variant}, {spec.mode}"
+    gc.collect()
+    baseline = _status_bytes()["VmRSS"]
+    words: Words = np.load(spec.data, mmap_mode="r")
+    shareable = np.load(spec.shareable)
+    n = len(words)
+    _, mapping = _register_mapping()
+    state = Path(spec.state)
+    if spec.cold:
+        shutil.rmtree(state, ignore_errors=True)
+    state.mkdir(parents=True, exist_ok=True)
+    events: list[tuple[float, str, dict[str, Any]]] = []
+
+    class Recorder(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            extra = {k: v for k, v in record.__dict__.items() if k in _LOG_FIELDS}
+            events.append((time.monotonic(), record.getMessage(), extra))
+
+    node_log = logging.getLogger("liaison.node")
+    node_log.addHandler(Recorder())
+    node_log.setLevel(logging.INFO)
+    url = f"sqlite:///{spec.db}"
+
+    def start() -> tuple[Any, NearIndexes, float, float]:
+        t0 = time.perf_counter()
+        engine = open_read_only(url)
+        schema = bind_schema(engine, (mapping,), CATALOG_V1)
+        if spec.mode == "hash_only":
+            schema = {k: dataclasses.replace(v, row_key=None) for k, v in schema.items()}
+        t1 = time.perf_counter()
+        near = NearIndexes(engine, schema, refresh_s=spec.refresh_s, state_dir=state)
+        return (engine, schema), near, t1 - t0, time.perf_counter() - t1
+
+    print(
+        f"{name}: starting ({'no persisted index' if spec.cold else 'persisted index'})",
+        file=progress,
+    )
+    (engine, schema), near, bind_s, index_s = start()
+    started = {
+        "bind_s": round(bind_s, 3),
+        "index_s": round(index_s, 3),
+        "serve_s": round(bind_s + index_s, 3),
+    }
+    print(f"{name}: serving after {bind_s + index_s:.1f} s", file=progress)
+    executor = Executor(
+        engine=engine,
+        transform_secret=b"\x00" * 32,
+        maps={},
+        recent=RecentAggregates(state / "aggregates.sqlite3"),
+        default_limit=100,
+        near=near,
+    )
+    grant = Grant(
+        "bench",
+        NODE_FIELDS,
+        (),
+        0,
+        100,
+        row_filters=(RowFilter("shareable", Comparator.EQ, ("true",)),),
+    )
+    who = Requester("genovia", "inv.bench", ("investigator",), "bench")
+    asked = make_queries(np.asarray(words[: min(n, 1_000_000)]), spec.queries, spec.seed)
+    hexes = hex_from_words(asked)
+
+    def ask(value: str) -> tuple[float, dict[str, Any]]:
+        query = Query(
+            NODE_DATASET,
+            Operation.RECORDS,
+            (Predicate("pdq", Comparator.NEAR, (value,), THRESHOLD),),
+            fields=NODE_FIELDS,
+            limit=100,
+        )
+        request = QueryRequest(
+            "q",
+            "gw",
+            0,
+            1,
+            b"\x00" * 16,
+            ("bench",),
+            who,
+            "csam-investigation",
+            "C-1",
+            CATALOG_V1.version,
+            query,
+        )
+        t0 = time.perf_counter_ns()
+        answer = executor.run(schema[NODE_DATASET], query, grant, request, 0)
+        took = (time.perf_counter_ns() - t0) / 1e6
+        if not isinstance(answer, dict):
+            raise BenchFailed(f"the node refused a near query: {answer}")
+        return took, answer
+
+    for value in hexes[:WARMUP]:
+        ask(value)
+    steady = [ask(value)[0] for value in hexes]
+    # Exactness: answers against a scan of every row (shareable ones are released).
+    checked = _check_answers(
+        words, shareable, asked[:NODE_CHECKED], [ask(v)[1] for v in hexes[:NODE_CHECKED]]
+    )
+    status = _proc_status("self")
+    result: dict[str, Any] = {
+        "variant": spec.variant,
+        "mode": spec.mode,
+        "cold": spec.cold,
+        "rows": n,
+        "start": started,
+        "steady": _stats_ms(steady),
+        "exact": checked,
+        "steady_rss_mb": _mb(status.get("VmRSS", 0) - baseline),
+        "steady_anon_mb": _mb(status.get("RssAnon", 0)),
+        "steady_file_mb": _mb(status.get("RssFile", 0)),
+        "index": {"entries": near.index(NODE_DATASET, "pdq").size},  # type: ignore[union-attr]
+    }
+    print(
+        f"{name}: steady p50 {result['steady']['p50_ms']:.2f} ms, "
+        f"p99 {result['steady']['p99_ms']:.2f} ms",
+        file=progress,
+    )
+    if spec.mode == "hash_only" or spec.window_s <= 0:
+        near.close()
+        return result
+    # Restart from the persisted index.
+    near.close()
+    engine.dispose()
+    (engine, schema), near, bind_s, index_s = start()
+    executor.near = near
+    executor.engine = engine
+    result["restart"] = {
+        "bind_s": round(bind_s, 3),
+        "index_s": round(index_s, 3),
+        "serve_s": round(bind_s + index_s, 3),
+    }
+    print(f"{name}: restarted, serving after {bind_s + index_s:.2f} s", file=progress)
+    for value in hexes[:WARMUP]:
+        ask(value)
+    result.update(_maintenance_window(spec, near, ask, hexes, events, baseline, progress))
+    window, memory = result["window"], result["memory"]
+    print(
+        f"{name}: during maintenance p50 {window['all']['p50_ms']:.2f} ms, p99 "
+        f"{window['all']['p99_ms']:.2f} ms; memory peak {memory['peak_rss_mb']:,.0f} MB over "
+        f"steady {memory['steady_rss_mb']:,.0f} MB",
+        file=progress,
+    )
+    near.close()
+    return result
+
+
+_LOG_FIELDS = ("added", "removed", "entries", "delta", "tombstones", "seconds", "segment", "reason")
+
+
+def _check_answers(
+    words: Words, shareable: npt.NDArray[np.bool_], asked: Words, answers: list[dict[str, Any]]
+) -> dict[str, Any]:
+    scan = NumpyScan()
+    scan.build(np.asarray(words))
+    missed = extra = pairs = 0
+    for query, answer in zip(asked, answers, strict=True):
+        hits = scan.scan(query)
+        hits = hits[shareable[hits]]
+        want = sorted(
+            (h, str(int(np.bitwise_count(words[i] ^ query).sum())))
+            for i, h in zip(hits.tolist(), hex_from_words(np.asarray(words)[hits]), strict=True)
+        )
+        got = sorted((row[0], row[1]) for row in answer["rows"])
+        pairs += len(want)
+        missed += len(set(want) - set(got))
+        extra += len(set(got) - set(want))
+    return {"queries": len(asked), "rows": pairs, "missed": missed, "extra": extra}
+
+
+def _maintenance_window(
+    spec: NodeSpec,
+    near: Any,
+    ask: Callable[[str], tuple[float, dict[str, Any]]],
+    hexes: list[str],
+    events: list[tuple[float, str, dict[str, Any]]],
+    baseline: int,
+    progress: TextIO,
+) -> dict[str, Any]:
+    """Queries while the agency writes, the index follows, and a compaction runs."""
+    media, _ = _register_mapping()
+    index = near.index(NODE_DATASET, "pdq")
+    folder = Path(spec.state)
+    stop = folder / "writer.stop"
+    stop.unlink(missing_ok=True)
+    log_path = folder / "writer.jsonl"
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            _WRITER_CODE,
+            spec.db,
+            media.table.name,
+            media.columns["pdq"],
+            media.columns["category"],
+            media.columns["shareable"],
+            str(len(np.load(spec.shareable, mmap_mode="r"))),
+            str(spec.writer_seed),
+            str(WRITER_STEP_S),
+            str(WRITER_INSERTS),
+            str(WRITER_DELETES),
+            str(WRITER_UPDATES),
+            str(log_path),
+            str(stop),
+        ],
+    )
+    steady_rss = _proc_status("self").get("VmRSS", 0)
+    _reset_peak()
+    sampler = _Sampler()
+
+    def child() -> int | None:
+        job = index.compaction
+        proc = getattr(job, "_proc", None) if job is not None else None
+        return None if proc is None or proc.poll() is not None else int(proc.pid)
+
+    sampler.child = child
+    print(
+        f"    maintenance: {spec.window_s:.0f} s of queries while the table changes "
+        f"(refresh every {spec.refresh_s:g} s, a compaction after {NODE_COMPACT_AFTER_S:g} s)",
+        file=progress,
+    )
+    began = time.monotonic()
+    near.start()
+    samples: list[tuple[float, float, bool, bool]] = []
+    compacting_since: float | None = None
+    i = 0
+    while time.monotonic() - began < spec.window_s:
+        now = time.monotonic() - began
+        if compacting_since is None and now >= min(NODE_COMPACT_AFTER_S, spec.window_s / 3):
+            index.compact()
+            compacting_since = now
+        job = index.compaction
+        busy = index._writer.locked()
+        took, _ = ask(hexes[i % len(hexes)])
+        samples.append((now, took, job is not None and not job.done, busy))
+        i += 1
+    stop.touch()
+    writer.wait(30)
+    job = index.compaction
+    if job is not None:
+        job.wait(600)
+    sampler.stop()
+    peak = _status_bytes()["VmHWM"]
+    # Two more rounds: every change the writer made is now past a round.
+    index.refresh(full=False)
+    index.refresh(full=False)
+    followed = _followed(near, log_path)
+    rounds = [e for e in events if e[0] >= began and e[1] == "pdq index updated"]
+    compactions = [e for e in events if e[0] >= began and e[1] == "pdq index compacted"]
+    during = [t for _, t, c, _ in samples if c]
+    busy = [t for _, t, _, b in samples if b]
+    return {
+        "window": {
+            "seconds": spec.window_s,
+            "refresh_s": spec.refresh_s,
+            "all": _stats_ms([t for _, t, _, _ in samples]),
+            "during_compaction": _stats_ms(during) if during else None,
+            "during_rounds": _stats_ms(busy) if busy else None,
+            "rounds": len(rounds),
+            "round_seconds": [e[2].get("seconds") for e in rounds],
+            "compactions": [e[2] for e in compactions],
+            "writer": {
+                "inserts_per_s": WRITER_INSERTS / WRITER_STEP_S,
+                "deletes_per_s": WRITER_DELETES / WRITER_STEP_S,
+                "updates_per_s": WRITER_UPDATES / WRITER_STEP_S,
+            },
+        },
+        "memory": {
+            "steady_rss_mb": _mb(steady_rss - baseline),
+            "peak_rss_mb": _mb(max(peak, sampler.peak_rss) - baseline),
+            "peak_over_steady": _over(
+                max(peak, sampler.peak_rss) - baseline, steady_rss - baseline
+            ),
+            "compaction_child_anon_mb": _mb(sampler.child_anon),
+            "compaction_child_rss_mb": _mb(sampler.child_rss),
+            "with_child_over_steady": _over(
+                max(peak, sampler.peak_rss) - baseline + sampler.child_anon, steady_rss - baseline
+            ),
+        },
+        "followed": followed,
+        # Every 0.2 s: seconds into the window, this process's RSS and anonymous MB,
+        # the compaction child's anonymous MB.
+        "memory_timeline": sampler.timeline,
+    }
+
+
+def _followed(near: Any, log_path: Path) -> dict[str, Any]:
+    """What the writer did, as the index sees it two rounds later."""
+    inserted: dict[int, str] = {}
+    deleted: dict[int, str] = {}
+    updated: dict[int, tuple[str, str]] = {}
+    for line in log_path.read_text().splitlines():
+        kind, key, *values = json.loads(line)
+        if kind == "insert":
+            inserted[key] = values[0]
+        elif kind == "delete":
+            inserted.pop(key, None)
+            updated.pop(key, None)
+            if values[0] is not None:
+                deleted[key] = values[0]
+        else:
+            first = updated.get(key, (values[0], values[1]))[0]
+            updated[key] = (first, values[1])
+            inserted.pop(key, None)
+    still = {k: h for k, h in deleted.items() if k not in updated}
+
+    def held(key: int, value: str) -> bool:
+        found = near.match(NODE_DATASET, "pdq", [value], 0)
+        return found.keys is not None and key in found.keys
+
+    new_found = sum(held(k, h) for k, h in inserted.items())
+    gone_found = sum(held(k, h) for k, h in still.items() if h)
+    old_found = sum(held(k, old) for k, (old, new) in updated.items() if old and old != new)
+    new_value_found = sum(held(k, new) for k, (_, new) in updated.items())
+    return {
+        "inserted": len(inserted),
+        "inserted_matched": new_found,
+        "deleted": len(still),
+        "deleted_still_in_index": gone_found,
+        "updated": len(updated),
+        "old_value_still_in_index": old_found,
+        "new_value_in_index": new_value_found,
+    }
+
+
+def node_worker_main(spec_json: str) -> int:
+    spec = NodeSpec(**json.loads(spec_json))
+    try:
+        result = node_worker(spec, sys.stderr)
+    except (LiaisonError, MemoryError) as exc:
+        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
+        return 1
+    print(json.dumps(result))
+    return 0
+
+
+_NODE_WORKER_CODE = (
+    "import sys; from liaison.bench.pdq import node_worker_main; "
+    "sys.exit(node_worker_main(sys.argv[1]))"
+)
+
+
+def _run_node_worker(spec: NodeSpec, progress: TextIO) -> dict[str, Any]:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    done = subprocess.run(
+        [sys.executable, "-c", _NODE_WORKER_CODE, json.dumps(asdict(spec))],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=progress if _has_fileno(progress) else subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    if done.stderr:
+        progress.write(done.stderr)
+    last = done.stdout.strip().splitlines()[-1:] or ["{}"]
+    try:
+        result: dict[str, Any] = json.loads(last[0])
+    except ValueError:
+        result = {}
+    if done.returncode != 0 or "error" in result:
+        why = result.get("error") or f"exit status {done.returncode} (its output is above)"
+        raise BenchFailed(f"the node worker ({spec.variant}, {spec.mode}) failed: {why}")
+    return result
+
+
+def node_section(s: Settings, progress: TextIO) -> dict[str, Any]:
+    """A node over its agency's SQLite table: start, steady queries, maintenance, restart.
+
+    Ours (keyed, persisted, incremental) and, in the same run, the previous
+    design (an index of distinct hashes rebuilt from the whole column, matches
+    fetched by hash), each without and then with an index on the PDQ column.
+    """
+    with tempfile.TemporaryDirectory(prefix="liaison-bench-pdq-node-") as tmp:
+        folder = Path(tmp)
+        db = folder / "agency.sqlite3"
+        print(f"  writing {s.node_size:,} rows into the ruritania media table", file=progress)
+        t0 = time.perf_counter()
+        words = synthetic_hashes(s.node_size, seed=s.seed + 300)
+        shareable = np.random.default_rng(s.seed + 301).random(s.node_size) < 0.9
+        np.save(folder / "data.npy", words)
+        np.save(folder / "shareable.npy", shareable)
+        _fill_register(db, words, shareable, s.seed + 302)
+        del words
+        fill_s = time.perf_counter() - t0
+        doc: dict[str, Any] = {"rows": s.node_size, "fill_s": round(fill_s, 1), "variants": {}}
+        for variant in ("no_pdq_index", "pdq_indexed"):
+            if variant == "pdq_indexed":
+                print("  creating an index on the PDQ column", file=progress)
+                doc["create_index_s"] = round(_index_pdq_column(db), 1)
+            runs: dict[str, Any] = {}
+            modes = ["keyed"] + (["hash_only"] if s.node_baseline else [])
+            for mode in modes:
+                spec = NodeSpec(
+                    db=str(db),
+                    state=str(folder / f"state-{mode}"),
+                    data=str(folder / "data.npy"),
+                    shareable=str(folder / "shareable.npy"),
+                    variant=variant,
+                    mode=mode,
+                    queries=s.node_queries if mode == "keyed" else s.node_baseline_queries,
+                    window_s=s.node_window_s if mode == "keyed" else 0.0,
+                    refresh_s=s.node_refresh_s,
+                    seed=s.seed + 303,
+                    writer_seed=s.seed + (304 if variant == "no_pdq_index" else 305),
+                    cold=variant == "no_pdq_index",
+                )
+                print(f"  {variant}: {mode}", file=progress)
+                runs[mode] = _run_node_worker(spec, progress)
+            doc["variants"][variant] = runs
+    return doc
+
+
+def _node_lines(node: Mapping[str, Any]) -> list[str]:
+    if "skipped" in node:
+        return [f"Node: skipped ({node['skipped']})", ""]
+    lines = [
+        f"One node over {node['rows']:,} rows of the ruritania media table (SQLite), a near "
+        f"query (records, one hash, t = {THRESHOLD}, row filter shareable = true) through "
+        "node.execute.Executor.run:",
+        "",
+    ]
+    rows = []
+    for variant, runs in node["variants"].items():
+        for mode, r in runs.items():
+            window = r.get("window", {})
+            during = window.get("during_compaction") or {}
+            memory = r.get("memory", {})
+            restart = r.get("restart", {})
+            rows.append(
+                [
+                    variant,
+                    "ours (keyed)" if mode == "keyed" else "previous (hash only)",
+                    f"{r['start']['serve_s']:.1f}" if r["cold"] else "",
+                    f"{restart['serve_s']:.2f}" if restart else "",
+                    f"{r['steady']['p50_ms']:.2f}",
+                    f"{r['steady']['p99_ms']:.2f}",
+                    "" if not window else f"{window['all']['p50_ms']:.2f}",
+                    "" if not window else f"{window['all']['p99_ms']:.2f}",
+                    "" if not during else f"{during['p99_ms']:.2f}",
+                    "" if not window else f"{window['all']['max_ms']:.1f}",
+                    f"{r['steady_rss_mb']:,.0f}",
+                    "" if not memory else f"{memory['peak_rss_mb']:,.0f}",
+                    "" if not memory else f"{memory['with_child_over_steady']:.2f}",
+                    f"{r['exact']['missed']}/{r['exact']['extra']}",
+                ]
+            )
+    lines += [
+        render.table(
+            [
+                "PDQ column",
+                "index",
+                "start s",
+                "restart s",
+                "p50 ms",
+                "p99 ms",
+                "maint. p50",
+                "maint. p99",
+                "compaction p99",
+                "maint. max",
+                "RSS MB",
+                "maint. peak MB",
+                "peak+child / steady",
+                "missed/extra",
+            ],
+            rows,
+        ),
+        "start s: to serving with no persisted index (bind_schema + the first build; the "
+        "previous design builds at every start); restart s: from the persisted index; "
+        "p50/p99: steady queries; maint.: queries while the agency writes (inserts, "
+        "deletes, updates), refresh rounds run and a compaction runs; RSS MB: "
+        "after the steady queries, over the worker's RSS after its imports; peak+child / steady: "
+        "the worker's peak during maintenance plus the compaction child's anonymous memory, "
+        "over steady; missed/extra: rows against a scan of every row",
+    ]
+    for variant, runs in node["variants"].items():
+        keyed = runs.get("keyed", {})
+        f = keyed.get("followed")
+        if f:
+            lines.append(
+                f"{variant}: after the window, {f['inserted_matched']}/{f['inserted']} inserted "
+                f"rows matched; {f['deleted_still_in_index']}/{f['deleted']} deleted and "
+                f"{f['old_value_still_in_index']}/{f['updated']} changed rows still offered by "
+                f"the index (re-checked in SQL, so never answered); {f['new_value_in_index']}/"
+                f"{f['updated']} changed values indexed (the sweep finds the rest)"
+            )
+    lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

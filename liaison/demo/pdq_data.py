@@ -119,3 +119,30 @@ def _flip_masks(flips: npt.NDArray[np.int64], rng: np.random.Generator) -> npt.N
         at = rows[taking], pick // 64
         masks[at] |= np.left_shift(one, (pick % 64).astype(np.uint64))
     return masks
+
+
+def planted_hashes(
+    n: int, *, seed: int, planted: float = 0.01, max_flips: int = 30
+) -> npt.NDArray[np.uint64]:
+    """``n`` uniformly random hashes, ``(n, 4)`` uint64, ``planted`` of them near-duplicates.
+
+    A planted hash is a copy of an earlier random one with 1 to ``max_flips``
+    random bits flipped, so a query near one finds both. Unlike
+    :func:`synthetic_hashes` there are no series: the substrings a
+    multi-index lookup probes are as evenly spread as hashes can be, the
+    case where it has the fewest hashes to skip. Rows are shuffled; the same
+    ``seed`` gives the same array.
+    """
+    if n < 0:
+        raise ValueError(f"n must be >= 0, got {n}")
+    if not 0.0 <= planted < 1.0:
+        raise ValueError(f"planted must be within 0..1, got {planted}")
+    rng = np.random.default_rng(seed)
+    copies = round(n * planted) if n > 1 else 0
+    words = random_hashes(n, rng)
+    sources = rng.integers(0, n - copies, size=copies) if copies else np.zeros(0, dtype=np.int64)
+    flips = rng.integers(1, max_flips, size=copies, endpoint=True)
+    for lo in range(0, copies, _CHUNK):
+        rows = slice(n - copies + lo, n - copies + min(copies, lo + _CHUNK))
+        words[rows] = words[sources[lo : lo + _CHUNK]] ^ _flip_masks(flips[lo : lo + _CHUNK], rng)
+    return np.take(words, rng.permutation(n), axis=0)
