@@ -51,6 +51,7 @@ import shutil
 import tempfile
 import threading
 import time
+import weakref
 import zipfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -105,6 +106,8 @@ VERIFY_BEFORE_SERVING = 256 << 20
 # node serves (the rest continues in the background): the first queries then
 # do not each wait for thousands of page faults.
 WARM_BEFORE_SERVING_S = 3.0
+# After a compaction, how long the new segment's pages wait for the old one to go.
+LET_GO_S = 5.0
 # A node writing unusual spellings for many hashes gets both cases asked instead.
 MAX_ALIASES = 1000
 JOURNAL = "journal.npz"
@@ -620,20 +623,31 @@ class _Keyed:
             log.warning("pdq index journal ignored", extra={**self._where(), "reason": str(exc)})
             return None
 
-    def _warm(self, base: PdqIndex, *, wait_s: float = 0.0) -> None:
-        """Fault the segment's pages in (see touch_pages), waiting up to ``wait_s`` for it."""
+    def _warm(
+        self,
+        base: PdqIndex,
+        *,
+        wait_s: float = 0.0,
+        after: weakref.ref[PdqIndex] | None = None,
+    ) -> None:
+        """Fault the segment's pages in (see touch_pages), waiting up to ``wait_s`` for it.
+
+        ``after``: a segment being replaced; its pages are let go first (queries
+        still reading it finish within milliseconds), so resident memory never
+        holds both.
+        """
 
         def wanted() -> bool:
             live: LiveIndex | None = getattr(self, "_live", None)
             return not self._closed and (live is None or live.base is base)
 
-        thread = threading.Thread(
-            target=touch_pages,
-            args=(base,),
-            kwargs={"still_wanted": wanted},
-            name="pdq-warm",
-            daemon=True,
-        )
+        def warm() -> None:
+            deadline = time.monotonic() + LET_GO_S
+            while after is not None and after() is not None and time.monotonic() < deadline:
+                time.sleep(0.01)
+            touch_pages(base, still_wanted=wanted)
+
+        thread = threading.Thread(target=warm, name="pdq-warm", daemon=True)
         thread.start()
         thread.join(wait_s)
 
@@ -1025,9 +1039,10 @@ class _Keyed:
             self._compact_after = time.monotonic() + COMPACT_RETRY_S
             return
         started = time.perf_counter()
-        self._live.finish_compaction(job.started, merged)
-        # Mapped after the old segment is let go, so the two are never both resident.
-        self._warm(merged)
+        previous = weakref.ref(self._live.base)
+        self._live.finish_compaction(job.release(), merged)
+        # Faulted in once the old segment is let go, so the two are never both resident.
+        self._warm(merged, after=previous)
         self._switch_to(name)
         self._write_journal()
         log.info(

@@ -1272,7 +1272,7 @@ class CompactionJob:
         meta: Mapping[str, Any],
         on_done: Callable[[], None] | None = None,
     ) -> None:
-        self.started = started
+        self.started: Compaction | None = started  # None once handed over (see release)
         self.out = out
         self.error: str | None = None
         self.manifest: dict[str, Any] | None = None
@@ -1299,6 +1299,18 @@ class CompactionJob:
     def wait(self, timeout: float | None = None) -> bool:
         self._thread.join(timeout)
         return self._done
+
+    def release(self) -> Compaction:
+        """What the compaction started from, for :meth:`LiveIndex.finish_compaction`.
+
+        The job then holds no view of the old segment, so the segment can be
+        unmapped as soon as the index lets it go.
+        """
+        started = self.started
+        if started is None:
+            raise ValueError("this compaction was already handed over")
+        self.started = None
+        return started
 
     def cancel(self) -> None:
         proc = self._proc

@@ -1,12 +1,16 @@
 """`python -m liaison.bench.pdq`: exact near-duplicate PDQ search, on one node and federated.
 
-From the issue: on one node holding 2.7 million and 10 million PDQ hashes,
-the index's build time, resident memory, single-query latency (p50, p99) at
-t = 31, batch throughput in queries per second, and recall against a
-brute-force scan, which must be 100%; side by side, in the same run, on the
-same data and the same queries:
+From the issues: on one node holding 2.7 million and 10 million PDQ hashes
+(structured: series of near-duplicates; and 10 million uniformly random ones
+with 1% planted near-duplicates), the index's build time, resident memory,
+single-query latency (p50, p99) at t = 31, batch throughput in queries per
+second (wall, and per CPU-second: per core), and recall against a brute-force
+scan, which must be 100%; side by side, in the same run, on the same data and
+the same queries:
 
-* ours: ``node.pdq_index.PdqIndex`` (multi-index hashing in numpy);
+* ours: ``node.pdq_index.PdqIndex`` as a node holds it: every row's (key,
+  hash) pair (multi-index hashing in numpy);
+* the previous index: distinct hashes, 12 substrings of 21-22 bits;
 * numpy scan: the fastest plain scan, the hashes as four contiguous uint64
   columns, ``np.bitwise_count(col0 ^ q0) + ...`` over cache-sized blocks, one
   query at a time. It is the brute force every answer is checked against
@@ -27,14 +31,27 @@ same baseline, so it includes the input hashes, 32 bytes each, that every
 contender is given. All of them take hex text and run on one thread
 (OMP_NUM_THREADS=1; numpy is single-threaded here anyway).
 
+Then one node over its agency's database: 10 million rows written into the
+demo's ruritania media table (SQLite; no index on its PDQ column, then with
+one), served by node.near and node.execute as a node runs them: time to serve
+from nothing and from the persisted index, near queries (records, one hash,
+a row filter) through ``Executor.run`` steadily and while a separate process
+inserts, deletes and changes rows, refresh rounds run and a compaction runs,
+memory steady and during that maintenance (the compaction child's too), and
+what the index made of the writer's changes; and, in the same run, the
+previous design (distinct hashes rebuilt from the whole column, rows fetched by
+hash) as the baseline.
+
 Then federated: the demo federation with a million PDQ hashes per node (rows
 written straight into each agency's own media table), asked a batch of
 10,000 hashes through the gateway as an investigator would
 (``liaison.cli.batch.batch_search``: chunks of 1,000, each one signed, logged,
 policy-checked request), end to end.
 
-    python -m liaison.bench.pdq [--sizes 2700000,10000000] [--queries N] [--quick]
-        [--no-threatexchange] [--federated/--no-federated] [--json]
+    python -m liaison.bench.pdq [--sizes 2700000,10000000] [--random-sizes 10000000]
+        [--queries N] [--quick] [--no-threatexchange] [--node/--no-node]
+        [--node-size N] [--node-window S] [--no-node-baseline]
+        [--federated/--no-federated] [--json]
 """
 
 from __future__ import annotations
