@@ -14,7 +14,8 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import AsyncIterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, replace
 
@@ -23,7 +24,7 @@ import grpc
 from gateway.answers import reduce_to_query, verify_answer
 from gateway.fanout import FanOut, Reply
 from liaison.catalog import Catalog
-from liaison.envelope import REQUEST_TYPE, seal
+from liaison.envelope import REQUEST_TYPE, Envelope, seal
 from liaison.errors import CatalogError, EnvelopeError, InvalidQuery, LedgerUnavailable
 from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey, outcome_entry, request_entry
@@ -35,8 +36,11 @@ from liaison.messages import (
     NodeStatus,
     QueryRequest,
     Requester,
+    SearchEvent,
     SearchInput,
     SearchResult,
+    SearchStarted,
+    SearchSummary,
 )
 from liaison.query import Query, validate_case_ref, validate_legal_basis, validate_query
 from liaison.wire import request_to_bytes
@@ -55,6 +59,27 @@ OFFERS_TTL_S = 60.0
 OFFERS_TIMEOUT_S = 0.5
 # How soon a node whose Describe failed is asked again.
 OFFERS_RETRY_S = 5.0
+# What a streamed search's summary names as "did not answer".
+NOT_ANSWERED = frozenset({NodeStatus.TIMED_OUT, NodeStatus.UNREACHABLE, NodeStatus.ERROR})
+
+
+@dataclass(frozen=True, slots=True)
+class _Begun:
+    """A search whose request is signed and logged, ready to be sent."""
+
+    request: QueryRequest
+    digest: bytes
+    envelope: Envelope
+    signed: SignedRequest
+    not_asked: tuple[NodeResult, ...]
+    # When the search came in (perf_counter), and the time its request took to log.
+    started: float
+    ledger_s: float
+
+    @property
+    def deadline_s(self) -> float:
+        request = self.request
+        return (request.expires_at_ms - request.issued_at_ms - EXPIRY_MARGIN_MS) / 1000
 
 
 @dataclass(frozen=True, slots=True)
@@ -238,7 +263,8 @@ class GatewayCore:
             legal_basis=checked.legal_basis,
         )
 
-    async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
+    async def _begin(self, requester: Requester, search: SearchInput) -> _Begun:
+        """Check, build, sign and log ``search``: everything before any node hears of it."""
         started = time.perf_counter()
         # Validate before asking any node anything, then keep the audience minimal.
         checked, skipped = await self.narrow(self.check_search(search))
@@ -259,22 +285,95 @@ class GatewayCore:
         ledger_s = time.perf_counter() - logging_started
         assert logged.checkpoint is not None  # asked for with prove=True
         proof = LedgerProof(entry, logged.index, logged.inclusion_path, logged.checkpoint.note)
-        deadline_ms = request.expires_at_ms - request.issued_at_ms - EXPIRY_MARGIN_MS
-        replies = await self.fanout.ask_all(
-            request.audience, SignedRequest(envelope, proof), deadline_ms / 1000
-        )
-        results = tuple(self._result(r, request, digest) for r in replies) + tuple(
+        not_asked = tuple(
             NodeResult(
                 n, NodeStatus.NOT_ASKED, f"not asked: does not offer {request.query.dataset!r}"
             )
             for n in skipped
         )
-        # What was released is on record before the investigator sees it.
+        return _Begun(
+            request, digest, envelope, SignedRequest(envelope, proof), not_asked, started, ledger_s
+        )
+
+    async def search(self, requester: Requester, search: SearchInput) -> SearchResult:
+        begun = await self._begin(requester, search)
+        request = begun.request
+        replies = await self.fanout.ask_all(request.audience, begun.signed, begun.deadline_s)
+        results = tuple(self._result(r, request, begun.digest) for r in replies) + begun.not_asked
+        await self._finish(requester, begun, results)
+        return SearchResult(request.query_id, request.query, results, signed_request=begun.envelope)
+
+    async def search_stream(
+        self, requester: Requester, search: SearchInput
+    ) -> AsyncIterator[SearchEvent]:
+        """As :meth:`search`, but each node's result is given as soon as it is on record.
+
+        Results that arrive while earlier ones are being written are written
+        together, in one outcome entry holding just them; the last entry holds
+        every node's result, as :meth:`search` writes it. Nothing reaches the
+        investigator that the ledger does not hold, however the stream ends.
+        """
+        begun = await self._begin(requester, search)
+        request = begun.request
+        yield SearchStarted(request.query_id, begun.envelope, request.audience)
+        for result in begun.not_asked:
+            yield result
+        arrived: list[NodeResult] = []
+        more = asyncio.Event()
+
+        async def collect() -> None:
+            try:
+                async for reply in self.fanout.replies(
+                    request.audience, begun.signed, begun.deadline_s
+                ):
+                    arrived.append(self._result(reply, request, begun.digest))
+                    more.set()
+            finally:
+                more.set()
+
+        collecting = asyncio.get_running_loop().create_task(collect())
+        by_node: dict[str, NodeResult] = {}
+        try:
+            while True:
+                if not arrived:
+                    if collecting.done():
+                        break
+                    await more.wait()
+                    more.clear()
+                    continue
+                batch = arrived[:]
+                arrived.clear()
+                await self._log(
+                    outcome_entry(
+                        query_id=request.query_id,
+                        request_digest=begun.digest,
+                        time_ms=time.time_ns() // 1_000_000,
+                        results=batch,
+                    )
+                )
+                for result in batch:
+                    by_node[result.node_id] = result
+                    yield result
+            collecting.result()  # a failure of the fan-out itself is raised here
+        finally:
+            collecting.cancel()
+        results = tuple(by_node[n] for n in request.audience if n in by_node) + begun.not_asked
+        await self._finish(requester, begun, results)
+        not_answered = tuple(r.node_id for r in results if r.status in NOT_ANSWERED)
+        yield SearchSummary(
+            request.query_id, not_answered, dict(Counter(r.status for r in results))
+        )
+
+    async def _finish(
+        self, requester: Requester, begun: _Begun, results: tuple[NodeResult, ...]
+    ) -> None:
+        """Log what became of the request at every node; only then may the investigator know."""
+        request = begun.request
         outcome_started = time.perf_counter()
         await self._log(
             outcome_entry(
                 query_id=request.query_id,
-                request_digest=digest,
+                request_digest=begun.digest,
                 time_ms=time.time_ns() // 1_000_000,
                 results=results,
             )
@@ -293,12 +392,11 @@ class GatewayCore:
                     # Time spent waiting for durable ledger writes, and in all: the
                     # operator's view of what the audit trail costs each query.
                     "ledger_ms": round(
-                        (ledger_s + time.perf_counter() - outcome_started) * 1000, 3
+                        (begun.ledger_s + time.perf_counter() - outcome_started) * 1000, 3
                     ),
-                    "total_ms": round((time.perf_counter() - started) * 1000, 3),
+                    "total_ms": round((time.perf_counter() - begun.started) * 1000, 3),
                 },
             )
-        return SearchResult(request.query_id, request.query, results, signed_request=envelope)
 
     async def _log(self, entry: bytes, *, prove: bool = False) -> Appended:
         limit_s = self.ledger.write_timeout_s + LEDGER_TIMEOUT_MARGIN_S

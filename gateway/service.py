@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import AsyncIterator
 from typing import NoReturn
 
 import grpc
@@ -12,10 +13,12 @@ from gateway.auth import TokenVerifier
 from gateway.dryrun import DryRunner
 from gateway.search import GatewayCore
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
+from liaison.messages import NodeResult, SearchResult, SearchSummary
 from liaison.metrics import GatewayMetrics
 from liaison.wire import (
     dry_run_request_from_proto,
     dry_run_result_to_proto,
+    search_event_to_proto,
     search_from_proto,
     search_result_to_proto,
 )
@@ -68,6 +71,30 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
             await _abort(context, exc)
         self.metrics.searched(result, time.perf_counter() - started)
         return search_result_to_proto(result)
+
+    async def SearchStream(
+        self,
+        request: pb_gateway.SearchRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[pb_gateway.SearchEvent]:
+        started = time.perf_counter()
+        try:
+            requester = await self.verifier.verify_async(bearer_token(context))
+            search = search_from_proto(request)
+            events = self.core.search_stream(requester, search)
+            results: list[NodeResult] = []
+            async for event in events:
+                if isinstance(event, NodeResult):
+                    results.append(event)
+                elif isinstance(event, SearchSummary):
+                    self.metrics.searched(
+                        SearchResult(event.query_id, search.query, tuple(results)),
+                        time.perf_counter() - started,
+                    )
+                yield search_event_to_proto(event)
+        except Exception as exc:
+            self.metrics.refused(error_kind(exc), time.perf_counter() - started)
+            await _abort(context, exc)
 
     async def ListNodes(
         self,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
@@ -14,11 +15,12 @@ from liaison.errors import (
     LiaisonError,
 )
 from liaison.grpc_errors import kind_name, kind_of
-from liaison.messages import DryRunResult, SearchInput, SearchResult
+from liaison.messages import DryRunResult, SearchEvent, SearchInput, SearchResult
 from liaison.serving import CHANNEL_OPTIONS
 from liaison.wire import (
     dry_run_request_to_proto,
     dry_run_result_from_proto,
+    search_event_from_proto,
     search_result_from_proto,
     search_to_proto,
 )
@@ -100,6 +102,32 @@ def search(
         except grpc.RpcError as exc:
             raise _refused(exc, address, "search") from exc
     return search_result_from_proto(response, search_input.query)
+
+
+def search_stream(
+    address: str,
+    token: str,
+    search_input: SearchInput,
+    timeout_s: float = 30,
+    tls_ca: Path | None = None,
+) -> Iterator[SearchEvent]:
+    """As :func:`search`, but yield each event of the search as the gateway sends it.
+
+    First a SearchStarted, then one NodeResult per agency as its answer is in
+    (and in the gateway's ledger), then a SearchSummary. Errors are those of
+    :func:`search`, raised when they happen, possibly after some results.
+    """
+    with _channel(address, tls_ca) as channel:
+        stub = pb_gateway_grpc.GatewayServiceStub(channel)
+        try:
+            for message in stub.SearchStream(
+                search_to_proto(search_input),
+                metadata=(("authorization", f"Bearer {token}"),),
+                timeout=timeout_s,
+            ):
+                yield search_event_from_proto(message)
+        except grpc.RpcError as exc:
+            raise _refused(exc, address, "search") from exc
 
 
 def dry_run(

@@ -163,6 +163,31 @@ class SearchResult:
 
 
 @dataclass(frozen=True, slots=True)
+class SearchStarted:
+    """A streamed search's first event: the request is logged and on its way."""
+
+    query_id: str
+    signed_request: Envelope | None
+    # The nodes asked, as the signed request's audience lists them.
+    asked: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class SearchSummary:
+    """A streamed search's last event: every node's outcome is in the ledger."""
+
+    query_id: str
+    # Nodes asked that gave no answer (timed out, unreachable, error), in audience order.
+    not_answered: tuple[str, ...]
+    counts: dict[NodeStatus, int]
+
+
+# What a streamed search sends, in order: one SearchStarted, one NodeResult
+# per node, one SearchSummary.
+SearchEvent = SearchStarted | NodeResult | SearchSummary
+
+
+@dataclass(frozen=True, slots=True)
 class DryRunNodeResult:
     """What one node's published policy would decide, without asking its data."""
 

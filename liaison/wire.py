@@ -27,8 +27,11 @@ from liaison.messages import (
     QueryAnswer,
     QueryRequest,
     Requester,
+    SearchEvent,
     SearchInput,
     SearchResult,
+    SearchStarted,
+    SearchSummary,
 )
 from liaison.query import MAX_NEAR_DISTANCE, Comparator, Operation, Predicate, Query
 from proto.liaison.v1 import envelope_pb2 as pb_envelope
@@ -351,24 +354,41 @@ def search_from_proto(message: pb_gateway.SearchRequest) -> SearchInput:
     )
 
 
+def _node_result_parts(r: NodeResult) -> dict[str, Any]:
+    # Only the parts present, each passed once (no empty part made, then filled).
+    parts: dict[str, Any] = {
+        "node_id": r.node_id,
+        "status": _NODE_STATUS[r.status],
+        "detail": r.detail,
+        "latency_ms": r.latency_ms,
+        "answer_digest": r.answer_digest,
+    }
+    if r.answer is not None:
+        parts["answer"] = answer_to_proto(r.answer)
+    if r.signed_answer is not None:
+        parts["signed_answer"] = envelope_to_proto(r.signed_answer)
+    return parts
+
+
+def _node_result_from_proto(r: pb_gateway.NodeResult) -> NodeResult:
+    return NodeResult(
+        node_id=r.node_id,
+        status=_NODE_STATUS_BACK.get(r.status, NodeStatus.ERROR),
+        detail=r.detail,
+        latency_ms=r.latency_ms,
+        answer=answer_from_proto(r.answer) if r.HasField("answer") else None,
+        answer_digest=r.answer_digest,
+        signed_answer=(
+            envelope_from_proto(r.signed_answer) if r.HasField("signed_answer") else None
+        ),
+    )
+
+
 def search_result_to_proto(result: SearchResult) -> pb_gateway.SearchResponse:
     out = pb_gateway.SearchResponse(query_id=result.query_id)
     add = out.results.add
     for r in result.results:
-        # Only the parts present, each passed once (no empty part made, then filled).
-        parts: dict[str, Any] = {}
-        if r.answer is not None:
-            parts["answer"] = answer_to_proto(r.answer)
-        if r.signed_answer is not None:
-            parts["signed_answer"] = envelope_to_proto(r.signed_answer)
-        add(
-            node_id=r.node_id,
-            status=_NODE_STATUS[r.status],
-            detail=r.detail,
-            latency_ms=r.latency_ms,
-            answer_digest=r.answer_digest,
-            **parts,
-        )
+        add(**_node_result_parts(r))
     if result.signed_request is not None:
         out.signed_request.CopyFrom(envelope_to_proto(result.signed_request))
     return out
@@ -378,26 +398,58 @@ def search_result_from_proto(message: pb_gateway.SearchResponse, query: Query) -
     return SearchResult(
         query_id=message.query_id,
         query=query,
-        results=tuple(
-            NodeResult(
-                node_id=r.node_id,
-                status=_NODE_STATUS_BACK.get(r.status, NodeStatus.ERROR),
-                detail=r.detail,
-                latency_ms=r.latency_ms,
-                answer=answer_from_proto(r.answer) if r.HasField("answer") else None,
-                answer_digest=r.answer_digest,
-                signed_answer=(
-                    envelope_from_proto(r.signed_answer) if r.HasField("signed_answer") else None
-                ),
-            )
-            for r in message.results
-        ),
+        results=tuple(_node_result_from_proto(r) for r in message.results),
         signed_request=(
             envelope_from_proto(message.signed_request)
             if message.HasField("signed_request")
             else None
         ),
     )
+
+
+def search_event_to_proto(event: SearchEvent) -> pb_gateway.SearchEvent:
+    if isinstance(event, NodeResult):
+        return pb_gateway.SearchEvent(result=pb_gateway.NodeResult(**_node_result_parts(event)))
+    out = pb_gateway.SearchEvent()
+    if isinstance(event, SearchStarted):
+        out.started.query_id = event.query_id
+        out.started.asked.extend(event.asked)
+        if event.signed_request is not None:
+            out.started.signed_request.CopyFrom(envelope_to_proto(event.signed_request))
+    else:
+        out.summary.query_id = event.query_id
+        out.summary.not_answered.extend(event.not_answered)
+        for status, n in event.counts.items():
+            out.summary.counts[status.value] = n
+    return out
+
+
+def search_event_from_proto(message: pb_gateway.SearchEvent) -> SearchEvent:
+    """One event of a streamed search; WireError for an event of no known kind."""
+    kind = message.WhichOneof("event")
+    if kind == "result":
+        return _node_result_from_proto(message.result)
+    if kind == "started":
+        started = message.started
+        return SearchStarted(
+            query_id=started.query_id,
+            signed_request=(
+                envelope_from_proto(started.signed_request)
+                if started.HasField("signed_request")
+                else None
+            ),
+            asked=tuple(started.asked),
+        )
+    if kind == "summary":
+        summary = message.summary
+        counts: dict[NodeStatus, int] = {}
+        for name, n in summary.counts.items():
+            try:
+                counts[NodeStatus(name)] = n
+            except ValueError:
+                raise MalformedMessage(f"the gateway counted an unknown status {name!r}") from None
+        return SearchSummary(summary.query_id, tuple(summary.not_answered), counts)
+    raise MalformedMessage("the gateway sent an event of no known kind; upgrade liaison")
 
 
 def dry_run_request_to_proto(search: SearchInput) -> pb_gateway.DryRunRequest:

@@ -131,6 +131,13 @@ def add_query(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     p.add_argument(
         "--federation", type=Path, help="a demo folder: take gateway address and token from it"
     )
+    p.add_argument(
+        "--stream",
+        action="store_true",
+        help="print each agency's answer as it arrives (each is in the gateway's ledger "
+        "before it is sent), then who did not answer; with --json, one line per answer, "
+        "then the whole search",
+    )
     add_verify_args(p)
     p.add_argument("--json", action="store_true", help="print JSON (see --schema)")
 
@@ -214,6 +221,11 @@ def cmd_query(args: argparse.Namespace) -> int:
             "--image and --hashes ask --match (which chunks hold a hit) or --fields (which "
             "hashes are held); counts of chunks do not add up"
         )
+    if args.stream and (batch or args.dry_run):
+        raise UsageError(
+            "--stream shows one search's answers as they come; leave out "
+            "--dry-run, --image and --hashes"
+        )
     if args.dry_run and args.verify:
         raise UsageError("--dry-run releases no answers, so there is nothing to --verify")
     template = SearchInput(
@@ -258,6 +270,12 @@ def _ask(
             print(render.render_dry_run(dry, args.purpose, args.case_ref))
         return outcome(
             NodeStatus.ANSWERED if r.decision is not None else NodeStatus.ERROR for r in dry.results
+        )
+    if args.stream:
+        from liaison.cli.stream_query import ask_streamed
+
+        return ask_streamed(
+            gateway, token, search, verification, as_json=args.json, tls_ca=args.tls_ca
         )
     result, check = verification.search(gateway, token, search, tls_ca=args.tls_ca)
     if check is not None:

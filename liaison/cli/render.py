@@ -15,7 +15,10 @@ from liaison.messages import (
     NodeResult,
     NodeStatus,
     QueryAnswer,
+    SearchInput,
     SearchResult,
+    SearchStarted,
+    SearchSummary,
 )
 from liaison.query import Comparator, Operation, Predicate, Query
 
@@ -26,7 +29,7 @@ UNVERIFIED = "UNVERIFIED"
 
 if TYPE_CHECKING:
     # Type names only: rendering never runs policy code.
-    from liaison.answer_check import AnswerCheck
+    from liaison.answer_check import AnswerCheck, NodeCheck
     from policies.analysis import Explanation, Finding
     from policies.cases import CaseResult
     from policies.engine import PolicyDecision
@@ -176,6 +179,57 @@ def render_result(
         ]
         parts += [f"  {node}" for node in failed.values()]
     return "\n".join(parts)
+
+
+def stream_header(started: SearchStarted, search: SearchInput) -> str:
+    """The first lines of a streamed search, before any agency has answered."""
+    return (
+        f"query {started.query_id}\n  {describe_query(search.query)}\n"
+        f"  purpose {search.purpose}, case {search.case_ref}\n"
+        f"  asked {len(started.asked)} agencies; answers as they arrive:\n"
+    )
+
+
+def stream_line(result: NodeResult, query: Query, node: NodeCheck | None) -> str:
+    """One agency's answer in a streamed search, as it arrives (with what it released)."""
+    from liaison.answer_check import Verdict
+
+    failed = node is not None and node.verdict is Verdict.FAILED
+    status = result.status.value
+    if node is not None and node.verdict is Verdict.UNVERIFIABLE and result.answer is not None:
+        status += f", {UNVERIFIED}"
+    answer = NOT_VERIFIED if failed else _summary(result, query.operation)
+    rules = ", ".join(result.answer.decision.rules) if result.answer and not failed else ""
+    check = f"  [{node.verdict.value}]" if node is not None else ""
+    line = (
+        f"  {result.node_id:<14} {status:<12} {answer}"
+        + (f"  (rule {rules})" if rules else "")
+        + f"  {result.latency_ms:.1f} ms{check}"
+    )
+    a = result.answer
+    if failed or a is None or result.status is not NodeStatus.ANSWERED:
+        return line
+    if query.operation is Operation.RECORDS and a.rows:
+        rows = [[c if c is not None else "" for c in row] for row in a.rows]
+        return line + "\n" + table(list(a.fields), rows, indent="      ")
+    if query.operation is Operation.COUNT_BY and a.buckets:
+        cells = [[b.key if b.key is not None else "(none)", _cell(b)] for b in a.buckets]
+        return line + "\n" + table([query.group_by or "", "count"], cells, indent="      ")
+    return line
+
+
+def stream_summary(result: SearchResult, summary: SearchSummary) -> str:
+    """The closing lines of a streamed search: how many answered, and who did not."""
+    asked = [r for r in result.results if r.status is not NodeStatus.NOT_ASKED]
+    answered = sum(1 for r in asked if r.status is NodeStatus.ANSWERED)
+    text = f"\n{answered} of {len(asked)} agencies asked answered"
+    by_node = {r.node_id: r for r in result.results}
+    if summary.not_answered:
+        missing = [
+            f"{n} ({by_node[n].status.value})" if n in by_node else n for n in summary.not_answered
+        ]
+        text += f"; no answer from {', '.join(missing)}"
+    return text + "."
 
 
 def _unverified(result: SearchResult, check: AnswerCheck | None) -> list[str]:

@@ -70,6 +70,43 @@ class SearchResponse(_message.Message):
     signed_request: _envelope_pb2.Envelope
     def __init__(self, query_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[NodeResult, _Mapping]]] = ..., signed_request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
+class SearchEvent(_message.Message):
+    __slots__ = ("started", "result", "summary")
+    STARTED_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    SUMMARY_FIELD_NUMBER: _ClassVar[int]
+    started: SearchStarted
+    result: NodeResult
+    summary: SearchSummary
+    def __init__(self, started: _Optional[_Union[SearchStarted, _Mapping]] = ..., result: _Optional[_Union[NodeResult, _Mapping]] = ..., summary: _Optional[_Union[SearchSummary, _Mapping]] = ...) -> None: ...
+
+class SearchStarted(_message.Message):
+    __slots__ = ("query_id", "signed_request", "asked")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ASKED_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    signed_request: _envelope_pb2.Envelope
+    asked: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, query_id: _Optional[str] = ..., signed_request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ..., asked: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class SearchSummary(_message.Message):
+    __slots__ = ("query_id", "not_answered", "counts")
+    class CountsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: int
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[int] = ...) -> None: ...
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_ANSWERED_FIELD_NUMBER: _ClassVar[int]
+    COUNTS_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    not_answered: _containers.RepeatedScalarFieldContainer[str]
+    counts: _containers.ScalarMap[str, int]
+    def __init__(self, query_id: _Optional[str] = ..., not_answered: _Optional[_Iterable[str]] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
+
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

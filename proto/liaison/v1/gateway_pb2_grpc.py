@@ -41,6 +41,11 @@ class GatewayServiceStub:
                 request_serializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
                 _registered_method=True)
+        self.SearchStream = channel.unary_stream(
+                '/liaison.v1.GatewayService/SearchStream',
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchEvent.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/liaison.v1.GatewayService/ListNodes',
                 request_serializer=liaison_dot_v1_dot_gateway__pb2.ListNodesRequest.SerializeToString,
@@ -60,6 +65,17 @@ class GatewayServiceServicer:
 
     def Search(self, request, context):
         """Ask every node (or the named ones) at once.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def SearchStream(self, request, context):
+        """Ask as Search does, and hear each node's verified result as it arrives:
+        one SearchStarted, then one NodeResult per node (nodes not asked first,
+        then the others in the order they answer), then one SearchSummary. Each
+        result is in the gateway's ledger before it is sent, and the summary only
+        once the outcome of every node is.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -87,6 +103,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.Search,
                     request_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_gateway__pb2.SearchResponse.SerializeToString,
+            ),
+            'SearchStream': grpc.unary_stream_rpc_method_handler(
+                    servicer.SearchStream,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.SearchEvent.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -128,6 +149,33 @@ class GatewayService:
             '/liaison.v1.GatewayService/Search',
             liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
             liaison_dot_v1_dot_gateway__pb2.SearchResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchStream(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/liaison.v1.GatewayService/SearchStream',
+            liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.SearchEvent.FromString,
             options,
             channel_credentials,
             insecure,
