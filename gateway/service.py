@@ -10,12 +10,15 @@ from typing import NoReturn
 import grpc
 
 from gateway.auth import TokenVerifier
+from gateway.batch import run_batch
 from gateway.dryrun import DryRunner
 from gateway.search import GatewayCore
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
-from liaison.messages import NodeResult, SearchResult, SearchSummary
+from liaison.messages import BatchHeader, NodeResult, SearchResult, SearchSummary
 from liaison.metrics import GatewayMetrics
 from liaison.wire import (
+    batch_chunk_to_proto,
+    batch_part_from_proto,
     dry_run_request_from_proto,
     dry_run_result_to_proto,
     search_event_to_proto,
@@ -92,6 +95,26 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
                         time.perf_counter() - started,
                     )
                 yield search_event_to_proto(event)
+        except Exception as exc:
+            self.metrics.refused(error_kind(exc), time.perf_counter() - started)
+            await _abort(context, exc)
+
+    async def SearchBatch(
+        self,
+        request_iterator: AsyncIterator[pb_gateway.BatchPart],
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> AsyncIterator[pb_gateway.BatchChunkResult]:
+        started = time.perf_counter()
+
+        async def parts() -> AsyncIterator[BatchHeader | tuple[str, ...]]:
+            async for message in request_iterator:
+                yield batch_part_from_proto(message)
+
+        try:
+            requester = await self.verifier.verify_async(bearer_token(context))
+            async for chunk in run_batch(self.core, requester, parts()):
+                self.metrics.searched(chunk.result, time.perf_counter() - started)
+                yield batch_chunk_to_proto(chunk)
         except Exception as exc:
             self.metrics.refused(error_kind(exc), time.perf_counter() - started)
             await _abort(context, exc)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 
 import grpc
@@ -15,9 +16,19 @@ from liaison.errors import (
     LiaisonError,
 )
 from liaison.grpc_errors import kind_name, kind_of
-from liaison.messages import DryRunResult, SearchEvent, SearchInput, SearchResult
+from liaison.messages import (
+    BatchChunkResult,
+    BatchHeader,
+    DryRunResult,
+    SearchEvent,
+    SearchInput,
+    SearchResult,
+)
+from liaison.query import Predicate
 from liaison.serving import CHANNEL_OPTIONS
 from liaison.wire import (
+    batch_header_to_proto,
+    batch_values_to_proto,
     dry_run_request_to_proto,
     dry_run_result_from_proto,
     search_event_from_proto,
@@ -128,6 +139,65 @@ def search_stream(
                 yield search_event_from_proto(message)
         except grpc.RpcError as exc:
             raise _refused(exc, address, "search") from exc
+
+
+# Values per message of a batch's stream: far inside gRPC's message size limit.
+BATCH_MESSAGE_VALUES = 1000
+
+
+def search_batch(
+    address: str,
+    token: str,
+    search_input: SearchInput,
+    predicate: Predicate,
+    *,
+    chunk_size: int = 0,
+    timeout_s: float = 3600,
+    tls_ca: Path | None = None,
+) -> Iterator[BatchChunkResult]:
+    """Ask about every value of ``predicate`` in one batch call; yield each chunk's result.
+
+    ``search_input`` is what every chunk asks; each adds ``predicate`` with
+    its own values (the gateway cuts them into chunks of ``chunk_size``, 0:
+    its largest). Results come as chunks finish, not in order; each carries
+    the query it answers. Errors are those of :func:`search`.
+    """
+    values = list(dict.fromkeys(predicate.values))
+    header = BatchHeader(search_input, replace(predicate, values=()), chunk_size, len(values))
+
+    def parts() -> Iterator[pb_gateway.BatchPart]:
+        yield batch_header_to_proto(header)
+        for i in range(0, len(values), BATCH_MESSAGE_VALUES):
+            yield batch_values_to_proto(values[i : i + BATCH_MESSAGE_VALUES])
+
+    with _channel(address, tls_ca) as channel:
+        stub = pb_gateway_grpc.GatewayServiceStub(channel)
+        try:
+            for message in stub.SearchBatch(
+                parts(), metadata=(("authorization", f"Bearer {token}"),), timeout=timeout_s
+            ):
+                first, count = message.first_value, message.value_count
+                chunk_values = tuple(values[first : first + count])
+                if len(chunk_values) != count or not count:
+                    raise LiaisonError(
+                        f"the gateway answered chunk {message.chunk} for values "
+                        f"{first}..{first + count} of a batch of {len(values)}"
+                    )
+                query = replace(
+                    search_input.query,
+                    predicates=(
+                        *search_input.query.predicates,
+                        replace(predicate, values=chunk_values),
+                    ),
+                )
+                yield BatchChunkResult(
+                    message.chunk,
+                    first,
+                    count,
+                    search_result_from_proto(message.result, query),
+                )
+        except grpc.RpcError as exc:
+            raise _refused(exc, address, "batch") from exc
 
 
 def dry_run(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 
 from liaison.envelope import Envelope
-from liaison.query import Query
+from liaison.query import Predicate, Query
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,6 +185,29 @@ class SearchSummary:
 # What a streamed search sends, in order: one SearchStarted, one NodeResult
 # per node, one SearchSummary.
 SearchEvent = SearchStarted | NodeResult | SearchSummary
+
+
+@dataclass(frozen=True, slots=True)
+class BatchHeader:
+    """A batch's first message: what every chunk asks, and the predicate its values go in."""
+
+    search: SearchInput
+    # Without values: each chunk adds its own.
+    predicate: Predicate
+    chunk_size: int
+    # How many values follow, duplicates included.
+    value_count: int
+
+
+@dataclass(frozen=True, slots=True)
+class BatchChunkResult:
+    """What the federation said about one chunk of a batch's values."""
+
+    chunk: int
+    # Where the chunk's values start among the batch's (duplicates dropped), and how many.
+    first_value: int
+    value_count: int
+    result: SearchResult
 
 
 @dataclass(frozen=True, slots=True)

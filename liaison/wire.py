@@ -6,6 +6,7 @@ mistaken for the domain types of the same name.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -16,6 +17,8 @@ from liaison.keys import KeyId
 from liaison.ledger.logged import LedgerProof, SignedRequest
 from liaison.messages import (
     AnswerStatus,
+    BatchChunkResult,
+    BatchHeader,
     Bucket,
     Count,
     Decision,
@@ -117,19 +120,28 @@ def query_to_proto(query: Query) -> pb_query.Query:
     return pb_query.Query(
         dataset=query.dataset,
         operation=_OPERATIONS[query.operation],
-        predicates=[
-            pb_query.Predicate(
-                field=p.field,
-                comparator=_COMPARATORS[p.comparator],
-                values=list(p.values),
-                max_distance=p.max_distance,
-            )
-            for p in query.predicates
-        ],
+        predicates=[predicate_to_proto(p) for p in query.predicates],
         fields=list(query.fields),
         group_by=query.group_by or "",
         limit=query.limit,
     )
+
+
+def predicate_to_proto(p: Predicate) -> pb_query.Predicate:
+    return pb_query.Predicate(
+        field=p.field,
+        comparator=_COMPARATORS[p.comparator],
+        values=list(p.values),
+        max_distance=p.max_distance,
+    )
+
+
+def predicate_from_proto(p: pb_query.Predicate) -> Predicate:
+    comparator = _COMPARATORS_BACK.get(p.comparator)
+    if comparator is None:
+        raise InvalidQuery(f"predicate on {p.field!r} names no comparator (eq, in, gte, lte, near)")
+    distance = p.max_distance if p.HasField("max_distance") else None
+    return Predicate(p.field, comparator, tuple(p.values), distance)
 
 
 def query_from_proto(message: pb_query.Query) -> Query:
@@ -137,19 +149,10 @@ def query_from_proto(message: pb_query.Query) -> Query:
     operation = _OPERATIONS_BACK.get(message.operation)
     if operation is None:
         raise InvalidQuery("the query names no operation (match, count, count_by or records)")
-    predicates = []
-    for p in message.predicates:
-        comparator = _COMPARATORS_BACK.get(p.comparator)
-        if comparator is None:
-            raise InvalidQuery(
-                f"predicate on {p.field!r} names no comparator (eq, in, gte, lte, near)"
-            )
-        distance = p.max_distance if p.HasField("max_distance") else None
-        predicates.append(Predicate(p.field, comparator, tuple(p.values), distance))
     return Query(
         dataset=message.dataset,
         operation=operation,
-        predicates=tuple(predicates),
+        predicates=tuple(predicate_from_proto(p) for p in message.predicates),
         fields=tuple(message.fields),
         group_by=message.group_by or None,
         limit=message.limit,
@@ -450,6 +453,46 @@ def search_event_from_proto(message: pb_gateway.SearchEvent) -> SearchEvent:
                 raise MalformedMessage(f"the gateway counted an unknown status {name!r}") from None
         return SearchSummary(summary.query_id, tuple(summary.not_answered), counts)
     raise MalformedMessage("the gateway sent an event of no known kind; upgrade liaison")
+
+
+def batch_header_to_proto(header: BatchHeader) -> pb_gateway.BatchPart:
+    return pb_gateway.BatchPart(
+        header=pb_gateway.BatchHeader(
+            search=search_to_proto(header.search),
+            predicate=predicate_to_proto(header.predicate),
+            chunk_size=header.chunk_size,
+            value_count=header.value_count,
+        )
+    )
+
+
+def batch_values_to_proto(values: Sequence[str]) -> pb_gateway.BatchPart:
+    return pb_gateway.BatchPart(values=pb_gateway.BatchValues(values=values))
+
+
+def batch_part_from_proto(message: pb_gateway.BatchPart) -> BatchHeader | tuple[str, ...]:
+    """A batch's header, or the values of one of its later messages."""
+    kind = message.WhichOneof("part")
+    if kind == "values":
+        return tuple(message.values.values)
+    if kind == "header":
+        header = message.header
+        return BatchHeader(
+            search_from_proto(header.search),
+            predicate_from_proto(header.predicate),
+            header.chunk_size,
+            header.value_count,
+        )
+    raise InvalidQuery("a batch message holds neither a header nor values")
+
+
+def batch_chunk_to_proto(chunk: BatchChunkResult) -> pb_gateway.BatchChunkResult:
+    return pb_gateway.BatchChunkResult(
+        chunk=chunk.chunk,
+        first_value=chunk.first_value,
+        value_count=chunk.value_count,
+        result=search_result_to_proto(chunk.result),
+    )
 
 
 def dry_run_request_to_proto(search: SearchInput) -> pb_gateway.DryRunRequest:

@@ -1,8 +1,9 @@
 """Seized-device triage: thousands of hashes asked of every agency, in chunks.
 
-A device's hashes (up to 100,000) go out as federated searches of at most
-``CHUNK`` values each, so every message stays far inside gRPC's size limit
-and every chunk is one signed, logged request like any other: the gateway's
+A device's hashes (up to 100,000) go to the gateway in one batch call, which
+asks the federation about them in chunks of at most ``CHUNK`` values, so
+every request stays far inside gRPC's size limit and every chunk is one
+signed, logged request like any other: the gateway's
 ledger records each with its selectors as keyed hashes, and each node's
 policy, rate limits and receipts apply to it. The answers are merged per
 agency: which of the asked values matched, with what the policy releases.
@@ -11,7 +12,6 @@ agency: which of the asked values matched, with what the policy releases.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +25,6 @@ from liaison.query import MAX_IN_VALUES, Comparator, Predicate
 
 MAX_BATCH_VALUES = 100_000
 CHUNK = MAX_IN_VALUES
-DEFAULT_CONCURRENCY = 4
 
 Progress = Callable[[int, int], None]
 NO_VERIFICATION = "not asked to verify"
@@ -139,13 +138,15 @@ def batch_search(
     template: SearchInput,
     predicate: Predicate,
     *,
-    concurrency: int = DEFAULT_CONCURRENCY,
     chunk_size: int = CHUNK,
     on_progress: Progress | None = None,
     tls_ca: Path | None = None,
     verification: Verification | None = None,
 ) -> BatchResult:
     """Ask ``template`` once per chunk of ``predicate``'s values, merged per agency.
+
+    The values go to the gateway in one batch call, which cuts them into
+    chunks and asks the federation about each (``gateway.batch``).
 
     With ``verification`` on, each chunk's result is checked against the
     request of that chunk; a chunk an agency's answer FAILED for is left out
@@ -173,23 +174,30 @@ def batch_search(
         distance=predicate.max_distance,
         not_checked="" if verification.on else verification.source,
     )
+    from liaison import client
+    from liaison.answer_check import SearchWindow, now_ms
+
+    sent = now_ms()
     done = 0
-
-    def ask(part: tuple[str, ...]) -> tuple[SearchResult, AnswerCheck | None]:
-        query = replace(
-            template.query,
-            predicates=(*template.query.predicates, replace(predicate, values=part)),
-        )
+    ids: dict[int, str] = {}
+    for chunk in client.search_batch(
+        address,
+        token,
+        template,
+        replace(predicate, values=tuple(values)),
+        chunk_size=chunk_size,
+        tls_ca=tls_ca,
+    ):
         # Each chunk is a request of its own: checked against its own input.
-        search = replace(template, query=query)
-        return verification.search(address, token, search, tls_ca=tls_ca)
-
-    with ThreadPoolExecutor(max_workers=max(1, concurrency)) as pool:
-        for part, (searched, check) in zip(parts, pool.map(ask, parts), strict=True):
-            _merge(result, searched, check)
-            done += len(part)
-            if on_progress is not None:
-                on_progress(done, len(values))
+        asked = replace(template, query=chunk.result.query)
+        check = verification.check(chunk.result, asked, SearchWindow(sent, now_ms()))
+        _merge(result, chunk.result, check)
+        ids[chunk.chunk] = chunk.result.query_id
+        done += chunk.value_count
+        if on_progress is not None:
+            on_progress(done, len(values))
+    # In the order the values were sent, whatever order the chunks finished in.
+    result.query_ids[:] = [ids[i] for i in sorted(ids)]
     return result
 
 

@@ -107,6 +107,44 @@ class SearchSummary(_message.Message):
     counts: _containers.ScalarMap[str, int]
     def __init__(self, query_id: _Optional[str] = ..., not_answered: _Optional[_Iterable[str]] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
+class BatchPart(_message.Message):
+    __slots__ = ("header", "values")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    header: BatchHeader
+    values: BatchValues
+    def __init__(self, header: _Optional[_Union[BatchHeader, _Mapping]] = ..., values: _Optional[_Union[BatchValues, _Mapping]] = ...) -> None: ...
+
+class BatchHeader(_message.Message):
+    __slots__ = ("search", "predicate", "chunk_size", "value_count")
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    PREDICATE_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_SIZE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    search: SearchRequest
+    predicate: _query_pb2.Predicate
+    chunk_size: int
+    value_count: int
+    def __init__(self, search: _Optional[_Union[SearchRequest, _Mapping]] = ..., predicate: _Optional[_Union[_query_pb2.Predicate, _Mapping]] = ..., chunk_size: _Optional[int] = ..., value_count: _Optional[int] = ...) -> None: ...
+
+class BatchValues(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class BatchChunkResult(_message.Message):
+    __slots__ = ("chunk", "first_value", "value_count", "result")
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    FIRST_VALUE_FIELD_NUMBER: _ClassVar[int]
+    VALUE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    RESULT_FIELD_NUMBER: _ClassVar[int]
+    chunk: int
+    first_value: int
+    value_count: int
+    result: SearchResponse
+    def __init__(self, chunk: _Optional[int] = ..., first_value: _Optional[int] = ..., value_count: _Optional[int] = ..., result: _Optional[_Union[SearchResponse, _Mapping]] = ...) -> None: ...
+
 class ListNodesRequest(_message.Message):
     __slots__ = ()
     def __init__(self) -> None: ...

@@ -46,6 +46,11 @@ class GatewayServiceStub:
                 request_serializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchEvent.FromString,
                 _registered_method=True)
+        self.SearchBatch = channel.stream_stream(
+                '/liaison.v1.GatewayService/SearchBatch',
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.BatchPart.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.BatchChunkResult.FromString,
+                _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/liaison.v1.GatewayService/ListNodes',
                 request_serializer=liaison_dot_v1_dot_gateway__pb2.ListNodesRequest.SerializeToString,
@@ -81,6 +86,18 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def SearchBatch(self, request_iterator, context):
+        """Ask about up to 100,000 values in one call. The client sends one
+        BatchHeader, then the values in as many BatchValues as it likes; the
+        gateway asks the federation once per chunk of values (each chunk a
+        signed, logged request like any Search, charged to each node's rate
+        limits as its policy says), a few chunks at a time, and sends each
+        chunk's result as soon as it is in.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def ListNodes(self, request, context):
         """List the nodes of the federation.
         """
@@ -108,6 +125,11 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.SearchStream,
                     request_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_gateway__pb2.SearchEvent.SerializeToString,
+            ),
+            'SearchBatch': grpc.stream_stream_rpc_method_handler(
+                    servicer.SearchBatch,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.BatchPart.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.BatchChunkResult.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -176,6 +198,33 @@ class GatewayService:
             '/liaison.v1.GatewayService/SearchStream',
             liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
             liaison_dot_v1_dot_gateway__pb2.SearchEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def SearchBatch(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/liaison.v1.GatewayService/SearchBatch',
+            liaison_dot_v1_dot_gateway__pb2.BatchPart.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.BatchChunkResult.FromString,
             options,
             channel_credentials,
             insecure,
