@@ -177,6 +177,10 @@ class FanOut:
         self._hedge_tokens = self.hedge_settings.burst
         self.hedges_sent = 0
 
+    def usual_latency_s(self, node_id: str) -> float:
+        """``node_id``'s usual answer latency, as the hedging sees it."""
+        return self._usual[node_id].latency_s
+
     def _open(self, address: str, *, own_connection: bool = False) -> grpc.aio.Channel:
         options = list(CHANNEL_OPTIONS)
         if own_connection:

@@ -128,12 +128,19 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
             await self.verifier.verify_async(bearer_token(context))
         except Exception as exc:
             await _abort(context, exc)
+        fanout = self.core.fanout
         return pb_gateway.ListNodesResponse(
             nodes=[
                 pb_gateway.NodeInfo(
-                    node_id=link.node_id, address=link.address, key_id=link.key.key_id
+                    node_id=link.node_id,
+                    address=link.address,
+                    key_id=link.key.key_id,
+                    not_asked=fanout.breakers[link.node_id].why_open()
+                    if fanout.breakers[link.node_id].open
+                    else "",
+                    usual_latency_ms=fanout.usual_latency_s(link.node_id) * 1000,
                 )
-                for link in sorted(self.core.fanout.links.values(), key=lambda x: x.node_id)
+                for link in sorted(fanout.links.values(), key=lambda x: x.node_id)
             ]
         )
 

@@ -17,11 +17,15 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import grpc
+
 from gateway.fanout import HedgeSettings
 from liaison import client
 from liaison.demo.data import probes
 from liaison.messages import NodeResult, NodeStatus, SearchInput, SearchResult
 from liaison.query import Comparator, Operation, Predicate, Query
+from proto.liaison.v1 import gateway_pb2 as pb_gateway
+from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 from tests.conftest import Federation
 from tests.support import investigator_token, own_gateway, receipts_for, tcp_proxy
 
@@ -39,6 +43,16 @@ def search(deadline_ms: int) -> SearchInput:
 
 def result_of(result: SearchResult, node_id: str = NODE) -> NodeResult:
     return next(r for r in result.results if r.node_id == node_id)
+
+
+def list_nodes(address: str, token: str) -> dict[str, str]:
+    with grpc.insecure_channel(address) as channel:
+        response = pb_gateway_grpc.GatewayServiceStub(channel).ListNodes(
+            pb_gateway.ListNodesRequest(),
+            metadata=(("authorization", f"Bearer {token}"),),
+            timeout=10,
+        )
+    return {n.node_id: n.not_asked for n in response.nodes}
 
 
 def timed(address: str, token: str, deadline_ms: int) -> tuple[float, SearchResult]:
@@ -71,6 +85,10 @@ def test_a_frozen_node_is_not_waited_on_and_is_asked_again_within_2_s_of_its_ret
             assert skipped.detail.startswith("not asked: its last 3 requests failed"), skipped
             assert took < deadline_ms / 1000 / 2, f"the open breaker still cost {took:.2f} s"
             assert result_of(result, "ruritania").status is NodeStatus.ANSWERED
+            # The operator sees which node is not asked, and why.
+            listed = list_nodes(gateway.address, token)
+            assert listed[NODE].startswith("not asked: its last 3 requests failed")
+            assert listed["ruritania"] == ""
 
             proxy.resume()
             back = time.monotonic()

@@ -156,14 +156,18 @@ class ListNodesResponse(_message.Message):
     def __init__(self, nodes: _Optional[_Iterable[_Union[NodeInfo, _Mapping]]] = ...) -> None: ...
 
 class NodeInfo(_message.Message):
-    __slots__ = ("node_id", "address", "key_id")
+    __slots__ = ("node_id", "address", "key_id", "not_asked", "usual_latency_ms")
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     ADDRESS_FIELD_NUMBER: _ClassVar[int]
     KEY_ID_FIELD_NUMBER: _ClassVar[int]
+    NOT_ASKED_FIELD_NUMBER: _ClassVar[int]
+    USUAL_LATENCY_MS_FIELD_NUMBER: _ClassVar[int]
     node_id: str
     address: str
     key_id: str
-    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[str] = ...) -> None: ...
+    not_asked: str
+    usual_latency_ms: float
+    def __init__(self, node_id: _Optional[str] = ..., address: _Optional[str] = ..., key_id: _Optional[str] = ..., not_asked: _Optional[str] = ..., usual_latency_ms: _Optional[float] = ...) -> None: ...
 
 class DryRunRequest(_message.Message):
     __slots__ = ("search",)
