@@ -62,6 +62,8 @@ def build_gateway(
         gateway_origin(config.gateway_id),
         checkpoint_interval_s=config.checkpoint_interval_s,
         timeouts=config.ledger_timeouts,
+        # Replicas: entries are numbered inside PostgreSQL, never by this process.
+        shared=config.ledger_shared,
     )
     core = GatewayCore(
         gateway_id=config.gateway_id,

@@ -166,6 +166,8 @@ class GatewayConfig:
     checkpoint_interval_s: int = DEFAULT_CHECKPOINT_INTERVAL_S
     # How long the ledger waits on its database before it reports NOT_SERVING.
     ledger_timeouts: LedgerTimeouts = field(default_factory=LedgerTimeouts)
+    # One of several replicas of this gateway writing one PostgreSQL ledger.
+    ledger_shared: bool = False
     # After SIGTERM: seconds of NOT_SERVING while still answering, then stop.
     drain_s: int = DEFAULT_DRAIN_S
     # Where /metrics is served (HOST:PORT, port 0: any); None: not served.
@@ -200,6 +202,12 @@ class _Reader:
         value = self._get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or not lo <= value <= hi:
             raise ConfigError(f"{self.where}: `{key}` must be a whole number in {lo}..{hi}")
+        return value
+
+    def boolean(self, key: str, default: bool) -> bool:
+        value = self._get(key, default)
+        if not isinstance(value, bool):
+            raise ConfigError(f"{self.where}: `{key}` must be true or false")
         return value
 
     def path(self, key: str, default: object = ...) -> Path:
@@ -638,6 +646,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
     if len(set(ids)) != len(ids):
         raise ConfigError(f"{path}: node ids must be unique, got {ids}")
     default_deadline = gw.integer("default_deadline_ms", 2000, 50, 600_000)
+    ledger = _ledger_location(doc, path, "ledger.sqlite3", _GATEWAY_LEDGER_KEYS)
     return GatewayConfig(
         path=path,
         gateway_id=gw.text("id"),
@@ -650,7 +659,8 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         max_deadline_ms=gw.integer("max_deadline_ms", 30_000, default_deadline, 600_000),
         tls=_tls(doc, "tls", "client_ca", path, ca_required=False),
         node_tls=_tls(doc, "node_tls", "ca", path, ca_required=True),
-        ledger=_ledger_location(doc, path, "ledger.sqlite3", _GATEWAY_LEDGER_KEYS),
+        ledger=ledger,
+        ledger_shared=_ledger_shared(doc, path, ledger),
         audit_key=_audit_key(doc, path),
         checkpoint_interval_s=_checkpoint_interval(doc, path),
         ledger_timeouts=_ledger_timeouts(doc, path),
@@ -661,6 +671,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
 
 _GATEWAY_LEDGER_KEYS = {
     "location",
+    "shared",
     "audit_key",
     "connect_timeout_s",
     "write_timeout_s",
@@ -676,6 +687,19 @@ def _ledger_timeouts(doc: Mapping[str, Any], path: Path) -> LedgerTimeouts:
         write_s=reader.integer("write_timeout_s", int(default.write_s), 1, 60),
         statement_s=reader.integer("statement_timeout_s", default.statement_s, 1, 3600),
     )
+
+
+def _ledger_shared(doc: Mapping[str, Any], path: Path, location: str) -> bool:
+    """``shared = true``: replicas of this gateway write one ledger, which must be PostgreSQL."""
+    reader = _ledger_reader(doc, path, _GATEWAY_LEDGER_KEYS)
+    shared = reader.boolean("shared", False)
+    if shared and ("://" not in location or parse_url(location).get_backend_name() != "postgresql"):
+        raise ConfigError(
+            f"{reader.where}: `shared = true` lets several gateway replicas write one ledger, "
+            "which needs PostgreSQL (a SQLite file has one writer); set "
+            '`location = "postgresql://..."`, or remove `shared`'
+        )
+    return shared
 
 
 def _audit_key(doc: Mapping[str, Any], path: Path) -> Path:

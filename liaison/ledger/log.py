@@ -23,6 +23,16 @@ that has not returned by then (a database that stopped answering, its
 connection still open) marks the ledger unavailable, refuses everyone waiting
 and everyone who comes until a probe commits again, and cuts the stuck
 connection. While unavailable, the writer probes every ``retry_interval_s``.
+
+Shared (gateway replicas on one PostgreSQL ledger, ``store.shared``): the
+numbering moves into the database. Each commit is one turn of
+:meth:`LedgerStore.write_shared` under a transaction-scoped advisory lock,
+which returns the leaves the other replicas appended since this process last
+looked; the tree takes those in before its own, so it is always the
+database's log up to this process's last turn, and proofs and checkpoints
+computed from it hold for everyone. Stored checkpoints are signed inside a
+turn of their own, so their sizes and times never go backwards whichever
+replica signs. Every replica signs with the gateway's one key and origin.
 """
 
 from __future__ import annotations
@@ -206,9 +216,11 @@ class Ledger:
         checkpoint_interval_s: float = DEFAULT_CHECKPOINT_INTERVAL_S,
         timeouts: LedgerTimeouts | None = None,
         retry_interval_s: float = DEFAULT_RETRY_INTERVAL_S,
+        shared: bool = False,
     ) -> Ledger:
+        """Open the ledger at ``location``; ``shared`` for one of several replicas (PostgreSQL)."""
         return cls(
-            LedgerStore(location, timeouts=timeouts),
+            LedgerStore(location, timeouts=timeouts, shared=shared),
             key,
             origin,
             checkpoint_interval_s=checkpoint_interval_s,
@@ -219,10 +231,14 @@ class Ledger:
         # One file, one log: appending under another origin or key would make
         # every older checkpoint unverifiable with the key auditors were given.
         for name, value in (("origin", self.origin), ("key_id", self.key.key_id)):
-            stored = self.store.get_meta(name)
-            if stored is None:
-                self.store.set_meta(name, value)
-            elif stored != value:
+            if self.store.shared:
+                # Replicas may start at once: the first to store its identity wins.
+                stored: str | None = self.store.claim_meta(name, value)
+            else:
+                stored = self.store.get_meta(name)
+                if stored is None:
+                    self.store.set_meta(name, value)
+            if stored is not None and stored != value:
                 raise LedgerError(
                     f"the ledger at {self.store.url} belongs to {name} {stored!r}, not {value!r}; "
                     "give this process its own ledger, or its original key and origin"
@@ -245,6 +261,7 @@ class Ledger:
 
     @property
     def size(self) -> int:
+        """Entries in the tree; shared, as of this process's last turn (others may have added)."""
         return self.tree.size
 
     @property
@@ -517,13 +534,17 @@ class Ledger:
         rows = list(zip(leaves, (p.entry for p in batch), strict=True))
         side = [s for p in batch for s in p.side]
         started = time.perf_counter()
+        missed: list[bytes] = []
         try:
             with self._watched(batch):
-                self._resync()
-                if side:
-                    self.store.write(self.tree.size, rows, side)
+                if self.store.shared:
+                    missed = self.store.write_shared(self.tree.size, rows, side)
                 else:
-                    self.store.append(self.tree.size, rows)
+                    self._resync()
+                    if side:
+                        self.store.write(self.tree.size, rows, side)
+                    else:
+                        self.store.append(self.tree.size, rows)
         except Exception as exc:
             failure = (
                 exc
@@ -539,6 +560,9 @@ class Ledger:
         if self.on_append is not None:
             self.on_append(time.perf_counter() - started)
         self._recovered()
+        # Other replicas' entries come first: ours were numbered after them.
+        for leaf in missed:
+            self.tree.append(leaf)
         start = self.tree.size
         for leaf in leaves:
             self.tree.append(leaf)
@@ -581,7 +605,44 @@ class Ledger:
             return
         self._recovered()
 
+    def _take_in(self, first: int, leaves: Sequence[bytes]) -> None:
+        """Append the stored leaves ``first``... that the tree lacks; check those it holds."""
+        held = self.tree.size - first
+        for i, leaf in enumerate(leaves[:held]):
+            if self.tree.leaf(first + i) != leaf:
+                raise LedgerError(
+                    f"ledger {self.store.url} holds another entry {first + i} than this process "
+                    "wrote or read: the log forked. Stop every replica and run "
+                    "`liaison audit verify`"
+                )
+        for leaf in leaves[held:]:
+            self.tree.append(leaf)
+
+    def _store_shared_checkpoint(self) -> SignedCheckpoint:
+        """Sign and store a checkpoint of the shared log as it is in the database now."""
+        known = self.tree.size
+        signed: list[SignedCheckpoint] = []
+
+        def sign(missed: list[bytes], last_time_ms: int | None) -> tuple[int, int, str]:
+            self._take_in(known, missed)
+            # Another host's clock may run ahead: a checkpoint stored after
+            # another never says it was signed before it.
+            time_ms = max(now_ms(), last_time_ms or 0)
+            checkpoint = Checkpoint(self.origin, self.tree.size, self.tree.root(), time_ms)
+            signed.append(sign_checkpoint(self.key, checkpoint))
+            return checkpoint.size, checkpoint.time_ms, signed[-1].note
+
+        self.store.add_checkpoint_shared(known, sign)
+        return signed[-1]
+
     def _store_checkpoint(self) -> None:
+        if self.store.shared:
+            try:
+                with self._watched():
+                    self._last_checkpoint = self._store_shared_checkpoint()
+            except LedgerError as exc:
+                self._fail(exc)
+            return
         signed = self._sign()
         try:
             with self._watched():

@@ -14,6 +14,14 @@ rate charge with the answer's receipt, all or nothing. Small point reads of
 those tables (:meth:`LedgerStore.fetch`) use a few reader connections kept
 for the purpose. Everything else (checkpoints, probes, reading entries back)
 goes through SQLAlchemy Core, where a few hundred microseconds do not matter.
+
+A PostgreSQL ledger may be *shared* by several gateway replicas
+(:meth:`LedgerStore.write_shared`): every commit then takes the log's turn
+with a transaction-scoped advisory lock, reads what the other replicas
+appended since this process last looked, and numbers its own entries from
+there. Indices come from the database, never from one process's memory, and
+because each turn commits before the lock is released, the committed entries
+are always a contiguous prefix of the log.
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,6 +84,13 @@ MAX_READERS: Final = 6
 PROBE_INDEX = -1
 # libpq drivers, which take connect_timeout, keepalives and server options.
 _LIBPQ_DRIVERS = ("psycopg", "psycopg2")
+# PostgreSQL advisory locks (scoped to the database). The writer's session
+# lock: taken exclusive by a lone writer, shared by replicas, so a lone writer
+# and replicas exclude each other. The append lock: held by one replica's
+# transaction at a time, for as long as it numbers, writes and commits.
+_WRITER_LOCK_KEY = "hashtext('liaison_ledger_writer')"
+APPEND_LOCK = "SELECT pg_advisory_xact_lock(hashtext('liaison_ledger_append'))"
+_CREATE_LOCK = "SELECT pg_advisory_xact_lock(hashtext('liaison_ledger_create'))"
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,11 +117,13 @@ class LedgerTimeouts:
             )
 
 
-def _libpq_arguments(url: sa.URL, timeouts: LedgerTimeouts) -> dict[str, Any]:
+def _libpq_arguments(url: sa.URL, timeouts: LedgerTimeouts, *, shared: bool) -> dict[str, Any]:
     """Connection parameters that keep a hung or vanished PostgreSQL from hanging us.
 
     Anything the URL sets itself wins, except that our server options are
-    appended to its ``options``.
+    appended to its ``options``. Shared, the server also ends a session left
+    idle inside a transaction past ``write_s``: a replica frozen (not killed)
+    while it holds the log's append lock would otherwise stop every replica.
     """
     wanted: dict[str, Any] = {
         "connect_timeout": timeouts.connect_s,
@@ -121,6 +138,8 @@ def _libpq_arguments(url: sa.URL, timeouts: LedgerTimeouts) -> dict[str, Any]:
     arguments = {k: v for k, v in wanted.items() if k not in url.query}
     lock_ms = max(1, int(timeouts.write_s * 1000))
     server = f"-c statement_timeout={timeouts.statement_s * 1000} -c lock_timeout={lock_ms}"
+    if shared:
+        server += f" -c idle_in_transaction_session_timeout={lock_ms}"
     given = url.query.get("options")
     arguments["options"] = f"{given} {server}" if isinstance(given, str) and given else server
     return arguments
@@ -246,8 +265,11 @@ class LedgerStore:
         *,
         create: bool = True,
         timeouts: LedgerTimeouts | None = None,
+        shared: bool = False,
     ) -> None:
         self._writer_lock: Any = None
+        # Written by several processes (gateway replicas): see write_shared().
+        self.shared = shared
         # The connection appends are written on, kept between appends; only the
         # ledger's committer uses it. Reader connections for fetch(), idle ones
         # in ``_idle_readers``.
@@ -280,9 +302,19 @@ class LedgerStore:
                 path.parent.mkdir(parents=True, exist_ok=True)
             elif not path.is_file():
                 raise ConfigError(f"no ledger at {path}; check the path")
+        if shared and parsed.get_backend_name() != "postgresql":
+            raise ConfigError(
+                f"the ledger at {self.url} cannot be shared: several writers need PostgreSQL "
+                "(a SQLite file has one writer); point `location` under [ledger] at a "
+                "postgresql:// URL, or remove `shared = true`"
+            )
         connect_args: dict[str, Any] = {}
         if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in _LIBPQ_DRIVERS:
-            connect_args = _libpq_arguments(parsed, self.timeouts)
+            connect_args = _libpq_arguments(parsed, self.timeouts, shared=shared)
+        # A shared ledger's turn reads what others committed after it took the
+        # lock, which only READ COMMITTED (each statement its own snapshot) sees,
+        # whatever the server's default_transaction_isolation says.
+        isolation: dict[str, Any] = {"isolation_level": "READ COMMITTED"} if shared else {}
         try:
             self.engine: Engine = sa.create_engine(
                 parsed,
@@ -290,6 +322,7 @@ class LedgerStore:
                 # Entries and selectors never appear in exception text or logs.
                 hide_parameters=True,
                 connect_args=connect_args,
+                **isolation,
             )
         except (ArgumentError, ImportError) as exc:
             raise ConfigError(f"cannot use ledger database {self.url} ({exc})") from exc
@@ -306,6 +339,22 @@ class LedgerStore:
         names = ("idx", "leaf_hash", "entry")
         self._insert_entries = self.prepare(
             entries_table.insert().values({n: sa.bindparam(n) for n in names}), names
+        )
+        c = entries_table.c
+        # From the entry before ``start`` on: it proves the log still reaches
+        # as far as the caller has seen (was not cut back behind its back).
+        self._since = self.prepare(
+            sa.select(c.idx, c.leaf_hash).where(c.idx >= sa.bindparam("start")).order_by(c.idx),
+            ("start",),
+        )
+        # The newest checkpoint by its key (an index scan, however many are stored).
+        self._last_checkpoint_time = self.prepare(
+            sa.text("SELECT time_ms FROM liaison_ledger_checkpoints ORDER BY id DESC LIMIT 1"), ()
+        )
+        checkpoint_names = ("size", "time_ms", "note")
+        self._insert_checkpoint = self.prepare(
+            checkpoints_table.insert().values({n: sa.bindparam(n) for n in checkpoint_names}),
+            checkpoint_names,
         )
         try:
             self._prepare(create)
@@ -364,7 +413,14 @@ class LedgerStore:
 
     def _prepare(self, create: bool) -> None:
         try:
-            if create:
+            if create and self.shared:
+                # Replicas starting at once would race to CREATE the same tables
+                # (PostgreSQL then refuses one of them): one at a time, and DDL
+                # is transactional, so the next one finds them made.
+                with self.engine.begin() as conn:
+                    conn.execute(sa.text(_CREATE_LOCK))
+                    metadata.create_all(conn)
+            elif create:
                 metadata.create_all(self.engine)
             else:
                 missing = [
@@ -382,10 +438,13 @@ class LedgerStore:
             ) from exc
 
     def lock_writer(self) -> None:
-        """Become this ledger's only writer, or raise LedgerError naming the conflict.
+        """Become this ledger's only writer (or, shared, one of its replicas), or raise LedgerError.
 
-        The writer keeps the tree in memory and numbers entries itself, so a
-        second writer would collide on every append: refuse it at start.
+        A lone writer keeps the tree in memory and numbers entries itself, so a
+        second writer would collide on every append: refuse it at start. Shared
+        replicas number entries inside each commit's transaction
+        (:meth:`write_shared`) and coexist; a lone writer and replicas exclude
+        each other.
         """
         if self._writer_lock is not None:
             return
@@ -403,11 +462,10 @@ class LedgerStore:
                 ) from None
             self._writer_lock = handle
         elif backend == "postgresql":
+            take = "pg_try_advisory_lock_shared" if self.shared else "pg_try_advisory_lock"
             try:
                 conn = self.engine.connect()
-                got = conn.execute(
-                    sa.text("SELECT pg_try_advisory_lock(hashtext('liaison_ledger_writer'))")
-                ).scalar()
+                got = conn.execute(sa.text(f"SELECT {take}({_WRITER_LOCK_KEY})")).scalar()
                 conn.commit()
             except SQLAlchemyError as exc:
                 raise LedgerUnavailable(
@@ -415,9 +473,16 @@ class LedgerStore:
                 ) from exc
             if not got:
                 conn.close()
+                if self.shared:
+                    raise LedgerError(
+                        f"the ledger at {self.url} is written by a process that does not share "
+                        "it; set `shared = true` under [ledger] in every replica's config and "
+                        "restart that one, or give this gateway its own ledger (database)"
+                    )
                 raise LedgerError(
                     f"the ledger at {self.url} is already written by another process; "
-                    "give each gateway or node its own ledger (database)"
+                    "give each gateway or node its own ledger (database), or, for replicas of "
+                    "one gateway, set `shared = true` under [ledger] in every replica's config"
                 )
             self._writer_lock = conn
 
@@ -637,6 +702,125 @@ class LedgerStore:
             "no query is sent until it can be written"
         )
 
+    def write_shared(
+        self, known: int, rows: Sequence[tuple[bytes, bytes]], side: Sequence[SideRows]
+    ) -> list[bytes]:
+        """Store ``rows`` (and ``side``) right after every entry stored so far, in one turn.
+
+        For a shared ledger: in one transaction, take the log's append lock,
+        read the leaf hashes other writers stored from index ``known`` on
+        (what this process's tree lacks), store ``rows`` from the index after
+        them, and commit. Returns those leaf hashes: the caller's entries start
+        at ``known + len(returned)``. Durable on return. Only one thread of a
+        process may write at a time (the ledger's committer).
+        """
+
+        def body(cursor: Any, missed: list[bytes]) -> None:
+            start = known + len(missed)
+            if rows:
+                cursor.executemany(
+                    self._insert_entries.sql,
+                    [
+                        self._insert_entries.params((start + i, leaf, entry))
+                        for i, (leaf, entry) in enumerate(rows)
+                    ],
+                )
+            for extra in side:
+                if extra.rows:
+                    params = extra.statement.params
+                    cursor.executemany(extra.statement.sql, [params(r) for r in extra.rows])
+
+        return self._turn(known, body, "write the ledger")
+
+    def add_checkpoint_shared(
+        self, known: int, sign: Callable[[list[bytes], int | None], tuple[int, int, str]]
+    ) -> list[bytes]:
+        """Store a checkpoint of a shared ledger in a turn of its own; return the leaves read.
+
+        ``sign`` is called under the log's append lock with the leaf hashes
+        stored from ``known`` on and the time of the newest stored checkpoint
+        (None if there is none); it returns the (size, time in ms, note) to
+        store. Sizes and times of stored checkpoints so never go backwards,
+        whichever replica signs.
+        """
+
+        def body(cursor: Any, missed: list[bytes]) -> None:
+            cursor.execute(self._last_checkpoint_time.sql, self._last_checkpoint_time.params(()))
+            last = cursor.fetchone()
+            size, time_ms, note = sign(missed, None if last is None else int(last[0]))
+            cursor.execute(
+                self._insert_checkpoint.sql, self._insert_checkpoint.params((size, time_ms, note))
+            )
+
+        return self._turn(known, body, "write a checkpoint to the ledger")
+
+    def _turn(self, known: int, body: Callable[[Any, list[bytes]], None], what: str) -> list[bytes]:
+        """Run ``body`` in one transaction holding the log's append lock; commit; return the leaves.
+
+        As :meth:`write` does, a stale kept connection is retried once on a fresh
+        one (safe before COMMIT is sent: nothing of the turn is kept).
+        """
+        if not self.shared:
+            raise LedgerError(f"the ledger at {self.url} is not opened as shared")
+        cuts = self._cuts
+        for retry in (True, False):
+            kept = self._writer is not None
+            try:
+                conn = self._writer_connection()
+                cursor = conn.cursor()
+                try:
+                    cursor.execute(APPEND_LOCK)
+                    # A statement of its own, after the lock is granted: its
+                    # snapshot (READ COMMITTED) holds every turn committed before.
+                    cursor.execute(self._since.sql, self._since.params((max(known - 1, 0),)))
+                    missed = self._missed(known, cursor.fetchall())
+                    body(cursor, missed)
+                finally:
+                    cursor.close()
+            except self._driver_errors as exc:
+                self._drop_writer()
+                if retry and kept and self._cuts == cuts:
+                    continue
+                raise LedgerUnavailable(
+                    f"cannot {what} at {self.url} ({type(exc).__name__}); "
+                    "no query is sent until it can be written"
+                ) from exc
+            except BaseException:
+                # A log cut back, or a signer that failed: nothing of the turn is kept.
+                self._drop_writer()
+                raise
+            try:
+                conn.commit()
+            except self._driver_errors as exc:
+                self._drop_writer()
+                raise LedgerUnavailable(
+                    f"cannot {what} at {self.url} ({type(exc).__name__}); "
+                    "no query is sent until it can be written"
+                ) from exc
+            return missed
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _missed(self, known: int, found: Sequence[Sequence[Any]]) -> list[bytes]:
+        """Leaf hashes of entries ``known``..., from (index, leaf) rows from ``known - 1`` on."""
+        rows = iter(found)
+        if known > 0:
+            first = next(rows, None)
+            if first is None or int(first[0]) != known - 1:
+                raise LedgerError(
+                    f"the ledger at {self.url} no longer holds entry {known - 1}, which this "
+                    "process wrote or read: it was cut back. Stop every replica and run "
+                    "`liaison audit verify`"
+                )
+        leaves = []
+        for expected, (idx, leaf) in enumerate(rows, start=known):
+            if int(idx) != expected:
+                raise LedgerError(
+                    f"the ledger at {self.url} has no entry {expected}; it was deleted. "
+                    "Stop every replica and run `liaison audit verify`"
+                )
+            leaves.append(_as_bytes(leaf))
+        return leaves
+
     def add_checkpoint(self, size: int, time_ms: int, note: str) -> None:
         try:
             with self.engine.begin() as conn:
@@ -732,9 +916,46 @@ class LedgerStore:
     def set_meta(self, name: str, value: str) -> None:
         try:
             with self.engine.begin() as conn:
+                if self.engine.dialect.name == "postgresql":
+                    # One statement: replicas starting at once do not collide.
+                    upsert = postgresql_insert(meta_table).values(name=name, value=value)
+                    conn.execute(
+                        upsert.on_conflict_do_update(
+                            index_elements=[meta_table.c.name], set_={"value": value}
+                        )
+                    )
+                    return
                 conn.execute(meta_table.delete().where(meta_table.c.name == name))
                 conn.execute(meta_table.insert().values(name=name, value=value))
         except SQLAlchemyError as exc:
             raise LedgerUnavailable(
                 f"cannot write the ledger at {self.url} ({_first_line(exc)})"
             ) from exc
+
+    def claim_meta(self, name: str, value: str) -> str:
+        """Store ``value`` under ``name`` unless one is stored; return the stored one.
+
+        Atomic on PostgreSQL, for replicas starting at once: the first wins and
+        everyone compares with what it stored.
+        """
+        if self.engine.dialect.name != "postgresql":
+            stored = self.get_meta(name)
+            if stored is None:
+                self.set_meta(name, value)
+                return value
+            return stored
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(
+                    postgresql_insert(meta_table)
+                    .values(name=name, value=value)
+                    .on_conflict_do_nothing()
+                )
+                stored = conn.execute(
+                    sa.select(meta_table.c.value).where(meta_table.c.name == name)
+                ).scalar()
+        except SQLAlchemyError as exc:
+            raise LedgerUnavailable(
+                f"cannot write the ledger at {self.url} ({_first_line(exc)})"
+            ) from exc
+        return value if stored is None else str(stored)
