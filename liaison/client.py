@@ -91,6 +91,19 @@ def _refused(exc: grpc.RpcError, address: str, what: str) -> LiaisonError:
     return LiaisonError(f"gateway refused the {what} ({code.name}): {detail}")
 
 
+def replicas(address: str) -> list[str]:
+    """The gateway addresses in ``address``: one HOST:PORT, or several, comma-separated."""
+    found = [a.strip() for a in address.split(",") if a.strip()]
+    if not found:
+        raise ConfigError("name the gateway as HOST:PORT (several replicas: HOST:PORT,HOST:PORT)")
+    return found
+
+
+def _fail_over(exc: grpc.RpcError) -> bool:
+    """Whether another replica may be asked: this one is down, or cannot log."""
+    return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
+
+
 def search(
     address: str,
     token: str,
@@ -101,18 +114,28 @@ def search(
     """Run ``search_input`` through the gateway at ``address`` as the bearer of ``token``.
 
     With ``tls_ca``, the connection is TLS and the gateway is verified against that CA.
+    ``address`` may name several replicas of one gateway (comma-separated): a
+    replica that is unreachable, or refuses because it cannot log, is passed
+    over for the next. A search sent again that way is a new search (a new
+    query id); the first, if it got as far as the ledger, shows there as
+    unfinished.
     """
-    with _channel(address, tls_ca) as channel:
-        stub = pb_gateway_grpc.GatewayServiceStub(channel)
-        try:
-            response = stub.Search(
-                search_to_proto(search_input),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=timeout_s,
-            )
-        except grpc.RpcError as exc:
-            raise _refused(exc, address, "search") from exc
-    return search_result_from_proto(response, search_input.query)
+    addresses = replicas(address)
+    for i, one in enumerate(addresses):
+        with _channel(one, tls_ca) as channel:
+            stub = pb_gateway_grpc.GatewayServiceStub(channel)
+            try:
+                response = stub.Search(
+                    search_to_proto(search_input),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=timeout_s,
+                )
+            except grpc.RpcError as exc:
+                if _fail_over(exc) and i + 1 < len(addresses):
+                    continue
+                raise _refused(exc, one, "search") from exc
+        return search_result_from_proto(response, search_input.query)
+    raise AssertionError("unreachable: the last replica returns or raises")  # pragma: no cover
 
 
 def search_stream(
@@ -126,19 +149,27 @@ def search_stream(
 
     First a SearchStarted, then one NodeResult per agency as its answer is in
     (and in the gateway's ledger), then a SearchSummary. Errors are those of
-    :func:`search`, raised when they happen, possibly after some results.
+    :func:`search`, raised when they happen, possibly after some results. Only
+    a replica that sent nothing yet is passed over for the next.
     """
-    with _channel(address, tls_ca) as channel:
-        stub = pb_gateway_grpc.GatewayServiceStub(channel)
-        try:
-            for message in stub.SearchStream(
-                search_to_proto(search_input),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=timeout_s,
-            ):
-                yield search_event_from_proto(message)
-        except grpc.RpcError as exc:
-            raise _refused(exc, address, "search") from exc
+    addresses = replicas(address)
+    for i, one in enumerate(addresses):
+        sent_any = False
+        with _channel(one, tls_ca) as channel:
+            stub = pb_gateway_grpc.GatewayServiceStub(channel)
+            try:
+                for message in stub.SearchStream(
+                    search_to_proto(search_input),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=timeout_s,
+                ):
+                    sent_any = True
+                    yield search_event_from_proto(message)
+            except grpc.RpcError as exc:
+                if not sent_any and _fail_over(exc) and i + 1 < len(addresses):
+                    continue
+                raise _refused(exc, one, "search") from exc
+        return
 
 
 # Values per message of a batch's stream: far inside gRPC's message size limit.
@@ -170,34 +201,44 @@ def search_batch(
         for i in range(0, len(values), BATCH_MESSAGE_VALUES):
             yield batch_values_to_proto(values[i : i + BATCH_MESSAGE_VALUES])
 
-    with _channel(address, tls_ca) as channel:
-        stub = pb_gateway_grpc.GatewayServiceStub(channel)
-        try:
-            for message in stub.SearchBatch(
-                parts(), metadata=(("authorization", f"Bearer {token}"),), timeout=timeout_s
-            ):
-                first, count = message.first_value, message.value_count
-                chunk_values = tuple(values[first : first + count])
-                if len(chunk_values) != count or not count:
-                    raise LiaisonError(
-                        f"the gateway answered chunk {message.chunk} for values "
-                        f"{first}..{first + count} of a batch of {len(values)}"
-                    )
-                query = replace(
-                    search_input.query,
-                    predicates=(
-                        *search_input.query.predicates,
-                        replace(predicate, values=chunk_values),
-                    ),
-                )
-                yield BatchChunkResult(
-                    message.chunk,
-                    first,
-                    count,
-                    search_result_from_proto(message.result, query),
-                )
-        except grpc.RpcError as exc:
-            raise _refused(exc, address, "batch") from exc
+    addresses = replicas(address)
+    for i, one in enumerate(addresses):
+        sent_any = False
+        with _channel(one, tls_ca) as channel:
+            stub = pb_gateway_grpc.GatewayServiceStub(channel)
+            try:
+                for message in stub.SearchBatch(
+                    parts(), metadata=(("authorization", f"Bearer {token}"),), timeout=timeout_s
+                ):
+                    sent_any = True
+                    yield _chunk_result(message, search_input, predicate, values)
+            except grpc.RpcError as exc:
+                if not sent_any and _fail_over(exc) and i + 1 < len(addresses):
+                    continue
+                raise _refused(exc, one, "batch") from exc
+        return
+
+
+def _chunk_result(
+    message: pb_gateway.BatchChunkResult,
+    search_input: SearchInput,
+    predicate: Predicate,
+    values: list[str],
+) -> BatchChunkResult:
+    first, count = message.first_value, message.value_count
+    chunk_values = tuple(values[first : first + count])
+    if len(chunk_values) != count or not count:
+        raise LiaisonError(
+            f"the gateway answered chunk {message.chunk} for values "
+            f"{first}..{first + count} of a batch of {len(values)}"
+        )
+    query = replace(
+        search_input.query,
+        predicates=(*search_input.query.predicates, replace(predicate, values=chunk_values)),
+    )
+    return BatchChunkResult(
+        message.chunk, first, count, search_result_from_proto(message.result, query)
+    )
 
 
 def dry_run(
@@ -212,14 +253,19 @@ def dry_run(
     Nothing is sent to any node's data: the gateway decides ``search_input``
     against the policies the nodes sign and publish. Errors are those of :func:`search`.
     """
-    with _channel(address, tls_ca) as channel:
-        stub = pb_gateway_grpc.GatewayServiceStub(channel)
-        try:
-            response: pb_gateway.DryRunResponse = stub.DryRun(
-                dry_run_request_to_proto(search_input),
-                metadata=(("authorization", f"Bearer {token}"),),
-                timeout=timeout_s,
-            )
-        except grpc.RpcError as exc:
-            raise _refused(exc, address, "dry run") from exc
-    return dry_run_result_from_proto(response, search_input.query)
+    addresses = replicas(address)
+    for i, one in enumerate(addresses):
+        with _channel(one, tls_ca) as channel:
+            stub = pb_gateway_grpc.GatewayServiceStub(channel)
+            try:
+                response: pb_gateway.DryRunResponse = stub.DryRun(
+                    dry_run_request_to_proto(search_input),
+                    metadata=(("authorization", f"Bearer {token}"),),
+                    timeout=timeout_s,
+                )
+            except grpc.RpcError as exc:
+                if _fail_over(exc) and i + 1 < len(addresses):
+                    continue
+                raise _refused(exc, one, "dry run") from exc
+        return dry_run_result_from_proto(response, search_input.query)
+    raise AssertionError("unreachable: the last replica returns or raises")  # pragma: no cover

@@ -18,11 +18,13 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 import grpc
+import pytest
 
 from gateway.fanout import HedgeSettings
 from liaison import client
+from liaison.client import GatewayUnavailable
 from liaison.demo.data import probes
-from liaison.messages import NodeResult, NodeStatus, SearchInput, SearchResult
+from liaison.messages import NodeResult, NodeStatus, SearchInput, SearchResult, SearchSummary
 from liaison.query import Comparator, Operation, Predicate, Query
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
@@ -66,7 +68,7 @@ def test_a_frozen_node_is_not_waited_on_and_is_asked_again_within_2_s_of_its_ret
 ) -> None:
     token = investigator_token(federation.root)
     port = int(federation.nodes[NODE].address.rsplit(":", 1)[1])
-    deadline_ms = 700
+    deadline_ms = 1200
     with tcp_proxy(port) as proxy:
         nodes = {n: node.address for n, node in federation.nodes.items()}
         nodes[NODE] = f"127.0.0.1:{proxy.port}"
@@ -203,3 +205,20 @@ def test_hedges_are_budgeted_so_a_slow_federation_does_not_double_its_load(
                 _, result = timed(gateway.address, token, 400)
                 assert result_of(result).status is NodeStatus.TIMED_OUT
             assert fanout.hedges_sent == 1
+
+
+def test_the_client_passes_over_a_replica_that_is_down(federation: Federation) -> None:
+    """``--gateway A,B``: A down (a closed port), B answers; nothing to do for the investigator."""
+    token = investigator_token(federation.root)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        down = f"127.0.0.1:{s.getsockname()[1]}"
+    result = client.search(f"{down},{federation.gateway.address}", token, search(2000))
+    assert {r.status for r in result.results} == {NodeStatus.ANSWERED}
+    streamed = list(
+        client.search_stream(f"{down}, {federation.gateway.address}", token, search(2000))
+    )
+    assert isinstance(streamed[-1], SearchSummary)
+    with pytest.raises(GatewayUnavailable) as refused:
+        client.search(f"{down},{down}", token, search(2000))
+    assert down in str(refused.value)

@@ -122,7 +122,11 @@ def add_query(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
         default=0,
         help="overall deadline in ms (default: the gateway's)",
     )
-    p.add_argument("--gateway", help="gateway address HOST:PORT")
+    p.add_argument(
+        "--gateway",
+        help="gateway address HOST:PORT; for replicas of one gateway, several, comma-separated "
+        "(one that is down or cannot log is passed over for the next)",
+    )
     p.add_argument("--token", help="bearer JWT (or --token-file)")
     p.add_argument("--token-file", type=Path, help="a file holding the bearer JWT")
     p.add_argument(
