@@ -333,8 +333,9 @@ class GatewayCore:
 
         collecting = asyncio.get_running_loop().create_task(collect())
         by_node: dict[str, NodeResult] = {}
+        finished = False
         try:
-            while True:
+            while not finished:
                 if not arrived:
                     if collecting.done():
                         break
@@ -343,26 +344,40 @@ class GatewayCore:
                     continue
                 batch = arrived[:]
                 arrived.clear()
-                await self._log(
-                    outcome_entry(
-                        query_id=request.query_id,
-                        request_digest=begun.digest,
-                        time_ms=time.time_ns() // 1_000_000,
-                        results=batch,
+                by_node.update((r.node_id, r) for r in batch)
+                finished = collecting.done() and not arrived
+                if finished:
+                    # The last results go into the final outcome entry: one write
+                    # sooner than an entry of their own followed by that one.
+                    collecting.result()  # a failure of the fan-out itself is raised here
+                    await self._finish(requester, begun, self._ordered(begun, by_node))
+                else:
+                    await self._log(
+                        outcome_entry(
+                            query_id=request.query_id,
+                            request_digest=begun.digest,
+                            time_ms=time.time_ns() // 1_000_000,
+                            results=batch,
+                        )
                     )
-                )
                 for result in batch:
-                    by_node[result.node_id] = result
                     yield result
-            collecting.result()  # a failure of the fan-out itself is raised here
+            if not finished:
+                collecting.result()
+                await self._finish(requester, begun, self._ordered(begun, by_node))
         finally:
             collecting.cancel()
-        results = tuple(by_node[n] for n in request.audience if n in by_node) + begun.not_asked
-        await self._finish(requester, begun, results)
+        results = self._ordered(begun, by_node)
         not_answered = tuple(r.node_id for r in results if r.status in NOT_ANSWERED)
         yield SearchSummary(
             request.query_id, not_answered, dict(Counter(r.status for r in results))
         )
+
+    @staticmethod
+    def _ordered(begun: _Begun, by_node: dict[str, NodeResult]) -> tuple[NodeResult, ...]:
+        """Every node's result in the audience's order, then the nodes not asked."""
+        audience = begun.request.audience
+        return tuple(by_node[n] for n in audience if n in by_node) + begun.not_asked
 
     async def _finish(
         self, requester: Requester, begun: _Begun, results: tuple[NodeResult, ...]

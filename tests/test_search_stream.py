@@ -19,6 +19,7 @@ import pytest
 from liaison import client
 from liaison.demo.data import probes
 from liaison.ledger.entries import Entry, EntryKind, parse_entry
+from liaison.ledger.reconcile import NodeLedger, reconcile
 from liaison.ledger.verify import verify_ledger
 from liaison.messages import (
     NodeResult,
@@ -31,8 +32,8 @@ from liaison.query import Comparator, Operation, Predicate, Query
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 from tests.conftest import Federation
-from tests.test_cli_outcomes import SCHEMA_PATH, validate
 from tests.support import RunningGateway, investigator_token, liaison, own_gateway, tcp_proxy
+from tests.test_cli_outcomes import SCHEMA_PATH, validate
 
 SLOW = "freedonia"
 DEADLINE_MS = 1500
@@ -227,3 +228,31 @@ def test_stream_refuses_batches_and_dry_runs() -> None:
     )
     assert run.returncode == 2
     assert "--stream" in run.stderr
+
+
+def test_a_stream_the_investigator_leaves_reconciles(federation: Federation) -> None:
+    """Only the results written before the investigator left are on record, and they add up."""
+    token = investigator_token(federation.root)
+    with one_slow_agency(federation) as gateway:
+        stream = client.search_stream(gateway.address, token, search(deadline_ms=3000))
+        shown = []
+        for event in stream:
+            if isinstance(event, NodeResult):
+                shown.append(event.node_id)
+                break
+        stream.close()  # the investigator goes away before the slow agency answers
+        time.sleep(0.3)
+        nodes = [
+            NodeLedger(n, node.core.receipts.store, node.core.signing_key.verifying_key)
+            for n, node in federation.nodes.items()
+        ]
+        report = reconcile(
+            gateway.core.ledger.store,
+            gateway.core.signing_key.verifying_key,
+            nodes,
+            allow_unsigned_tail=True,
+        )
+    assert shown and shown[0] != SLOW
+    assert report.ok, [str(d) for d in report.differences if d.problem]
+    recorded_nothing = [d for d in report.differences if "recorded nothing" in d.message]
+    assert not [d for d in recorded_nothing if d.node_id in shown], recorded_nothing

@@ -98,9 +98,11 @@ def reconcile(
             logged_at[index] = entry
             requests.setdefault(entry.query_id, []).append(index)
         elif entry.kind is EntryKind.OUTCOME:
-            outcomes[(entry.query_id, entry.text("request_digest"))] = {
-                str(r.get("node_id")): r for r in entry.fields["results"] if isinstance(r, dict)
-            }
+            # A streamed search writes each batch of results as it arrives, then
+            # every result: together they are the outcome, the later the truer.
+            outcomes.setdefault((entry.query_id, entry.text("request_digest")), {}).update(
+                (str(r.get("node_id")), r) for r in entry.fields["results"] if isinstance(r, dict)
+            )
     origin = gateway.get_meta("origin") or ""
     for node in nodes:
         node_report, _ = verify_ledger(

@@ -222,11 +222,16 @@ def summarise(all_rows: Iterable[Row], filters: Filters) -> Summary:
     # By query id and request digest: an id used for two requests (which
     # `verify` reports) must not lend one request the other's outcome.
     counted: set[tuple[str, str]] = set()
-    outcomes: dict[tuple[str, str], Row] = {}
+    # Node id -> status; a streamed search's outcome is several entries, the later the truer.
+    outcomes: dict[tuple[str, str], dict[str, str]] = {}
     for row in all_rows:
         asked = (row.query_id, str(row.entry.get("request_digest", "")))
         if row.kind == EntryKind.OUTCOME.value:
-            outcomes[asked] = row
+            outcomes.setdefault(asked, {}).update(
+                (str(r.get("node_id")), str(r.get("status")))
+                for r in row.entry.get("results", [])
+                if isinstance(r, dict)
+            )
         elif row.kind == EntryKind.REQUEST.value and filters.match(row):
             counted.add(asked)
             summary.queries += 1
@@ -238,8 +243,8 @@ def summarise(all_rows: Iterable[Row], filters: Filters) -> Summary:
         if outcome is None:
             summary.unfinished += 1
             continue
-        for result in outcome.entry.get("results", []):
-            summary.by_node_outcome[(str(result.get("node_id")), str(result.get("status")))] += 1
+        for node_id, status in outcome.items():
+            summary.by_node_outcome[(node_id, status)] += 1
     return summary
 
 
