@@ -290,6 +290,20 @@ def demo_agencies() -> tuple[DemoAgency, ...]:
     return tuple(f() for f in AGENCY_FACTORIES)
 
 
+def agency_like(template: str, agency_id: str, name: str) -> DemoAgency:
+    """A new agency keeping its records as the demo agency ``template`` does (fresh tables).
+
+    For federations larger than the demo's three: each agency needs a local
+    schema, and three shapes are enough to keep node mappings honest.
+    """
+    factories = {f().agency_id: f for f in AGENCY_FACTORIES}
+    try:
+        base = factories[template]()
+    except KeyError:
+        raise ValueError(f"no demo agency {template!r}; use one of {sorted(factories)}") from None
+    return DemoAgency(agency_id, name, base.tables)
+
+
 @dataclass(frozen=True, slots=True)
 class Probes:
     """Values the demo queries for, chosen so that answers differ by agency."""
@@ -392,25 +406,34 @@ def populate(
     accounts: int = 1500,
     cases: int = 300,
     seed: int = 7,
+    index: int | None = None,
+    part: str | None = None,
 ) -> None:
-    """Create the agency's local schema and fill it with synthetic records."""
-    index = [a.agency_id for a in demo_agencies()].index(agency.agency_id)
+    """Create the agency's local schema and fill it with synthetic records.
+
+    An agency outside the demo's three gives its ``index`` (its own random
+    stream and share of the common pool) and the demo agency whose ``part``
+    it plays in the probes (which of them it holds).
+    """
+    if index is None:
+        index = [a.agency_id for a in demo_agencies()].index(agency.agency_id)
+    part = part or agency.agency_id
     rng = random.Random(seed * 1000 + index)
     shared_media, shared_accounts = _shared_pools(seed, 1000, 300)
     # Pool item 0 is the demo's probe: fixed holders make the demo's output stable.
     media_holders = {"ruritania", "freedonia"}
     account_holders = {"ruritania", "sylvania"}
     picked_media = [m for i, m in enumerate(shared_media[1:]) if (i + index) % 3 != 0][: media // 8]
-    if agency.agency_id in media_holders:
+    if part in media_holders:
         picked_media.insert(0, shared_media[0])
-    elif agency.agency_id == "sylvania":
+    elif part == "sylvania":
         # An edited copy of the shared image: another file, a nearby PDQ.
         edited = _near_variants(seed, shared_media[0].pdq)[1]
         picked_media.insert(0, _Media(_hex(rng, 256), _hex(rng, 128), edited))
     picked_accounts = [a for i, a in enumerate(shared_accounts[1:]) if (i + index) % 3 != 0][
         : accounts // 10
     ]
-    if agency.agency_id in account_holders:
+    if part in account_holders:
         picked_accounts.insert(0, shared_accounts[0])
     prefix = agency.agency_id[:3].upper()
     case_refs = [f"{prefix}-{2019 + i % 7}-{i:05d}" for i in range(max(cases, 1))]

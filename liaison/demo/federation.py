@@ -177,6 +177,7 @@ def write_gateway_config(
     checkpoint_interval_s: int = 30,
     ledger: str = "ledger.sqlite3",
     name: str = "gateway.toml",
+    deadline_ms: int = 2000,
 ) -> Path:
     """Write gateway.toml trusting the dev IdPs of ``agencies`` and knowing ``nodes``.
 
@@ -194,7 +195,7 @@ def write_gateway_config(
         f"listen = {_toml_str(listen)}",
         'signing_key = "gateway.key"',
         f"audience = {_toml_str(AUDIENCE)}",
-        "default_deadline_ms = 2000",
+        f"default_deadline_ms = {deadline_ms}",
         *_DRAIN_LINES,
         "",
         "# The federation ledger: every request is logged here before any node is asked.",

@@ -26,10 +26,37 @@ class Service:
     log: Path
 
 
+def die_with_parent() -> None:
+    """In a child before exec: be killed (SIGKILL) when the process that started us dies.
+
+    Linux only (PR_SET_PDEATHSIG); elsewhere a no-op. The signal comes when the
+    *thread* that started the child ends, so start children from a thread that
+    lives as long as they should.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    pr_set_pdeathsig = 1
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.prctl(pr_set_pdeathsig, signal.SIGKILL, 0, 0, 0)
+
+
 def start_service(
-    name: str, role: str, config: Path, run_dir: Path, timeout_s: float = 20, detach: bool = False
+    name: str,
+    role: str,
+    config: Path,
+    run_dir: Path,
+    timeout_s: float = 20,
+    detach: bool = False,
+    *,
+    orphan_proof: bool = False,
 ) -> Service:
-    """Run ``liaison <role> serve`` and wait until it reports its bound address."""
+    """Run ``liaison <role> serve`` and wait until it reports its bound address.
+
+    With ``orphan_proof``, the service dies with this process even when this
+    one is killed outright (SIGKILL leaves no time to clean up).
+    """
     run_dir.mkdir(parents=True, exist_ok=True)
     port_file = run_dir / f"{name}.addr"
     port_file.unlink(missing_ok=True)
@@ -51,6 +78,7 @@ def start_service(
             stderr=log_fh,
             stdin=subprocess.DEVNULL,
             start_new_session=detach,
+            preexec_fn=die_with_parent if orphan_proof else None,
         )
     (run_dir / f"{name}.pid").write_text(f"{process.pid}\n")
     deadline = time.monotonic() + timeout_s
