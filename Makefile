@@ -15,12 +15,14 @@ WIRE_TS := .tools/wire-ts
 WIRE_TS_STAMP := $(WIRE_TS)/.installed-stamp
 WIRE_TS_PACKAGES := ts-proto@2.7.7 typescript@5.9.3 @grpc/grpc-js@1.14.0 @types/node@26.6.11
 
-.PHONY: help setup proto proto-check wire-tools lint typecheck check test test-fast demo bench clean
+.PHONY: help setup proto proto-check wire-tools lint typecheck check test test-fast demo bench bench-wan wan clean
 
 help:
 	@echo "make demo    run the whole federation demo (SQLite, loopback)"
 	@echo "make test    lint, type-check, check protos, run every test"
-	@echo "make bench   benchmarks (federated vs direct call, policy engine, ledger, PDQ index)"
+	@echo "make bench   benchmarks (federated vs direct call, policy engine, ledger, PDQ index,"
+	@echo "             gateway replicas, 100 agencies over an emulated WAN)"
+	@echo "make wan     start 100 agencies over an emulated WAN, ask them, stop everything"
 	@echo "make proto   regenerate proto/liaison/v1/*_pb2*.py after editing .proto files"
 
 $(STAMP): pyproject.toml
@@ -61,7 +63,7 @@ typecheck: $(STAMP)
 check: lint typecheck proto-check
 
 test: check wire-tools
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
 	$(VENV)/bin/pytest -x -q
@@ -74,6 +76,14 @@ bench: $(STAMP)
 	$(PY) -m liaison.bench.policy
 	$(PY) -m liaison.bench.ledger
 	$(PY) -m liaison.bench.pdq
+	$(PY) -m liaison.bench.replicas
+	$(PY) -m liaison.bench.wan
+
+bench-wan: $(STAMP)
+	$(PY) -m liaison.bench.wan
+
+wan: $(STAMP)
+	$(PY) -m liaison.wan --nodes 100
 
 clean:
 	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis
