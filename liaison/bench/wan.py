@@ -39,6 +39,7 @@ from liaison.bench.runner import FAILED, Report, Summary, bench_main, loadavg, m
 from liaison.bench.throughput import Load, run_levels
 from liaison.cli.render import table
 from liaison.messages import NodeResult, NodeStatus, SearchStarted, SearchSummary
+from liaison.wan.links import LinkProfile
 from liaison.wan.testbed import WanOptions, WanTestbed, probe_search, running_testbed
 from liaison.wire import search_to_proto
 
@@ -251,6 +252,14 @@ def run(args: argparse.Namespace, progress: TextIO) -> Report:
             doc["rtt_ms"] = {"min": rtts[0], "median": statistics.median(rtts), "max": rtts[-1]}
             print(f"  {nodes} agencies up; timing streamed searches", file=progress)
             doc["latency"] = _latency(bed, queries, progress)
+            # The same searches with every link's loss taken away: what is left
+            # over the largest round trip is the federation's own cost; the rest
+            # above was TCP waiting out lost packets.
+            for site in bed.sites:
+                bed.set_link(site.node_id, LinkProfile.wan(site.rtt_ms, jitter_ms=site.jitter_ms))
+            print("  the same without loss", file=progress)
+            doc["latency_no_loss"] = _latency(bed, queries, progress)
+            bed.restore_all()
             memory = bed.memory_kb()
             doc["memory_mb"] = {
                 "gateway": round(memory.get("gateway", 0) / 1024, 1),
@@ -283,10 +292,13 @@ def run(args: argparse.Namespace, progress: TextIO) -> Report:
         if args.workdir is None:
             shutil.rmtree(root, ignore_errors=True)
     over = doc["latency"]["over_rtt_ms"]["p50_ms"]
+    over_no_loss = doc["latency_no_loss"]["over_rtt_ms"]["p50_ms"]
     doc["aim"] = {
         "full_result_p50_over_max_rtt_ms": over,
+        "without_loss_ms": over_no_loss,
         "aim_ms": AIM_OVER_RTT_MS,
         "met": over <= AIM_OVER_RTT_MS,
+        "met_without_loss": over_no_loss <= AIM_OVER_RTT_MS,
     }
     if doc["latency"]["answered_share"] < 0.99:
         doc[FAILED] = (
@@ -310,6 +322,14 @@ def render_report(doc: Mapping[str, Any]) -> str:
             ("full result minus that RTT", "over_rtt_ms"),
         )
     ]
+    free = doc["latency_no_loss"]
+    rows += [
+        [f"{name}, no loss", f"{free[key]['p50_ms']:.0f}", f"{free[key]['p99_ms']:.0f}"]
+        for name, key in (
+            ("full result", "full_ms"),
+            ("full result minus the largest RTT", "over_rtt_ms"),
+        )
+    ]
     parts = [
         f"WAN test bed: {doc['nodes']} agencies, round trips {doc['rtt_ms']['min']:.0f}-"
         f"{doc['rtt_ms']['max']:.0f} ms (median {doc['rtt_ms']['median']:.0f}); "
@@ -321,7 +341,9 @@ def render_report(doc: Mapping[str, Any]) -> str:
         table(["", "p50 ms", "p99 ms"], rows, indent="  "),
         f"  agencies answering: {lat['answered_share']:.1%}",
         f"  aim: full result within the largest RTT + {AIM_OVER_RTT_MS:.0f} ms at p50: "
-        f"{'met' if doc['aim']['met'] else 'NOT met'} ({over:.0f} ms over)",
+        f"{'met' if doc['aim']['met'] else 'NOT met'} ({over:.0f} ms over); without loss "
+        f"{'met' if doc['aim']['met_without_loss'] else 'NOT met'} "
+        f"({doc['aim']['without_loss_ms']:.0f} ms over)",
     ]
     if "gateway_cpu_ms_per_query" in lat:
         parts.append(
