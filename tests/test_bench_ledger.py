@@ -54,8 +54,12 @@ def test_bench_ledger_reports_every_section() -> None:
     assert verify["report"]["ok"] and verify["report"]["size"] == 3000
     assert verify["report"]["checkpoints"] == 1
     # Against the Merkle floor measured in the same run (which computed the same root).
-    assert set(verify["best_s"]) == {"read", "floor", "verify"}
+    assert set(verify["best_s"]) == {"read", "floor", "verify", "verify_1"}
+    assert set(verify["best_cpu_s"]) == set(verify["best_s"])
     assert verify["verify_vs_floor"] > 0 and verify["read_vs_floor"] > 0
+    assert verify["verify_1_vs_floor"] > 0 and verify["verify_vs_floor_cpu"] > 0
+    # 3,000 entries are too few to start a second process for.
+    assert verify["processes"] == {"read": 1, "floor": 1, "verify": 1, "verify_1": 1}
     assert verify["aim"]["seconds_per_million_under"] == 4.0
     assert verify["aim"]["vs_floor_at_most"] == 1.5
     assert isinstance(verify["aim"]["met"], bool) and verify["aim"]["extrapolated"]
@@ -101,9 +105,15 @@ def test_bench_ledger_runs_one_section_and_renders_its_table() -> None:
     assert done.returncode == 0, done.stderr
     table = done.stdout
     assert "4. Verifying 2,000 entries" in table and "5. Proofs at size 2,000" in table
-    for row in ("read the entries only", "Merkle floor", "verify_ledger: every check"):
+    for row in (
+        "read the entries only",
+        "Merkle floor",
+        "verify_ledger: every check, 1 process",
+        "verify_ledger: every check, --processes 1",
+    ):
         assert row in table
-    assert "the Merkle floor (aim: under 4 s and at most 1.5x)" in table
+    assert "the Merkle floor by wall time (aim: under 4 s and at most 1.5x)" in table
+    assert "wall s: elapsed time; CPU s: CPU time of every process" in table
     assert "aim met:" in table or "aim NOT met:" in table
     assert "Durable appends" not in table and "federated" not in table
 

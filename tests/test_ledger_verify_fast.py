@@ -67,7 +67,9 @@ BATCH = 500  # rows per read in these tests, so a ledger spans several batches
 # --- the oracle: verify_ledger's rebuild before batches, row by row ----------------------
 
 
-def reference_rebuild(store: LedgerStore, report: VerifyReport, progress: object) -> _Rebuilt:
+def reference_rebuild(
+    store: LedgerStore, report: VerifyReport, progress: object, processes: object = None
+) -> _Rebuilt:
     edited: list[int] = []
     first_missing: int | None = None
     requests: dict[str, int] = {}

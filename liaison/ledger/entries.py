@@ -23,13 +23,17 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 import msgspec
 
 from liaison.errors import ConfigError, EntryError
-from liaison.messages import NodeResult, QueryRequest
-from liaison.query import Predicate
+
+if TYPE_CHECKING:
+    # For annotations only: the verifier's second process imports this module
+    # and should not pay for the message types it never builds.
+    from liaison.messages import NodeResult, QueryRequest
+    from liaison.query import Predicate
 
 FORMAT = "liaison.ledger.entry"
 VERSION = 1

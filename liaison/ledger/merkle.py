@@ -83,6 +83,45 @@ class MerkleTree:
             tree._levels.append(bytearray().join(level))
         return tree
 
+    @classmethod
+    def from_subtree_levels(cls, parts: Sequence[Sequence[bytes]]) -> MerkleTree:
+        """Join trees built apart over consecutive runs of leaves (see :func:`subtree_levels`).
+
+        Each part holds levels 0 to ``depth`` of one run, all to the same depth,
+        and every run but the last covers a multiple of ``2**depth`` leaves, so
+        no node of those levels spans two runs; the levels above are hashed here.
+        """
+        if not parts:
+            return cls()
+        depth = len(parts[0]) - 1
+        span = HASH_SIZE << depth
+        # An empty run adds nothing, wherever it stands.
+        parts = [part for part in parts if len(part) != depth + 1 or part[0]]
+        for position, part in enumerate(parts):
+            leaves = len(part[0]) // HASH_SIZE
+            if (
+                len(part) != depth + 1
+                or len(part[0]) % HASH_SIZE
+                or (position < len(parts) - 1 and len(part[0]) % span)
+                or any(len(part[k]) != (leaves >> k) * HASH_SIZE for k in range(depth + 1))
+            ):
+                raise ValueError(
+                    f"subtree levels of part {position} do not fit: every part needs levels "
+                    f"0..{depth}, and every part but the last a multiple of {1 << depth} leaves"
+                )
+        tree = cls()
+        tree._levels = [bytearray().join(part[k] for part in parts) for k in range(depth + 1)]
+        tree._size = len(tree._levels[0]) // HASH_SIZE
+        top = tree._levels[-1]
+        level = [bytes(top[i : i + HASH_SIZE]) for i in range(0, len(top), HASH_SIZE)]
+        while len(level) > 1:
+            level = _parents(level)
+            tree._levels.append(bytearray().join(level))
+        # As from_leaf_hashes leaves them: no level above the first of one node.
+        while len(tree._levels) > 1 and len(tree._levels[-2]) <= HASH_SIZE:
+            tree._levels.pop()
+        return tree
+
     @property
     def size(self) -> int:
         return self._size
@@ -349,6 +388,22 @@ def verify_consistency(
             f"consistency proof from size {old_size} to {new_size} leads to new root "
             f"{sr.hex()}, expected {new_root.hex()}"
         )
+
+
+def subtree_levels(leaves: list[bytes], depth: int) -> list[bytes]:
+    """Levels 0 to ``depth`` over ``leaves``, each level's complete-subtree nodes joined.
+
+    What :meth:`MerkleTree.from_subtree_levels` joins: node ``j`` of level ``k``
+    covers leaves ``[j * 2**k, (j + 1) * 2**k)`` of the run, and an odd last
+    node of a level is left for the level above to pair later.
+    """
+    _check_leaf_arguments(leaves)
+    levels = [b"".join(leaves)]
+    level = leaves
+    for _ in range(depth):
+        level = _parents(level)
+        levels.append(b"".join(level))
+    return levels
 
 
 def _parents(nodes: list[bytes]) -> list[bytes]:

@@ -20,6 +20,12 @@ and entries read by :func:`~liaison.ledger.entries.scan_entries` in C. A
 batch with anything amiss (a missing index, a leaf that differs, an entry
 the fast reader refuses) is checked again row by row with ``parse_entry``,
 so every finding reads as it always has.
+
+A large SQLite ledger is shared with a second process where two CPUs are
+free (:mod:`~liaison.ledger.verify_worker`): it reads, hashes and checks
+chunks from the back while this one does so from the front, and its
+summaries are folded in only where reading the chunk here would have found
+nothing; any other chunk is read here. The report is the same either way.
 """
 
 from __future__ import annotations
@@ -27,13 +33,17 @@ from __future__ import annotations
 import gc
 import hashlib
 import operator
+import os
 import sqlite3
+import sys
 import time
+from array import array
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from itertools import count
+from pathlib import Path
 from typing import Any
 
 import sqlalchemy as sa
@@ -43,8 +53,16 @@ from liaison.errors import CheckpointError, EntryError, LedgerUnavailable, Proof
 from liaison.keys import VerifyingKey
 from liaison.ledger.checkpoint import Checkpoint, open_checkpoint, parse_unverified
 from liaison.ledger.entries import SCANNED, EntryKind, ScannedEntry, parse_entry, scan_entries
-from liaison.ledger.merkle import EMPTY_ROOT, MerkleTree, leaf_hash, verify_consistency
+from liaison.ledger.merkle import (
+    EMPTY_ROOT,
+    HASH_SIZE,
+    MerkleTree,
+    leaf_hash,
+    subtree_levels,
+    verify_consistency,
+)
 from liaison.ledger.store import LedgerStore, StoredCheckpoint, entries_table
+from liaison.ledger.verify_worker import ChunkSummary, Helper
 
 # A checkpoint gap wider than this many intervals (plus slack) is reported:
 # the log was stopped, or checkpoints were removed.
@@ -111,6 +129,8 @@ class VerifyReport:
     checked_at_ms: int = 0
     max_age_s: float | None = None
     witnesses: list[WitnessSummary] = field(default_factory=list)
+    # Processes that read the entries: 2 when a second one summed up any chunk.
+    processes: int = 1
 
     @property
     def witnessed(self) -> Checkpoint | None:
@@ -146,6 +166,7 @@ def verify_ledger(
     now_ms: int | None = None,
     allow_unsigned_tail: bool = False,
     progress: Progress | None = None,
+    processes: int | None = None,
 ) -> tuple[VerifyReport, MerkleTree]:
     """Check ``store`` against ``key``.
 
@@ -154,7 +175,12 @@ def verify_ledger(
     or a different tree. ``warn_unwitnessed`` warns when no witness holds a
     checkpoint of this log (a lone copy may be rolled back); ``max_age_s``
     fails a copy whose newest checkpoint is older than that at ``now_ms``.
+    ``processes`` is 1 to read every entry in this process, 2 to let a second
+    process share a large SQLite ledger (see :mod:`~liaison.ledger.verify_worker`),
+    None for 2 where two CPUs are free to this process; the report is the same.
     """
+    if processes not in (None, 1, 2):
+        raise ValueError(f"processes must be 1 or 2, not {processes!r}")
     origin = origin or store.get_meta("origin") or ""
     report = VerifyReport(
         ledger=store.url,
@@ -162,7 +188,7 @@ def verify_ledger(
         checked_at_ms=time.time_ns() // 1_000_000 if now_ms is None else now_ms,
         max_age_s=max_age_s,
     )
-    rebuilt = _rebuild(store, report, progress)
+    rebuilt = _rebuild(store, report, progress, processes)
     tree = rebuilt.tree
     report.size = tree.size
     report.root = tree.root()
@@ -408,9 +434,15 @@ PROGRESS_EVERY = 50_000
 
 
 def entry_batches(
-    store: LedgerStore, *columns: sa.Column[Any], size: int | None = None
+    store: LedgerStore,
+    *columns: sa.Column[Any],
+    size: int | None = None,
+    start: int = 0,
+    stop: int | None = None,
 ) -> Iterator[Sequence[Sequence[Any]]]:
     """``columns`` of every stored entry (index 0 on) in index order, ``size`` rows at a time.
+
+    ``start`` and ``stop`` bound the indices read (``stop`` excluded; None: to the end).
 
     One streaming query, so the rows are one snapshot of the ledger. On SQLite
     the driver's own cursor hands over its tuples; SQLAlchemy's rows would cost
@@ -419,7 +451,9 @@ def entry_batches(
     """
     size = size or READ_BATCH
     c = entries_table.c
-    query = sa.select(*(columns or (c.idx, c.leaf_hash, c.entry))).where(c.idx >= 0)
+    query = sa.select(*(columns or (c.idx, c.leaf_hash, c.entry))).where(c.idx >= start)
+    if stop is not None:
+        query = query.where(c.idx < stop)
     query = query.order_by(c.idx)
     try:
         with store.engine.connect() as conn:
@@ -488,6 +522,11 @@ class _Rebuilder:
         self.orphans: set[str] = set()
         # A node's receipts by query id: the first receipt's index and request digest.
         self.receipts: dict[str, tuple[int, str]] = {}
+        # With a second process: levels 0..depth of the subtrees over the leaves
+        # before self.leaves, a run of leaves (a chunk) at a time.
+        self.parts: list[list[bytes]] = []
+        self.depth = 0
+        self.absorbed = 0
 
     def batch(self, rows: Sequence[Sequence[Any]]) -> None:
         start = self.expected
@@ -590,15 +629,74 @@ class _Rebuilder:
             )
         )
 
+    def seal(self) -> None:
+        """Hash the leaves read so far into subtrees, which the rest of the tree builds on."""
+        self.parts.append(subtree_levels(self.leaves, self.depth))
+        self.leaves = []
+
+    def absorb(self, summary: ChunkSummary, start: int) -> bool:
+        """Fold in a chunk the second process read, if reading it here would find nothing.
+
+        Nothing is changed unless it is folded in: on False, read the chunk here.
+        """
+        if not summary.clean or self.expected != start:
+            return False
+        requests, receipts = self.requests, self.receipts
+        # As check() would find: a query id requested before, an outcome whose
+        # request is not before it, a query id receipted before.
+        if (
+            not requests.keys().isdisjoint(summary.requests)
+            or not all(map(requests.__contains__, summary.outside))
+            or not receipts.keys().isdisjoint(summary.receipts)
+        ):
+            return False
+        requests.update(zip(summary.requests, array("q", summary.request_at), strict=True))
+        self.open.difference_update(summary.outside)
+        # An outcome logged before any request of its id keeps later requests out of "open".
+        self.open.update(summary.still_open)
+        self.open.difference_update(self.orphans)
+        receipts.update(
+            zip(
+                summary.receipts,
+                zip(array("q", summary.receipt_at), summary.digests, strict=True),
+                strict=True,
+            )
+        )
+        self.kinds.update({EntryKind(k): n for k, n in summary.kinds.items()})
+        self.parts.append(summary.levels)
+        self.expected = start + summary.entries
+        self.absorbed += 1
+        return True
+
     def rebuilt(self) -> _Rebuilt:
         report = self.report
         report.kinds.update({k.value: self.kinds[k] for k in EntryKind if self.kinds[k]})
         # Requests with no outcome were cut short (a crash, a stop): they show, but
         # are no fault of the ledger's.
         report.unfinished = len(self.open)
-        # Built in one pass at the end: level by level is cheaper than leaf by leaf.
-        tree = MerkleTree.from_leaf_hashes(self.leaves)
+        if self.absorbed:
+            report.processes = 2
+        if self.parts:
+            if self.leaves:
+                self.seal()
+            tree = _joined(self.parts, self.depth)
+        else:
+            # Built in one pass at the end: level by level is cheaper than leaf by leaf.
+            tree = MerkleTree.from_leaf_hashes(self.leaves)
         return _Rebuilt(tree, self.edited, self.first_missing)
+
+
+def _joined(parts: list[list[bytes]], depth: int) -> MerkleTree:
+    """The tree over every part's leaves, from their subtrees if the parts line up."""
+    span = HASH_SIZE << depth
+    parts = [part for part in parts if part[0]]
+    if all(len(part[0]) % span == 0 for part in parts[:-1]):
+        return MerkleTree.from_subtree_levels(parts)
+    # Rows missing from a chunk shift every leaf after them: hash from the leaves.
+    leaves = [
+        part[0][i : i + HASH_SIZE] for part in parts for i in range(0, len(part[0]), HASH_SIZE)
+    ]
+    return MerkleTree.from_leaf_hashes(leaves)
 
 
 @dataclass(frozen=True, slots=True)
@@ -628,16 +726,93 @@ def gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _rebuild(store: LedgerStore, report: VerifyReport, progress: Progress | None) -> _Rebuilt:
+# With a second process: chunks of 2**PARALLEL_DEPTH entries, for ledgers of at
+# least PARALLEL_MIN_ENTRIES (below that, starting the process costs more than
+# it saves).
+PARALLEL_DEPTH = 13
+PARALLEL_MIN_ENTRIES = 100_000
+
+
+def _rebuild(
+    store: LedgerStore, report: VerifyReport, progress: Progress | None, processes: int | None
+) -> _Rebuilt:
     rebuilder = _Rebuilder(report)
     shown = 0
     with gc_paused():
-        for rows in entry_batches(store):
-            rebuilder.batch(rows)
-            if progress is not None and rebuilder.expected // PROGRESS_EVERY > shown:
-                shown = rebuilder.expected // PROGRESS_EVERY
-                progress(rebuilder.expected)
+        helper = _helper(store, processes)
+        if helper is None:
+            for rows in entry_batches(store):
+                rebuilder.batch(rows)
+                if progress is not None and rebuilder.expected // PROGRESS_EVERY > shown:
+                    shown = rebuilder.expected // PROGRESS_EVERY
+                    progress(rebuilder.expected)
+            return rebuilder.rebuilt()
+        depth, chunks = helper.job.depth, helper.job.chunks
+        rebuilder.depth = depth
+        try:
+            # This process takes chunks from the front, in order, checking each
+            # as in one process; the helper takes them from the back.
+            front = 0
+            while front < chunks and helper.claims.front(front):
+                _read_chunk(store, rebuilder, front, chunks)
+                front += 1
+                if progress is not None:
+                    done = rebuilder.expected + (
+                        (chunks - helper.claims.taken_from_back()) << depth
+                    )
+                    if done // PROGRESS_EVERY > shown:
+                        shown = done // PROGRESS_EVERY
+                        progress(done)
+            summaries = helper.finish()
+        finally:
+            helper.close()
+        for chunk in range(front, chunks):
+            summary = summaries.get(chunk)
+            if summary is None or not rebuilder.absorb(summary, chunk << depth):
+                _read_chunk(store, rebuilder, chunk, chunks)
+        if progress is not None and rebuilder.expected // PROGRESS_EVERY > shown:
+            progress(rebuilder.expected)
         return rebuilder.rebuilt()
+
+
+def _read_chunk(store: LedgerStore, rebuilder: _Rebuilder, chunk: int, chunks: int) -> None:
+    start = chunk << rebuilder.depth
+    stop = None if chunk == chunks - 1 else start + (1 << rebuilder.depth)
+    for rows in entry_batches(store, start=start, stop=stop):
+        rebuilder.batch(rows)
+    rebuilder.seal()
+
+
+def _free_cpus() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _helper(store: LedgerStore, processes: int | None) -> Helper | None:
+    """A second process sharing the reading of ``store``, where one is worth starting."""
+    if processes == 1 or (processes is None and _free_cpus() < 2):
+        return None
+    url = store.engine.url
+    # The helper reads the file itself; other databases are read here alone.
+    if url.get_backend_name() != "sqlite" or not url.database or url.database == ":memory:":
+        return None
+    database = Path(url.database)
+    if not database.is_file() or not sys.executable:
+        return None
+    c = entries_table.c
+    try:
+        with store.engine.connect() as conn:
+            stored, top = conn.execute(
+                sa.select(sa.func.count(), sa.func.max(c.idx)).where(c.idx >= 0)
+            ).one()
+    except SQLAlchemyError:
+        return None  # reading the entries reports it
+    # Rows missing make findings, found in order by one process.
+    if stored < PARALLEL_MIN_ENTRIES or top != stored - 1:
+        return None
+    chunks = -(-stored // (1 << PARALLEL_DEPTH))
+    return Helper.start(database, depth=PARALLEL_DEPTH, chunks=chunks, batch=READ_BATCH)
 
 
 def _check_receipt_id(
