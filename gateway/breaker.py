@@ -20,7 +20,7 @@ from dataclasses import dataclass
 class BreakerSettings:
     # Consecutive failures that open a node's breaker; 0 turns breakers off.
     threshold: int = 3
-    probe_interval_s: float = 0.5
+    probe_interval_s: float = 0.25
     probe_timeout_s: float = 1.0
 
     def __post_init__(self) -> None:
