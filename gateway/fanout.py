@@ -54,6 +54,8 @@ ANSWER_METHOD = f"/{NODE_SERVICE}/Answer"
 # answering the original when a hedge asks) waits 20 ms, then twice as long
 # each time, at most this long.
 RETRY_WAIT_MAX_S = 0.5
+# A hedge that hears "in progress" asks again after 20, 40, 80, 160 ms.
+HEDGE_ATTEMPTS = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,6 +132,8 @@ class _Asking:
     calls: list[Any] = field(default_factory=list)
     hedge_timer: asyncio.TimerHandle | None = None
     hedging: bool = False
+    # The node was unreachable once already: that is no slowness to hedge.
+    retrying: bool = False
     settled: bool = False
     # Calls and tasks still running for this node.
     running: int = 0
@@ -264,13 +268,18 @@ class FanOut:
 
         def start_hedge(asking: _Asking) -> None:
             asking.hedge_timer = None
-            if asking.settled or until - time.monotonic() <= 0 or self._hedge_tokens < 1:
+            if (
+                asking.settled
+                or asking.retrying
+                or until - time.monotonic() <= 0
+                or self._hedge_tokens < 1
+            ):
                 return
             self._hedge_tokens -= 1
             self.hedges_sent += 1
             asking.hedging = True
             task = loop.create_task(
-                self._retry(asking.node_id, request, started, until, hedge=True, first=True)
+                self._retry(asking.node_id, request, started, until, hedge=True)
             )
             asking.calls.append(task)
             asking.running += 1
@@ -357,6 +366,7 @@ class FanOut:
             return None if asking.running else Reply(node_id, latency_ms, detail="cancelled")
         except grpc.aio.AioRpcError as exc:
             if _transient(exc) and not asking.hedging:
+                asking.retrying = True
                 retry = asyncio.get_running_loop().create_task(
                     self._retry(node_id, request, started, until)
                 )
@@ -418,12 +428,11 @@ class FanOut:
         until: float,
         *,
         hedge: bool = False,
-        first: bool = False,
     ) -> Reply:
         """Ask ``node_id`` again, within the deadline: after a transient failure, or as a hedge.
 
-        A hedge goes over the node's second connection at once (``first``), and
-        keeps asking while the node says the original is still being answered.
+        A hedge goes over the node's second connection, and asks a few times
+        more while the node says the original is still being answered.
         """
         answer = self._hedge(node_id) if hedge else self._answer[node_id]
 
@@ -434,9 +443,11 @@ class FanOut:
             async for attempt in AsyncRetrying(
                 retry=retry_if_exception(_transient),
                 wait=wait_exponential(multiplier=0.02, max=RETRY_WAIT_MAX_S),
-                stop=stop_after_delay(max(0.0, until - time.monotonic()))
-                if hedge
-                else stop_after_attempt(3) | stop_after_delay(max(0.0, until - started)),
+                # A hedge asks again only while the node says it is answering the
+                # original (a few tries); a node that cannot be reached is not
+                # hedged into looking slow until the deadline.
+                stop=stop_after_attempt(HEDGE_ATTEMPTS if hedge else 3)
+                | stop_after_delay(max(0.0, until - time.monotonic())),
                 reraise=True,
             ):
                 with attempt:

@@ -10,6 +10,7 @@ servers on loopback play the nodes.
 from __future__ import annotations
 
 import asyncio
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,7 +21,7 @@ from contextlib import contextmanager
 import grpc
 import pytest
 
-from gateway.fanout import FanOut, NodeLink, Reply
+from gateway.fanout import FanOut, HedgeSettings, NodeLink, Reply
 from gateway.search import _durable
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, Envelope, seal
 from liaison.errors import LedgerUnavailable
@@ -110,8 +111,9 @@ def test_replies_come_in_the_order_asked_each_with_its_own_latency() -> None:
     assert (slow.node_id, fast.node_id) == ("slow", "fast")
     assert slow.envelope == ANSWER and fast.envelope == ANSWER
     assert slow.latency_ms >= 1450
-    # Timed when it finished, not when the slow node did.
-    assert fast.latency_ms < 1000
+    # Timed when it finished, not when the slow node did. Against the slow node's own
+    # latency, so that a busy machine slowing both does not fail it.
+    assert fast.latency_ms < slow.latency_ms - 500
 
 
 def test_every_node_gets_the_same_request_bytes() -> None:
@@ -144,7 +146,8 @@ def test_a_node_briefly_unavailable_is_retried_at_once_not_after_the_slowest() -
     assert slow.envelope == ANSWER
     assert retried.node_id == "flaky" and retried.envelope == ANSWER
     assert len(calls) == 2
-    assert retried.latency_ms < 1000  # the slow node took 1500 ms
+    # Retried at once: done well before the slow node (1500 ms), not after it.
+    assert retried.latency_ms < slow.latency_ms - 500
 
 
 def test_a_node_failing_for_good_is_reported_with_its_status() -> None:
@@ -262,3 +265,60 @@ def test_a_write_settled_after_its_caller_gave_up_is_harmless() -> None:
         asyncio.run(_durable(future, 0.05))
     future.set_result(APPENDED)  # no loop to tell any more; nothing may raise
     assert future.result() == APPENDED
+
+
+def test_a_node_that_cannot_be_reached_is_unreachable_even_when_a_hedge_fires_at_once() -> None:
+    """Hedging is for slowness: it must not turn "unreachable" into "timed out"."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+
+    async def run() -> tuple[Reply, int, float]:
+        key = SigningKey.generate().verifying_key
+        fanout = FanOut(
+            (NodeLink("gone", closed, key),),
+            hedging=HedgeSettings(min_s=0.0, factor=0.0, initial_s=0.0),
+        )
+        try:
+            started = time.monotonic()
+            (reply,) = await fanout.ask_all(("gone",), SIGNED, 5.0)
+            return reply, fanout.hedges_sent, time.monotonic() - started
+        finally:
+            await fanout.close()
+
+    reply, _, took = asyncio.run(run())
+    assert reply.code == grpc.StatusCode.UNAVAILABLE, reply
+    assert took < 2.5, f"waited {took:.1f} s of a 5 s deadline for a closed port"
+
+
+def test_a_slow_answer_is_hedged_with_the_same_bytes_and_the_first_answer_taken() -> None:
+    calls: list[float] = []
+
+    def first_slow(
+        request: pb_node.AnswerRequest, context: grpc.ServicerContext
+    ) -> pb_node.AnswerResponse:
+        calls.append(time.monotonic())
+        if len(calls) == 1:
+            time.sleep(2.0)
+        return pb_node.AnswerResponse(answer=envelope_to_proto(ANSWER))
+
+    with nodes(slow_once=first_slow) as running:
+
+        async def run() -> tuple[Reply, int]:
+            (address, _), key = running["slow_once"], SigningKey.generate().verifying_key
+            fanout = FanOut(
+                (NodeLink("slow_once", address, key),),
+                hedging=HedgeSettings(min_s=0.2, factor=0.0),
+            )
+            try:
+                (reply,) = await fanout.ask_all(("slow_once",), SIGNED, 5.0)
+                return reply, fanout.hedges_sent
+            finally:
+                await fanout.close()
+
+        reply, hedges = asyncio.run(run())
+        requests = running["slow_once"][1].requests
+    assert reply.envelope == ANSWER and reply.hedged
+    assert hedges == 1 and len(requests) == 2
+    assert requests[0] == requests[1]  # the identical envelope: the node's replay guard copes
+    assert 150 < reply.latency_ms < 1500
