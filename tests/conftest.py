@@ -82,6 +82,22 @@ def federation(federation_dir: Path) -> Iterator[Federation]:
         yield start_federation(federation_dir, stack)
 
 
+@pytest.fixture(scope="module")
+def module_federation(
+    federation_template: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Federation]:
+    """Three demo nodes and a gateway shared by the tests of one module.
+
+    Only for tests that ask questions and check the answers, never what the
+    federation recorded in total (replay records, ledger sizes, rate usage from
+    a start of zero): those take ``federation``, a federation of their own.
+    """
+    root = tmp_path_factory.mktemp("module-federation") / "federation"
+    shutil.copytree(federation_template, root)
+    with ExitStack() as stack:
+        yield start_federation(root, stack)
+
+
 def _service_database(admin_url: str, name: str) -> Iterator[str]:
     """Create a fresh database on a service for one test; yield its URL; drop it after."""
     try:

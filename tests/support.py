@@ -16,9 +16,11 @@ import json
 import os
 import shutil
 import signal
+import sqlite3
 import subprocess
 import sys
 import tempfile
+import textwrap
 import threading
 import time
 import uuid
@@ -32,6 +34,7 @@ from typing import Any
 
 import grpc
 import pytest
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from hypothesis import strategies as st
 
 from gateway.search import GatewayCore
@@ -50,9 +53,10 @@ from liaison.demo.federation import (
 from liaison.demo.run import DEMO_ATTRIBUTES
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, Envelope, open_envelope, seal
 from liaison.keys import SigningKey, VerifyingKey
-from liaison.ledger.entries import AuditKey, request_entry
+from liaison.ledger.entries import AuditKey, EntryKind, parse_entry, request_entry
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LedgerProof, SignedRequest, gateway_origin
+from liaison.ledger.store import LedgerStore
 from liaison.messages import (
     AnswerStatus,
     QueryAnswer,
@@ -70,6 +74,8 @@ from liaison.wire import (
     signed_request_to_proto,
 )
 from node.answering import NodeCore, close_core
+from node.noise import load_or_create_key
+from node.replay import SEAL_KEY_FILE
 from node.server import build_node, start_node_server
 from policies import Effect
 from policies.model import ANY
@@ -408,6 +414,70 @@ def start_local_node(stack: ExitStack, config: Path) -> LocalNode:
     )
 
 
+# --- a node's receipts ledger, read as an operator reads it ----------------------------
+
+
+def node_receipts(location: str | Path) -> list[tuple[str, str, str]]:
+    """(query id, status, answer digest) of each receipt in the node ledger at ``location``."""
+    store = LedgerStore(str(location), create=False)
+    try:
+        entries = [parse_entry(raw) for _, _, raw in store.rows()]
+    finally:
+        store.close()
+    return [
+        (e.query_id, e.text("status"), e.text("answer_digest"))
+        for e in entries
+        if e.kind is EntryKind.RECEIPT
+    ]
+
+
+def receipts_for(location: str | Path, query_id: str) -> list[tuple[str, str]]:
+    """(status, answer digest) of each receipt for ``query_id`` in the ledger at ``location``."""
+    return [(s, d) for q, s, d in node_receipts(location) if q == query_id]
+
+
+def read_receipts_db(receipts: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
+    """Rows of ``sql`` over a node's SQLite receipts ledger, opened read-only."""
+    conn = sqlite3.connect(f"file:{receipts}?mode=ro", uri=True)
+    try:
+        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
+    finally:
+        conn.close()
+
+
+def unseal_answer(state_dir: Path, sealed: bytes, nonce: bytes, digest: bytes) -> bytes:
+    """A stored answer opened with the node's replay key, as the node opens it for a retry."""
+    key = load_or_create_key(state_dir / SEAL_KEY_FILE)
+    return AESGCM(key).decrypt(sealed[:12], sealed[12:], nonce + digest)
+
+
+def stored_answers(receipts: Path, query_id: str | None = None) -> list[tuple[str, bytes]]:
+    """(query id, answer payload) of each answer the node keeps for retries, unsealed.
+
+    ``receipts`` is the node's SQLite receipts ledger; its replay key is beside it.
+    Only the answers of ``query_id`` when it is given.
+    """
+    sql = "SELECT query_id, answer_payload, nonce, digest FROM liaison_node_seen_nonce"
+    params: tuple[object, ...] = ()
+    if query_id is not None:
+        sql += " WHERE query_id = ?"
+        params = (query_id.encode(),)
+    return [
+        (bytes(q).decode(), unseal_answer(receipts.parent, bytes(p), bytes(n), bytes(d)))
+        for q, p, n, d in read_receipts_db(receipts, sql + " ORDER BY rowid", *params)
+    ]
+
+
+def rate_used(receipts: Path, rule_id: str) -> int:
+    """The rate usage of ``rule_id`` committed in a node's SQLite receipts ledger."""
+    ((used,),) = read_receipts_db(
+        receipts,
+        "SELECT COALESCE(SUM(cost), 0) FROM liaison_node_rate_usage WHERE rule_id = ?",
+        rule_id.encode(),
+    )
+    return int(used)
+
+
 # --- the command line, as a user runs it ----------------------------------------------
 
 REPO = Path(__file__).resolve().parent.parent
@@ -438,6 +508,26 @@ def liaison(*args: str | Path, cwd: Path = REPO, timeout_s: float = COMMAND_TIME
         check=False,
     )
     return Run(done.returncode, done.stdout, done.stderr)
+
+
+CAPTURE_TIMEOUT_S = 60
+
+
+def captured(script: str) -> subprocess.CompletedProcess[bytes]:
+    """Run ``script`` in a fresh interpreter, with ``json, logging, os, sys, threading``
+    and ``liaison.logs`` as ``logs`` imported; its exit status and raw output.
+
+    A fresh interpreter because ``logs.capture_native_stderr()`` takes over fd 2.
+    """
+    prelude = "import json, logging, os, sys, threading\nfrom liaison import logs\n"
+    return subprocess.run(
+        [sys.executable, "-c", prelude + textwrap.dedent(script)],
+        cwd=REPO,
+        capture_output=True,
+        timeout=CAPTURE_TIMEOUT_S,
+        stdin=subprocess.DEVNULL,
+        check=False,
+    )
 
 
 def assert_one_line_error(run: Run, *fragments: str) -> str:

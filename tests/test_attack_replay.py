@@ -20,13 +20,19 @@ import pytest
 
 from liaison.errors import ReplayDetected
 from liaison.keys import SigningKey
-from liaison.ledger.entries import EntryKind, parse_entry
-from liaison.ledger.store import LedgerStore
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import signed_request_to_proto
 from node.verify import verify_request
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
-from tests.support import call_node, make_request, running_node, sign_request
+from tests.support import (
+    call_node,
+    make_request,
+    rate_used,
+    receipts_for,
+    running_node,
+    sign_request,
+    stored_answers,
+)
 
 NODE_ID = "ruritania"
 RATED_RULE = "partner-hash-match"  # rate_limit = { investigator = "2000/hour" }
@@ -54,50 +60,14 @@ def refused(address: str, signed: object) -> grpc.RpcError:
     return caught.value
 
 
-def receipts_for(root: Path, query_id: str) -> list[tuple[str, str]]:
-    """(status, answer digest) of every receipt the node holds for ``query_id``, in order."""
-    store = LedgerStore(str(state(root) / "receipts.sqlite3"), create=False)
-    try:
-        entries = [parse_entry(raw) for _, _, raw in store.rows()]
-    finally:
-        store.close()
-    return [
-        (e.text("status"), e.text("answer_digest"))
-        for e in entries
-        if e.kind is EntryKind.RECEIPT and e.query_id == query_id
-    ]
-
-
-def rate_used(root: Path, rule_id: str) -> int:
-    """The committed rate usage of ``rule_id``."""
-    conn = sqlite3.connect(f"file:{state(root) / 'receipts.sqlite3'}?mode=ro", uri=True)
-    try:
-        (used,) = conn.execute(
-            "SELECT COALESCE(SUM(cost), 0) FROM liaison_node_rate_usage WHERE rule_id = ?",
-            (rule_id.encode(),),
-        ).fetchone()
-    finally:
-        conn.close()
-    return int(used)
-
-
-def stored_answers(root: Path, query_id: str) -> int:
-    """How many answers the node keeps for retries of ``query_id``."""
-    conn = sqlite3.connect(f"file:{state(root) / 'receipts.sqlite3'}?mode=ro", uri=True)
-    try:
-        (n,) = conn.execute(
-            "SELECT count(*) FROM liaison_node_seen_nonce WHERE query_id = ?",
-            (query_id.encode(),),
-        ).fetchone()
-    finally:
-        conn.close()
-    return int(n)
+def receipts_file(root: Path) -> Path:
+    return state(root) / "receipts.sqlite3"
 
 
 @contextmanager
 def replay_records_full(root: Path) -> Iterator[None]:
     """Make every write of a replay record fail, as a full disk would, until exit."""
-    conn = sqlite3.connect(state(root) / "receipts.sqlite3", isolation_level=None)
+    conn = sqlite3.connect(receipts_file(root), isolation_level=None)
     conn.execute(
         "CREATE TRIGGER fail_seen_nonce BEFORE INSERT ON liaison_node_seen_nonce "
         "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
@@ -141,7 +111,8 @@ def test_a_reused_query_id_is_refused_and_an_identical_retry_is_answered(
         assert refusal.code() == grpc.StatusCode.ALREADY_EXISTS
         assert refusal.details() == expected
     assert retried == answered
-    assert [s for s, _ in receipts_for(federation_dir, first.query_id)] == ["answered"]
+    receipts = receipts_for(receipts_file(federation_dir), first.query_id)
+    assert [status for status, _ in receipts] == ["answered"]
     logged = [r for r in caplog.records if r.getMessage() == "refused: replay"]
     assert [r.query_id for r in logged] == [first.query_id] * 2  # type: ignore[attr-defined]
     assert all(r.reason == expected for r in logged)  # type: ignore[attr-defined]
@@ -200,16 +171,16 @@ def test_an_unwritable_replay_record_leaves_no_receipt_no_charge_and_no_answer(
     caplog.set_level(logging.ERROR, logger="liaison.ledger")
 
     with running_node(node_config(federation_dir)) as node:
-        used_before = rate_used(federation_dir, RATED_RULE)
+        used_before = rate_used(receipts_file(federation_dir), RATED_RULE)
         # execute: the record fails in the commit that would hold the receipt, then recovers
         with replay_records_full(federation_dir):
             failed = refused(node.address, signed)
-        used_while_failed = rate_used(federation_dir, RATED_RULE)
-        receipts_while_failed = receipts_for(federation_dir, request.query_id)
-        stored_while_failed = stored_answers(federation_dir, request.query_id)
+        used_while_failed = rate_used(receipts_file(federation_dir), RATED_RULE)
+        receipts_while_failed = receipts_for(receipts_file(federation_dir), request.query_id)
+        stored_while_failed = len(stored_answers(receipts_file(federation_dir), request.query_id))
         recovered = call_node(node.address, signed)
         retried = call_node(node.address, signed)
-        used_after = rate_used(federation_dir, RATED_RULE)
+        used_after = rate_used(receipts_file(federation_dir), RATED_RULE)
 
     # assert: a plain UNAVAILABLE, and nothing of the failed answer anywhere
     assert failed.code() == grpc.StatusCode.UNAVAILABLE
@@ -222,8 +193,9 @@ def test_an_unwritable_replay_record_leaves_no_receipt_no_charge_and_no_answer(
     # the retry is answered, receipted, stored and charged once; its own retry gets it back
     assert recovered.answer.signature
     assert retried == recovered
-    assert [s for s, _ in receipts_for(federation_dir, request.query_id)] == ["answered"]
-    assert stored_answers(federation_dir, request.query_id) == 1
+    receipts = receipts_for(receipts_file(federation_dir), request.query_id)
+    assert [status for status, _ in receipts] == ["answered"]
+    assert len(stored_answers(receipts_file(federation_dir), request.query_id)) == 1
     assert used_after == used_before + 1
     assert any(r.getMessage() == "ledger write failed" for r in caplog.records)
 
@@ -233,8 +205,8 @@ def test_a_request_failing_after_its_charge_is_refunded(federation_dir: Path) ->
     request = make_request(match("ab" * 32), audience=(NODE_ID,))
     signed = sign_request(gateway_key(federation_dir), request)
     with running_node(node_config(federation_dir)) as node:
-        used_before = rate_used(federation_dir, RATED_RULE)
-        conn = sqlite3.connect(state(federation_dir) / "receipts.sqlite3", isolation_level=None)
+        used_before = rate_used(receipts_file(federation_dir), RATED_RULE)
+        conn = sqlite3.connect(receipts_file(federation_dir), isolation_level=None)
         tables = [
             r[0]
             for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
@@ -253,7 +225,7 @@ def test_a_request_failing_after_its_charge_is_refunded(federation_dir: Path) ->
             for table in tables:
                 conn.execute(f'DROP TRIGGER IF EXISTS "fail_{table}"')
             conn.close()
-        used_after = rate_used(federation_dir, RATED_RULE)
+        used_after = rate_used(receipts_file(federation_dir), RATED_RULE)
 
     assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
     assert used_after == used_before

@@ -14,6 +14,7 @@ import hmac
 import json
 import re
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,8 +144,18 @@ def partner_keys(tmp_path_factory: pytest.TempPathFactory) -> PartnerKeys:
 
 
 @pytest.fixture
+def federation(module_federation: Federation) -> Federation:
+    """One running federation for the module: its tests are refused, or ask and check
+    only the answer they got, so none of them can change what another one sees."""
+    return module_federation
+
+
+@pytest.fixture
 def keys(federation_dir: Path, partner_keys: PartnerKeys) -> Keys:
-    """Keys of the federation in ``federation_dir`` (also the one ``federation`` runs)."""
+    """Keys of the federation in ``federation_dir``.
+
+    Every copy of the demo federation has the same keys: also the one ``federation`` runs.
+    """
     idp = federation_dir / "idp"
     return Keys(
         idp=SigningKey.from_pem_file(idp / f"{INVESTIGATOR_AGENCY}.key"),
@@ -690,12 +701,14 @@ def test_a_missing_identity_provider_key_fails_to_load(tmp_path: Path) -> None:
 @pytest.fixture
 def partner_gateway(federation: Federation, keys: Keys) -> Iterator[str]:
     """A second gateway over the running nodes whose config also trusts the partner IdP."""
+    # Its own files each time: the federation is shared by the module's tests.
+    tag = uuid.uuid4().hex[:8]
     path = write_gateway_config(
         federation.root,
         [INVESTIGATOR_AGENCY],
         {n: node.address for n, node in federation.nodes.items()},
-        ledger="partners-ledger.sqlite3",
-        name="partners-base.toml",
+        ledger=f"partners-ledger-{tag}.sqlite3",
+        name=f"partners-base-{tag}.toml",
     )
     extra = "\n".join(
         [
@@ -708,7 +721,7 @@ def partner_gateway(federation: Federation, keys: Keys) -> Iterator[str]:
             "",
         ]
     )
-    partners = path.with_name("partners.toml")
+    partners = path.with_name(f"partners-{tag}.toml")
     partners.write_text(path.read_text() + extra)
     with running_gateway(partners) as gateway:
         yield gateway.address

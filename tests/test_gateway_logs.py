@@ -9,25 +9,8 @@ Each test runs in a fresh interpreter, since the capture takes over fd 2.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 
-from tests.support import REPO
-
-TIMEOUT_S = 60
-
-
-def captured(script: str) -> subprocess.CompletedProcess[bytes]:
-    prelude = "import json, logging, os, sys, threading\nfrom liaison import logs\n"
-    return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(script)],
-        cwd=REPO,
-        capture_output=True,
-        timeout=TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
+from tests.support import captured
 
 
 def test_python_events_do_not_pass_through_the_pipe() -> None:

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent import futures
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import replace
 from pathlib import Path
 
@@ -55,7 +55,7 @@ from liaison.wire import (
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
-from tests.conftest import Federation
+from tests.conftest import Federation, start_federation
 from tests.support import gateway_over, investigator_token, now_ms
 
 NODES = ("freedonia", "ruritania", "sylvania")
@@ -129,6 +129,14 @@ def closed_port() -> int:
 
 def real_addresses(federation: Federation) -> dict[str, str]:
     return {n: node.address for n, node in federation.nodes.items()}
+
+
+@pytest.fixture
+def federation(module_federation: Federation) -> Federation:
+    """One running federation for the module's tests, which ask it and check the answers,
+    or run gateways of their own beside it; what they count, they count from before.
+    The test that stops a node runs a federation of its own."""
+    return module_federation
 
 
 # --- a NodeService that misbehaves on purpose ------------------------------------------
@@ -323,13 +331,14 @@ def test_bad_input_is_invalid_argument_and_affects_nothing(
     search: SearchInput, message: str, federation: Federation
 ) -> None:
     token = investigator_token(federation.root)
+    before = nonces_seen(federation.root)
 
     with pytest.raises(InvalidQuery, match=f"^{re.escape(message)}$"):
         client.search(federation.gateway.address, token, search)
 
-    assert nonces_seen(federation.root) == dict.fromkeys(NODES, 0)
+    assert nonces_seen(federation.root) == before
     assert_federation_answers(federation, token)
-    assert nonces_seen(federation.root) == dict.fromkeys(NODES, 1)
+    assert nonces_seen(federation.root) == {n: before[n] + 1 for n in NODES}
 
 
 def test_bad_input_is_the_grpc_status_invalid_argument(federation: Federation) -> None:
@@ -390,12 +399,14 @@ def test_a_node_at_a_closed_port_is_unreachable_while_the_others_answer(
     assert results["sylvania"].answer_digest == ""
 
 
-def test_a_node_that_goes_down_becomes_unreachable(federation: Federation) -> None:
-    token = investigator_token(federation.root)
-    assert_federation_answers(federation, token)  # the gateway has live channels to all three
+def test_a_node_that_goes_down_becomes_unreachable(federation_dir: Path) -> None:
+    with ExitStack() as stack:
+        federation = start_federation(federation_dir, stack)  # of its own: a node stops
+        token = investigator_token(federation.root)
+        assert_federation_answers(federation, token)  # the gateway has live channels to all
 
-    federation.nodes["sylvania"].server.stop(grace=None).wait()
-    result = client.search(federation.gateway.address, token, shared_hash_search())
+        federation.nodes["sylvania"].server.stop(grace=None).wait()
+        result = client.search(federation.gateway.address, token, shared_hash_search())
 
     assert statuses(result) == {
         "freedonia": NodeStatus.ANSWERED,
@@ -435,7 +446,8 @@ def test_a_slow_node_times_out_and_is_never_a_no_hit(federation: Federation) -> 
     )
     assert slow_result.latency_ms >= 900
     assert elapsed_s < 5  # the slow node holds its answer for 15 s
-    assert servicer.calls == 1
+    # Asked, and asked again (hedged) once over its second connection: no more.
+    assert servicer.calls == 2
 
 
 def test_a_node_failing_with_a_grpc_error_shows_error_with_its_detail(
@@ -820,12 +832,13 @@ def test_verify_answer_refuses_an_answer_to_another_request(query_id: str, diges
 )
 def test_only_the_named_nodes_are_asked(nodes: tuple[str, ...], federation: Federation) -> None:
     token = investigator_token(federation.root)
+    before = nonces_seen(federation.root)
 
     result = client.search(federation.gateway.address, token, shared_hash_search(nodes=nodes))
 
     assert [r.node_id for r in result.results] == list(dict.fromkeys(nodes))
     assert {r.status for r in result.results} == {NodeStatus.ANSWERED}
-    assert nonces_seen(federation.root) == {n: int(n in nodes) for n in NODES}
+    assert nonces_seen(federation.root) == {n: before[n] + int(n in nodes) for n in NODES}
 
 
 # --- operability: health and reflection -----------------------------------------------
@@ -855,7 +868,7 @@ def test_reflection_lists_and_describes_the_gateway_service(federation: Federati
 
     assert "liaison.v1.GatewayService" in services
     assert "grpc.health.v1.Health" in services
-    assert methods == ["DryRun", "ListNodes", "Search"]
+    assert methods == ["DryRun", "ListNodes", "Search", "SearchBatch", "SearchStream"]
 
 
 # --- injection strings in every value ---------------------------------------------------

@@ -121,36 +121,100 @@ class Exchange:
 
 
 class Tap(RawHandler):
-    """Forward every unary call, byte for byte, to ``upstream``; keep what went by."""
+    """Forward every call, byte for byte, to ``upstream``; keep what went by.
+
+    Unary calls as they are; a streaming call (a batch goes to the gateway as
+    one stream of values) message by message, each direction recorded whole.
+    """
+
+    STREAMING = ("/SearchBatch", "/SearchStream")
 
     def __init__(self, upstream: str) -> None:
         self.channel = grpc.insecure_channel(upstream, options=CHANNEL_OPTIONS)
         self.exchanges: list[Exchange] = []
         self.lock = threading.Lock()
 
+    def _keep(self, method: str, request: bytes, response: bytes, metadata: Metadata) -> None:
+        with self.lock:
+            self.exchanges.append(Exchange(method, request, response, metadata))
+
     def service(self, details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler[bytes, bytes]:
         method: str = details.method
+        if method.endswith("/SearchBatch"):
+            return grpc.stream_stream_rpc_method_handler(self._stream_stream(method))
+        if method.endswith("/SearchStream"):
+            return grpc.unary_stream_rpc_method_handler(self._unary_stream(method))
         forward = self.channel.unary_unary(method, None, None)  # raw bytes both ways
 
         def relay(request: bytes, context: grpc.ServicerContext) -> bytes:
-            metadata = tuple(
-                (k, v)
-                for k, v in context.invocation_metadata()
-                if isinstance(v, str) and not k.startswith((":", "grpc-")) and k != "user-agent"
-            )
+            metadata = _forwarded(context)
             try:
                 response: bytes = forward(
                     request, metadata=metadata, timeout=context.time_remaining()
                 )
             except grpc.RpcError as exc:
-                with self.lock:
-                    self.exchanges.append(Exchange(method, request, b"", metadata))
+                self._keep(method, request, b"", metadata)
                 context.abort(exc.code(), exc.details() or "")
-            with self.lock:
-                self.exchanges.append(Exchange(method, request, response, metadata))
+            self._keep(method, request, response, metadata)
             return response
 
         return grpc.unary_unary_rpc_method_handler(relay)
+
+    def _stream_stream(self, method: str) -> Any:
+        forward = self.channel.stream_stream(method, None, None)
+
+        def relay(requests: Iterator[bytes], context: grpc.ServicerContext) -> Iterator[bytes]:
+            metadata = _forwarded(context)
+            sent: list[bytes] = []
+
+            def recorded() -> Iterator[bytes]:
+                for message in requests:
+                    sent.append(message)
+                    yield message
+
+            got: list[bytes] = []
+            try:
+                for response in forward(
+                    recorded(), metadata=metadata, timeout=context.time_remaining()
+                ):
+                    got.append(response)
+                    yield response
+            except grpc.RpcError as exc:
+                context.abort(exc.code(), exc.details() or "")
+            finally:
+                self._keep(method, b"".join(sent), b"".join(got), metadata)
+
+        return relay
+
+    def _unary_stream(self, method: str) -> Any:
+        forward = self.channel.unary_stream(method, None, None)
+
+        def relay(request: bytes, context: grpc.ServicerContext) -> Iterator[bytes]:
+            metadata = _forwarded(context)
+            got: list[bytes] = []
+            try:
+                for response in forward(
+                    request, metadata=metadata, timeout=context.time_remaining()
+                ):
+                    got.append(response)
+                    yield response
+            except grpc.RpcError as exc:
+                context.abort(exc.code(), exc.details() or "")
+            finally:
+                self._keep(method, request, b"".join(got), metadata)
+
+        return relay
+
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def _forwarded(context: grpc.ServicerContext) -> Metadata:
+    return tuple(
+        (k, v)
+        for k, v in context.invocation_metadata()
+        if isinstance(v, str) and not k.startswith((":", "grpc-")) and k != "user-agent"
+    )
 
 
 @contextmanager
@@ -386,7 +450,8 @@ def wire_bytes(tap: Tap) -> list[bytes]:
 
 def test_requests_carry_hashes_never_image_bytes(triage: Triage, needles: Needles) -> None:
     # prepare
-    searches = [e for e in triage.client_tap.exchanges if e.method.endswith("/Search")]
+    # The command sends each batch (exact, near-duplicate) as one batch call.
+    searches = [e for e in triage.client_tap.exchanges if e.method.endswith("/SearchBatch")]
     answers = {
         n: [e for e in tap.exchanges if e.method.endswith("/Answer")]
         for n, tap in triage.node_taps.items()
@@ -403,7 +468,7 @@ def test_requests_carry_hashes_never_image_bytes(triage: Triage, needles: Needle
     }
 
     # assert: the scan read the requests that carried every file's hash...
-    assert len(searches) == 2  # one exact chunk and one near-duplicate chunk
+    assert len(searches) == 2  # one exact batch and one near-duplicate batch, a chunk each
     assert {n: len(a) for n, a in answers.items()} == dict.fromkeys(NODES, 2)
     client_requests = b"".join(e.request for e in searches)
     node_requests = {n: b"".join(e.request for e in a) for n, a in answers.items()}

@@ -11,9 +11,6 @@ break the stream.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import grpc
@@ -23,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from liaison.logs import MAX_LINE_BYTES, native_event, route_line
 from liaison.tls import CertRole, write_dev_pki
 from tests.operations_support import log_events, set_keys, wait_for
-from tests.support import REPO, liaison, spawn, terminate
+from tests.support import captured, liaison, spawn, terminate
 
 
 def refused(channel: grpc.Channel) -> grpc.StatusCode:
@@ -141,22 +138,6 @@ def test_json_lines_and_the_cli_refusal_pass_through_unchanged() -> None:
 
 
 # --- the capture itself, in a process of its own (it takes over fd 2) --------------------
-
-CAPTURE_TIMEOUT_S = 60
-
-
-def captured(script: str) -> subprocess.CompletedProcess[bytes]:
-    """Run ``script`` after capture_native_stderr() in a fresh interpreter; its output."""
-    prelude = "import json, logging, os, sys, threading\nfrom liaison import logs\n"
-    return subprocess.run(
-        [sys.executable, "-c", prelude + textwrap.dedent(script)],
-        cwd=REPO,
-        capture_output=True,
-        timeout=CAPTURE_TIMEOUT_S,
-        stdin=subprocess.DEVNULL,
-        check=False,
-    )
-
 
 THREADS = 8
 PER_THREAD = 300

@@ -693,6 +693,12 @@ SYLVANIA_CAP = (
 
 
 class TestDistanceCaps:
+    @pytest.fixture
+    def federation(self, module_federation: Federation) -> Federation:
+        """One federation for the class: its tests only ask, each as an investigator of
+        its own where asking twice would look like probing (see ``outcomes``)."""
+        return module_federation
+
     def test_distance_31_is_above_sylvanias_cap(self, federation: Federation) -> None:
         # prepare
         token = investigator_token(federation.root)

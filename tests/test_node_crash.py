@@ -13,28 +13,24 @@ from __future__ import annotations
 
 import hashlib
 import signal
-import sqlite3
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import grpc
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from liaison.keys import SigningKey
-from liaison.ledger.entries import EntryKind, parse_entry
-from liaison.ledger.store import LedgerStore
 from liaison.query import Comparator, Operation, Predicate, Query
-from node.noise import load_or_create_key
-from node.replay import SEAL_KEY_FILE
 from proto.liaison.v1 import node_pb2 as pb_node
 from tests.support import (
     STOP_TIMEOUT_S,
     call_node,
     make_request,
+    node_receipts,
     sign_request,
     spawn,
+    stored_answers,
     tail,
     terminate,
 )
@@ -51,34 +47,16 @@ def match(n: int) -> Query:
 
 def receipts(path: Path) -> dict[str, list[str]]:
     """Answer digests of the "answered" receipts, by query id."""
-    store = LedgerStore(path, create=False)
-    try:
-        found: dict[str, list[str]] = {}
-        for _, _, raw in store.rows():
-            entry = parse_entry(raw)
-            if entry.kind is EntryKind.RECEIPT and entry.text("status") == "answered":
-                found.setdefault(entry.query_id, []).append(entry.text("answer_digest"))
-        return found
-    finally:
-        store.close()
+    found: dict[str, list[str]] = {}
+    for query_id, status, digest in node_receipts(path):
+        if status == "answered":
+            found.setdefault(query_id, []).append(digest)
+    return found
 
 
 def stored(path: Path) -> dict[str, str]:
     """Digests of the stored answers, by query id, opened with the node's replay key."""
-    conn = sqlite3.connect(f"file:{path}?mode=ro", uri=True)
-    try:
-        rows = conn.execute(
-            "SELECT query_id, answer_payload, nonce, digest FROM liaison_node_seen_nonce"
-        ).fetchall()
-    finally:
-        conn.close()
-    sealer = AESGCM(load_or_create_key(path.parent / SEAL_KEY_FILE))
-    return {
-        bytes(q).decode(): hashlib.sha256(
-            sealer.decrypt(bytes(p)[:12], bytes(p)[12:], bytes(n) + bytes(d))
-        ).hexdigest()
-        for q, p, n, d in rows
-    }
+    return {q: hashlib.sha256(payload).hexdigest() for q, payload in stored_answers(path)}
 
 
 def test_a_node_killed_mid_burst_keeps_receipts_and_stored_answers_in_step(

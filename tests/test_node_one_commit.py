@@ -19,19 +19,14 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
 import sqlalchemy as sa
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from liaison.keys import SigningKey
-from liaison.ledger.entries import EntryKind, parse_entry
-from liaison.ledger.store import LedgerStore
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import envelope_from_proto
-from node.noise import load_or_create_key
 from node.ratelimit import scope_key
 from node.replay import SEAL_KEY_FILE
 from policies.model import RateLimit, RateScope
@@ -40,9 +35,14 @@ from tests.support import (
     INVESTIGATOR,
     call_node,
     make_request,
+    rate_used,
+    read_receipts_db,
+    receipts_for,
     running_node,
     sign_request,
+    stored_answers,
     tcp_proxy,
+    unseal_answer,
 )
 
 NODE_ID = "ruritania"
@@ -94,53 +94,9 @@ def answer_when_settled(address: str, signed: object, timeout_s: float) -> pb_no
         time.sleep(0.2)
 
 
-def read(root: Path, sql: str, *params: object) -> list[tuple[Any, ...]]:
-    conn = sqlite3.connect(f"file:{receipts_file(root)}?mode=ro", uri=True)
-    try:
-        return [tuple(row) for row in conn.execute(sql, params).fetchall()]
-    finally:
-        conn.close()
-
-
-def receipts_for(location: str, query_id: str) -> list[tuple[str, str]]:
-    """(status, answer digest) of every receipt in the ledger at ``location`` for ``query_id``."""
-    store = LedgerStore(location, create=False)
-    try:
-        entries = [parse_entry(raw) for _, _, raw in store.rows()]
-    finally:
-        store.close()
-    return [
-        (e.text("status"), e.text("answer_digest"))
-        for e in entries
-        if e.kind is EntryKind.RECEIPT and e.query_id == query_id
-    ]
-
-
-def used(root: Path) -> int:
-    ((n,),) = read(
-        root,
-        "SELECT COALESCE(SUM(cost), 0) FROM liaison_node_rate_usage WHERE rule_id = ?",
-        RATED_RULE.encode(),
-    )
-    return int(n)
-
-
-def unsealed(root: Path, sealed: bytes, nonce: bytes, digest: bytes) -> bytes:
-    """A stored answer opened with the node's replay key, as the node opens it for a retry."""
-    key = load_or_create_key(state(root) / SEAL_KEY_FILE)
-    return AESGCM(key).decrypt(sealed[:12], sealed[12:], nonce + digest)
-
-
 def stored(root: Path, query_id: str) -> list[bytes]:
     """The answer payloads the node keeps for retries of ``query_id``."""
-    return [
-        unsealed(root, bytes(p), bytes(n), bytes(d))
-        for (p, n, d) in read(
-            root,
-            "SELECT answer_payload, nonce, digest FROM liaison_node_seen_nonce WHERE query_id = ?",
-            query_id.encode(),
-        )
-    ]
+    return [payload for _, payload in stored_answers(receipts_file(root), query_id)]
 
 
 def digest_of(response: pb_node.AnswerResponse) -> str:
@@ -157,7 +113,7 @@ def test_every_receipt_has_its_stored_answer_and_its_charge(federation_dir: Path
 
     # execute
     with running_node(node_config(federation_dir)) as node:
-        before = used(federation_dir)
+        before = rate_used(receipts_file(federation_dir), RATED_RULE)
         answers = {r.query_id: call_node(node.address, sign_request(key, r)) for r in requests}
 
     # assert: for each answer, one receipt naming the very bytes kept for retries
@@ -165,7 +121,7 @@ def test_every_receipt_has_its_stored_answer_and_its_charge(federation_dir: Path
     for query_id, response in answers.items():
         assert receipts_for(location, query_id) == [("answered", digest_of(response))]
         assert stored(federation_dir, query_id) == [response.answer.payload]
-    assert used(federation_dir) == before + len(requests)
+    assert rate_used(receipts_file(federation_dir), RATED_RULE) == before + len(requests)
 
 
 def test_a_rate_usage_row_that_cannot_be_written_takes_the_receipt_and_the_answer_with_it(
@@ -177,7 +133,7 @@ def test_a_rate_usage_row_that_cannot_be_written_takes_the_receipt_and_the_answe
     location = str(receipts_file(federation_dir))
 
     with running_node(node_config(federation_dir)) as node:
-        before = used(federation_dir)
+        before = rate_used(receipts_file(federation_dir), RATED_RULE)
         conn = sqlite3.connect(receipts_file(federation_dir), isolation_level=None)
         conn.execute(
             "CREATE TRIGGER fail_usage BEFORE INSERT ON liaison_node_rate_usage "
@@ -198,7 +154,7 @@ def test_a_rate_usage_row_that_cannot_be_written_takes_the_receipt_and_the_answe
     assert (receipts_while_failed, stored_while_failed) == ([], [])
     assert receipts_for(location, request.query_id) == [("answered", digest_of(retried))]
     assert stored(federation_dir, request.query_id) == [retried.answer.payload]
-    assert used(federation_dir) == before + 1
+    assert rate_used(receipts_file(federation_dir), RATED_RULE) == before + 1
 
 
 def test_the_same_request_at_once_on_many_connections_is_answered_once(
@@ -218,7 +174,7 @@ def test_the_same_request_at_once_on_many_connections_is_answered_once(
 
     # execute
     with running_node(node_config(federation_dir)) as node:
-        before = used(federation_dir)
+        before = rate_used(receipts_file(federation_dir), RATED_RULE)
         with ThreadPoolExecutor(8) as pool:
             outcomes = list(pool.map(lambda _: ask(), range(8)))
         after = call_node(node.address, signed)
@@ -232,7 +188,7 @@ def test_the_same_request_at_once_on_many_connections_is_answered_once(
     )
     location = str(receipts_file(federation_dir))
     assert receipts_for(location, request.query_id) == [("answered", digest_of(after))]
-    assert used(federation_dir) == before + 1
+    assert rate_used(receipts_file(federation_dir), RATED_RULE) == before + 1
 
 
 # --- state of an earlier release ---------------------------------------------------------------
@@ -263,8 +219,8 @@ def test_replay_records_and_rate_usage_of_an_earlier_release_are_taken_in(
     shutil.copytree(federation_template, elsewhere)
     with running_node(node_config(elsewhere)) as node:
         kept = call_node(node.address, signed)
-    nonce_row = read(
-        elsewhere,
+    nonce_row = read_receipts_db(
+        receipts_file(elsewhere),
         "SELECT nonce, digest, expires_at_ms, answer_payload, answer_type, answer_key_id, "
         "answer_signature, peer, query_id FROM liaison_node_seen_nonce WHERE query_id = ?",
         earlier.query_id.encode(),
@@ -276,7 +232,7 @@ def test_replay_records_and_rate_usage_of_an_earlier_release_are_taken_in(
     legacy_rows = [
         (
             *row[:3],
-            unsealed(elsewhere, bytes(row[3]), bytes(row[0]), bytes(row[1])),
+            unseal_answer(state(elsewhere), bytes(row[3]), bytes(row[0]), bytes(row[1])),
             *row[4:8],
             bytes(row[8]).decode(),
         )

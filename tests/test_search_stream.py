@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -240,7 +240,9 @@ def test_a_stream_the_investigator_leaves_reconciles(federation: Federation) -> 
             if isinstance(event, NodeResult):
                 shown.append(event.node_id)
                 break
-        stream.close()  # the investigator goes away before the slow agency answers
+        # The investigator goes away before the slow agency answers.
+        assert isinstance(stream, Generator)
+        stream.close()
         time.sleep(0.3)
         nodes = [
             NodeLedger(n, node.core.receipts.store, node.core.signing_key.verifying_key)

@@ -855,7 +855,8 @@ def _index_log(path: Path) -> list[dict[str, Any]]:
 
 
 def federated_section(s: Settings, progress: TextIO) -> dict[str, Any]:
-    from liaison.cli.batch import CHUNK, DEFAULT_CONCURRENCY, batch_search
+    from gateway.batch import CONCURRENT_CHUNKS
+    from liaison.cli.batch import CHUNK, batch_search
     from liaison.demo.data import demo_agencies
     from liaison.demo.run import build_federation, investigator_token, running_federation
     from liaison.messages import SearchInput
@@ -926,7 +927,7 @@ def federated_section(s: Settings, progress: TextIO) -> dict[str, Any]:
             token = investigator_token(root)
             print(
                 f"  asking {len(values):,} PDQ hashes within {s.fed_distance} bits "
-                f"({chunks} chunks of up to {CHUNK:,}, {DEFAULT_CONCURRENCY} at a time)",
+                f"({chunks} chunks of up to {CHUNK:,}, {CONCURRENT_CHUNKS} at a time)",
                 file=progress,
             )
             step = max(1, len(values) // 5)
@@ -967,7 +968,7 @@ def federated_section(s: Settings, progress: TextIO) -> dict[str, Any]:
         "distance": s.fed_distance,
         "chunks": chunks,
         "chunk_size": CHUNK,
-        "concurrency": DEFAULT_CONCURRENCY,
+        "concurrency": CONCURRENT_CHUNKS,
         "deadline_ms": FED_DEADLINE_MS,
         "query": "media MATCH (hit/no-hit per chunk), purpose csam-investigation",
         "fill_s": round(fill_s, 1),
