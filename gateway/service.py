@@ -77,13 +77,13 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
 
     async def SearchStream(
         self,
-        request: pb_gateway.SearchRequest,
+        request: pb_gateway.SearchStreamRequest,
         context: grpc.aio.ServicerContext[object, object],
-    ) -> AsyncIterator[pb_gateway.SearchEvent]:
+    ) -> AsyncIterator[pb_gateway.SearchStreamResponse]:
         started = time.perf_counter()
         try:
             requester = await self.verifier.verify_async(bearer_token(context))
-            search = search_from_proto(request)
+            search = search_from_proto(request.search)
             events = self.core.search_stream(requester, search)
             results: list[NodeResult] = []
             async for event in events:
@@ -101,9 +101,9 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
 
     async def SearchBatch(
         self,
-        request_iterator: AsyncIterator[pb_gateway.BatchPart],
+        request_iterator: AsyncIterator[pb_gateway.SearchBatchRequest],
         context: grpc.aio.ServicerContext[object, object],
-    ) -> AsyncIterator[pb_gateway.BatchChunkResult]:
+    ) -> AsyncIterator[pb_gateway.SearchBatchResponse]:
         started = time.perf_counter()
 
         async def parts() -> AsyncIterator[BatchHeader | tuple[str, ...]]:

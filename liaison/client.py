@@ -159,7 +159,7 @@ def search_stream(
             stub = pb_gateway_grpc.GatewayServiceStub(channel)
             try:
                 for message in stub.SearchStream(
-                    search_to_proto(search_input),
+                    pb_gateway.SearchStreamRequest(search=search_to_proto(search_input)),
                     metadata=(("authorization", f"Bearer {token}"),),
                     timeout=timeout_s,
                 ):
@@ -196,7 +196,7 @@ def search_batch(
     values = list(dict.fromkeys(predicate.values))
     header = BatchHeader(search_input, replace(predicate, values=()), chunk_size, len(values))
 
-    def parts() -> Iterator[pb_gateway.BatchPart]:
+    def parts() -> Iterator[pb_gateway.SearchBatchRequest]:
         yield batch_header_to_proto(header)
         for i in range(0, len(values), BATCH_MESSAGE_VALUES):
             yield batch_values_to_proto(values[i : i + BATCH_MESSAGE_VALUES])
@@ -220,7 +220,7 @@ def search_batch(
 
 
 def _chunk_result(
-    message: pb_gateway.BatchChunkResult,
+    message: pb_gateway.SearchBatchResponse,
     search_input: SearchInput,
     predicate: Predicate,
     values: list[str],

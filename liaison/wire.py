@@ -410,10 +410,12 @@ def search_result_from_proto(message: pb_gateway.SearchResponse, query: Query) -
     )
 
 
-def search_event_to_proto(event: SearchEvent) -> pb_gateway.SearchEvent:
+def search_event_to_proto(event: SearchEvent) -> pb_gateway.SearchStreamResponse:
     if isinstance(event, NodeResult):
-        return pb_gateway.SearchEvent(result=pb_gateway.NodeResult(**_node_result_parts(event)))
-    out = pb_gateway.SearchEvent()
+        return pb_gateway.SearchStreamResponse(
+            result=pb_gateway.NodeResult(**_node_result_parts(event))
+        )
+    out = pb_gateway.SearchStreamResponse()
     if isinstance(event, SearchStarted):
         out.started.query_id = event.query_id
         out.started.asked.extend(event.asked)
@@ -427,7 +429,7 @@ def search_event_to_proto(event: SearchEvent) -> pb_gateway.SearchEvent:
     return out
 
 
-def search_event_from_proto(message: pb_gateway.SearchEvent) -> SearchEvent:
+def search_event_from_proto(message: pb_gateway.SearchStreamResponse) -> SearchEvent:
     """One event of a streamed search; WireError for an event of no known kind."""
     kind = message.WhichOneof("event")
     if kind == "result":
@@ -455,8 +457,8 @@ def search_event_from_proto(message: pb_gateway.SearchEvent) -> SearchEvent:
     raise MalformedMessage("the gateway sent an event of no known kind; upgrade liaison")
 
 
-def batch_header_to_proto(header: BatchHeader) -> pb_gateway.BatchPart:
-    return pb_gateway.BatchPart(
+def batch_header_to_proto(header: BatchHeader) -> pb_gateway.SearchBatchRequest:
+    return pb_gateway.SearchBatchRequest(
         header=pb_gateway.BatchHeader(
             search=search_to_proto(header.search),
             predicate=predicate_to_proto(header.predicate),
@@ -466,11 +468,11 @@ def batch_header_to_proto(header: BatchHeader) -> pb_gateway.BatchPart:
     )
 
 
-def batch_values_to_proto(values: Sequence[str]) -> pb_gateway.BatchPart:
-    return pb_gateway.BatchPart(values=pb_gateway.BatchValues(values=values))
+def batch_values_to_proto(values: Sequence[str]) -> pb_gateway.SearchBatchRequest:
+    return pb_gateway.SearchBatchRequest(values=pb_gateway.BatchValues(values=values))
 
 
-def batch_part_from_proto(message: pb_gateway.BatchPart) -> BatchHeader | tuple[str, ...]:
+def batch_part_from_proto(message: pb_gateway.SearchBatchRequest) -> BatchHeader | tuple[str, ...]:
     """A batch's header, or the values of one of its later messages."""
     kind = message.WhichOneof("part")
     if kind == "values":
@@ -486,8 +488,8 @@ def batch_part_from_proto(message: pb_gateway.BatchPart) -> BatchHeader | tuple[
     raise InvalidQuery("a batch message holds neither a header nor values")
 
 
-def batch_chunk_to_proto(chunk: BatchChunkResult) -> pb_gateway.BatchChunkResult:
-    return pb_gateway.BatchChunkResult(
+def batch_chunk_to_proto(chunk: BatchChunkResult) -> pb_gateway.SearchBatchResponse:
+    return pb_gateway.SearchBatchResponse(
         chunk=chunk.chunk,
         first_value=chunk.first_value,
         value_count=chunk.value_count,

@@ -74,19 +74,19 @@ def test_a_batch_is_chunked_by_the_gateway_and_every_chunk_is_logged(
 
 
 def raw_batch(
-    federation: Federation, parts: list[pb_gateway.BatchPart], token: str | None = None
-) -> list[pb_gateway.BatchChunkResult]:
+    federation: Federation, parts: list[pb_gateway.SearchBatchRequest], token: str | None = None
+) -> list[pb_gateway.SearchBatchResponse]:
     with grpc.insecure_channel(federation.gateway.address) as channel:
         stub = pb_gateway_grpc.GatewayServiceStub(channel)
         metadata = (("authorization", f"Bearer {token}"),) if token else ()
         return list(stub.SearchBatch(iter(parts), metadata=metadata, timeout=30))
 
 
-def header(value_count: int, chunk_size: int = 0) -> pb_gateway.BatchPart:
+def header(value_count: int, chunk_size: int = 0) -> pb_gateway.SearchBatchRequest:
     return batch_header_to_proto(BatchHeader(TEMPLATE, IN_SHA256, chunk_size, value_count))
 
 
-def values(n: int, start: int = 0) -> Iterator[pb_gateway.BatchPart]:
+def values(n: int, start: int = 0) -> Iterator[pb_gateway.SearchBatchRequest]:
     for i in range(start, start + n, 1000):
         yield batch_values_to_proto([f"{j:064x}" for j in range(i, min(start + n, i + 1000))])
 
@@ -104,7 +104,7 @@ def values(n: int, start: int = 0) -> Iterator[pb_gateway.BatchPart]:
     ],
 )
 def test_a_malformed_batch_is_refused_and_asks_nothing(
-    federation: Federation, parts: list[pb_gateway.BatchPart], message: str
+    federation: Federation, parts: list[pb_gateway.SearchBatchRequest], message: str
 ) -> None:
     token = investigator_token(federation.root)
     before = federation.gateway.core.ledger.size
@@ -117,7 +117,7 @@ def test_a_malformed_batch_is_refused_and_asks_nothing(
 
 def test_a_batch_cut_short_keeps_the_chunks_already_asked(federation: Federation) -> None:
     token = investigator_token(federation.root)
-    got: list[pb_gateway.BatchChunkResult] = []
+    got: list[pb_gateway.SearchBatchResponse] = []
     with grpc.insecure_channel(federation.gateway.address) as channel:
         stub = pb_gateway_grpc.GatewayServiceStub(channel)
         calls = stub.SearchBatch(

@@ -140,14 +140,16 @@ def test_a_refused_stream_is_refused_before_anything_is_sent(federation: Federat
         with pytest.raises(grpc.RpcError) as refused:
             list(
                 stub.SearchStream(
-                    pb_gateway.SearchRequest(purpose=bad.purpose),
+                    pb_gateway.SearchStreamRequest(
+                        search=pb_gateway.SearchRequest(purpose=bad.purpose)
+                    ),
                     metadata=(("authorization", f"Bearer {token}"),),
                     timeout=10,
                 )
             )
         assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         with pytest.raises(grpc.RpcError) as unauthenticated:
-            list(stub.SearchStream(pb_gateway.SearchRequest(), timeout=10))
+            list(stub.SearchStream(pb_gateway.SearchStreamRequest(), timeout=10))
         assert unauthenticated.value.code() == grpc.StatusCode.UNAUTHENTICATED
 
 

@@ -70,7 +70,13 @@ class SearchResponse(_message.Message):
     signed_request: _envelope_pb2.Envelope
     def __init__(self, query_id: _Optional[str] = ..., results: _Optional[_Iterable[_Union[NodeResult, _Mapping]]] = ..., signed_request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
 
-class SearchEvent(_message.Message):
+class SearchStreamRequest(_message.Message):
+    __slots__ = ("search",)
+    SEARCH_FIELD_NUMBER: _ClassVar[int]
+    search: SearchRequest
+    def __init__(self, search: _Optional[_Union[SearchRequest, _Mapping]] = ...) -> None: ...
+
+class SearchStreamResponse(_message.Message):
     __slots__ = ("started", "result", "summary")
     STARTED_FIELD_NUMBER: _ClassVar[int]
     RESULT_FIELD_NUMBER: _ClassVar[int]
@@ -107,7 +113,7 @@ class SearchSummary(_message.Message):
     counts: _containers.ScalarMap[str, int]
     def __init__(self, query_id: _Optional[str] = ..., not_answered: _Optional[_Iterable[str]] = ..., counts: _Optional[_Mapping[str, int]] = ...) -> None: ...
 
-class BatchPart(_message.Message):
+class SearchBatchRequest(_message.Message):
     __slots__ = ("header", "values")
     HEADER_FIELD_NUMBER: _ClassVar[int]
     VALUES_FIELD_NUMBER: _ClassVar[int]
@@ -133,7 +139,7 @@ class BatchValues(_message.Message):
     values: _containers.RepeatedScalarFieldContainer[str]
     def __init__(self, values: _Optional[_Iterable[str]] = ...) -> None: ...
 
-class BatchChunkResult(_message.Message):
+class SearchBatchResponse(_message.Message):
     __slots__ = ("chunk", "first_value", "value_count", "result")
     CHUNK_FIELD_NUMBER: _ClassVar[int]
     FIRST_VALUE_FIELD_NUMBER: _ClassVar[int]

@@ -43,13 +43,13 @@ class GatewayServiceStub:
                 _registered_method=True)
         self.SearchStream = channel.unary_stream(
                 '/liaison.v1.GatewayService/SearchStream',
-                request_serializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
-                response_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchEvent.FromString,
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.SearchStreamRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchStreamResponse.FromString,
                 _registered_method=True)
         self.SearchBatch = channel.stream_stream(
                 '/liaison.v1.GatewayService/SearchBatch',
-                request_serializer=liaison_dot_v1_dot_gateway__pb2.BatchPart.SerializeToString,
-                response_deserializer=liaison_dot_v1_dot_gateway__pb2.BatchChunkResult.FromString,
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.SearchBatchRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchBatchResponse.FromString,
                 _registered_method=True)
         self.ListNodes = channel.unary_unary(
                 '/liaison.v1.GatewayService/ListNodes',
@@ -123,13 +123,13 @@ def add_GatewayServiceServicer_to_server(servicer, server):
             ),
             'SearchStream': grpc.unary_stream_rpc_method_handler(
                     servicer.SearchStream,
-                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchRequest.FromString,
-                    response_serializer=liaison_dot_v1_dot_gateway__pb2.SearchEvent.SerializeToString,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchStreamRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.SearchStreamResponse.SerializeToString,
             ),
             'SearchBatch': grpc.stream_stream_rpc_method_handler(
                     servicer.SearchBatch,
-                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.BatchPart.FromString,
-                    response_serializer=liaison_dot_v1_dot_gateway__pb2.BatchChunkResult.SerializeToString,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.SearchBatchRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.SearchBatchResponse.SerializeToString,
             ),
             'ListNodes': grpc.unary_unary_rpc_method_handler(
                     servicer.ListNodes,
@@ -196,8 +196,8 @@ class GatewayService:
             request,
             target,
             '/liaison.v1.GatewayService/SearchStream',
-            liaison_dot_v1_dot_gateway__pb2.SearchRequest.SerializeToString,
-            liaison_dot_v1_dot_gateway__pb2.SearchEvent.FromString,
+            liaison_dot_v1_dot_gateway__pb2.SearchStreamRequest.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.SearchStreamResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -223,8 +223,8 @@ class GatewayService:
             request_iterator,
             target,
             '/liaison.v1.GatewayService/SearchBatch',
-            liaison_dot_v1_dot_gateway__pb2.BatchPart.SerializeToString,
-            liaison_dot_v1_dot_gateway__pb2.BatchChunkResult.FromString,
+            liaison_dot_v1_dot_gateway__pb2.SearchBatchRequest.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.SearchBatchResponse.FromString,
             options,
             channel_credentials,
             insecure,
