@@ -56,7 +56,7 @@ from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 from tests.conftest import Federation, start_federation
-from tests.support import gateway_over, investigator_token, now_ms
+from tests.support import gateway_over, investigator_token, now_ms, own_gateway
 
 NODES = ("freedonia", "ruritania", "sylvania")
 PURPOSES = "csam-investigation, victim-identification, offender-identification, statistics"
@@ -536,11 +536,14 @@ def test_an_answer_that_does_not_verify_is_discarded_as_error(
 
     with scripted_node(handler(federation.root)) as (rogue_address, servicer):
         nodes = {**real_addresses(federation), "sylvania": rogue_address}
-        with gateway_over(federation.root, nodes) as address:
-            result = client.search(address, token, shared_hash_search())
+        with own_gateway(federation.root, nodes) as gateway:
+            result = client.search(gateway.address, token, shared_hash_search())
+            hedged = gateway.core.fanout.hedges_sent
 
     rogue = by_node(result)["sylvania"]
-    assert servicer.calls == 1
+    # Asked once (and once more only if a busy machine made it slow enough to hedge):
+    # a discarded answer is not asked for again.
+    assert 1 <= servicer.calls <= 1 + hedged
     assert rogue.status is NodeStatus.ERROR
     assert re.fullmatch(detail, rogue.detail), rogue.detail
     assert rogue.answer is None  # the rogue's hit=True is gone
