@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 
@@ -37,6 +38,8 @@ from liaison.wire import (
 )
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import gateway_pb2_grpc as pb_gateway_grpc
+
+M = TypeVar("M")
 
 
 class GatewayUnavailable(LiaisonError):
@@ -104,6 +107,35 @@ def _fail_over(exc: grpc.RpcError) -> bool:
     return bool(exc.code() == grpc.StatusCode.UNAVAILABLE)
 
 
+Metadata = tuple[tuple[str, str], ...]
+Call = Callable[[pb_gateway_grpc.GatewayServiceStub, Metadata], Iterable[M]]
+
+
+def _through_replicas(
+    address: str, token: str, tls_ca: Path | None, what: str, call: Call[M]
+) -> Iterator[M]:
+    """The messages ``call`` gets from the first replica in ``address`` that takes it.
+
+    A replica that is unreachable, or refuses because it cannot log, is passed
+    over for the next, as long as it sent nothing; ``what`` ("search", "batch")
+    names the call in errors.
+    """
+    addresses = replicas(address)
+    metadata = (("authorization", f"Bearer {token}"),)
+    for i, one in enumerate(addresses):
+        sent_any = False
+        with _channel(one, tls_ca) as channel:
+            try:
+                for message in call(pb_gateway_grpc.GatewayServiceStub(channel), metadata):
+                    sent_any = True
+                    yield message
+            except grpc.RpcError as exc:
+                if not sent_any and _fail_over(exc) and i + 1 < len(addresses):
+                    continue
+                raise _refused(exc, one, what) from exc
+        return
+
+
 def search(
     address: str,
     token: str,
@@ -120,22 +152,15 @@ def search(
     query id); the first, if it got as far as the ledger, shows there as
     unfinished.
     """
-    addresses = replicas(address)
-    for i, one in enumerate(addresses):
-        with _channel(one, tls_ca) as channel:
-            stub = pb_gateway_grpc.GatewayServiceStub(channel)
-            try:
-                response = stub.Search(
-                    search_to_proto(search_input),
-                    metadata=(("authorization", f"Bearer {token}"),),
-                    timeout=timeout_s,
-                )
-            except grpc.RpcError as exc:
-                if _fail_over(exc) and i + 1 < len(addresses):
-                    continue
-                raise _refused(exc, one, "search") from exc
-        return search_result_from_proto(response, search_input.query)
-    raise AssertionError("unreachable: the last replica returns or raises")  # pragma: no cover
+    request = search_to_proto(search_input)
+    (response,) = _through_replicas(
+        address,
+        token,
+        tls_ca,
+        "search",
+        lambda stub, metadata: (stub.Search(request, metadata=metadata, timeout=timeout_s),),
+    )
+    return search_result_from_proto(response, search_input.query)
 
 
 def search_stream(
@@ -152,24 +177,15 @@ def search_stream(
     :func:`search`, raised when they happen, possibly after some results. Only
     a replica that sent nothing yet is passed over for the next.
     """
-    addresses = replicas(address)
-    for i, one in enumerate(addresses):
-        sent_any = False
-        with _channel(one, tls_ca) as channel:
-            stub = pb_gateway_grpc.GatewayServiceStub(channel)
-            try:
-                for message in stub.SearchStream(
-                    pb_gateway.SearchStreamRequest(search=search_to_proto(search_input)),
-                    metadata=(("authorization", f"Bearer {token}"),),
-                    timeout=timeout_s,
-                ):
-                    sent_any = True
-                    yield search_event_from_proto(message)
-            except grpc.RpcError as exc:
-                if not sent_any and _fail_over(exc) and i + 1 < len(addresses):
-                    continue
-                raise _refused(exc, one, "search") from exc
-        return
+    request = pb_gateway.SearchStreamRequest(search=search_to_proto(search_input))
+    for message in _through_replicas(
+        address,
+        token,
+        tls_ca,
+        "search",
+        lambda stub, metadata: stub.SearchStream(request, metadata=metadata, timeout=timeout_s),
+    ):
+        yield search_event_from_proto(message)
 
 
 # Values per message of a batch's stream: far inside gRPC's message size limit.
@@ -201,22 +217,15 @@ def search_batch(
         for i in range(0, len(values), BATCH_MESSAGE_VALUES):
             yield batch_values_to_proto(values[i : i + BATCH_MESSAGE_VALUES])
 
-    addresses = replicas(address)
-    for i, one in enumerate(addresses):
-        sent_any = False
-        with _channel(one, tls_ca) as channel:
-            stub = pb_gateway_grpc.GatewayServiceStub(channel)
-            try:
-                for message in stub.SearchBatch(
-                    parts(), metadata=(("authorization", f"Bearer {token}"),), timeout=timeout_s
-                ):
-                    sent_any = True
-                    yield _chunk_result(message, search_input, predicate, values)
-            except grpc.RpcError as exc:
-                if not sent_any and _fail_over(exc) and i + 1 < len(addresses):
-                    continue
-                raise _refused(exc, one, "batch") from exc
-        return
+    for message in _through_replicas(
+        address,
+        token,
+        tls_ca,
+        "batch",
+        # A stream of its own for each replica tried.
+        lambda stub, metadata: stub.SearchBatch(parts(), metadata=metadata, timeout=timeout_s),
+    ):
+        yield _chunk_result(message, search_input, predicate, values)
 
 
 def _chunk_result(
@@ -253,19 +262,12 @@ def dry_run(
     Nothing is sent to any node's data: the gateway decides ``search_input``
     against the policies the nodes sign and publish. Errors are those of :func:`search`.
     """
-    addresses = replicas(address)
-    for i, one in enumerate(addresses):
-        with _channel(one, tls_ca) as channel:
-            stub = pb_gateway_grpc.GatewayServiceStub(channel)
-            try:
-                response: pb_gateway.DryRunResponse = stub.DryRun(
-                    dry_run_request_to_proto(search_input),
-                    metadata=(("authorization", f"Bearer {token}"),),
-                    timeout=timeout_s,
-                )
-            except grpc.RpcError as exc:
-                if _fail_over(exc) and i + 1 < len(addresses):
-                    continue
-                raise _refused(exc, one, "dry run") from exc
-        return dry_run_result_from_proto(response, search_input.query)
-    raise AssertionError("unreachable: the last replica returns or raises")  # pragma: no cover
+    request = dry_run_request_to_proto(search_input)
+    (response,) = _through_replicas(
+        address,
+        token,
+        tls_ca,
+        "dry run",
+        lambda stub, metadata: (stub.DryRun(request, metadata=metadata, timeout=timeout_s),),
+    )
+    return dry_run_result_from_proto(response, search_input.query)
