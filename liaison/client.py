@@ -28,6 +28,7 @@ from liaison.messages import (
 from liaison.query import Predicate
 from liaison.serving import CHANNEL_OPTIONS
 from liaison.wire import (
+    batch_chunk_from_proto,
     batch_header_to_proto,
     batch_values_to_proto,
     dry_run_request_to_proto,
@@ -225,29 +226,7 @@ def search_batch(
         # A stream of its own for each replica tried.
         lambda stub, metadata: stub.SearchBatch(parts(), metadata=metadata, timeout=timeout_s),
     ):
-        yield _chunk_result(message, search_input, predicate, values)
-
-
-def _chunk_result(
-    message: pb_gateway.SearchBatchResponse,
-    search_input: SearchInput,
-    predicate: Predicate,
-    values: list[str],
-) -> BatchChunkResult:
-    first, count = message.first_value, message.value_count
-    chunk_values = tuple(values[first : first + count])
-    if len(chunk_values) != count or not count:
-        raise LiaisonError(
-            f"the gateway answered chunk {message.chunk} for values "
-            f"{first}..{first + count} of a batch of {len(values)}"
-        )
-    query = replace(
-        search_input.query,
-        predicates=(*search_input.query.predicates, replace(predicate, values=chunk_values)),
-    )
-    return BatchChunkResult(
-        message.chunk, first, count, search_result_from_proto(message.result, query)
-    )
+        yield batch_chunk_from_proto(message, search_input, predicate, values)
 
 
 def dry_run(

@@ -7,6 +7,7 @@ mistaken for the domain types of the same name.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from typing import Any
 
 from google.protobuf.message import DecodeError
@@ -494,6 +495,31 @@ def batch_chunk_to_proto(chunk: BatchChunkResult) -> pb_gateway.SearchBatchRespo
         first_value=chunk.first_value,
         value_count=chunk.value_count,
         result=search_result_to_proto(chunk.result),
+    )
+
+
+def batch_chunk_from_proto(
+    message: pb_gateway.SearchBatchResponse,
+    search: SearchInput,
+    predicate: Predicate,
+    values: Sequence[str],
+) -> BatchChunkResult:
+    """One chunk's result, with the query it answers: ``search`` plus ``predicate`` on the
+    chunk's values, which the message names by their place among ``values`` (as sent).
+    """
+    first, count = message.first_value, message.value_count
+    chunk_values = tuple(values[first : first + count])
+    if len(chunk_values) != count or not count:
+        raise MalformedMessage(
+            f"the gateway answered chunk {message.chunk} for values {first}..{first + count} "
+            f"of a batch of {len(values)}; ask again, or ask the gateway's operator"
+        )
+    query = replace(
+        search.query,
+        predicates=(*search.query.predicates, replace(predicate, values=chunk_values)),
+    )
+    return BatchChunkResult(
+        message.chunk, first, count, search_result_from_proto(message.result, query)
     )
 
 

@@ -53,7 +53,14 @@ from liaison.demo.federation import (
 from liaison.demo.run import DEMO_ATTRIBUTES
 from liaison.envelope import ANSWER_TYPE, REQUEST_TYPE, Envelope, open_envelope, seal
 from liaison.keys import SigningKey, VerifyingKey
-from liaison.ledger.entries import AuditKey, EntryKind, parse_entry, request_entry
+from liaison.ledger.entries import (
+    AuditKey,
+    EntryKind,
+    ReceiptFacts,
+    parse_entry,
+    receipt_entry,
+    request_entry,
+)
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LedgerProof, SignedRequest, gateway_origin
 from liaison.ledger.store import LedgerStore
@@ -723,3 +730,49 @@ def tcp_proxy(target_port: int) -> Iterator[Proxy]:
         proxy.popen.wait()
         if proxy.popen.stdout is not None:
             proxy.popen.stdout.close()
+
+
+# --- ledger entries and files ---------------------------------------------------------
+
+
+def receipt(n: int) -> bytes:
+    """A valid ledger entry (a node's receipt), distinct for each ``n``."""
+    return receipt_entry(
+        ReceiptFacts(
+            node_id="freedonia",
+            time_ms=1_700_000_000_000 + n,
+            query_id=f"query-{n}",
+            request_digest=n.to_bytes(32, "big"),
+            gateway_id="gateway",
+            gateway_key_id="gateway-key",
+            gateway_signature=b"\x01" * 64,
+            gateway_entry=b'{"kind":"request"}',
+            gateway_leaf_index=n,
+            gateway_checkpoint="",
+            status="answered",
+            rules=("permit-hash-lookups",),
+            obligations=(),
+            answer_digest=f"{n:064x}",
+            answer_key_id="node-key",
+        )
+    )
+
+
+@contextmanager
+def tampering(path: Path) -> Iterator[sqlite3.Connection]:
+    """A plain sqlite3 connection to a ledger file, committed on success."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()
+
+
+def stored_entry(conn: sqlite3.Connection, index: int) -> bytes:
+    """The entry stored at ``index`` of the ledger file ``conn`` is open on."""
+    (raw,) = conn.execute(
+        "SELECT entry FROM liaison_ledger_entries WHERE idx = ?", (index,)
+    ).fetchone()
+    assert isinstance(raw, bytes)
+    return raw

@@ -12,9 +12,7 @@ from __future__ import annotations
 import base64
 import json
 import shutil
-import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +24,7 @@ from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import gateway_origin
-from tests.support import Run, assert_one_line_error, liaison
+from tests.support import Run, assert_one_line_error, liaison, tampering
 
 NODES = ("freedonia", "ruritania", "sylvania")
 QUERIES = 7
@@ -92,17 +90,6 @@ def last_line(run: Run) -> str:
 def assert_failed_cleanly(run: Run) -> None:
     assert run.returncode == 1, run
     assert "Traceback" not in run.stderr, run.stderr
-
-
-@contextmanager
-def tampering(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to a ledger file, committed on success."""
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            yield conn
-    finally:
-        conn.close()
 
 
 def checkpoint_where(path: Path, position: int) -> str:

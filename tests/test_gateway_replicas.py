@@ -37,38 +37,15 @@ from liaison.demo.run import investigator_token
 from liaison.errors import ConfigError, LedgerError, LedgerUnavailable
 from liaison.keys import SigningKey
 from liaison.ledger.checkpoint import open_checkpoint
-from liaison.ledger.entries import EntryKind, ReceiptFacts, parse_entry, receipt_entry
+from liaison.ledger.entries import EntryKind, parse_entry
 from liaison.ledger.log import Appended, Ledger
 from liaison.ledger.merkle import leaf_hash, verify_inclusion
 from liaison.ledger.store import APPEND_LOCK, LedgerStore, LedgerTimeouts
 from liaison.ledger.verify import verify_ledger
-from tests.support import liaison, running_node, spawn, terminate
+from tests.support import liaison, receipt, running_node, spawn, terminate
 
 ORIGIN = "liaison.test/replicas"
 WAIT_S = 20
-
-
-def receipt(n: int) -> bytes:
-    """A valid ledger entry, distinct for each ``n``."""
-    return receipt_entry(
-        ReceiptFacts(
-            node_id="freedonia",
-            time_ms=1_700_000_000_000 + n,
-            query_id=f"query-{n}",
-            request_digest=n.to_bytes(32, "big"),
-            gateway_id="gateway",
-            gateway_key_id="gateway-key",
-            gateway_signature=b"\x01" * 64,
-            gateway_entry=b'{"kind":"request"}',
-            gateway_leaf_index=n,
-            gateway_checkpoint="",
-            status="answered",
-            rules=("permit-hash-lookups",),
-            obligations=(),
-            answer_digest=f"{n:064x}",
-            answer_key_id="node-key",
-        )
-    )
 
 
 # --- configuration ------------------------------------------------------------------------

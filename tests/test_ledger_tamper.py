@@ -45,7 +45,7 @@ from liaison.ledger.verify import VerifyReport, verify_ledger
 from liaison.messages import NodeResult, NodeStatus
 from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.wire import request_to_bytes
-from tests.support import TEST_AUDIT_KEY, make_request
+from tests.support import TEST_AUDIT_KEY, make_request, stored_entry, tampering
 
 ORIGIN = gateway_origin("tamper-test")
 SESSIONS = 4
@@ -195,25 +195,6 @@ def ledger(built: Built, tmp_path: Path) -> Path:
 
 
 # --- tampering and verifying ----------------------------------------------------------
-
-
-@contextmanager
-def tampering(path: Path) -> Iterator[sqlite3.Connection]:
-    """A plain sqlite3 connection to the ledger file, committed on success."""
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            yield conn
-    finally:
-        conn.close()
-
-
-def stored_entry(conn: sqlite3.Connection, index: int) -> bytes:
-    (raw,) = conn.execute(
-        "SELECT entry FROM liaison_ledger_entries WHERE idx = ?", (index,)
-    ).fetchone()
-    assert isinstance(raw, bytes)
-    return raw
 
 
 def put_entry(conn: sqlite3.Connection, index: int, raw: bytes, *, rehash: bool) -> None:

@@ -22,8 +22,7 @@ import io
 import json
 import shutil
 import sqlite3
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +56,7 @@ from liaison.ledger.verify import (
     _Rebuilt,
     verify_ledger,
 )
+from tests.support import stored_entry, tampering
 
 FIXTURE = Path(__file__).parent / "fixtures" / "ledger-v1"
 GATEWAY_ENTRIES = 3_000
@@ -259,24 +259,6 @@ def ledgers(built: Ledgers, tmp_path: Path) -> Ledgers:
     return Ledgers(tmp_path / "copy", built.key)
 
 
-@contextmanager
-def tampering(path: Path) -> Iterator[sqlite3.Connection]:
-    conn = sqlite3.connect(path)
-    try:
-        with conn:
-            yield conn
-    finally:
-        conn.close()
-
-
-def entry_at(conn: sqlite3.Connection, index: int) -> bytes:
-    (raw,) = conn.execute(
-        "SELECT entry FROM liaison_ledger_entries WHERE idx = ?", (index,)
-    ).fetchone()
-    assert isinstance(raw, bytes)
-    return raw
-
-
 def put(conn: sqlite3.Connection, index: int, raw: bytes | str, *, rehash: bool = True) -> None:
     if rehash:
         data = raw.encode() if isinstance(raw, str) else raw
@@ -294,7 +276,7 @@ def kind_of(raw: bytes) -> str:
 
 def first_of_kind(conn: sqlite3.Connection, kind: str, start: int) -> int:
     index = start
-    while kind_of(entry_at(conn, index)) != kind:
+    while kind_of(stored_entry(conn, index)) != kind:
         index += 1
     return index
 
@@ -305,17 +287,17 @@ Tamper = Callable[[sqlite3.Connection], None]
 
 
 def edited_leaving_its_hash(conn: sqlite3.Connection) -> None:
-    raw = entry_at(conn, 1_234)
+    raw = stored_entry(conn, 1_234)
     put(conn, 1_234, raw.replace(b'"time_ms":', b'"time_ms":1', 1), rehash=False)
 
 
 def edited_with_its_hash(conn: sqlite3.Connection) -> None:
-    raw = entry_at(conn, 1_750)
+    raw = stored_entry(conn, 1_750)
     put(conn, 1_750, raw.replace(b'"v":1', b'"v":1 ', 1))
 
 
 def unreadable_in_the_middle(conn: sqlite3.Connection) -> None:
-    put(conn, 1_501, entry_at(conn, 1_501)[:-1])
+    put(conn, 1_501, stored_entry(conn, 1_501)[:-1])
 
 
 def deleted_at_a_batch_edge(conn: sqlite3.Connection) -> None:
@@ -325,51 +307,51 @@ def deleted_at_a_batch_edge(conn: sqlite3.Connection) -> None:
 def request_logged_twice(conn: sqlite3.Connection) -> None:
     first = first_of_kind(conn, "request", 480)
     second = first_of_kind(conn, "request", 1_480)
-    query_id = json.loads(entry_at(conn, first))["query_id"]
-    again = json.loads(entry_at(conn, second))
+    query_id = json.loads(stored_entry(conn, first))["query_id"]
+    again = json.loads(stored_entry(conn, second))
     put(conn, second, canonical_json({**again, "query_id": query_id}))
 
 
 def outcome_moved_before_its_request(conn: sqlite3.Connection) -> None:
     outcome = first_of_kind(conn, "outcome", 2_200)
-    query_id = json.loads(entry_at(conn, outcome))["query_id"]
+    query_id = json.loads(stored_entry(conn, outcome))["query_id"]
     request = next(
         i
         for i in range(outcome - 1, 0, -1)
-        if json.loads(entry_at(conn, i)).get("query_id") == query_id
+        if json.loads(stored_entry(conn, i)).get("query_id") == query_id
     )
-    a, b = entry_at(conn, request), entry_at(conn, outcome)
+    a, b = stored_entry(conn, request), stored_entry(conn, outcome)
     put(conn, request, b)
     put(conn, outcome, a)
 
 
 def outcome_with_no_request(conn: sqlite3.Connection) -> None:
     outcome = first_of_kind(conn, "outcome", 600)
-    put(conn, outcome, canonical_json({**json.loads(entry_at(conn, outcome)), "query_id": "x"}))
+    put(conn, outcome, canonical_json({**json.loads(stored_entry(conn, outcome)), "query_id": "x"}))
 
 
 def required_field_of_another_type(conn: sqlite3.Connection) -> None:
     request = first_of_kind(conn, "request", 2_999 - 40)
-    put(conn, request, canonical_json({**json.loads(entry_at(conn, request)), "time_ms": True}))
+    put(conn, request, canonical_json({**json.loads(stored_entry(conn, request)), "time_ms": True}))
 
 
 def not_utf8_inside_a_string(conn: sqlite3.Connection) -> None:
-    put(conn, 42, entry_at(conn, 42).replace(b'"format":"', b'"format":"\xff', 1))
+    put(conn, 42, stored_entry(conn, 42).replace(b'"format":"', b'"format":"\xff', 1))
 
 
 def stored_as_text(conn: sqlite3.Connection) -> None:
     # Through the sqlite3 shell an edit lands as TEXT, which the driver returns as str.
-    put(conn, 777, entry_at(conn, 777).decode().replace('"v":1', '"v":2'), rehash=False)
-    put(conn, 778, entry_at(conn, 778).decode())
+    put(conn, 777, stored_entry(conn, 777).decode().replace('"v":1', '"v":2'), rehash=False)
+    put(conn, 778, stored_entry(conn, 778).decode())
 
 
 def duplicated_kind_key(conn: sqlite3.Connection) -> None:
-    raw = entry_at(conn, 1_100)
+    raw = stored_entry(conn, 1_100)
     put(conn, 1_100, raw.replace(b'"kind":', b'"kind":"opened","kind":', 1))
 
 
 def nested_too_deep(conn: sqlite3.Connection) -> None:
-    raw = entry_at(conn, 2_000)
+    raw = stored_entry(conn, 2_000)
     put(conn, 2_000, raw[:-1] + b',"deep":' + b"[" * 50_000 + b"]" * 50_000 + b"}")
 
 
@@ -440,12 +422,12 @@ def test_the_floor_computes_the_root_that_verify_checks(ledgers: Ledgers) -> Non
 
 
 def receipt_id_reused(conn: sqlite3.Connection) -> None:
-    raw = json.loads(entry_at(conn, 900))
+    raw = json.loads(stored_entry(conn, 900))
     put(conn, 900, canonical_json({**raw, "query_id": "query-10", "request_digest": "ab" * 32}))
 
 
 def receipt_copied(conn: sqlite3.Connection) -> None:
-    put(conn, 1_000, entry_at(conn, 11))
+    put(conn, 1_000, stored_entry(conn, 11))
 
 
 @pytest.mark.parametrize("tamper", [None, receipt_id_reused, receipt_copied])

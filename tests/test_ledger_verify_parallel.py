@@ -31,6 +31,7 @@ from liaison.ledger import verify_worker
 from liaison.ledger.merkle import MerkleTree
 from liaison.ledger.store import LedgerStore
 from liaison.ledger.verify import VerifyReport, verify_ledger
+from tests.support import stored_entry, tampering
 from tests.test_ledger_verify_fast import (
     GATEWAY_ENTRIES,
     RECEIPTS,
@@ -39,7 +40,6 @@ from tests.test_ledger_verify_fast import (
     duplicated_kind_key,
     edited_leaving_its_hash,
     edited_with_its_hash,
-    entry_at,
     first_of_kind,
     nested_too_deep,
     not_utf8_inside_a_string,
@@ -54,7 +54,6 @@ from tests.test_ledger_verify_fast import (
     stored_as_text,
     stored_leaf_edited,
     summary,
-    tampering,
     unreadable_in_the_middle,
 )
 from tests.test_ledger_verify_fast import (
@@ -137,11 +136,11 @@ def test_an_untouched_ledger_is_shared_between_two_processes(
 
 
 def query_id_at(conn: sqlite3.Connection, index: int) -> str:
-    return str(json.loads(entry_at(conn, index))["query_id"])
+    return str(json.loads(stored_entry(conn, index))["query_id"])
 
 
 def with_query_id(conn: sqlite3.Connection, index: int, query_id: str) -> None:
-    raw = entry_at(conn, index)
+    raw = stored_entry(conn, index)
     put(conn, index, raw.replace(query_id_at(conn, index).encode(), query_id.encode()))
 
 

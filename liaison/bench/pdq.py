@@ -608,9 +608,13 @@ def _cross_check(contender: Contender, queries: Words, batch_pairs: Words) -> di
 
 def worker_main(spec_json: str) -> int:
     """Entry of a worker process: one JSON spec in, one JSON result on stdout."""
-    spec = WorkerSpec(**json.loads(spec_json))
+    return _answer(lambda: worker(WorkerSpec(**json.loads(spec_json)), sys.stderr))
+
+
+def _answer(compute: Callable[[], dict[str, Any]]) -> int:
+    """Print what ``compute`` returns as one JSON line, or the error it meets; the exit status."""
     try:
-        result = worker(spec, sys.stderr)
+        result = compute()
     except (LiaisonError, MemoryError) as exc:
         print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
         return 1
@@ -618,16 +622,15 @@ def worker_main(spec_json: str) -> int:
     return 0
 
 
-_WORKER_CODE = (
-    "import sys; from liaison.bench.pdq import worker_main; sys.exit(worker_main(sys.argv[1]))"
-)
+def _run_child(entry: str, spec: Any, what: str, progress: TextIO) -> dict[str, Any]:
+    """Run ``entry`` (a ``*_main`` of this module) on ``spec`` in a fresh interpreter.
 
-
-def run_worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
-    """Run ``spec`` in a fresh interpreter; its progress goes to ours."""
+    Its progress goes to ours; ``what`` names it when it fails.
+    """
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+    code = f"import sys; from liaison.bench.pdq import {entry}; sys.exit({entry}(sys.argv[1]))"
     done = subprocess.run(
-        [sys.executable, "-c", _WORKER_CODE, json.dumps(asdict(spec))],
+        [sys.executable, "-c", code, json.dumps(asdict(spec))],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -644,8 +647,15 @@ def run_worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
         result = {}
     if done.returncode != 0 or "error" in result:
         why = result.get("error") or f"exit status {done.returncode} (its output is above)"
-        raise BenchFailed(f"the {spec.contender} worker at {spec.size:,} hashes failed: {why}")
+        raise BenchFailed(f"{what} failed: {why}")
     return result
+
+
+def run_worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
+    """Run ``spec`` in a fresh interpreter; its progress goes to ours."""
+    return _run_child(
+        "worker_main", spec, f"the {spec.contender} worker at {spec.size:,} hashes", progress
+    )
 
 
 def _has_fileno(stream: TextIO) -> bool:
@@ -1969,44 +1979,13 @@ def _followed(near: Any, log_path: Path) -> dict[str, Any]:
 
 
 def node_worker_main(spec_json: str) -> int:
-    spec = NodeSpec(**json.loads(spec_json))
-    try:
-        result = node_worker(spec, sys.stderr)
-    except (LiaisonError, MemoryError) as exc:
-        print(json.dumps({"error": f"{type(exc).__name__}: {exc}"}))
-        return 1
-    print(json.dumps(result))
-    return 0
-
-
-_NODE_WORKER_CODE = (
-    "import sys; from liaison.bench.pdq import node_worker_main; "
-    "sys.exit(node_worker_main(sys.argv[1]))"
-)
+    return _answer(lambda: node_worker(NodeSpec(**json.loads(spec_json)), sys.stderr))
 
 
 def _run_node_worker(spec: NodeSpec, progress: TextIO) -> dict[str, Any]:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    done = subprocess.run(
-        [sys.executable, "-c", _NODE_WORKER_CODE, json.dumps(asdict(spec))],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=progress if _has_fileno(progress) else subprocess.PIPE,
-        text=True,
-        check=False,
+    return _run_child(
+        "node_worker_main", spec, f"the node worker ({spec.variant}, {spec.mode})", progress
     )
-    if done.stderr:
-        progress.write(done.stderr)
-    last = done.stdout.strip().splitlines()[-1:] or ["{}"]
-    try:
-        result: dict[str, Any] = json.loads(last[0])
-    except ValueError:
-        result = {}
-    if done.returncode != 0 or "error" in result:
-        why = result.get("error") or f"exit status {done.returncode} (its output is above)"
-        raise BenchFailed(f"the node worker ({spec.variant}, {spec.mode}) failed: {why}")
-    return result
 
 
 def node_section(s: Settings, progress: TextIO) -> dict[str, Any]:
