@@ -9,11 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from gateway.auth import TokenVerifier
-from gateway.jwks import shown as shown_url
 from liaison.checks import Attention, CheckResult, Checks, check_ledger, check_tls
 from liaison.config import GatewayConfig, load_gateway_config
 from liaison.errors import ConfigError
+from liaison.identity.jwks import shown as shown_url
+from liaison.identity.verify import TokenVerifier
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey
 from liaison.tls import CertRole

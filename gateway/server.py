@@ -10,7 +10,6 @@ from pathlib import Path
 
 import grpc
 
-from gateway.auth import TokenVerifier
 from gateway.dryrun import DryRunner
 from gateway.fanout import FanOut, NodeLink
 from gateway.search import GatewayCore
@@ -19,6 +18,7 @@ from liaison.catalog import CATALOG_V1, Catalog
 from liaison.config import GatewayConfig, load_gateway_config
 from liaison.errors import ConfigError
 from liaison.grpc_errors import MalformedRequestsAio
+from liaison.identity.verify import TokenVerifier
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger

@@ -9,11 +9,11 @@ from typing import NoReturn
 
 import grpc
 
-from gateway.auth import TokenVerifier
 from gateway.batch import run_batch
 from gateway.dryrun import DryRunner
 from gateway.search import GatewayCore
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
+from liaison.identity.verify import TokenVerifier
 from liaison.messages import BatchHeader, NodeResult, SearchResult, SearchSummary
 from liaison.metrics import GatewayMetrics
 from liaison.wire import (

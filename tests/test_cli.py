@@ -22,10 +22,10 @@ from typing import Any
 
 import pytest
 
-from gateway.auth import TokenVerifier
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_gateway_config, load_node_config
 from liaison.demo.data import probes
+from liaison.identity.verify import TokenVerifier
 from liaison.tokens import dev_issuer
 from tests.support import Run, assert_one_line_error, liaison
 

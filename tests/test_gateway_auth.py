@@ -26,12 +26,12 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 
-from gateway.auth import MAX_TOKEN_BYTES, MAX_TOKEN_LIFETIME_S, TokenVerifier
 from liaison import client
 from liaison.config import Issuer, load_gateway_config
 from liaison.demo.data import INVESTIGATOR_AGENCY
 from liaison.demo.federation import AUDIENCE, write_gateway_config
 from liaison.errors import AuthenticationError, ConfigError
+from liaison.identity.verify import MAX_TOKEN_BYTES, MAX_TOKEN_LIFETIME_S, TokenVerifier
 from liaison.keys import SigningKey, key_id_of
 from liaison.messages import NodeStatus, Requester, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query

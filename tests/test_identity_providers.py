@@ -35,13 +35,13 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 from jwt.algorithms import ECAlgorithm, OKPAlgorithm, RSAAlgorithm
 from jwt.warnings import InsecureKeyLengthWarning
 
-from gateway.auth import TokenVerifier
-from gateway.jwks import MAX_JWKS_BYTES
 from liaison import client
 from liaison.config import ClaimMapping, Issuer, load_gateway_config
 from liaison.demo.data import INVESTIGATOR_AGENCY
 from liaison.demo.federation import AUDIENCE, write_gateway_config
 from liaison.errors import AuthenticationError, ConfigError
+from liaison.identity.jwks import MAX_JWKS_BYTES
+from liaison.identity.verify import TokenVerifier
 from liaison.logs import JsonFormatter
 from liaison.messages import NodeStatus, Requester, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query

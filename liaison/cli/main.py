@@ -338,7 +338,7 @@ def _policy_test(args: argparse.Namespace) -> int:
 
 def token_attributes(items: list[str]) -> dict[str, str]:
     """``--attribute KEY=VALUE`` options as a claim, within the limits the gateway enforces."""
-    from gateway.claims import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES
+    from liaison.identity.claims import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES
 
     attributes: dict[str, str] = {}
     for item in items:

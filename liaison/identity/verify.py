@@ -5,10 +5,11 @@ pinned for that issuer and one its key's type allows (so ``alg: none`` and
 HS256-with-a-public-key confusion cannot pass), the key chosen by ``kid``,
 and ``exp``, ``iat``, ``aud``, ``iss`` and ``sub`` all required. An issuer may
 only vouch for the agencies it is configured for. Keys come from PEM files,
-JWKS files and JWKS URLs (gateway/jwks.py); claims are read where the issuer's
-``[issuer.claims]`` says (gateway/claims.py).
+JWKS files and JWKS URLs (liaison/identity/jwks.py); claims are read where the issuer's
+``[issuer.claims]`` says (liaison/identity/claims.py).
 
-Every refusal is logged once, as a structured event on ``liaison.gateway``
+Every refusal is logged once, as a structured event (on ``liaison.gateway`` unless
+the owner names its own logger)
 with the issuer, kid, alg, subject and a reason code, never the token.
 """
 
@@ -25,10 +26,10 @@ from dataclasses import dataclass
 
 import jwt
 
-from gateway.claims import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, Refused, requester_from
-from gateway.jwks import JWKS_TIMEOUT_S, MAX_JWKS_BYTES, IssuerKey, IssuerKeys
 from liaison.config import ClaimMapping, Issuer
 from liaison.errors import AuthenticationError
+from liaison.identity.claims import MAX_ATTRIBUTE_CHARS, MAX_ATTRIBUTES, Refused, requester_from
+from liaison.identity.jwks import JWKS_TIMEOUT_S, MAX_JWKS_BYTES, IssuerKey, IssuerKeys
 from liaison.messages import Requester
 
 __all__ = [
@@ -121,8 +122,10 @@ class TokenVerifier:
         clock: Callable[[], float] = time.monotonic,
         jwks_timeout_s: float = JWKS_TIMEOUT_S,
         max_jwks_bytes: int = MAX_JWKS_BYTES,
+        logger: logging.Logger = log,
     ) -> None:
         self.audience = audience
+        self._log = logger
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._issuers: dict[str, _TrustedIssuer] = {}
@@ -180,7 +183,7 @@ class TokenVerifier:
                 if self._inflight.get(name) is finished:
                     del self._inflight[name]
                 if not finished.cancelled() and finished.exception() is not None:
-                    log.error(
+                    self._log.error(
                         "issuer key refresh crashed",
                         extra={"issuer": name},
                         exc_info=finished.exception(),
@@ -198,7 +201,7 @@ class TokenVerifier:
         try:
             return self._cached_or_verified(token, seen, may_refresh=may_refresh)
         except Refused as refused:
-            log.warning(
+            self._log.warning(
                 "token refused",
                 extra={
                     "issuer": _loggable(seen.issuer),
