@@ -95,6 +95,8 @@ class NodeConfig:
     drain_s: int = DEFAULT_DRAIN_S
     # Where /metrics is served (HOST:PORT, port 0: any); None: not served.
     metrics_listen: str | None = None
+    # How long the receipts ledger waits on its database before it reports NOT_SERVING.
+    ledger_timeouts: LedgerTimeouts = field(default_factory=LedgerTimeouts)
 
 
 DEFAULT_JWKS_REFRESH_S = 600
@@ -391,9 +393,10 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         tls=_tls(doc, "tls", "client_ca", path, ca_required=True),
         transform_key=node.path("transform_key") if "transform_key" in node.table else None,
         receipts=_ledger_location(
-            doc, path, str(node.path("state_dir", "state") / "receipts.sqlite3"), {"location"}
+            doc, path, str(node.path("state_dir", "state") / "receipts.sqlite3"), _NODE_LEDGER_KEYS
         ),
         checkpoint_interval_s=_checkpoint_interval(doc, path),
+        ledger_timeouts=_ledger_timeouts(doc, path, _NODE_LEDGER_KEYS),
     )
 
 
@@ -679,8 +682,14 @@ _GATEWAY_LEDGER_KEYS = {
 }
 
 
-def _ledger_timeouts(doc: Mapping[str, Any], path: Path) -> LedgerTimeouts:
-    reader = _ledger_reader(doc, path, _GATEWAY_LEDGER_KEYS)
+# A node's receipts ledger takes the same timeouts as the gateway's ledger.
+_NODE_LEDGER_KEYS = {"location", "connect_timeout_s", "write_timeout_s", "statement_timeout_s"}
+
+
+def _ledger_timeouts(
+    doc: Mapping[str, Any], path: Path, allowed: set[str] = _GATEWAY_LEDGER_KEYS
+) -> LedgerTimeouts:
+    reader = _ledger_reader(doc, path, allowed)
     default = LedgerTimeouts()
     return LedgerTimeouts(
         connect_s=reader.integer("connect_timeout_s", default.connect_s, 1, 60),

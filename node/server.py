@@ -87,6 +87,7 @@ def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
             signing_key,
             node_origin(config.node_id),
             checkpoint_interval_s=config.checkpoint_interval_s,
+            timeouts=config.ledger_timeouts,
         )
     except BaseException:
         near.close()
