@@ -18,7 +18,8 @@ LiaisonError
 │   │   └── UntrustedPeer  the TLS peer is not a gateway this node trusts
 │   ├── RequestInProgress  the same request is being answered; retry
 │   └── AnswersNotVerified an answer the gateway showed is not what its node signed
-├── PolicyDenied           the node's policy does not permit the query
+├── PolicyDenied           the node's policy does not permit the query (or the decision)
+├── NotFound               no follow-up request or inbox item of that id is yours to see
 ├── BackendError           the agency's database cannot be used
 ├── StateUnavailable       a node's own state (replay guard) cannot be written
 └── LedgerError            the audit ledger cannot be written or does not verify
@@ -118,6 +119,10 @@ class PolicyDenied(LiaisonError):
     def __init__(self, message: str, rules: tuple[str, ...]) -> None:
         super().__init__(message)
         self.rules = rules
+
+
+class NotFound(LiaisonError):
+    """No follow-up request or inbox item of that id that the caller may see."""
 
 
 class BackendError(LiaisonError):

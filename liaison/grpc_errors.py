@@ -25,6 +25,7 @@ from liaison.errors import (
     InvalidQuery,
     LedgerUnavailable,
     LiaisonError,
+    NotFound,
     PolicyDenied,
     ReplayDetected,
     RequestInProgress,
@@ -43,6 +44,7 @@ _CATALOG: tuple[tuple[type[LiaisonError], grpc.StatusCode], ...] = (
     (CatalogError, grpc.StatusCode.INVALID_ARGUMENT),
     (InvalidQuery, grpc.StatusCode.INVALID_ARGUMENT),
     (PolicyDenied, grpc.StatusCode.PERMISSION_DENIED),
+    (NotFound, grpc.StatusCode.NOT_FOUND),
     (BackendError, grpc.StatusCode.UNAVAILABLE),
     # Nothing was released and nothing is charged; a later retry may succeed.
     (StateUnavailable, grpc.StatusCode.UNAVAILABLE),

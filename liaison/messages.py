@@ -113,6 +113,10 @@ class QueryAnswer:
     rows: tuple[tuple[str | None, ...], ...] = field(default=())
     withheld_fields: tuple[str, ...] = ()
     truncated: bool = False
+    # Opaque references to the matched records, for a follow-up to this node.
+    record_refs: tuple[str, ...] = ()
+    # The holding agency's policy asked to be told of this hit, and was.
+    holder_notified: bool = False
 
 
 class NodeStatus(StrEnum):

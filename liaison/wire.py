@@ -237,6 +237,10 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
         ]
     if answer.withheld_fields:
         fields["withheld_fields"] = answer.withheld_fields
+    if answer.record_refs:
+        fields["record_refs"] = answer.record_refs
+    if answer.holder_notified:
+        fields["holder_notified"] = True
     return pb_query.QueryAnswer(
         query_id=answer.query_id,
         node_id=answer.node_id,
@@ -313,6 +317,8 @@ def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
         ),
         withheld_fields=tuple(message.withheld_fields),
         truncated=message.truncated,
+        record_refs=tuple(message.record_refs),
+        holder_notified=message.holder_notified,
     )
 
 

@@ -32,6 +32,7 @@ from liaison.errors import ConfigError, EntryError
 if TYPE_CHECKING:
     # For annotations only: the verifier's second process imports this module
     # and should not pay for the message types it never builds.
+    from liaison.followups import FollowUpDecision, FollowUpRequest
     from liaison.messages import NodeResult, QueryRequest
     from liaison.query import Predicate
 
@@ -51,6 +52,16 @@ class EntryKind(StrEnum):
     # A process (re)opened the ledger: requests without an outcome before it
     # were cut short by a stop or crash, not hidden.
     OPENED = "opened"
+    # The gateway's record of a follow-up request, written before delivery.
+    FOLLOWUP = "followup"
+    # The gateway's record of what the holding node said on delivery.
+    FOLLOWUP_DELIVERY = "followup-delivery"
+    # The gateway's record of the holding node's signed decision, when collected.
+    FOLLOWUP_OUTCOME = "followup-outcome"
+    # A node's record of a follow-up request it took in, with the gateway's proof.
+    FOLLOWUP_RECEIPT = "followup-receipt"
+    # A node's record of a duty officer's decision and what it released.
+    FOLLOWUP_DECISION = "followup-decision"
 
 
 class AuditKey:
@@ -212,6 +223,8 @@ class ReceiptFacts:
     obligations: tuple[str, ...]
     answer_digest: str
     answer_key_id: str
+    # The node's policy asked to be told of this hit: its inbox holds a notice.
+    holder_notified: bool = False
 
 
 def receipt_entry(facts: ReceiptFacts) -> bytes:
@@ -237,6 +250,175 @@ def receipt_entry(facts: ReceiptFacts) -> bytes:
             "obligations": list(facts.obligations),
             "answer_digest": facts.answer_digest,
             "answer_key_id": facts.answer_key_id,
+            # Only when set: receipts of earlier releases stay byte for byte as they were.
+            **({"holder_notified": True} if facts.holder_notified else {}),
+        },
+    )
+
+
+def _requester(requester: Any) -> dict[str, Any]:
+    return {
+        "agency": requester.agency,
+        "subject": requester.subject,
+        "roles": list(requester.roles),
+        "issuer": requester.issuer,
+        "attributes": dict(requester.attributes),
+    }
+
+
+def followup_entry(
+    request: FollowUpRequest, *, request_digest: bytes, key_id: str, audit_key: AuditKey
+) -> bytes:
+    """The gateway's entry for a follow-up request; the free text only as a keyed hash."""
+    return _entry(
+        EntryKind.FOLLOWUP,
+        {
+            "followup_id": request.followup_id,
+            "time_ms": request.issued_at_ms,
+            "expires_at_ms": request.expires_at_ms,
+            "gateway_id": request.gateway_id,
+            "request_digest": request_digest.hex(),
+            "request_key_id": key_id,
+            "requester": _requester(request.requester),
+            "node_id": request.node_id,
+            "about_query_id": request.query_id,
+            "record_refs": list(request.record_refs),
+            "fields": list(request.fields),
+            "purpose": request.purpose,
+            "case_ref": request.case_ref,
+            "legal_basis": request.legal_basis,
+            "urgency": request.urgency.value,
+            "answer_by_ms": request.answer_by_ms,
+            "catalog_version": request.catalog_version,
+            "text_hmac": audit_key.hash(request.text),
+            "audit_key_id": audit_key.key_id,
+        },
+    )
+
+
+def followup_delivery_entry(
+    *,
+    followup_id: str,
+    request_digest: bytes,
+    time_ms: int,
+    node_id: str,
+    status: str,
+    ack_digest: str = "",
+    detail: str = "",
+) -> bytes:
+    """What the holding node said when the gateway delivered a follow-up request."""
+    return _entry(
+        EntryKind.FOLLOWUP_DELIVERY,
+        {
+            "followup_id": followup_id,
+            "time_ms": time_ms,
+            "request_digest": request_digest.hex(),
+            "node_id": node_id,
+            "status": status,
+            "ack_digest": ack_digest,
+            "detail": detail,
+        },
+    )
+
+
+def followup_outcome_entry(
+    decision: FollowUpDecision, *, time_ms: int, decision_digest: str
+) -> bytes:
+    """The gateway's record of a node's signed decision, written before anyone sees it."""
+    return _entry(
+        EntryKind.FOLLOWUP_OUTCOME,
+        {
+            "followup_id": decision.followup_id,
+            "time_ms": time_ms,
+            "request_digest": decision.request_digest.hex(),
+            "node_id": decision.node_id,
+            "outcome": decision.outcome.value,
+            "decision_digest": decision_digest,
+            "fields": [
+                {"field": f.field, "released": f.released, "handling": f.handling}
+                for f in decision.field_decisions
+            ],
+        },
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpReceiptFacts:
+    """What a node knows of a follow-up request it took in, for its receipt."""
+
+    node_id: str
+    time_ms: int
+    followup_id: str
+    request_digest: bytes
+    gateway_id: str
+    gateway_key_id: str
+    gateway_signature: bytes
+    gateway_entry: bytes
+    gateway_leaf_index: int
+    gateway_checkpoint: str
+    accepted: bool
+    rules: tuple[str, ...]
+    answer_by_ms: int
+    ack_digest: str
+    ack_key_id: str
+
+
+def followup_receipt_entry(facts: FollowUpReceiptFacts) -> bytes:
+    return _entry(
+        EntryKind.FOLLOWUP_RECEIPT,
+        {
+            "node_id": facts.node_id,
+            "time_ms": facts.time_ms,
+            "followup_id": facts.followup_id,
+            "request_digest": facts.request_digest.hex(),
+            "gateway_id": facts.gateway_id,
+            "gateway_key_id": facts.gateway_key_id,
+            "gateway_signature": facts.gateway_signature.hex(),
+            "gateway_entry": facts.gateway_entry.decode("utf-8"),
+            "gateway_leaf_index": facts.gateway_leaf_index,
+            "gateway_checkpoint": facts.gateway_checkpoint,
+            "accepted": facts.accepted,
+            "rules": list(facts.rules),
+            "answer_by_ms": facts.answer_by_ms,
+            "ack_digest": facts.ack_digest,
+            "ack_key_id": facts.ack_key_id,
+        },
+    )
+
+
+def followup_decision_entry(
+    decision: FollowUpDecision,
+    *,
+    officer_roles: Sequence[str],
+    decision_digest: str,
+    decision_key_id: str,
+) -> bytes:
+    """A node's record of a duty officer's decision: who, what, under which codes."""
+    return _entry(
+        EntryKind.FOLLOWUP_DECISION,
+        {
+            "node_id": decision.node_id,
+            "time_ms": decision.decided_at_ms,
+            "followup_id": decision.followup_id,
+            "request_digest": decision.request_digest.hex(),
+            "officer": decision.officer,
+            "officer_issuer": decision.officer_issuer,
+            "officer_roles": list(officer_roles),
+            "outcome": decision.outcome.value,
+            "reason": decision.reason,
+            "fields": [
+                {
+                    "field": f.field,
+                    "released": f.released,
+                    "handling": f.handling,
+                    "reason": f.reason,
+                }
+                for f in decision.field_decisions
+            ],
+            "rows": len(decision.rows),
+            "rules": list(decision.rules),
+            "decision_digest": decision_digest,
+            "decision_key_id": decision_key_id,
         },
     )
 
@@ -285,6 +467,60 @@ _REQUIRED: Mapping[EntryKind, Mapping[str, type]] = {
         "answer_digest": str,
     },
     EntryKind.OPENED: {"time_ms": int, "origin": str, "key_id": str},
+    EntryKind.FOLLOWUP: {
+        "followup_id": str,
+        "time_ms": int,
+        "gateway_id": str,
+        "request_digest": str,
+        "requester": dict,
+        "node_id": str,
+        "about_query_id": str,
+        "record_refs": list,
+        "fields": list,
+        "purpose": str,
+        "case_ref": str,
+        "urgency": str,
+        "answer_by_ms": int,
+        "audit_key_id": str,
+    },
+    EntryKind.FOLLOWUP_DELIVERY: {
+        "followup_id": str,
+        "time_ms": int,
+        "request_digest": str,
+        "node_id": str,
+        "status": str,
+    },
+    EntryKind.FOLLOWUP_OUTCOME: {
+        "followup_id": str,
+        "time_ms": int,
+        "request_digest": str,
+        "node_id": str,
+        "outcome": str,
+        "decision_digest": str,
+        "fields": list,
+    },
+    EntryKind.FOLLOWUP_RECEIPT: {
+        "node_id": str,
+        "time_ms": int,
+        "followup_id": str,
+        "request_digest": str,
+        "gateway_id": str,
+        "gateway_entry": str,
+        "gateway_leaf_index": int,
+        "gateway_checkpoint": str,
+        "accepted": bool,
+        "ack_digest": str,
+    },
+    EntryKind.FOLLOWUP_DECISION: {
+        "node_id": str,
+        "time_ms": int,
+        "followup_id": str,
+        "request_digest": str,
+        "officer": str,
+        "outcome": str,
+        "fields": list,
+        "decision_digest": str,
+    },
 }
 _REQUIRED_ITEMS = {kind: tuple(fields.items()) for kind, fields in _REQUIRED.items()}
 _KINDS: dict[object, EntryKind] = {kind.value: kind for kind in EntryKind}
@@ -341,7 +577,13 @@ class _AnyArray(msgspec.Struct, array_like=True, gc=False):
     """Any JSON array: checked to be one, its items skipped."""
 
 
-_SCANNED_TYPES: Mapping[type, Any] = {str: str, int: int, dict: _AnyObject, list: _AnyArray}
+_SCANNED_TYPES: Mapping[type, Any] = {
+    str: str,
+    int: int,
+    bool: bool,
+    dict: _AnyObject,
+    list: _AnyArray,
+}
 
 
 class ScannedEntry(msgspec.Struct, tag_field="kind", gc=False):

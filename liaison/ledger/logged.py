@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 from liaison.envelope import Envelope
 from liaison.errors import CheckpointError, EntryError, ProofError, UnloggedRequest
+from liaison.followups import FollowUpRequest
 from liaison.keys import VerifyingKey
 from liaison.ledger.checkpoint import Checkpoint, open_checkpoint
 from liaison.ledger.entries import Entry, EntryKind, parse_entry
@@ -72,12 +73,66 @@ def check_logged(
             "request carries no ledger proof; a gateway must log each request before asking "
             "(upgrade the gateway, or check that its ledger is configured)"
         )
+    entry, checkpoint = _proven_entry(proof, request.gateway_id, gateway_key)
+    _check_describes(entry, request, request_digest, request_key_id)
+    return LoggedRequest(entry, checkpoint, proof)
+
+
+def check_followup_logged(
+    proof: LedgerProof | None,
+    *,
+    request: FollowUpRequest,
+    request_digest: bytes,
+    request_key_id: str,
+    gateway_key: VerifyingKey,
+) -> LoggedRequest:
+    """As :func:`check_logged`, for a follow-up request and the gateway's entry for it."""
+    if proof is None:
+        raise UnloggedRequest(
+            "follow-up request carries no ledger proof; a gateway must log it before delivery"
+        )
+    entry, checkpoint = _proven_entry(proof, request.gateway_id, gateway_key)
+    if entry.kind is not EntryKind.FOLLOWUP:
+        raise UnloggedRequest(f"the logged entry is of kind {entry.kind}, not a follow-up request")
+    f = entry.fields
+    requester = f["requester"]
+    expected = {
+        "request_digest": (f["request_digest"], request_digest.hex()),
+        "followup_id": (f["followup_id"], request.followup_id),
+        "gateway_id": (f["gateway_id"], request.gateway_id),
+        "request_key_id": (f.get("request_key_id"), request_key_id),
+        "time_ms": (f["time_ms"], request.issued_at_ms),
+        "expires_at_ms": (f.get("expires_at_ms"), request.expires_at_ms),
+        "agency": (requester.get("agency"), request.requester.agency),
+        "subject": (requester.get("subject"), request.requester.subject),
+        "roles": (requester.get("roles"), list(request.requester.roles)),
+        "node_id": (f["node_id"], request.node_id),
+        "about_query_id": (f["about_query_id"], request.query_id),
+        "record_refs": (f["record_refs"], list(request.record_refs)),
+        "fields": (f["fields"], list(request.fields)),
+        "purpose": (f["purpose"], request.purpose),
+        "case_ref": (f["case_ref"], request.case_ref),
+        "legal_basis": (f.get("legal_basis"), request.legal_basis),
+        "urgency": (f["urgency"], request.urgency.value),
+        "answer_by_ms": (f["answer_by_ms"], request.answer_by_ms),
+    }
+    wrong = [name for name, (logged, actual) in expected.items() if logged != actual]
+    if wrong:
+        raise UnloggedRequest(
+            f"the logged entry does not describe this follow-up request (differs in "
+            f"{', '.join(wrong)}); the gateway logged something other than what it delivers"
+        )
+    return LoggedRequest(entry, checkpoint, proof)
+
+
+def _proven_entry(
+    proof: LedgerProof, gateway_id: str, gateway_key: VerifyingKey
+) -> tuple[Entry, Checkpoint]:
+    """The entry ``proof`` shows in ``gateway_id``'s ledger, under a checkpoint it signed."""
     if len(proof.inclusion_path) > MAX_PROOF_ELEMENTS:
         raise UnloggedRequest(f"ledger proof has more than {MAX_PROOF_ELEMENTS} elements")
     try:
-        checkpoint = _opened_checkpoint(
-            proof.checkpoint, gateway_key, gateway_origin(request.gateway_id)
-        )
+        checkpoint = _opened_checkpoint(proof.checkpoint, gateway_key, gateway_origin(gateway_id))
         verify_inclusion(
             leaf_hash(proof.entry),
             proof.leaf_index,
@@ -88,8 +143,7 @@ def check_logged(
         entry = parse_entry(proof.entry)
     except (CheckpointError, ProofError, EntryError) as exc:
         raise UnloggedRequest(f"the request's ledger proof does not verify: {exc}") from exc
-    _check_describes(entry, request, request_digest, request_key_id)
-    return LoggedRequest(entry, checkpoint, proof)
+    return entry, checkpoint
 
 
 # Checkpoints whose signature already verified, by (key id, origin, note). A

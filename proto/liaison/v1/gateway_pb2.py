@@ -23,10 +23,11 @@ _sym_db = _symbol_database.Default()
 
 
 from . import envelope_pb2 as liaison_dot_v1_dot_envelope__pb2
+from . import followup_pb2 as liaison_dot_v1_dot_followup__pb2
 from . import query_pb2 as liaison_dot_v1_dot_query__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18liaison/v1/gateway.proto\x12\nliaison.v1\x1a\x19liaison/v1/envelope.proto\x1a\x16liaison/v1/query.proto\"\x8d\x01\n\rSearchRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.liaison.v1.Query\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61se_ref\x18\x03 \x01(\t\x12\r\n\x05nodes\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\r\x12\x13\n\x0blegal_basis\x18\x06 \x01(\t\"\xd6\x01\n\nNodeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.liaison.v1.NodeStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\'\n\x06\x61nswer\x18\x05 \x01(\x0b\x32\x17.liaison.v1.QueryAnswer\x12\x15\n\ranswer_digest\x18\x06 \x01(\t\x12+\n\rsigned_answer\x18\x07 \x01(\x0b\x32\x14.liaison.v1.Envelope\"y\n\x0eSearchResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.liaison.v1.NodeResult\x12,\n\x0esigned_request\x18\x03 \x01(\x0b\x32\x14.liaison.v1.Envelope\"@\n\x13SearchStreamRequest\x12)\n\x06search\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchRequest\"\xa5\x01\n\x14SearchStreamResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchStartedH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.liaison.v1.NodeResultH\x00\x12,\n\x07summary\x18\x03 \x01(\x0b\x32\x19.liaison.v1.SearchSummaryH\x00\x42\x07\n\x05\x65vent\"^\n\rSearchStarted\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12,\n\x0esigned_request\x18\x02 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12\r\n\x05\x61sked\x18\x03 \x03(\t\"\x9d\x01\n\rSearchSummary\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x14\n\x0cnot_answered\x18\x02 \x03(\t\x12\x35\n\x06\x63ounts\x18\x03 \x03(\x0b\x32%.liaison.v1.SearchSummary.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"r\n\x12SearchBatchRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.liaison.v1.BatchHeaderH\x00\x12)\n\x06values\x18\x02 \x01(\x0b\x32\x17.liaison.v1.BatchValuesH\x00\x42\x06\n\x04part\"\x8b\x01\n\x0b\x42\x61tchHeader\x12)\n\x06search\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchRequest\x12(\n\tpredicate\x18\x02 \x01(\x0b\x32\x15.liaison.v1.Predicate\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x13\n\x0bvalue_count\x18\x04 \x01(\r\"\x1d\n\x0b\x42\x61tchValues\x12\x0e\n\x06values\x18\x01 \x03(\t\"z\n\x13SearchBatchResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\r\x12\x13\n\x0b\x66irst_value\x18\x02 \x01(\r\x12\x13\n\x0bvalue_count\x18\x03 \x01(\r\x12*\n\x06result\x18\x04 \x01(\x0b\x32\x1a.liaison.v1.SearchResponse\"\x12\n\x10ListNodesRequest\"8\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.liaison.v1.NodeInfo\"i\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tnot_asked\x18\x04 \x01(\t\x12\x18\n\x10usual_latency_ms\x18\x05 \x01(\x01\":\n\rDryRunRequest\x12)\n\x06search\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchRequest\"n\n\x0c\x44ryRunResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x14.liaison.v1.Decision\x12\x15\n\rpolicy_sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\";\n\x0e\x44ryRunResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.liaison.v1.DryRunResult*\xc5\x01\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14NODE_STATUS_ANSWERED\x10\x01\x12\x16\n\x12NODE_STATUS_DENIED\x10\x02\x12\x19\n\x15NODE_STATUS_TIMED_OUT\x10\x03\x12\x1b\n\x17NODE_STATUS_UNREACHABLE\x10\x04\x12\x15\n\x11NODE_STATUS_ERROR\x10\x05\x12\x19\n\x15NODE_STATUS_NOT_ASKED\x10\x06\x32\x85\x03\n\x0eGatewayService\x12?\n\x06Search\x12\x19.liaison.v1.SearchRequest\x1a\x1a.liaison.v1.SearchResponse\x12S\n\x0cSearchStream\x12\x1f.liaison.v1.SearchStreamRequest\x1a .liaison.v1.SearchStreamResponse0\x01\x12R\n\x0bSearchBatch\x12\x1e.liaison.v1.SearchBatchRequest\x1a\x1f.liaison.v1.SearchBatchResponse(\x01\x30\x01\x12H\n\tListNodes\x12\x1c.liaison.v1.ListNodesRequest\x1a\x1d.liaison.v1.ListNodesResponse\x12?\n\x06\x44ryRun\x12\x19.liaison.v1.DryRunRequest\x1a\x1a.liaison.v1.DryRunResponseBN\n\nliaison.v1B\x0cGatewayProtoP\x01Z#liaison/gen/go/liaison/v1;liaisonv1\xaa\x02\nLiaison.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18liaison/v1/gateway.proto\x12\nliaison.v1\x1a\x19liaison/v1/envelope.proto\x1a\x19liaison/v1/followup.proto\x1a\x16liaison/v1/query.proto\"\xc9\x01\n\x13\x46ileFollowUpRequest\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x13\n\x0brecord_refs\x18\x03 \x03(\t\x12\x0e\n\x06\x66ields\x18\x04 \x03(\t\x12\x0f\n\x07purpose\x18\x05 \x01(\t\x12\x10\n\x08\x63\x61se_ref\x18\x06 \x01(\t\x12\x13\n\x0blegal_basis\x18\x07 \x01(\t\x12$\n\x07urgency\x18\x08 \x01(\x0e\x32\x13.liaison.v1.Urgency\x12\x0c\n\x04text\x18\t \x01(\t\">\n\x14\x46ileFollowUpResponse\x12&\n\x08\x66ollowup\x18\x01 \x01(\x0b\x32\x14.liaison.v1.FollowUp\"\x8b\x02\n\x08\x46ollowUp\x12\x13\n\x0b\x66ollowup_id\x18\x01 \x01(\t\x12\x0f\n\x07node_id\x18\x02 \x01(\t\x12\x0e\n\x06status\x18\x03 \x01(\t\x12\x13\n\x0b\x66iled_at_ms\x18\x04 \x01(\x03\x12\x14\n\x0c\x61nswer_by_ms\x18\x05 \x01(\x03\x12,\n\x0esigned_request\x18\x06 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12!\n\x03\x61\x63k\x18\x07 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12&\n\x08\x64\x65\x63ision\x18\x08 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12\x0e\n\x06\x64\x65tail\x18\t \x01(\t\x12\x15\n\rdecided_at_ms\x18\n \x01(\x03\",\n\x14ListFollowUpsRequest\x12\x14\n\x0coverdue_only\x18\x01 \x01(\x08\"@\n\x15ListFollowUpsResponse\x12\'\n\tfollowups\x18\x01 \x03(\x0b\x32\x14.liaison.v1.FollowUp\")\n\x12GetFollowUpRequest\x12\x13\n\x0b\x66ollowup_id\x18\x01 \x01(\t\"=\n\x13GetFollowUpResponse\x12&\n\x08\x66ollowup\x18\x01 \x01(\x0b\x32\x14.liaison.v1.FollowUp\"\x8d\x01\n\rSearchRequest\x12 \n\x05query\x18\x01 \x01(\x0b\x32\x11.liaison.v1.Query\x12\x0f\n\x07purpose\x18\x02 \x01(\t\x12\x10\n\x08\x63\x61se_ref\x18\x03 \x01(\t\x12\r\n\x05nodes\x18\x04 \x03(\t\x12\x13\n\x0b\x64\x65\x61\x64line_ms\x18\x05 \x01(\r\x12\x13\n\x0blegal_basis\x18\x06 \x01(\t\"\xd6\x01\n\nNodeResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x06status\x18\x02 \x01(\x0e\x32\x16.liaison.v1.NodeStatus\x12\x0e\n\x06\x64\x65tail\x18\x03 \x01(\t\x12\x12\n\nlatency_ms\x18\x04 \x01(\x01\x12\'\n\x06\x61nswer\x18\x05 \x01(\x0b\x32\x17.liaison.v1.QueryAnswer\x12\x15\n\ranswer_digest\x18\x06 \x01(\t\x12+\n\rsigned_answer\x18\x07 \x01(\x0b\x32\x14.liaison.v1.Envelope\"y\n\x0eSearchResponse\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\'\n\x07results\x18\x02 \x03(\x0b\x32\x16.liaison.v1.NodeResult\x12,\n\x0esigned_request\x18\x03 \x01(\x0b\x32\x14.liaison.v1.Envelope\"@\n\x13SearchStreamRequest\x12)\n\x06search\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchRequest\"\xa5\x01\n\x14SearchStreamResponse\x12,\n\x07started\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchStartedH\x00\x12(\n\x06result\x18\x02 \x01(\x0b\x32\x16.liaison.v1.NodeResultH\x00\x12,\n\x07summary\x18\x03 \x01(\x0b\x32\x19.liaison.v1.SearchSummaryH\x00\x42\x07\n\x05\x65vent\"^\n\rSearchStarted\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12,\n\x0esigned_request\x18\x02 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12\r\n\x05\x61sked\x18\x03 \x03(\t\"\x9d\x01\n\rSearchSummary\x12\x10\n\x08query_id\x18\x01 \x01(\t\x12\x14\n\x0cnot_answered\x18\x02 \x03(\t\x12\x35\n\x06\x63ounts\x18\x03 \x03(\x0b\x32%.liaison.v1.SearchSummary.CountsEntry\x1a-\n\x0b\x43ountsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\r:\x02\x38\x01\"r\n\x12SearchBatchRequest\x12)\n\x06header\x18\x01 \x01(\x0b\x32\x17.liaison.v1.BatchHeaderH\x00\x12)\n\x06values\x18\x02 \x01(\x0b\x32\x17.liaison.v1.BatchValuesH\x00\x42\x06\n\x04part\"\x8b\x01\n\x0b\x42\x61tchHeader\x12)\n\x06search\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchRequest\x12(\n\tpredicate\x18\x02 \x01(\x0b\x32\x15.liaison.v1.Predicate\x12\x12\n\nchunk_size\x18\x03 \x01(\r\x12\x13\n\x0bvalue_count\x18\x04 \x01(\r\"\x1d\n\x0b\x42\x61tchValues\x12\x0e\n\x06values\x18\x01 \x03(\t\"z\n\x13SearchBatchResponse\x12\r\n\x05\x63hunk\x18\x01 \x01(\r\x12\x13\n\x0b\x66irst_value\x18\x02 \x01(\r\x12\x13\n\x0bvalue_count\x18\x03 \x01(\r\x12*\n\x06result\x18\x04 \x01(\x0b\x32\x1a.liaison.v1.SearchResponse\"\x12\n\x10ListNodesRequest\"8\n\x11ListNodesResponse\x12#\n\x05nodes\x18\x01 \x03(\x0b\x32\x14.liaison.v1.NodeInfo\"i\n\x08NodeInfo\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06key_id\x18\x03 \x01(\t\x12\x11\n\tnot_asked\x18\x04 \x01(\t\x12\x18\n\x10usual_latency_ms\x18\x05 \x01(\x01\":\n\rDryRunRequest\x12)\n\x06search\x18\x01 \x01(\x0b\x32\x19.liaison.v1.SearchRequest\"n\n\x0c\x44ryRunResult\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12&\n\x08\x64\x65\x63ision\x18\x02 \x01(\x0b\x32\x14.liaison.v1.Decision\x12\x15\n\rpolicy_sha256\x18\x03 \x01(\t\x12\x0e\n\x06\x64\x65tail\x18\x04 \x01(\t\";\n\x0e\x44ryRunResponse\x12)\n\x07results\x18\x01 \x03(\x0b\x32\x18.liaison.v1.DryRunResult*\xc5\x01\n\nNodeStatus\x12\x1b\n\x17NODE_STATUS_UNSPECIFIED\x10\x00\x12\x18\n\x14NODE_STATUS_ANSWERED\x10\x01\x12\x16\n\x12NODE_STATUS_DENIED\x10\x02\x12\x19\n\x15NODE_STATUS_TIMED_OUT\x10\x03\x12\x1b\n\x17NODE_STATUS_UNREACHABLE\x10\x04\x12\x15\n\x11NODE_STATUS_ERROR\x10\x05\x12\x19\n\x15NODE_STATUS_NOT_ASKED\x10\x06\x32\xfe\x04\n\x0eGatewayService\x12?\n\x06Search\x12\x19.liaison.v1.SearchRequest\x1a\x1a.liaison.v1.SearchResponse\x12S\n\x0cSearchStream\x12\x1f.liaison.v1.SearchStreamRequest\x1a .liaison.v1.SearchStreamResponse0\x01\x12R\n\x0bSearchBatch\x12\x1e.liaison.v1.SearchBatchRequest\x1a\x1f.liaison.v1.SearchBatchResponse(\x01\x30\x01\x12H\n\tListNodes\x12\x1c.liaison.v1.ListNodesRequest\x1a\x1d.liaison.v1.ListNodesResponse\x12?\n\x06\x44ryRun\x12\x19.liaison.v1.DryRunRequest\x1a\x1a.liaison.v1.DryRunResponse\x12Q\n\x0c\x46ileFollowUp\x12\x1f.liaison.v1.FileFollowUpRequest\x1a .liaison.v1.FileFollowUpResponse\x12T\n\rListFollowUps\x12 .liaison.v1.ListFollowUpsRequest\x1a!.liaison.v1.ListFollowUpsResponse\x12N\n\x0bGetFollowUp\x12\x1e.liaison.v1.GetFollowUpRequest\x1a\x1f.liaison.v1.GetFollowUpResponseBN\n\nliaison.v1B\x0cGatewayProtoP\x01Z#liaison/gen/go/liaison/v1;liaisonv1\xaa\x02\nLiaison.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -36,44 +37,58 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._serialized_options = b'\n\nliaison.v1B\014GatewayProtoP\001Z#liaison/gen/go/liaison/v1;liaisonv1\252\002\nLiaison.V1'
   _globals['_SEARCHSUMMARY_COUNTSENTRY']._loaded_options = None
   _globals['_SEARCHSUMMARY_COUNTSENTRY']._serialized_options = b'8\001'
-  _globals['_NODESTATUS']._serialized_start=1897
-  _globals['_NODESTATUS']._serialized_end=2094
-  _globals['_SEARCHREQUEST']._serialized_start=92
-  _globals['_SEARCHREQUEST']._serialized_end=233
-  _globals['_NODERESULT']._serialized_start=236
-  _globals['_NODERESULT']._serialized_end=450
-  _globals['_SEARCHRESPONSE']._serialized_start=452
-  _globals['_SEARCHRESPONSE']._serialized_end=573
-  _globals['_SEARCHSTREAMREQUEST']._serialized_start=575
-  _globals['_SEARCHSTREAMREQUEST']._serialized_end=639
-  _globals['_SEARCHSTREAMRESPONSE']._serialized_start=642
-  _globals['_SEARCHSTREAMRESPONSE']._serialized_end=807
-  _globals['_SEARCHSTARTED']._serialized_start=809
-  _globals['_SEARCHSTARTED']._serialized_end=903
-  _globals['_SEARCHSUMMARY']._serialized_start=906
-  _globals['_SEARCHSUMMARY']._serialized_end=1063
-  _globals['_SEARCHSUMMARY_COUNTSENTRY']._serialized_start=1018
-  _globals['_SEARCHSUMMARY_COUNTSENTRY']._serialized_end=1063
-  _globals['_SEARCHBATCHREQUEST']._serialized_start=1065
-  _globals['_SEARCHBATCHREQUEST']._serialized_end=1179
-  _globals['_BATCHHEADER']._serialized_start=1182
-  _globals['_BATCHHEADER']._serialized_end=1321
-  _globals['_BATCHVALUES']._serialized_start=1323
-  _globals['_BATCHVALUES']._serialized_end=1352
-  _globals['_SEARCHBATCHRESPONSE']._serialized_start=1354
-  _globals['_SEARCHBATCHRESPONSE']._serialized_end=1476
-  _globals['_LISTNODESREQUEST']._serialized_start=1478
-  _globals['_LISTNODESREQUEST']._serialized_end=1496
-  _globals['_LISTNODESRESPONSE']._serialized_start=1498
-  _globals['_LISTNODESRESPONSE']._serialized_end=1554
-  _globals['_NODEINFO']._serialized_start=1556
-  _globals['_NODEINFO']._serialized_end=1661
-  _globals['_DRYRUNREQUEST']._serialized_start=1663
-  _globals['_DRYRUNREQUEST']._serialized_end=1721
-  _globals['_DRYRUNRESULT']._serialized_start=1723
-  _globals['_DRYRUNRESULT']._serialized_end=1833
-  _globals['_DRYRUNRESPONSE']._serialized_start=1835
-  _globals['_DRYRUNRESPONSE']._serialized_end=1894
-  _globals['_GATEWAYSERVICE']._serialized_start=2097
-  _globals['_GATEWAYSERVICE']._serialized_end=2486
+  _globals['_NODESTATUS']._serialized_start=2680
+  _globals['_NODESTATUS']._serialized_end=2877
+  _globals['_FILEFOLLOWUPREQUEST']._serialized_start=119
+  _globals['_FILEFOLLOWUPREQUEST']._serialized_end=320
+  _globals['_FILEFOLLOWUPRESPONSE']._serialized_start=322
+  _globals['_FILEFOLLOWUPRESPONSE']._serialized_end=384
+  _globals['_FOLLOWUP']._serialized_start=387
+  _globals['_FOLLOWUP']._serialized_end=654
+  _globals['_LISTFOLLOWUPSREQUEST']._serialized_start=656
+  _globals['_LISTFOLLOWUPSREQUEST']._serialized_end=700
+  _globals['_LISTFOLLOWUPSRESPONSE']._serialized_start=702
+  _globals['_LISTFOLLOWUPSRESPONSE']._serialized_end=766
+  _globals['_GETFOLLOWUPREQUEST']._serialized_start=768
+  _globals['_GETFOLLOWUPREQUEST']._serialized_end=809
+  _globals['_GETFOLLOWUPRESPONSE']._serialized_start=811
+  _globals['_GETFOLLOWUPRESPONSE']._serialized_end=872
+  _globals['_SEARCHREQUEST']._serialized_start=875
+  _globals['_SEARCHREQUEST']._serialized_end=1016
+  _globals['_NODERESULT']._serialized_start=1019
+  _globals['_NODERESULT']._serialized_end=1233
+  _globals['_SEARCHRESPONSE']._serialized_start=1235
+  _globals['_SEARCHRESPONSE']._serialized_end=1356
+  _globals['_SEARCHSTREAMREQUEST']._serialized_start=1358
+  _globals['_SEARCHSTREAMREQUEST']._serialized_end=1422
+  _globals['_SEARCHSTREAMRESPONSE']._serialized_start=1425
+  _globals['_SEARCHSTREAMRESPONSE']._serialized_end=1590
+  _globals['_SEARCHSTARTED']._serialized_start=1592
+  _globals['_SEARCHSTARTED']._serialized_end=1686
+  _globals['_SEARCHSUMMARY']._serialized_start=1689
+  _globals['_SEARCHSUMMARY']._serialized_end=1846
+  _globals['_SEARCHSUMMARY_COUNTSENTRY']._serialized_start=1801
+  _globals['_SEARCHSUMMARY_COUNTSENTRY']._serialized_end=1846
+  _globals['_SEARCHBATCHREQUEST']._serialized_start=1848
+  _globals['_SEARCHBATCHREQUEST']._serialized_end=1962
+  _globals['_BATCHHEADER']._serialized_start=1965
+  _globals['_BATCHHEADER']._serialized_end=2104
+  _globals['_BATCHVALUES']._serialized_start=2106
+  _globals['_BATCHVALUES']._serialized_end=2135
+  _globals['_SEARCHBATCHRESPONSE']._serialized_start=2137
+  _globals['_SEARCHBATCHRESPONSE']._serialized_end=2259
+  _globals['_LISTNODESREQUEST']._serialized_start=2261
+  _globals['_LISTNODESREQUEST']._serialized_end=2279
+  _globals['_LISTNODESRESPONSE']._serialized_start=2281
+  _globals['_LISTNODESRESPONSE']._serialized_end=2337
+  _globals['_NODEINFO']._serialized_start=2339
+  _globals['_NODEINFO']._serialized_end=2444
+  _globals['_DRYRUNREQUEST']._serialized_start=2446
+  _globals['_DRYRUNREQUEST']._serialized_end=2504
+  _globals['_DRYRUNRESULT']._serialized_start=2506
+  _globals['_DRYRUNRESULT']._serialized_end=2616
+  _globals['_DRYRUNRESPONSE']._serialized_start=2618
+  _globals['_DRYRUNRESPONSE']._serialized_end=2677
+  _globals['_GATEWAYSERVICE']._serialized_start=2880
+  _globals['_GATEWAYSERVICE']._serialized_end=3518
 # @@protoc_insertion_point(module_scope)

@@ -1,4 +1,5 @@
 from . import envelope_pb2 as _envelope_pb2
+from . import followup_pb2 as _followup_pb2
 from . import query_pb2 as _query_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -25,6 +26,82 @@ NODE_STATUS_TIMED_OUT: NodeStatus
 NODE_STATUS_UNREACHABLE: NodeStatus
 NODE_STATUS_ERROR: NodeStatus
 NODE_STATUS_NOT_ASKED: NodeStatus
+
+class FileFollowUpRequest(_message.Message):
+    __slots__ = ("query_id", "node_id", "record_refs", "fields", "purpose", "case_ref", "legal_basis", "urgency", "text")
+    QUERY_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    RECORD_REFS_FIELD_NUMBER: _ClassVar[int]
+    FIELDS_FIELD_NUMBER: _ClassVar[int]
+    PURPOSE_FIELD_NUMBER: _ClassVar[int]
+    CASE_REF_FIELD_NUMBER: _ClassVar[int]
+    LEGAL_BASIS_FIELD_NUMBER: _ClassVar[int]
+    URGENCY_FIELD_NUMBER: _ClassVar[int]
+    TEXT_FIELD_NUMBER: _ClassVar[int]
+    query_id: str
+    node_id: str
+    record_refs: _containers.RepeatedScalarFieldContainer[str]
+    fields: _containers.RepeatedScalarFieldContainer[str]
+    purpose: str
+    case_ref: str
+    legal_basis: str
+    urgency: _followup_pb2.Urgency
+    text: str
+    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., record_refs: _Optional[_Iterable[str]] = ..., fields: _Optional[_Iterable[str]] = ..., purpose: _Optional[str] = ..., case_ref: _Optional[str] = ..., legal_basis: _Optional[str] = ..., urgency: _Optional[_Union[_followup_pb2.Urgency, str]] = ..., text: _Optional[str] = ...) -> None: ...
+
+class FileFollowUpResponse(_message.Message):
+    __slots__ = ("followup",)
+    FOLLOWUP_FIELD_NUMBER: _ClassVar[int]
+    followup: FollowUp
+    def __init__(self, followup: _Optional[_Union[FollowUp, _Mapping]] = ...) -> None: ...
+
+class FollowUp(_message.Message):
+    __slots__ = ("followup_id", "node_id", "status", "filed_at_ms", "answer_by_ms", "signed_request", "ack", "decision", "detail", "decided_at_ms")
+    FOLLOWUP_ID_FIELD_NUMBER: _ClassVar[int]
+    NODE_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    FILED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ANSWER_BY_MS_FIELD_NUMBER: _ClassVar[int]
+    SIGNED_REQUEST_FIELD_NUMBER: _ClassVar[int]
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    DECISION_FIELD_NUMBER: _ClassVar[int]
+    DETAIL_FIELD_NUMBER: _ClassVar[int]
+    DECIDED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    followup_id: str
+    node_id: str
+    status: str
+    filed_at_ms: int
+    answer_by_ms: int
+    signed_request: _envelope_pb2.Envelope
+    ack: _envelope_pb2.Envelope
+    decision: _envelope_pb2.Envelope
+    detail: str
+    decided_at_ms: int
+    def __init__(self, followup_id: _Optional[str] = ..., node_id: _Optional[str] = ..., status: _Optional[str] = ..., filed_at_ms: _Optional[int] = ..., answer_by_ms: _Optional[int] = ..., signed_request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ..., ack: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ..., decision: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ..., detail: _Optional[str] = ..., decided_at_ms: _Optional[int] = ...) -> None: ...
+
+class ListFollowUpsRequest(_message.Message):
+    __slots__ = ("overdue_only",)
+    OVERDUE_ONLY_FIELD_NUMBER: _ClassVar[int]
+    overdue_only: bool
+    def __init__(self, overdue_only: _Optional[bool] = ...) -> None: ...
+
+class ListFollowUpsResponse(_message.Message):
+    __slots__ = ("followups",)
+    FOLLOWUPS_FIELD_NUMBER: _ClassVar[int]
+    followups: _containers.RepeatedCompositeFieldContainer[FollowUp]
+    def __init__(self, followups: _Optional[_Iterable[_Union[FollowUp, _Mapping]]] = ...) -> None: ...
+
+class GetFollowUpRequest(_message.Message):
+    __slots__ = ("followup_id",)
+    FOLLOWUP_ID_FIELD_NUMBER: _ClassVar[int]
+    followup_id: str
+    def __init__(self, followup_id: _Optional[str] = ...) -> None: ...
+
+class GetFollowUpResponse(_message.Message):
+    __slots__ = ("followup",)
+    FOLLOWUP_FIELD_NUMBER: _ClassVar[int]
+    followup: FollowUp
+    def __init__(self, followup: _Optional[_Union[FollowUp, _Mapping]] = ...) -> None: ...
 
 class SearchRequest(_message.Message):
     __slots__ = ("query", "purpose", "case_ref", "nodes", "deadline_ms", "legal_basis")

@@ -61,6 +61,21 @@ class GatewayServiceStub:
                 request_serializer=liaison_dot_v1_dot_gateway__pb2.DryRunRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_gateway__pb2.DryRunResponse.FromString,
                 _registered_method=True)
+        self.FileFollowUp = channel.unary_unary(
+                '/liaison.v1.GatewayService/FileFollowUp',
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.FileFollowUpRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.FileFollowUpResponse.FromString,
+                _registered_method=True)
+        self.ListFollowUps = channel.unary_unary(
+                '/liaison.v1.GatewayService/ListFollowUps',
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.ListFollowUpsRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.ListFollowUpsResponse.FromString,
+                _registered_method=True)
+        self.GetFollowUp = channel.unary_unary(
+                '/liaison.v1.GatewayService/GetFollowUp',
+                request_serializer=liaison_dot_v1_dot_gateway__pb2.GetFollowUpRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_gateway__pb2.GetFollowUpResponse.FromString,
+                _registered_method=True)
 
 
 class GatewayServiceServicer:
@@ -113,6 +128,29 @@ class GatewayServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def FileFollowUp(self, request, context):
+        """File a follow-up request with the agency whose answer named the records.
+        It is signed, logged, and delivered to that node's inbox before this returns.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ListFollowUps(self, request, context):
+        """The caller's follow-up requests, newest first.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFollowUp(self, request, context):
+        """One follow-up request, with the holding agency's signed decision once
+        there is one (the gateway collects it from the node and logs it first).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_GatewayServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -140,6 +178,21 @@ def add_GatewayServiceServicer_to_server(servicer, server):
                     servicer.DryRun,
                     request_deserializer=liaison_dot_v1_dot_gateway__pb2.DryRunRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_gateway__pb2.DryRunResponse.SerializeToString,
+            ),
+            'FileFollowUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.FileFollowUp,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.FileFollowUpRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.FileFollowUpResponse.SerializeToString,
+            ),
+            'ListFollowUps': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListFollowUps,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.ListFollowUpsRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.ListFollowUpsResponse.SerializeToString,
+            ),
+            'GetFollowUp': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFollowUp,
+                    request_deserializer=liaison_dot_v1_dot_gateway__pb2.GetFollowUpRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_gateway__pb2.GetFollowUpResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -279,6 +332,87 @@ class GatewayService:
             '/liaison.v1.GatewayService/DryRun',
             liaison_dot_v1_dot_gateway__pb2.DryRunRequest.SerializeToString,
             liaison_dot_v1_dot_gateway__pb2.DryRunResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def FileFollowUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.GatewayService/FileFollowUp',
+            liaison_dot_v1_dot_gateway__pb2.FileFollowUpRequest.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.FileFollowUpResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListFollowUps(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.GatewayService/ListFollowUps',
+            liaison_dot_v1_dot_gateway__pb2.ListFollowUpsRequest.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.ListFollowUpsResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFollowUp(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.GatewayService/GetFollowUp',
+            liaison_dot_v1_dot_gateway__pb2.GetFollowUpRequest.SerializeToString,
+            liaison_dot_v1_dot_gateway__pb2.GetFollowUpResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from . import envelope_pb2 as liaison_dot_v1_dot_envelope__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x19liaison/v1/envelope.proto\"e\n\rAnswerRequest\x12%\n\x07request\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12-\n\x0cledger_proof\x18\x02 \x01(\x0b\x32\x17.liaison.v1.LedgerProof\"\\\n\x0bLedgerProof\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x16\n\x0einclusion_path\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"6\n\x0e\x41nswerResponse\x12$\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x11\n\x0f\x44\x65scribeRequest\"x\n\x10\x44\x65scribeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12*\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x18.liaison.v1.DatasetOffer\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"/\n\x0c\x44\x61tasetOffer\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\"\x12\n\x10GetPolicyRequest\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x7f\n\x0fPublishedPolicy\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x17\n\x0f\x64ocument_sha256\x18\x04 \x01(\t\x12\x17\n\x0fpublished_at_ms\x18\x05 \x01(\x03\x32\xdf\x01\n\x0bNodeService\x12?\n\x06\x41nswer\x12\x19.liaison.v1.AnswerRequest\x1a\x1a.liaison.v1.AnswerResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.liaison.v1.DescribeRequest\x1a\x1c.liaison.v1.DescribeResponse\x12H\n\tGetPolicy\x12\x1c.liaison.v1.GetPolicyRequest\x1a\x1d.liaison.v1.GetPolicyResponseBK\n\nliaison.v1B\tNodeProtoP\x01Z#liaison/gen/go/liaison/v1;liaisonv1\xaa\x02\nLiaison.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15liaison/v1/node.proto\x12\nliaison.v1\x1a\x19liaison/v1/envelope.proto\"f\n\x0e\x44\x65liverRequest\x12%\n\x07request\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12-\n\x0cledger_proof\x18\x02 \x01(\x0b\x32\x17.liaison.v1.LedgerProof\"4\n\x0f\x44\x65liverResponse\x12!\n\x03\x61\x63k\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"&\n\x0e\x43ollectRequest\x12\x14\n\x0c\x66ollowup_ids\x18\x01 \x03(\t\"^\n\x0f\x43ollectResponse\x12\'\n\tdecisions\x18\x01 \x03(\x0b\x32\x14.liaison.v1.Envelope\x12\"\n\x04\x61\x63ks\x18\x02 \x03(\x0b\x32\x14.liaison.v1.Envelope\"e\n\rAnswerRequest\x12%\n\x07request\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\x12-\n\x0cledger_proof\x18\x02 \x01(\x0b\x32\x17.liaison.v1.LedgerProof\"\\\n\x0bLedgerProof\x12\r\n\x05\x65ntry\x18\x01 \x01(\x0c\x12\x12\n\nleaf_index\x18\x02 \x01(\x04\x12\x16\n\x0einclusion_path\x18\x03 \x03(\x0c\x12\x12\n\ncheckpoint\x18\x04 \x01(\t\"6\n\x0e\x41nswerResponse\x12$\n\x06\x61nswer\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x11\n\x0f\x44\x65scribeRequest\"x\n\x10\x44\x65scribeResponse\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12*\n\x08\x64\x61tasets\x18\x03 \x03(\x0b\x32\x18.liaison.v1.DatasetOffer\x12\x0e\n\x06key_id\x18\x04 \x01(\t\"/\n\x0c\x44\x61tasetOffer\x12\x0f\n\x07\x64\x61taset\x18\x01 \x01(\t\x12\x0e\n\x06\x66ields\x18\x02 \x03(\t\"\x12\n\x10GetPolicyRequest\"9\n\x11GetPolicyResponse\x12$\n\x06policy\x18\x01 \x01(\x0b\x32\x14.liaison.v1.Envelope\"\x7f\n\x0fPublishedPolicy\x12\x0f\n\x07node_id\x18\x01 \x01(\t\x12\x17\n\x0f\x63\x61talog_version\x18\x02 \x01(\t\x12\x10\n\x08\x64ocument\x18\x03 \x01(\t\x12\x17\n\x0f\x64ocument_sha256\x18\x04 \x01(\t\x12\x17\n\x0fpublished_at_ms\x18\x05 \x01(\x03\x32\xe7\x02\n\x0bNodeService\x12?\n\x06\x41nswer\x12\x19.liaison.v1.AnswerRequest\x1a\x1a.liaison.v1.AnswerResponse\x12\x45\n\x08\x44\x65scribe\x12\x1b.liaison.v1.DescribeRequest\x1a\x1c.liaison.v1.DescribeResponse\x12H\n\tGetPolicy\x12\x1c.liaison.v1.GetPolicyRequest\x1a\x1d.liaison.v1.GetPolicyResponse\x12\x42\n\x07\x44\x65liver\x12\x1a.liaison.v1.DeliverRequest\x1a\x1b.liaison.v1.DeliverResponse\x12\x42\n\x07\x43ollect\x12\x1a.liaison.v1.CollectRequest\x1a\x1b.liaison.v1.CollectResponseBK\n\nliaison.v1B\tNodeProtoP\x01Z#liaison/gen/go/liaison/v1;liaisonv1\xaa\x02\nLiaison.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,24 +33,32 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'liaison.v1.node_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\nliaison.v1B\tNodeProtoP\001Z#liaison/gen/go/liaison/v1;liaisonv1\252\002\nLiaison.V1'
-  _globals['_ANSWERREQUEST']._serialized_start=64
-  _globals['_ANSWERREQUEST']._serialized_end=165
-  _globals['_LEDGERPROOF']._serialized_start=167
-  _globals['_LEDGERPROOF']._serialized_end=259
-  _globals['_ANSWERRESPONSE']._serialized_start=261
-  _globals['_ANSWERRESPONSE']._serialized_end=315
-  _globals['_DESCRIBEREQUEST']._serialized_start=317
-  _globals['_DESCRIBEREQUEST']._serialized_end=334
-  _globals['_DESCRIBERESPONSE']._serialized_start=336
-  _globals['_DESCRIBERESPONSE']._serialized_end=456
-  _globals['_DATASETOFFER']._serialized_start=458
-  _globals['_DATASETOFFER']._serialized_end=505
-  _globals['_GETPOLICYREQUEST']._serialized_start=507
-  _globals['_GETPOLICYREQUEST']._serialized_end=525
-  _globals['_GETPOLICYRESPONSE']._serialized_start=527
-  _globals['_GETPOLICYRESPONSE']._serialized_end=584
-  _globals['_PUBLISHEDPOLICY']._serialized_start=586
-  _globals['_PUBLISHEDPOLICY']._serialized_end=713
-  _globals['_NODESERVICE']._serialized_start=716
-  _globals['_NODESERVICE']._serialized_end=939
+  _globals['_DELIVERREQUEST']._serialized_start=64
+  _globals['_DELIVERREQUEST']._serialized_end=166
+  _globals['_DELIVERRESPONSE']._serialized_start=168
+  _globals['_DELIVERRESPONSE']._serialized_end=220
+  _globals['_COLLECTREQUEST']._serialized_start=222
+  _globals['_COLLECTREQUEST']._serialized_end=260
+  _globals['_COLLECTRESPONSE']._serialized_start=262
+  _globals['_COLLECTRESPONSE']._serialized_end=356
+  _globals['_ANSWERREQUEST']._serialized_start=358
+  _globals['_ANSWERREQUEST']._serialized_end=459
+  _globals['_LEDGERPROOF']._serialized_start=461
+  _globals['_LEDGERPROOF']._serialized_end=553
+  _globals['_ANSWERRESPONSE']._serialized_start=555
+  _globals['_ANSWERRESPONSE']._serialized_end=609
+  _globals['_DESCRIBEREQUEST']._serialized_start=611
+  _globals['_DESCRIBEREQUEST']._serialized_end=628
+  _globals['_DESCRIBERESPONSE']._serialized_start=630
+  _globals['_DESCRIBERESPONSE']._serialized_end=750
+  _globals['_DATASETOFFER']._serialized_start=752
+  _globals['_DATASETOFFER']._serialized_end=799
+  _globals['_GETPOLICYREQUEST']._serialized_start=801
+  _globals['_GETPOLICYREQUEST']._serialized_end=819
+  _globals['_GETPOLICYRESPONSE']._serialized_start=821
+  _globals['_GETPOLICYRESPONSE']._serialized_end=878
+  _globals['_PUBLISHEDPOLICY']._serialized_start=880
+  _globals['_PUBLISHEDPOLICY']._serialized_end=1007
+  _globals['_NODESERVICE']._serialized_start=1010
+  _globals['_NODESERVICE']._serialized_end=1369
 # @@protoc_insertion_point(module_scope)

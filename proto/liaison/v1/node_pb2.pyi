@@ -7,6 +7,34 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class DeliverRequest(_message.Message):
+    __slots__ = ("request", "ledger_proof")
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    LEDGER_PROOF_FIELD_NUMBER: _ClassVar[int]
+    request: _envelope_pb2.Envelope
+    ledger_proof: LedgerProof
+    def __init__(self, request: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ..., ledger_proof: _Optional[_Union[LedgerProof, _Mapping]] = ...) -> None: ...
+
+class DeliverResponse(_message.Message):
+    __slots__ = ("ack",)
+    ACK_FIELD_NUMBER: _ClassVar[int]
+    ack: _envelope_pb2.Envelope
+    def __init__(self, ack: _Optional[_Union[_envelope_pb2.Envelope, _Mapping]] = ...) -> None: ...
+
+class CollectRequest(_message.Message):
+    __slots__ = ("followup_ids",)
+    FOLLOWUP_IDS_FIELD_NUMBER: _ClassVar[int]
+    followup_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, followup_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class CollectResponse(_message.Message):
+    __slots__ = ("decisions", "acks")
+    DECISIONS_FIELD_NUMBER: _ClassVar[int]
+    ACKS_FIELD_NUMBER: _ClassVar[int]
+    decisions: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]
+    acks: _containers.RepeatedCompositeFieldContainer[_envelope_pb2.Envelope]
+    def __init__(self, decisions: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ..., acks: _Optional[_Iterable[_Union[_envelope_pb2.Envelope, _Mapping]]] = ...) -> None: ...
+
 class AnswerRequest(_message.Message):
     __slots__ = ("request", "ledger_proof")
     REQUEST_FIELD_NUMBER: _ClassVar[int]

@@ -50,6 +50,16 @@ class NodeServiceStub:
                 request_serializer=liaison_dot_v1_dot_node__pb2.GetPolicyRequest.SerializeToString,
                 response_deserializer=liaison_dot_v1_dot_node__pb2.GetPolicyResponse.FromString,
                 _registered_method=True)
+        self.Deliver = channel.unary_unary(
+                '/liaison.v1.NodeService/Deliver',
+                request_serializer=liaison_dot_v1_dot_node__pb2.DeliverRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.DeliverResponse.FromString,
+                _registered_method=True)
+        self.Collect = channel.unary_unary(
+                '/liaison.v1.NodeService/Collect',
+                request_serializer=liaison_dot_v1_dot_node__pb2.CollectRequest.SerializeToString,
+                response_deserializer=liaison_dot_v1_dot_node__pb2.CollectResponse.FromString,
+                _registered_method=True)
 
 
 class NodeServiceServicer:
@@ -78,6 +88,21 @@ class NodeServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Deliver(self, request, context):
+        """Take a signed follow-up request into the node's durable inbox, for a
+        duty officer to decide; the node signs its acknowledgement.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Collect(self, request, context):
+        """The signed decisions on follow-up requests this gateway delivered.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_NodeServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -95,6 +120,16 @@ def add_NodeServiceServicer_to_server(servicer, server):
                     servicer.GetPolicy,
                     request_deserializer=liaison_dot_v1_dot_node__pb2.GetPolicyRequest.FromString,
                     response_serializer=liaison_dot_v1_dot_node__pb2.GetPolicyResponse.SerializeToString,
+            ),
+            'Deliver': grpc.unary_unary_rpc_method_handler(
+                    servicer.Deliver,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.DeliverRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.DeliverResponse.SerializeToString,
+            ),
+            'Collect': grpc.unary_unary_rpc_method_handler(
+                    servicer.Collect,
+                    request_deserializer=liaison_dot_v1_dot_node__pb2.CollectRequest.FromString,
+                    response_serializer=liaison_dot_v1_dot_node__pb2.CollectResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -179,6 +214,60 @@ class NodeService:
             '/liaison.v1.NodeService/GetPolicy',
             liaison_dot_v1_dot_node__pb2.GetPolicyRequest.SerializeToString,
             liaison_dot_v1_dot_node__pb2.GetPolicyResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Deliver(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/Deliver',
+            liaison_dot_v1_dot_node__pb2.DeliverRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.DeliverResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Collect(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/liaison.v1.NodeService/Collect',
+            liaison_dot_v1_dot_node__pb2.CollectRequest.SerializeToString,
+            liaison_dot_v1_dot_node__pb2.CollectResponse.FromString,
             options,
             channel_credentials,
             insecure,

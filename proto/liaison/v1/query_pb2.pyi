@@ -174,7 +174,7 @@ class Count(_message.Message):
     def __init__(self, value: _Optional[int] = ..., below_minimum: _Optional[bool] = ..., minimum: _Optional[int] = ..., noise_bound: _Optional[int] = ...) -> None: ...
 
 class QueryAnswer(_message.Message):
-    __slots__ = ("query_id", "node_id", "request_digest", "answered_at_ms", "status", "decision", "hit", "count", "buckets", "buckets_suppressed", "bucket_minimum", "fields", "rows", "withheld_fields", "truncated")
+    __slots__ = ("query_id", "node_id", "request_digest", "answered_at_ms", "status", "decision", "hit", "count", "buckets", "buckets_suppressed", "bucket_minimum", "fields", "rows", "withheld_fields", "truncated", "record_refs", "holder_notified")
     QUERY_ID_FIELD_NUMBER: _ClassVar[int]
     NODE_ID_FIELD_NUMBER: _ClassVar[int]
     REQUEST_DIGEST_FIELD_NUMBER: _ClassVar[int]
@@ -190,6 +190,8 @@ class QueryAnswer(_message.Message):
     ROWS_FIELD_NUMBER: _ClassVar[int]
     WITHHELD_FIELDS_FIELD_NUMBER: _ClassVar[int]
     TRUNCATED_FIELD_NUMBER: _ClassVar[int]
+    RECORD_REFS_FIELD_NUMBER: _ClassVar[int]
+    HOLDER_NOTIFIED_FIELD_NUMBER: _ClassVar[int]
     query_id: str
     node_id: str
     request_digest: bytes
@@ -205,4 +207,6 @@ class QueryAnswer(_message.Message):
     rows: _containers.RepeatedCompositeFieldContainer[Row]
     withheld_fields: _containers.RepeatedScalarFieldContainer[str]
     truncated: bool
-    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., request_digest: _Optional[bytes] = ..., answered_at_ms: _Optional[int] = ..., status: _Optional[_Union[AnswerStatus, str]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., hit: _Optional[bool] = ..., count: _Optional[_Union[Count, _Mapping]] = ..., buckets: _Optional[_Iterable[_Union[Bucket, _Mapping]]] = ..., buckets_suppressed: _Optional[bool] = ..., bucket_minimum: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., withheld_fields: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ...) -> None: ...
+    record_refs: _containers.RepeatedScalarFieldContainer[str]
+    holder_notified: bool
+    def __init__(self, query_id: _Optional[str] = ..., node_id: _Optional[str] = ..., request_digest: _Optional[bytes] = ..., answered_at_ms: _Optional[int] = ..., status: _Optional[_Union[AnswerStatus, str]] = ..., decision: _Optional[_Union[Decision, _Mapping]] = ..., hit: _Optional[bool] = ..., count: _Optional[_Union[Count, _Mapping]] = ..., buckets: _Optional[_Iterable[_Union[Bucket, _Mapping]]] = ..., buckets_suppressed: _Optional[bool] = ..., bucket_minimum: _Optional[int] = ..., fields: _Optional[_Iterable[str]] = ..., rows: _Optional[_Iterable[_Union[Row, _Mapping]]] = ..., withheld_fields: _Optional[_Iterable[str]] = ..., truncated: _Optional[bool] = ..., record_refs: _Optional[_Iterable[str]] = ..., holder_notified: _Optional[bool] = ...) -> None: ...
