@@ -622,11 +622,16 @@ def _answer(compute: Callable[[], dict[str, Any]]) -> int:
     return 0
 
 
-def _run_child(entry: str, spec: Any, what: str, progress: TextIO) -> dict[str, Any]:
-    """Run ``entry`` (a ``*_main`` of this module) on ``spec`` in a fresh interpreter.
+def run_worker(spec: WorkerSpec | NodeSpec, progress: TextIO) -> dict[str, Any]:
+    """Run ``spec`` in a fresh interpreter and return the JSON result it prints.
 
-    Its progress goes to ours; ``what`` names it when it fails.
+    A ``WorkerSpec`` goes to ``worker_main``, a ``NodeSpec`` to ``node_worker_main``.
+    The worker's progress goes to ours; a failure names which worker it was.
     """
+    if isinstance(spec, NodeSpec):
+        entry, what = "node_worker_main", f"the node worker ({spec.variant}, {spec.mode})"
+    else:
+        entry, what = "worker_main", f"the {spec.contender} worker at {spec.size:,} hashes"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     code = f"import sys; from liaison.bench.pdq import {entry}; sys.exit({entry}(sys.argv[1]))"
     done = subprocess.run(
@@ -649,13 +654,6 @@ def _run_child(entry: str, spec: Any, what: str, progress: TextIO) -> dict[str, 
         why = result.get("error") or f"exit status {done.returncode} (its output is above)"
         raise BenchFailed(f"{what} failed: {why}")
     return result
-
-
-def run_worker(spec: WorkerSpec, progress: TextIO) -> dict[str, Any]:
-    """Run ``spec`` in a fresh interpreter; its progress goes to ours."""
-    return _run_child(
-        "worker_main", spec, f"the {spec.contender} worker at {spec.size:,} hashes", progress
-    )
 
 
 def _has_fileno(stream: TextIO) -> bool:
@@ -1979,13 +1977,8 @@ def _followed(near: Any, log_path: Path) -> dict[str, Any]:
 
 
 def node_worker_main(spec_json: str) -> int:
+    """Entry of a node worker process: one JSON ``NodeSpec`` in, one JSON result on stdout."""
     return _answer(lambda: node_worker(NodeSpec(**json.loads(spec_json)), sys.stderr))
-
-
-def _run_node_worker(spec: NodeSpec, progress: TextIO) -> dict[str, Any]:
-    return _run_child(
-        "node_worker_main", spec, f"the node worker ({spec.variant}, {spec.mode})", progress
-    )
 
 
 def node_section(s: Settings, progress: TextIO) -> dict[str, Any]:
@@ -2030,7 +2023,7 @@ def node_section(s: Settings, progress: TextIO) -> dict[str, Any]:
                     cold=variant == "no_pdq_index",
                 )
                 print(f"  {variant}: {mode}", file=progress)
-                runs[mode] = _run_node_worker(spec, progress)
+                runs[mode] = run_worker(spec, progress)
             doc["variants"][variant] = runs
     return doc
 
