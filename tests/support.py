@@ -82,7 +82,7 @@ from liaison.wire import (
 )
 from node.answering import NodeCore, close_core
 from node.noise import load_or_create_key
-from node.replay import SEAL_KEY_FILE
+from node.replay import _SEAL_NONCE_BYTES, SEAL_KEY_FILE
 from node.server import build_node, start_node_server
 from policies import Effect
 from policies.model import ANY
@@ -416,9 +416,50 @@ def start_local_node(stack: ExitStack, config: Path) -> LocalNode:
         node_id=folder.name,
         folder=folder,
         running=stack.enter_context(running_node(config)),
-        gateway_key=SigningKey.from_pem_file(root / "gateway" / "gateway.key"),
+        gateway_key=gateway_signing_key(root),
         public_key=VerifyingKey.from_pem_file(folder / "node.pub"),
     )
+
+
+# --- a node of a federation folder, laid out as `liaison init` and the demo write it -----
+
+RECEIPTS_FILE = "receipts.sqlite3"
+
+
+def gateway_signing_key(root: Path) -> SigningKey:
+    """The key the gateway of the federation at ``root`` signs requests with."""
+    return SigningKey.from_pem_file(root / "gateway" / "gateway.key")
+
+
+def node_config_file(root: Path, node_id: str) -> Path:
+    return root / "nodes" / node_id / "node.toml"
+
+
+def node_state_dir(root: Path, node_id: str) -> Path:
+    """The node's state folder: its receipts ledger and the replay key beside it."""
+    return root / "nodes" / node_id / "state"
+
+
+def node_receipts_file(root: Path, node_id: str) -> Path:
+    """The node's SQLite receipts ledger, which also holds its replay records and rate usage."""
+    return node_state_dir(root, node_id) / RECEIPTS_FILE
+
+
+def sha256_match(sha256: str) -> Query:
+    """A match on the media dataset by SHA-256."""
+    return Query("media", Operation.MATCH, (Predicate("sha256", Comparator.EQ, (sha256,)),))
+
+
+def node_refusal(address: str, signed: SignedRequest, timeout_s: float = 10) -> grpc.RpcError:
+    """The refusal the node at ``address`` gives ``signed``; the test fails if it answers."""
+    with pytest.raises(grpc.RpcError) as caught:
+        call_node(address, signed, timeout_s)
+    return caught.value
+
+
+def answer_digest(response: pb_node.AnswerResponse) -> str:
+    """SHA-256 (hex) of the answer's payload, as the node's receipt of it names it."""
+    return hashlib.sha256(response.answer.payload).hexdigest()
 
 
 # --- a node's receipts ledger, read as an operator reads it ----------------------------
@@ -452,26 +493,42 @@ def read_receipts_db(receipts: Path, sql: str, *params: object) -> list[tuple[An
         conn.close()
 
 
+def _replay_sealer(state_dir: Path) -> AESGCM:
+    """The node's replay key, as ``ReplayGuard`` holds it (node.answering loads it)."""
+    key_file = state_dir / SEAL_KEY_FILE
+    # load_or_create_key makes a new key where there is none: a reader must not.
+    assert key_file.exists(), f"no replay key at {key_file}: the node never ran"
+    return AESGCM(load_or_create_key(key_file)[:32])
+
+
+def _open_sealed(sealer: AESGCM, sealed: bytes, nonce: bytes, digest: bytes) -> bytes:
+    # As ReplayGuard._open: the IV first, the body bound to the request's nonce and digest.
+    iv, body = sealed[:_SEAL_NONCE_BYTES], sealed[_SEAL_NONCE_BYTES:]
+    return sealer.decrypt(iv, body, nonce + digest)
+
+
 def unseal_answer(state_dir: Path, sealed: bytes, nonce: bytes, digest: bytes) -> bytes:
     """A stored answer opened with the node's replay key, as the node opens it for a retry."""
-    key = load_or_create_key(state_dir / SEAL_KEY_FILE)
-    return AESGCM(key).decrypt(sealed[:12], sealed[12:], nonce + digest)
+    return _open_sealed(_replay_sealer(state_dir), sealed, nonce, digest)
 
 
-def stored_answers(receipts: Path, query_id: str | None = None) -> list[tuple[str, bytes]]:
-    """(query id, answer payload) of each answer the node keeps for retries, unsealed.
+def stored_answers(state_dir: Path, query_id: str | None = None) -> list[tuple[str, bytes]]:
+    """(query id, answer payload) of each answer the node keeps for retries, opened.
 
-    ``receipts`` is the node's SQLite receipts ledger; its replay key is beside it.
-    Only the answers of ``query_id`` when it is given.
+    Read from the receipts ledger in the node's ``state_dir`` (table
+    ``liaison_node_seen_nonce``) and opened with the replay key beside it, in
+    the order they were stored; only the answers of ``query_id`` when given.
     """
     sql = "SELECT query_id, answer_payload, nonce, digest FROM liaison_node_seen_nonce"
     params: tuple[object, ...] = ()
     if query_id is not None:
         sql += " WHERE query_id = ?"
         params = (query_id.encode(),)
+    rows = read_receipts_db(state_dir / RECEIPTS_FILE, sql + " ORDER BY rowid", *params)
+    sealer = _replay_sealer(state_dir)
     return [
-        (bytes(q).decode(), unseal_answer(receipts.parent, bytes(p), bytes(n), bytes(d)))
-        for q, p, n, d in read_receipts_db(receipts, sql + " ORDER BY rowid", *params)
+        (bytes(q).decode(), _open_sealed(sealer, bytes(p), bytes(n), bytes(d)))
+        for q, p, n, d in rows
     ]
 
 

@@ -19,17 +19,19 @@ import grpc
 import pytest
 
 from liaison.errors import ReplayDetected
-from liaison.keys import SigningKey
-from liaison.query import Comparator, Operation, Predicate, Query
-from liaison.wire import signed_request_to_proto
 from node.verify import verify_request
-from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 from tests.support import (
     call_node,
+    gateway_signing_key,
     make_request,
+    node_config_file,
+    node_receipts_file,
+    node_refusal,
+    node_state_dir,
     rate_used,
     receipts_for,
     running_node,
+    sha256_match,
     sign_request,
     stored_answers,
 )
@@ -38,36 +40,10 @@ NODE_ID = "ruritania"
 RATED_RULE = "partner-hash-match"  # rate_limit = { investigator = "2000/hour" }
 
 
-def match(sha256: str) -> Query:
-    return Query("media", Operation.MATCH, (Predicate("sha256", Comparator.EQ, (sha256,)),))
-
-
-def node_config(root: Path) -> Path:
-    return root / "nodes" / NODE_ID / "node.toml"
-
-
-def state(root: Path) -> Path:
-    return root / "nodes" / NODE_ID / "state"
-
-
-def gateway_key(root: Path) -> SigningKey:
-    return SigningKey.from_pem_file(root / "gateway" / "gateway.key")
-
-
-def refused(address: str, signed: object) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as caught:
-        call_node(address, signed)  # type: ignore[arg-type]  # a SignedRequest
-    return caught.value
-
-
-def receipts_file(root: Path) -> Path:
-    return state(root) / "receipts.sqlite3"
-
-
 @contextmanager
 def replay_records_full(root: Path) -> Iterator[None]:
     """Make every write of a replay record fail, as a full disk would, until exit."""
-    conn = sqlite3.connect(receipts_file(root), isolation_level=None)
+    conn = sqlite3.connect(node_receipts_file(root, NODE_ID), isolation_level=None)
     conn.execute(
         "CREATE TRIGGER fail_seen_nonce BEFORE INSERT ON liaison_node_seen_nonce "
         "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
@@ -86,21 +62,21 @@ def test_a_reused_query_id_is_refused_and_an_identical_retry_is_answered(
     federation_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # prepare: one answered request, and another request carrying its query id
-    key = gateway_key(federation_dir)
-    first = make_request(match("ab" * 32), audience=(NODE_ID,))
-    second = make_request(match("cd" * 32), audience=(NODE_ID,), query_id=first.query_id)
+    key = gateway_signing_key(federation_dir)
+    first = make_request(sha256_match("ab" * 32), audience=(NODE_ID,))
+    second = make_request(sha256_match("cd" * 32), audience=(NODE_ID,), query_id=first.query_id)
     signed_first, signed_second = sign_request(key, first), sign_request(key, second)
     caplog.set_level(logging.WARNING, logger="liaison.node")
 
-    with running_node(node_config(federation_dir)) as node:
+    with running_node(node_config_file(federation_dir, NODE_ID)) as node:
         # execute
         answered = call_node(node.address, signed_first)
-        reused = refused(node.address, signed_second)
+        reused = node_refusal(node.address, signed_second)
         retried = call_node(node.address, signed_first)
     # A restart does not forget which query ids were answered.
-    third = make_request(match("ef" * 32), audience=(NODE_ID,), query_id=first.query_id)
-    with running_node(node_config(federation_dir)) as node:
-        after_restart = refused(node.address, sign_request(key, third))
+    third = make_request(sha256_match("ef" * 32), audience=(NODE_ID,), query_id=first.query_id)
+    with running_node(node_config_file(federation_dir, NODE_ID)) as node:
+        after_restart = node_refusal(node.address, sign_request(key, third))
 
     # assert
     expected = (
@@ -111,7 +87,7 @@ def test_a_reused_query_id_is_refused_and_an_identical_retry_is_answered(
         assert refusal.code() == grpc.StatusCode.ALREADY_EXISTS
         assert refusal.details() == expected
     assert retried == answered
-    receipts = receipts_for(receipts_file(federation_dir), first.query_id)
+    receipts = receipts_for(node_receipts_file(federation_dir, NODE_ID), first.query_id)
     assert [status for status, _ in receipts] == ["answered"]
     logged = [r for r in caplog.records if r.getMessage() == "refused: replay"]
     assert [r.query_id for r in logged] == [first.query_id] * 2  # type: ignore[attr-defined]
@@ -122,10 +98,10 @@ def test_concurrent_requests_sharing_a_query_id_do_not_both_get_answers(
     federation_dir: Path,
 ) -> None:
     # The second claim arrives while the first is still pending in memory.
-    key = gateway_key(federation_dir)
-    first = make_request(match("ab" * 32), audience=(NODE_ID,))
-    second = make_request(match("cd" * 32), audience=(NODE_ID,), query_id=first.query_id)
-    with running_node(node_config(federation_dir)) as node:
+    key = gateway_signing_key(federation_dir)
+    first = make_request(sha256_match("ab" * 32), audience=(NODE_ID,))
+    second = make_request(sha256_match("cd" * 32), audience=(NODE_ID,), query_id=first.query_id)
+    with running_node(node_config_file(federation_dir, NODE_ID)) as node:
         core = node.core
         verified = [
             verify_request(
@@ -166,21 +142,23 @@ def test_an_unwritable_replay_record_leaves_no_receipt_no_charge_and_no_answer(
     federation_dir: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     # prepare
-    request = make_request(match("ab" * 32), audience=(NODE_ID,))
-    signed = sign_request(gateway_key(federation_dir), request)
+    request = make_request(sha256_match("ab" * 32), audience=(NODE_ID,))
+    signed = sign_request(gateway_signing_key(federation_dir), request)
+    ledger = node_receipts_file(federation_dir, NODE_ID)
+    state = node_state_dir(federation_dir, NODE_ID)
     caplog.set_level(logging.ERROR, logger="liaison.ledger")
 
-    with running_node(node_config(federation_dir)) as node:
-        used_before = rate_used(receipts_file(federation_dir), RATED_RULE)
+    with running_node(node_config_file(federation_dir, NODE_ID)) as node:
+        used_before = rate_used(ledger, RATED_RULE)
         # execute: the record fails in the commit that would hold the receipt, then recovers
         with replay_records_full(federation_dir):
-            failed = refused(node.address, signed)
-        used_while_failed = rate_used(receipts_file(federation_dir), RATED_RULE)
-        receipts_while_failed = receipts_for(receipts_file(federation_dir), request.query_id)
-        stored_while_failed = len(stored_answers(receipts_file(federation_dir), request.query_id))
+            failed = node_refusal(node.address, signed)
+        used_while_failed = rate_used(ledger, RATED_RULE)
+        receipts_while_failed = receipts_for(ledger, request.query_id)
+        stored_while_failed = len(stored_answers(state, request.query_id))
         recovered = call_node(node.address, signed)
         retried = call_node(node.address, signed)
-        used_after = rate_used(receipts_file(federation_dir), RATED_RULE)
+        used_after = rate_used(ledger, RATED_RULE)
 
     # assert: a plain UNAVAILABLE, and nothing of the failed answer anywhere
     assert failed.code() == grpc.StatusCode.UNAVAILABLE
@@ -193,20 +171,21 @@ def test_an_unwritable_replay_record_leaves_no_receipt_no_charge_and_no_answer(
     # the retry is answered, receipted, stored and charged once; its own retry gets it back
     assert recovered.answer.signature
     assert retried == recovered
-    receipts = receipts_for(receipts_file(federation_dir), request.query_id)
+    receipts = receipts_for(ledger, request.query_id)
     assert [status for status, _ in receipts] == ["answered"]
-    assert len(stored_answers(receipts_file(federation_dir), request.query_id)) == 1
+    assert len(stored_answers(state, request.query_id)) == 1
     assert used_after == used_before + 1
     assert any(r.getMessage() == "ledger write failed" for r in caplog.records)
 
 
 def test_a_request_failing_after_its_charge_is_refunded(federation_dir: Path) -> None:
     # A receipts ledger that cannot be written: nothing leaves, nothing is charged.
-    request = make_request(match("ab" * 32), audience=(NODE_ID,))
-    signed = sign_request(gateway_key(federation_dir), request)
-    with running_node(node_config(federation_dir)) as node:
-        used_before = rate_used(receipts_file(federation_dir), RATED_RULE)
-        conn = sqlite3.connect(receipts_file(federation_dir), isolation_level=None)
+    request = make_request(sha256_match("ab" * 32), audience=(NODE_ID,))
+    signed = sign_request(gateway_signing_key(federation_dir), request)
+    ledger = node_receipts_file(federation_dir, NODE_ID)
+    with running_node(node_config_file(federation_dir, NODE_ID)) as node:
+        used_before = rate_used(ledger, RATED_RULE)
+        conn = sqlite3.connect(ledger, isolation_level=None)
         tables = [
             r[0]
             for r in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
@@ -217,15 +196,12 @@ def test_a_request_failing_after_its_charge_is_refunded(federation_dir: Path) ->
                 "BEGIN SELECT RAISE(ABORT, 'database or disk is full'); END"
             )
         try:
-            with grpc.insecure_channel(node.address) as channel:
-                stub = pb_node_grpc.NodeServiceStub(channel)
-                with pytest.raises(grpc.RpcError) as caught:
-                    stub.Answer(signed_request_to_proto(signed), timeout=30)
+            refusal = node_refusal(node.address, signed, timeout_s=30)
         finally:
             for table in tables:
                 conn.execute(f'DROP TRIGGER IF EXISTS "fail_{table}"')
             conn.close()
-        used_after = rate_used(receipts_file(federation_dir), RATED_RULE)
+        used_after = rate_used(ledger, RATED_RULE)
 
-    assert caught.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert refusal.code() == grpc.StatusCode.UNAVAILABLE
     assert used_after == used_before

@@ -20,14 +20,19 @@ from pathlib import Path
 
 import grpc
 
-from liaison.keys import SigningKey
-from liaison.query import Comparator, Operation, Predicate, Query
+from liaison.query import Query
 from proto.liaison.v1 import node_pb2 as pb_node
 from tests.support import (
     STOP_TIMEOUT_S,
+    answer_digest,
     call_node,
+    gateway_signing_key,
     make_request,
+    node_config_file,
     node_receipts,
+    node_receipts_file,
+    node_state_dir,
+    sha256_match,
     sign_request,
     spawn,
     stored_answers,
@@ -40,9 +45,8 @@ WORKERS = 8
 REQUESTS = 1000
 
 
-def match(n: int) -> Query:
-    sha256 = hashlib.sha256(f"crash-{n}".encode()).hexdigest()
-    return Query("media", Operation.MATCH, (Predicate("sha256", Comparator.EQ, (sha256,)),))
+def burst_query(n: int) -> Query:
+    return sha256_match(hashlib.sha256(f"crash-{n}".encode()).hexdigest())
 
 
 def receipts(path: Path) -> dict[str, list[str]]:
@@ -54,22 +58,23 @@ def receipts(path: Path) -> dict[str, list[str]]:
     return found
 
 
-def stored(path: Path) -> dict[str, str]:
+def stored(state_dir: Path) -> dict[str, str]:
     """Digests of the stored answers, by query id, opened with the node's replay key."""
-    return {q: hashlib.sha256(payload).hexdigest() for q, payload in stored_answers(path)}
+    return {q: hashlib.sha256(payload).hexdigest() for q, payload in stored_answers(state_dir)}
 
 
 def test_a_node_killed_mid_burst_keeps_receipts_and_stored_answers_in_step(
     federation_dir: Path, tmp_path: Path
 ) -> None:
     # prepare: requests signed and logged as the gateway would, valid long enough to retry
-    key = SigningKey.from_pem_file(federation_dir / "gateway" / "gateway.key")
+    key = gateway_signing_key(federation_dir)
     requests = [
-        make_request(match(n), audience=(NODE_ID,), ttl_ms=120_000) for n in range(REQUESTS)
+        make_request(burst_query(n), audience=(NODE_ID,), ttl_ms=120_000) for n in range(REQUESTS)
     ]
     signed = {r.query_id: sign_request(key, r) for r in requests}
-    config = federation_dir / "nodes" / NODE_ID / "node.toml"
-    ledger = federation_dir / "nodes" / NODE_ID / "state" / "receipts.sqlite3"
+    config = node_config_file(federation_dir, NODE_ID)
+    ledger = node_receipts_file(federation_dir, NODE_ID)
+    state = node_state_dir(federation_dir, NODE_ID)
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     node = spawn("node", NODE_ID, config, run_dir)
@@ -102,7 +107,7 @@ def test_a_node_killed_mid_burst_keeps_receipts_and_stored_answers_in_step(
             node.popen.send_signal(signal.SIGKILL)
         assert node.popen.wait(STOP_TIMEOUT_S) == -signal.SIGKILL
         after_kill_receipts = receipts(ledger)
-        after_kill_stored = stored(ledger)
+        after_kill_stored = stored(state)
 
         # every request again, from a restarted node
         node = spawn("node", NODE_ID, config, run_dir)
@@ -121,14 +126,10 @@ def test_a_node_killed_mid_burst_keeps_receipts_and_stored_answers_in_step(
         assert after_kill_receipts[query_id] == [digest], query_id
     # every answer a caller saw was durable, receipt and stored copy
     for query_id, response in received.items():
-        assert after_kill_stored[query_id] == digest_of(response), query_id
+        assert after_kill_stored[query_id] == answer_digest(response), query_id
     # after the restart: the stored answer for those, one fresh answer for the rest
     final = receipts(ledger)
     for query_id, response in retried.items():
         if query_id in after_kill_stored:
-            assert digest_of(response) == after_kill_stored[query_id], query_id
-        assert final[query_id] == [digest_of(response)], query_id
-
-
-def digest_of(response: pb_node.AnswerResponse) -> str:
-    return hashlib.sha256(response.answer.payload).hexdigest()
+            assert answer_digest(response) == after_kill_stored[query_id], query_id
+        assert final[query_id] == [answer_digest(response)], query_id
