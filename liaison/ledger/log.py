@@ -91,6 +91,10 @@ class _Pending:
 
 
 _STOP = object()
+# Put on the writer's queue when the ledger fails outside the writer's own
+# turn (a caller's commit, the watchdog): the writer, asleep until its next
+# checkpoint, must start probing one retry interval from now instead.
+_WAKE = object()
 
 
 def _closed_error() -> LedgerUnavailable:
@@ -665,6 +669,7 @@ class Ledger:
                 )
                 if self.on_health_change is not None:
                     self.on_health_change(False)
+                self._queue.put(_WAKE)
 
     def _recovered(self) -> None:
         with self._health_lock:
