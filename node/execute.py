@@ -63,6 +63,44 @@ class NearResolved:
     nearest: dict[str, int]
     only: ColumnElement[bool] | None = None
 
+    def statements(self, mapped: MappedDataset, grant: Grant) -> Statements:
+        """The statements answering the resolved query under ``grant``, narrowed by ``only``."""
+        return Statements(mapped, self.query, grant, self.only)
+
+
+@dataclass(frozen=True, slots=True)
+class Statements:
+    """A permitted query's statements, narrowed to the rows a near lookup found by key.
+
+    The one place the row-key condition (``only``) is added, so no statement
+    of an answer can leave it out. Each is built when asked for, so it is
+    compiled (and may raise) where the answer needs it.
+    """
+
+    mapped: MappedDataset
+    query: Query
+    grant: Grant
+    only: ColumnElement[bool] | None
+
+    def records(self, limit: int) -> sa.Select[Any]:
+        return self._narrowed(sql.compile_records(self.mapped, self.query, self.grant, limit))
+
+    def count(self) -> sa.Select[Any]:
+        return self._narrowed(sql.compile_count(self.mapped, self.query, self.grant))
+
+    def count_by(self) -> sa.Select[Any]:
+        return self._narrowed(sql.compile_count_by(self.mapped, self.query, self.grant))
+
+    def match(self) -> sa.Select[Any]:
+        return self._narrowed(sql.compile_match(self.mapped, self.query, self.grant))
+
+    def listing(self, *first: sa.Column[Any]) -> sa.Select[Any]:
+        """The identities of the rows a count counts (after ``first`` columns)."""
+        return self._narrowed(_listing(self.mapped, self.query, self.grant, *first))
+
+    def _narrowed(self, statement: sa.Select[Any]) -> sa.Select[Any]:
+        return statement if self.only is None else statement.where(self.only)
+
 
 class Executor:
     def __init__(
@@ -188,11 +226,12 @@ class Executor:
         resolved = self.resolve_near_rows(mapped, query)
         if isinstance(resolved, Refusal):
             return resolved
-        query, nearest, only = resolved.query, resolved.nearest, resolved.only
+        query, nearest = resolved.query, resolved.nearest
+        statements = resolved.statements(mapped, grant)
         try:
             with self.engine.connect() as conn:
                 if op is Operation.MATCH:
-                    hit = conn.execute(_only(sql.compile_match(mapped, query, grant), only))
+                    hit = conn.execute(statements.match())
                     return {"hit": hit.first() is not None}
                 if op in (Operation.COUNT, Operation.COUNT_BY) and grant.min_count > 0:
                     refusal = self._differencing(
@@ -201,10 +240,10 @@ class Executor:
                     if refusal is not None:
                         return refusal
                 if op is Operation.COUNT:
-                    return {"count": self._count(conn, mapped, query, grant, only)}
+                    return {"count": self._count(conn, statements)}
                 if op is Operation.COUNT_BY:
-                    return self._count_by(conn, mapped, query, grant, only)
-                answer = self._records(conn, mapped, query, grant, nearest, only)
+                    return self._count_by(conn, statements)
+                answer = self._records(conn, statements, nearest)
                 if not answer["rows"] and grant.row_filters and policy is not None:
                     refusal = self._held_not_released(
                         conn, mapped, asked, resolved, grant, request, policy
@@ -230,16 +269,11 @@ class Executor:
             ) from exc
 
     def _records(
-        self,
-        conn: sa.Connection,
-        mapped: MappedDataset,
-        query: Query,
-        grant: Grant,
-        nearest: Mapping[str, int],
-        only: ColumnElement[bool] | None = None,
+        self, conn: sa.Connection, statements: Statements, nearest: Mapping[str, int]
     ) -> dict[str, Any]:
+        mapped, query, grant = statements.mapped, statements.query, statements.grant
         limit = min(query.limit or self.default_limit, grant.max_rows)
-        rows = conn.execute(_only(sql.compile_records(mapped, query, grant, limit), only)).all()
+        rows = conn.execute(statements.records(limit)).all()
         formats = [
             _distance_of(nearest)
             if mapped.dataset.field(f).computed_from
@@ -275,37 +309,25 @@ class Executor:
                 cells[None if key is None else fmt(key)] += int(n)
         return cells
 
-    def _count(
-        self,
-        conn: sa.Connection,
-        mapped: MappedDataset,
-        query: Query,
-        grant: Grant,
-        only: ColumnElement[bool] | None = None,
-    ) -> Count:
+    def _count(self, conn: sa.Connection, statements: Statements) -> Count:
+        grant = statements.grant
         if grant.min_count <= 0:
-            statement = _only(sql.compile_count(mapped, query, grant), only)
-            return Count(int(conn.execute(statement).scalar_one()))
+            return Count(int(conn.execute(statements.count()).scalar_one()))
         counted = self.noise.records()
-        for row in _stream(conn, _only(_listing(mapped, query, grant), only)):
+        for row in _stream(conn, statements.listing()):
             counted.add(row)
-        return self.noise.release(mapped.dataset.name, counted, grant.min_count)
+        return self.noise.release(statements.mapped.dataset.name, counted, grant.min_count)
 
     def _noisy_cells(
-        self,
-        conn: sa.Connection,
-        mapped: MappedDataset,
-        query: Query,
-        grant: Grant,
-        only: ColumnElement[bool] | None = None,
+        self, conn: sa.Connection, statements: Statements
     ) -> dict[str | None, tuple[int, int]]:
         """Per (transformed) group key: the noisy count and its bound, cells at k or more."""
+        mapped, query, grant = statements.mapped, statements.query, statements.grant
         assert query.group_by is not None  # checked by compile_count_by's callers
         fmt = self._formatter(mapped, query.group_by, grant)
         group = mapped.columns[query.group_by]
         sets: dict[str | None, RecordSet] = {}
-        listing = _only(_listing(mapped, query, grant, group), only)
-        for key, *identity in _stream(conn, listing):
+        for key, *identity in _stream(conn, statements.listing(group)):
             cell = None if key is None else fmt(key)
             counted = sets.get(cell)
             if counted is None:
@@ -319,21 +341,15 @@ class Executor:
             )
         return out
 
-    def _count_by(
-        self,
-        conn: sa.Connection,
-        mapped: MappedDataset,
-        query: Query,
-        grant: Grant,
-        only: ColumnElement[bool] | None = None,
-    ) -> dict[str, Any]:
+    def _count_by(self, conn: sa.Connection, statements: Statements) -> dict[str, Any]:
+        mapped, query, grant = statements.mapped, statements.query, statements.grant
         sql.compile_count_by(mapped, query, grant)  # checks the grouping, as before
         if grant.min_count > 0:
             # Cells below the minimum are marked -1; the others are noisy, and
             # ordered by their noisy counts, so the order says nothing more.
-            cells = self._noisy_cells(conn, mapped, query, grant, only)
+            cells = self._noisy_cells(conn, statements)
         else:
-            raw = conn.execute(_only(sql.compile_count_by(mapped, query, grant), only))
+            raw = conn.execute(statements.count_by())
             cells = {k: (n, 0) for k, n in self._cells(raw, mapped, query.group_by, grant).items()}
         # Same order on every database: biggest first, then the absent key, then by key.
         ordered = sorted(cells.items(), key=lambda kv: (-kv[1][0], kv[0] is not None, kv[0] or ""))
@@ -432,9 +448,11 @@ class Executor:
         )
         if not decision.permitted or decision.grant is None:
             return None
-        matching = replace(resolved.query, operation=Operation.MATCH, fields=(), limit=0)
+        matching = replace(
+            resolved, query=replace(resolved.query, operation=Operation.MATCH, fields=(), limit=0)
+        )
         try:
-            statement = _only(sql.compile_match(mapped, matching, decision.grant), resolved.only)
+            statement = matching.statements(mapped, decision.grant).match()
         except (InvalidQuery, CatalogError):
             return None  # a row filter this node cannot apply: the match would be denied
         if conn.execute(statement).first() is None:
@@ -456,11 +474,6 @@ def _distance_of(nearest: Mapping[str, int]) -> Callable[[Any], str | None]:
         return None if found is None else str(found)
 
     return distance
-
-
-def _only(statement: sa.Select[Any], only: ColumnElement[bool] | None) -> sa.Select[Any]:
-    """``statement`` narrowed to the rows a near-duplicate lookup found, if it found them by key."""
-    return statement if only is None else statement.where(only)
 
 
 def _key(fmt: Callable[[Any], str], value: Any) -> str | None:
