@@ -11,7 +11,13 @@ Three kinds of finding, from the most to the least serious:
   granted field that a forbid makes unusable, or (given the node's dataset
   mappings) a field or dataset the node does not map.
 * **note**: worth a lawyer's second look, but possibly intended: a forbid
-  that overrides part of a permit, a policy without permits.
+  that overrides part of a permit, a policy without permits, and each
+  approve rule: who may have which fields released on a follow-up, and
+  which officers decide.
+
+Approve rules are judged as follow-ups are decided (``policies.followup``):
+a forbid on the records operation refuses the fields it covers, so one that
+covers a rule's whole scope is a warning too.
 
 Two warnings guard against what a policy releases by accident: a permit with
 ``releases_lists`` (records without a lookup: a list), and a permit that lets
@@ -28,13 +34,14 @@ agency, role, purpose, dataset and operation it names.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from itertools import product
 from typing import TYPE_CHECKING, Any
 
 from liaison.catalog import CATALOG_V1, Catalog
 from liaison.errors import PolicyError
+from liaison.handling import describe as describe_handling
 from liaison.messages import Requester
 from liaison.query import (
     MAX_CASE_REF_LENGTH,
@@ -45,6 +52,7 @@ from liaison.query import (
 from policies.engine import EVALUATION_ERROR, IDENTIFYING, PolicyDecision, decide
 from policies.load import parse_policy
 from policies.model import ANY, DEFAULT_NEAR_BUDGET, Effect, Policy, Rule, TransformKind
+from policies.model import scope_miss as _scope_miss
 
 if TYPE_CHECKING:
     from liaison.config import NodeConfig
@@ -73,6 +81,7 @@ class Kind(StrEnum):
     MATCHABLE_TRANSFORM = "matchable-transformed-field"
     NO_PERMITS = "no-permits"
     OTHER_POLICY = "other-policy"
+    APPROVE = "approve-rule"  # what duty officers may release on follow-ups, and who
 
 
 @dataclass(frozen=True, slots=True)
@@ -188,6 +197,10 @@ def analyse(policy: Policy, node: NodeMapping | None = None) -> tuple[Finding, .
             findings += _matchable_transforms(rule)
             if node is not None:
                 findings += _mapping(rule, node)
+        elif rule.effect is Effect.APPROVE:
+            findings += _approve(rule, unconditional, field_only)
+            if node is not None:
+                findings += _approve_mapping(rule, node)
     if node is not None and node.node_id != policy.agency:
         findings.append(
             Finding(
@@ -208,7 +221,11 @@ def _has_conditions(rule: Rule) -> bool:
 def _unsatisfiable_conditions(rule: Rule) -> list[Finding]:
     """Case-reference patterns and legal bases no validated request can meet."""
     out = []
-    what = "permits nothing" if rule.effect is Effect.PERMIT else "forbids nothing"
+    what = {
+        Effect.PERMIT: "permits nothing",
+        Effect.FORBID: "forbids nothing",
+        Effect.APPROVE: "lets no officer release anything",
+    }[rule.effect]
     pattern = rule.case_ref_pattern
     if pattern:
         parts = pattern.split("*")
@@ -562,6 +579,98 @@ def _mapping(permit: Rule, node: NodeMapping) -> list[Finding]:
     return out
 
 
+def _approve(
+    rule: Rule, unconditional: Sequence[Rule], field_only: Sequence[Rule]
+) -> list[Finding]:
+    """What an approve rule lets officers release (a note), and what forbids take away."""
+    who = f"{_list(rule.agencies)} ({_list(rule.roles)}) for {_list(rule.purposes)}"
+    conditions = []
+    if rule.case_ref_pattern:
+        conditions.append(f"case {rule.case_ref_pattern}")
+    if rule.legal_bases:
+        conditions.append(f"legal basis {' or '.join(sorted(rule.legal_bases))}")
+    for name, allowed in sorted(rule.attributes.items()):
+        conditions.append(f"{name} {' or '.join(sorted(allowed))}")
+    if conditions:
+        who += ", " + ", ".join(conditions)
+    out = [
+        Finding(
+            Severity.NOTE,
+            Kind.APPROVE,
+            rule.id,
+            f"on a follow-up from {who}, an officer with role {' or '.join(sorted(rule.officers))} "
+            f"may release {_list(rule.release)} of {_list(rule.datasets)}; default handling "
+            f"{describe_handling(rule.handling)}",
+        )
+    ]
+    # A follow-up reads records: forbids in scope for the records operation refuse it.
+    cells = _approve_cells(rule, [*unconditional, *field_only])
+    shadowing = sorted(f.id for f in unconditional if all(_forbid_covers(f, c) for c in cells))
+    if shadowing:
+        who = "forbids " if len(shadowing) > 1 else "forbid "
+        out.append(
+            Finding(
+                Severity.WARNING,
+                Kind.SHADOWED,
+                rule.id,
+                f"can never apply: {who}{', '.join(shadowing)} refuse"
+                + ("" if len(shadowing) > 1 else "s")
+                + " every follow-up in its scope (forbids on records cover follow-ups)",
+            )
+        )
+        return out
+    for forbid in sorted(field_only, key=lambda r: r.id):
+        if not all(_forbid_covers(forbid, c) for c in cells):
+            continue
+        dead = sorted(rule.release & forbid.fields)
+        if dead:
+            out.append(
+                Finding(
+                    Severity.WARNING,
+                    Kind.FORBIDDEN_FIELD,
+                    rule.id,
+                    f"lets officers release {', '.join(dead)}, but forbid {forbid.id} refuses "
+                    + ("it" if len(dead) == 1 else "them")
+                    + " on every follow-up within this rule's scope",
+                )
+            )
+    return out
+
+
+def _approve_cells(rule: Rule, forbids: Sequence[Rule]) -> list[Cell]:
+    """An approve rule's scope as cells; a follow-up counts as a records operation."""
+    return _cells(replace(rule, operations=frozenset({Operation.RECORDS})), forbids)
+
+
+def _approve_mapping(rule: Rule, node: NodeMapping) -> list[Finding]:
+    out = []
+    for dataset in sorted(rule.datasets - {ANY}):
+        mapped = node.datasets.get(dataset)
+        if mapped is None:
+            out.append(
+                Finding(
+                    Severity.WARNING,
+                    Kind.UNMAPPED_DATASET,
+                    rule.id,
+                    f"names dataset {dataset!r}, which node {node.node_id!r} does not map: "
+                    "no record of it can be released on a follow-up",
+                )
+            )
+            continue
+        missing = sorted(rule.release - mapped)
+        if missing:
+            out.append(
+                Finding(
+                    Severity.WARNING,
+                    Kind.UNMAPPED_FIELD,
+                    rule.id,
+                    f"lets officers release {', '.join(missing)}, which node {node.node_id!r} "
+                    f"does not map in {dataset!r}: it cannot be released on a follow-up",
+                )
+            )
+    return out
+
+
 # ---------------------------------------------------------------- explaining
 
 
@@ -577,22 +686,14 @@ def scope_miss(
     """Why ``rule``'s scope does not cover a request, or "" when it does.
 
     The engine's explanation covers the rules in scope; this covers the rest,
-    so a reader sees every rule of the policy accounted for.
+    so a reader sees every rule of the policy accounted for. An approve rule
+    never covers a query: it bounds follow-up releases.
     """
-    if not (ANY in rule.datasets or dataset in rule.datasets):
-        return f"about {_list(rule.datasets)}, not {dataset}"
-    if operation not in rule.operations:
-        names = [o.value for o in _ops(rule.operations)]
-        shown = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
-        return f"covers {shown}, not {operation.value}"
-    if not (ANY in rule.agencies or agency in rule.agencies):
-        return f"agency {agency} is not one of {_list(rule.agencies)}"
-    if not (ANY in rule.roles or rule.roles & roles):
-        held = ", ".join(sorted(roles)) or "no role"
-        return f"roles {_list(rule.roles)}; the requester has {held}"
-    if not (ANY in rule.purposes or purpose in rule.purposes):
-        return f"purpose {purpose} is not one of {_list(rule.purposes)}"
-    return ""
+    if rule.effect is Effect.APPROVE:
+        return "an approve rule: it bounds follow-up releases and decides no query"
+    return _scope_miss(
+        rule, agency=agency, roles=roles, purpose=purpose, dataset=dataset, operation=operation
+    )
 
 
 @dataclass(frozen=True, slots=True)

@@ -31,6 +31,23 @@ decision names this rule (a forbid, ``default-deny``, or the permit that
 answers); ``released`` and ``withheld``: exactly these requested fields
 (records); ``obligations_include``: each text appears in one of the
 obligations; ``reason_includes``: text the decision's reason contains.
+
+A follow-up case asks what a duty officer may release on a follow-up request
+(approve rules, ``policies.followup``) instead of deciding a query::
+
+    [[case]]
+    name = "a Genovian follow-up may have the case reference released"
+    followup = { dataset = "media", fields = ["case_ref", "first_seen", "shareable"] }
+    expect_decidable = ["case_ref", "first_seen"]
+    expect_refused = ["shareable"]
+    rule = "genovian-follow-up"
+
+It takes ``followup`` in place of ``query`` and ``expect``; ``expect_decidable``
+and ``expect_refused``: exactly these asked fields (at least one of the two);
+``rule``: an approve rule that applies or a forbid that refuses a field
+(``default-deny`` when there is neither);
+``reason_includes``: text one of the refusals contains. Its result reads as a
+permit when some field is decidable, a denial otherwise.
 """
 
 from __future__ import annotations
@@ -53,7 +70,8 @@ from liaison.query import (
     validate_legal_basis,
     validate_query,
 )
-from policies.engine import PolicyDecision, decide
+from policies.engine import DEFAULT_DENY, PolicyDecision, decide
+from policies.followup import FollowUpBounds, decide_followup
 from policies.model import Policy
 
 CASES_SUFFIX = ".cases.toml"
@@ -67,6 +85,17 @@ class Expectation:
     withheld: tuple[str, ...] | None = None
     obligations_include: tuple[str, ...] = ()
     reason_includes: str = ""
+    # Follow-up cases only: exactly these asked fields decidable, or refused.
+    decidable: tuple[str, ...] | None = None
+    refused: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class FollowUpAsk:
+    """The part of a follow-up request the policy bounds: which fields of which dataset."""
+
+    dataset: str
+    fields: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,15 +105,19 @@ class PolicyCase:
     purpose: str
     case_ref: str
     legal_basis: str
+    # For a follow-up case, the records query it reads as (dataset and fields).
     query: Query
     expect: Expectation
+    followup: FollowUpAsk | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class CaseResult:
     case: PolicyCase
+    # For a follow-up case, its bounds read as a decision (see ``bounds``).
     decision: PolicyDecision
     failures: tuple[str, ...]
+    bounds: FollowUpBounds | None = None
 
     @property
     def passed(self) -> bool:
@@ -130,6 +163,9 @@ _CASE_KEYS = {
     "obligations_include",
     "reason_includes",
 }
+_FOLLOWUP_CASE_KEYS = (
+    _CASE_KEYS - {"query", "expect", "released", "withheld", "obligations_include"}
+) | {"followup", "expect_decidable", "expect_refused"}
 _DEFAULT_KEYS = {"requester", "purpose", "case_ref", "legal_basis"}
 
 
@@ -188,6 +224,8 @@ def _texts(raw: Mapping[str, Any], key: str, where: str = "") -> tuple[str, ...]
 
 
 def _parse_case(name: str, raw: Mapping[str, Any], catalog: Catalog) -> PolicyCase:
+    if "followup" in raw:
+        return _parse_followup_case(name, raw, catalog)
     unknown = set(raw) - _CASE_KEYS
     if unknown:
         raise CaseFileError(
@@ -208,6 +246,69 @@ def _parse_case(name: str, raw: Mapping[str, Any], catalog: Catalog) -> PolicyCa
         legal_basis=legal_basis,
         query=query,
         expect=_expectation(raw, query),
+    )
+
+
+def _parse_followup_case(name: str, raw: Mapping[str, Any], catalog: Catalog) -> PolicyCase:
+    unknown = set(raw) - _FOLLOWUP_CASE_KEYS
+    if unknown:
+        raise CaseFileError(
+            f"unknown keys {', '.join(sorted(unknown))} in a follow-up case; it takes "
+            + ", ".join(sorted(_FOLLOWUP_CASE_KEYS))
+        )
+    requester = _requester(raw.get("requester"))
+    purpose = _text(raw, "purpose")
+    catalog.check_purpose(purpose)
+    case_ref = validate_case_ref(_text(raw, "case_ref"))
+    legal_basis = validate_legal_basis(_text(raw, "legal_basis", default=""))
+    spec = raw["followup"]
+    if not isinstance(spec, dict) or set(spec) != {"dataset", "fields"}:
+        raise CaseFileError(
+            '`followup` is a table like { dataset = "media", fields = ["case_ref"] }'
+        )
+    dataset = spec["dataset"]
+    if not isinstance(dataset, str) or not dataset:
+        raise CaseFileError('followup needs `dataset = "media"` (or accounts, cases)')
+    known = catalog.dataset(dataset).field_names
+    fields = _texts(spec, "fields", "followup: ")
+    if not fields:
+        raise CaseFileError("followup: `fields` names at least one field")
+    stray = [f for f in fields if f not in known]
+    if stray:
+        raise CaseFileError(
+            f"followup: {dataset} has no field {', '.join(stray)} (it has {', '.join(known)})"
+        )
+    expected: dict[str, tuple[str, ...] | None] = {}
+    for key in ("expect_decidable", "expect_refused"):
+        expected[key] = _texts(raw, key) if key in raw else None
+        names = expected[key] or ()
+        stray = [n for n in names if n not in fields]
+        if stray:
+            raise CaseFileError(
+                f"`{key}` names {', '.join(stray)}, which the follow-up does not ask for "
+                f"(it asks for {', '.join(fields)})"
+            )
+    if expected["expect_decidable"] is None and expected["expect_refused"] is None:
+        raise CaseFileError(
+            "a follow-up case needs `expect_decidable = [...]` or `expect_refused = [...]` "
+            "(or both)"
+        )
+    decidable = expected["expect_decidable"]
+    return PolicyCase(
+        name=name,
+        requester=requester,
+        purpose=purpose,
+        case_ref=case_ref,
+        legal_basis=legal_basis,
+        query=Query(dataset=dataset, operation=Operation.RECORDS, fields=fields),
+        expect=Expectation(
+            permit=bool(decidable),
+            rule=_text(raw, "rule", default=""),
+            reason_includes=_text(raw, "reason_includes", default=""),
+            decidable=decidable,
+            refused=expected["expect_refused"],
+        ),
+        followup=FollowUpAsk(dataset, fields),
     )
 
 
@@ -359,6 +460,8 @@ def _obligation_texts(raw: Mapping[str, Any]) -> tuple[str, ...]:
 
 
 def run_case(policy: Policy, case: PolicyCase) -> CaseResult:
+    if case.followup is not None:
+        return _run_followup_case(policy, case, case.followup)
     decision = decide(
         policy,
         case.requester,
@@ -368,6 +471,49 @@ def run_case(policy: Policy, case: PolicyCase) -> CaseResult:
         legal_basis=case.legal_basis,
     )
     return CaseResult(case, decision, tuple(_differences(case.expect, decision)))
+
+
+def _run_followup_case(policy: Policy, case: PolicyCase, ask: FollowUpAsk) -> CaseResult:
+    bounds = decide_followup(
+        policy,
+        case.requester,
+        case.purpose,
+        ask.dataset,
+        ask.fields,
+        case_ref=case.case_ref,
+        legal_basis=case.legal_basis,
+    )
+    parts = []
+    if bounds.decidable:
+        parts.append(f"an officer may release: {', '.join(bounds.decidable)}")
+    if bounds.refused:
+        parts.append(f"refused: {bounds.reason}")
+    # Read as a decision, so the case reports like any other: "permit" when an
+    # officer may release something, under the approve rules that apply.
+    decision = PolicyDecision(
+        permitted=bool(bounds.decidable),
+        rules=(*bounds.rules, *bounds.forbidden_by) or (DEFAULT_DENY,),
+        reason="; ".join(parts),
+        explanation=bounds.explanation,
+    )
+    expect = case.expect
+    failures = []
+    for key, expected, actual in (
+        ("decidable", expect.decidable, bounds.decidable),
+        ("refused", expect.refused, tuple(bounds.refused)),
+    ):
+        if expected is not None and set(expected) != set(actual):
+            failures.append(f"{key}: expected {_names(expected)}, got {_names(actual)}")
+    if expect.rule and expect.rule not in decision.rules:
+        failures.append(f"expected rule {expect.rule}, got {', '.join(decision.rules)}")
+    if expect.reason_includes and not any(
+        expect.reason_includes in why for why in bounds.refused.values()
+    ):
+        failures.append(
+            f"no refusal includes {expect.reason_includes!r} "
+            f"(refusals: {bounds.reason or 'none'!r})"
+        )
+    return CaseResult(case, decision, tuple(failures), bounds)
 
 
 def run_cases(policy: Policy, cases: Sequence[PolicyCase]) -> tuple[CaseResult, ...]:
@@ -420,6 +566,7 @@ __all__ = [
     "CaseFileError",
     "CaseResult",
     "Expectation",
+    "FollowUpAsk",
     "PolicyCase",
     "cases_path_for",
     "describe_decision",

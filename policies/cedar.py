@@ -3,8 +3,9 @@
 A pure translator (text and dicts out, no Cedar library here): the oracle test
 and the policy benchmark hand its output to ``cedarpy``. Only what decides
 allow or deny is translated; obligations (transforms, row filters, minimum
-counts, row caps, rate limits) and the choice between several allowing
-permits are ours alone and have no Cedar counterpart.
+counts, row caps, rate limits, notify) and the choice between several allowing
+permits are ours alone and have no Cedar counterpart; so are approve rules,
+which bound follow-up releases and decide no query.
 
 The Cedar model (``CEDAR_SCHEMA`` below says the same in Cedar's schema
 language)::
@@ -250,7 +251,16 @@ def _only_for(op: Operation, condition: str, *, only: bool) -> str:
 
 
 def rule_to_cedar(rule: Rule) -> str:
-    """One rule as one Cedar policy (its allow/deny part only)."""
+    """One rule as one Cedar policy (its allow/deny part only).
+
+    ValueError for an approve rule: it decides no query, so it has no Cedar
+    counterpart (``policy_to_cedar`` leaves approve rules out).
+    """
+    if rule.effect is Effect.APPROVE:
+        raise ValueError(
+            f"rule {rule.id!r} is an approve rule: it bounds follow-up releases and decides "
+            "no query, so it has no Cedar counterpart"
+        )
     head, conditions = _scope(rule)
     conditions += _conditions(rule)
     if rule.effect is Effect.FORBID:
@@ -265,8 +275,12 @@ def rule_to_cedar(rule: Rule) -> str:
 
 
 def policy_to_cedar(policy: Policy) -> str:
-    """Every rule of ``policy``, one Cedar policy each, in rule-id order."""
-    return "\n\n".join(rule_to_cedar(r) for r in sorted(policy.rules, key=lambda r: r.id)) + "\n"
+    """Every permit and forbid of ``policy``, one Cedar policy each, in rule-id order.
+
+    Approve rules are left out: the engine ignores them when deciding a query.
+    """
+    rules = sorted((r for r in policy.rules if r.effect is not Effect.APPROVE), key=lambda r: r.id)
+    return "\n\n".join(rule_to_cedar(r) for r in rules) + "\n"
 
 
 @dataclass(frozen=True, slots=True)

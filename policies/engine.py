@@ -30,12 +30,17 @@ Semantics (each pinned by a test; README "How decisions are made" says the same)
   order or on duplicates, so adding a permit never narrows an answer and
   adding a forbid never widens one.
 * An error while deciding is a denial by ``evaluation-error``.
+* A permit with ``notify`` asks to be told of hits: the grant says notify
+  when any permit that would answer the query says so, whichever is chosen.
+* Approve rules (``effect = "approve"``) take no part: they bound what a
+  duty officer may release on a follow-up (``policies.followup``), and
+  never permit or forbid a query.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from liaison.catalog import CATALOG_V1
 from liaison.messages import Requester
@@ -88,6 +93,8 @@ class Grant:
     group_by: str | None = None
     # Near-duplicate queries per investigator (None: the node's default budget).
     near_budget: RateLimit | None = None
+    # The permit asks to be told of hits: the node puts a notice in its inbox.
+    notify: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,8 @@ class PolicyDecision:
             out.append(f"counts below {g.min_count} shown as 'fewer than {g.min_count}'")
         for limit in g.rate_limits:
             out.append(f"rate limit: {limit}")
+        if g.notify:
+            out.append("a hit is reported to the holding agency (notify)")
         return tuple(out)
 
 
@@ -147,8 +156,12 @@ def decide(
         )
 
 
-def _condition_miss(rule: Rule, requester: Requester, case_ref: str, legal_basis: str) -> str:
-    """Why the rule's conditions fail for this request, or "" when they hold."""
+def condition_miss(rule: Rule, requester: Requester, case_ref: str, legal_basis: str) -> str:
+    """Why the rule's conditions fail for this request, or "" when they hold.
+
+    The finer conditions beyond scope: attributes, case reference pattern,
+    legal basis. Follow-ups (``policies.followup``) check approve rules with it too.
+    """
     for name, allowed in rule.attributes.items():
         value = requester.attributes.get(name)
         if value is None:
@@ -205,7 +218,7 @@ def _decide(
     for rule in forbid_rules:
         if not rule.in_scope(requester.agency, roles, purpose, query.dataset, op):
             continue
-        miss = _condition_miss(rule, requester, case_ref, legal_basis)
+        miss = condition_miss(rule, requester, case_ref, legal_basis)
         if not miss and rule.fields and not (rule.fields & touched):
             miss = f"query does not touch {', '.join(sorted(rule.fields))}"
         if miss:
@@ -222,7 +235,7 @@ def _decide(
     for rule in permit_rules:
         if not rule.in_scope(requester.agency, roles, purpose, query.dataset, op):
             continue
-        miss = _condition_miss(rule, requester, case_ref, legal_basis)
+        miss = condition_miss(rule, requester, case_ref, legal_basis)
         if miss:
             explanation.append(f"permit {rule.id}: does not apply ({miss})")
             near_misses.append(f"{rule.id}: {miss}")
@@ -297,6 +310,7 @@ def _decide(
             rule.rate_limits,
             query.group_by if op is Operation.COUNT_BY else None,
             rule.near_budget,
+            rule.notify,
         )
 
     def generosity(g: Grant) -> tuple[int, int, int, int, int, int, str]:
@@ -309,6 +323,10 @@ def _decide(
         return (g.min_count, -g.max_rows, *restriction, 0, g.rule_id)
 
     best = min((grant_for(r) for r in candidates), key=generosity)
+    if not best.notify and any(r.notify for r in candidates):
+        # The holder asked to hear of hits under a rule that would answer this
+        # query too; a more generous permit being chosen must not silence that.
+        best = replace(best, notify=True)
     for rule in candidates:
         chosen = "chosen" if rule.id == best.rule_id else "applies, less generous"
         explanation.append(f"permit {rule.id}: {chosen}")
@@ -350,6 +368,7 @@ __all__ = [
     "Effect",
     "Grant",
     "PolicyDecision",
+    "condition_miss",
     "decide",
     "lookup_fields",
 ]

@@ -3,6 +3,12 @@
 A policy that names an unknown dataset, field, purpose, operation, group or
 key fails to load with a message naming the rule and the name, so a typo can
 never silently widen or narrow what a node releases.
+
+Three kinds of rule: ``permit`` and ``forbid`` decide queries; ``approve``
+names the fields a duty officer may release on a follow-up request
+(``release``), the roles that may decide (``officers``, required) and the
+default handling code (``handling``). A key that belongs to another kind of
+rule is refused with a message saying where it belongs.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from liaison.catalog import Catalog, FieldType
-from liaison.errors import CatalogError, PolicyError
+from liaison.errors import CatalogError, InvalidQuery, PolicyError
+from liaison.handling import DEFAULT_HANDLING, handling_code
 from liaison.query import DEFAULT_NEAR_DISTANCE, MAX_NEAR_DISTANCE, Comparator, Operation
 from policies.engine import DEFAULT_DENY, EVALUATION_ERROR
 from policies.model import (
@@ -52,6 +59,16 @@ _COMMON_KEYS = {
     "legal_bases",
     *_SCOPE_KEYS,
 }
+# An approve rule has the scope and conditions of a permit, but no operations:
+# a follow-up is no query. Its `release` is what a duty officer may release.
+_APPROVE_KEYS = {"release", "officers", "handling"}
+_KEYS = {
+    Effect.PERMIT: _COMMON_KEYS | _PERMIT_KEYS | {"notify"},
+    Effect.FORBID: _COMMON_KEYS | _FORBID_KEYS,
+    Effect.APPROVE: (_COMMON_KEYS - {"operations"}) | _APPROVE_KEYS,
+}
+_EVERY_KEY = frozenset().union(*_KEYS.values())
+_KIND = {Effect.PERMIT: "a permit", Effect.FORBID: "a forbid", Effect.APPROVE: "an approve"}
 MAX_ROWS_CEILING = 10_000
 RESERVED_RULE_IDS = frozenset(
     {DEFAULT_DENY, EVALUATION_ERROR, "dataset-not-offered", "differencing-guard", "near-match-cap"}
@@ -176,11 +193,13 @@ def _parse_rule(
     try:
         effect = Effect(str(raw.get("effect")))
     except ValueError as exc:
-        raise PolicyError(f'{where}: `effect` must be "permit" or "forbid"') from exc
-    allowed = _COMMON_KEYS | (_PERMIT_KEYS if effect is Effect.PERMIT else _FORBID_KEYS)
-    unknown = set(raw) - allowed
+        raise PolicyError(
+            f'{where}: `effect` must be "permit" or "forbid" (or "approve": fields a duty '
+            "officer may release on a follow-up request)"
+        ) from exc
+    unknown = set(raw) - _KEYS[effect]
     if unknown:
-        raise PolicyError(f"{where}: unknown keys {', '.join(sorted(unknown))}")
+        raise PolicyError(f"{where}: {_unknown_keys(effect, unknown)}")
 
     agencies: set[str] = set()
     for name in _names(raw, "agencies", where):
@@ -199,13 +218,29 @@ def _parse_rule(
         except CatalogError as exc:
             raise PolicyError(f"{where}: {exc}") from exc
     datasets = _names(raw, "datasets", where)
-    if effect is Effect.PERMIT and ANY in datasets:
-        raise PolicyError(f'{where}: a permit names its datasets explicitly, not "*"')
+    if effect is not Effect.FORBID and ANY in datasets:
+        raise PolicyError(f'{where}: {_KIND[effect]} names its datasets explicitly, not "*"')
     for dataset in datasets - {ANY}:
         try:
             catalog.dataset(dataset)
         except CatalogError as exc:
             raise PolicyError(f"{where}: {exc}") from exc
+    if effect is Effect.APPROVE:
+        return _approve_rule(
+            raw,
+            where,
+            Rule(
+                id=rule_id,
+                effect=effect,
+                agencies=frozenset(agencies),
+                roles=roles,
+                purposes=purposes,
+                datasets=datasets,
+                operations=frozenset(),
+                description=_description(raw, where),
+            ),
+            catalog,
+        )
     raw_ops = _names(raw, "operations", where)
     if ANY in raw_ops:
         operations = frozenset(Operation)
@@ -278,6 +313,101 @@ def _parse_rule(
         rate_limits=_rate_limits(raw, where),
         releases_lists=_releases_lists(raw, where, operations),
         near_budget=_near_budget(raw, where, datasets, match_fields, catalog),
+        notify=_notify(raw, where),
+    )
+
+
+# Why a key does not belong on a rule of another kind, and what to do instead.
+_MISPLACED = {
+    Effect.PERMIT: "`officers` and `handling` belong on approve rules "
+    '(effect = "approve"), `fields` on forbids',
+    Effect.FORBID: "a forbid names scope, conditions and the `fields` it covers; "
+    "`notify` and release obligations belong on permits, `officers` and `handling` on "
+    "approve rules",
+    Effect.APPROVE: "an approve rule bounds what a duty officer may release on a follow-up "
+    "request and permits no query, so it takes only scope (agencies, roles, purposes, "
+    "datasets), conditions (attributes, case_ref, legal_bases), `release`, `officers`, "
+    "`handling` and `description`; remove the others",
+}
+
+
+def _unknown_keys(effect: Effect, unknown: set[str]) -> str:
+    text = f"unknown keys {', '.join(sorted(unknown))}"
+    if unknown & _EVERY_KEY:
+        text += f" for {_KIND[effect]} rule ({_MISPLACED[effect]})"
+    if "legal_basis" in unknown:
+        text += " (a rule lists the legal bases it accepts as `legal_bases`)"
+    return text
+
+
+def _notify(raw: dict[str, Any], where: str) -> bool:
+    value = raw.get("notify", False)
+    if not isinstance(value, bool):
+        raise PolicyError(
+            f"{where}: `notify` is true or false (true: a hit under this rule puts a notice "
+            "in this agency's inbox)"
+        )
+    return value
+
+
+def _approve_rule(raw: dict[str, Any], where: str, rule: Rule, catalog: Catalog) -> Rule:
+    """The rest of an approve rule: what may be released, who decides, how it is handled."""
+    conditions = _conditions(raw, where)
+    if "release" not in raw:
+        raise PolicyError(
+            f"{where}: an approve rule needs `release = [...]`: the fields a duty officer may "
+            "release on a follow-up request"
+        )
+    release = _field_list(raw, "release", where, rule.datasets, catalog)
+    if not release:
+        raise PolicyError(
+            f"{where}: `release` is empty, so no officer could release anything; list the "
+            "fields a duty officer may release, or remove the rule"
+        )
+    computed = sorted(f for f in release if _computed(f, rule.datasets, catalog))
+    if computed:
+        raise PolicyError(
+            f"{where}: {', '.join(computed)} is computed for each query's answer, not held "
+            "with the record, so a follow-up cannot release it (remove it from `release`)"
+        )
+    if "officers" not in raw:
+        raise PolicyError(
+            f"{where}: an approve rule needs `officers = [...]`: the roles at this node that "
+            'may decide follow-up requests, e.g. officers = ["duty-officer"]'
+        )
+    officers = raw["officers"]
+    if isinstance(officers, str):
+        officers = [officers]
+    if (
+        not isinstance(officers, list)
+        or not officers
+        or not all(isinstance(o, str) and o.strip() for o in officers)
+    ):
+        raise PolicyError(
+            f'{where}: `officers` must be a non-empty list of role names, e.g. ["duty-officer"]'
+        )
+    if ANY in officers:
+        raise PolicyError(
+            f'{where}: `officers` names the roles that may decide; "*" would let anyone '
+            "with a token at this node release data"
+        )
+    handling = DEFAULT_HANDLING
+    if "handling" in raw:
+        text = raw["handling"]
+        if not isinstance(text, str):
+            raise PolicyError(f'{where}: `handling` is a code such as "H1"')
+        try:
+            handling = handling_code(text, where="`handling`")
+        except InvalidQuery as exc:
+            raise PolicyError(f"{where}: {exc}") from exc
+    return replace(
+        rule,
+        attributes=conditions[0],
+        case_ref_pattern=conditions[1],
+        legal_bases=conditions[2],
+        release=release,
+        officers=frozenset(officers),
+        handling=handling,
     )
 
 

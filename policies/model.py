@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from enum import StrEnum
 from types import MappingProxyType
 
+from liaison.handling import DEFAULT_HANDLING, HandlingCode
 from liaison.query import Comparator, Operation
 
 ANY = "*"
@@ -18,6 +19,9 @@ ANY = "*"
 class Effect(StrEnum):
     PERMIT = "permit"
     FORBID = "forbid"
+    # Fields a duty officer may release on a follow-up request, after a human
+    # decision. Never permits (or forbids) a query: the engine ignores these.
+    APPROVE = "approve"
 
 
 class TransformKind(StrEnum):
@@ -111,24 +115,70 @@ class Rule:
     # Permits only: near-duplicate queries per investigator (None: the node's
     # DEFAULT_NEAR_BUDGET).
     near_budget: RateLimit | None = None
+    # Permits only: a hit under this rule puts a notice in this agency's inbox.
+    notify: bool = False
+    # Approve rules only: roles at this node that may decide a follow-up, and
+    # the handling code a released field gets unless the officer picks another.
+    # (An approve rule's ``release`` is what a duty officer may release.)
+    officers: frozenset[str] = frozenset()
+    handling: HandlingCode = DEFAULT_HANDLING
 
-    def in_scope(
-        self, agency: str, roles: frozenset[str], purpose: str, dataset: str, operation: Operation
-    ) -> bool:
-        """Who, why and what, without the finer conditions."""
+    def covers(self, agency: str, roles: frozenset[str], purpose: str, dataset: str) -> bool:
+        """Who and why, and about which dataset: the scope without operations."""
         return (
             (ANY in self.agencies or agency in self.agencies)
             and (ANY in self.roles or bool(self.roles & roles))
             and (ANY in self.purposes or purpose in self.purposes)
             and (ANY in self.datasets or dataset in self.datasets)
-            and operation in self.operations
         )
+
+    def in_scope(
+        self, agency: str, roles: frozenset[str], purpose: str, dataset: str, operation: Operation
+    ) -> bool:
+        """Who, why and what, without the finer conditions."""
+        return operation in self.operations and self.covers(agency, roles, purpose, dataset)
 
     def applies_to(
         self, agency: str, roles: frozenset[str], purpose: str, dataset: str, operation: Operation
     ) -> bool:
         """Scope only; kept for callers that have no conditions to check."""
         return self.in_scope(agency, roles, purpose, dataset, operation)
+
+
+def _names(names: frozenset[str]) -> str:
+    return ", ".join(sorted(names))
+
+
+def scope_miss(
+    rule: Rule,
+    *,
+    agency: str,
+    roles: frozenset[str],
+    purpose: str,
+    dataset: str,
+    operation: Operation | None = None,
+) -> str:
+    """Why ``rule``'s scope does not cover a request, or "" when it does.
+
+    ``operation`` None checks who, why and which dataset only (an approve
+    rule has no operations: a follow-up is no query).
+    """
+    if not (ANY in rule.datasets or dataset in rule.datasets):
+        return f"about {_names(rule.datasets)}, not {dataset}"
+    if operation is not None and operation not in rule.operations:
+        names = [o.value for o in Operation if o in rule.operations]
+        if not names:
+            return f"covers no operation, not {operation.value}"
+        shown = ", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0]
+        return f"covers {shown}, not {operation.value}"
+    if not (ANY in rule.agencies or agency in rule.agencies):
+        return f"agency {agency} is not one of {_names(rule.agencies)}"
+    if not (ANY in rule.roles or rule.roles & roles):
+        held = ", ".join(sorted(roles)) or "no role"
+        return f"roles {_names(rule.roles)}; the requester has {held}"
+    if not (ANY in rule.purposes or purpose in rule.purposes):
+        return f"purpose {purpose} is not one of {_names(rule.purposes)}"
+    return ""
 
 
 def case_ref_matches(pattern: str, case_ref: str) -> bool:
@@ -178,11 +228,14 @@ class Policy:
             for op in Operation:
                 # Sorted by id, so that decisions and their explanations do
                 # not depend on the order rules are written in.
+                # Approve rules bound follow-ups, never queries: left out here.
                 matching = sorted(
                     (
                         r
                         for r in self.rules
-                        if (ANY in r.datasets or dataset in r.datasets) and op in r.operations
+                        if r.effect is not Effect.APPROVE
+                        and (ANY in r.datasets or dataset in r.datasets)
+                        and op in r.operations
                     ),
                     key=lambda r: r.id,
                 )
@@ -208,3 +261,10 @@ class Policy:
     @property
     def forbids(self) -> tuple[Rule, ...]:
         return tuple(r for r in self.rules if r.effect is Effect.FORBID)
+
+    @property
+    def approves(self) -> tuple[Rule, ...]:
+        """Approve rules, sorted by id (as decisions consider them)."""
+        return tuple(
+            sorted((r for r in self.rules if r.effect is Effect.APPROVE), key=lambda r: r.id)
+        )
