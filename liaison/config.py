@@ -97,6 +97,17 @@ class NodeConfig:
     metrics_listen: str | None = None
     # How long the receipts ledger waits on its database before it reports NOT_SERVING.
     ledger_timeouts: LedgerTimeouts = field(default_factory=LedgerTimeouts)
+    # The duty officers' inbox (follow-up requests, hit notices): where it is
+    # served (None: not served), the audience their tokens must name, and the
+    # agency's identity providers that vouch for them.
+    inbox: InboxConfig | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class InboxConfig:
+    listen: str
+    audience: str
+    issuers: tuple[Issuer, ...]
 
 
 DEFAULT_JWKS_REFRESH_S = 600
@@ -301,7 +312,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
     doc = _read_toml(path)
     base = path.parent
     top = _Reader(doc, str(path), base)
-    top.check_keys({"node", "trusted_gateway", "datasets", "tls", "ledger"})
+    top.check_keys({"node", "trusted_gateway", "datasets", "tls", "ledger", "inbox"})
     node = _Reader(doc.get("node", {}), f"{path} [node]", base)
     node.check_keys(
         {
@@ -397,6 +408,37 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
         ),
         checkpoint_interval_s=_checkpoint_interval(doc, path),
         ledger_timeouts=_ledger_timeouts(doc, path, _NODE_LEDGER_KEYS),
+        inbox=_inbox(doc, path, node.text("id")),
+    )
+
+
+def node_inbox_audience(node_id: str) -> str:
+    """The audience a duty officer's token names for ``node_id``'s inbox, by default."""
+    return f"liaison-node/{node_id}"
+
+
+def _inbox(doc: Mapping[str, Any], path: Path, node_id: str) -> InboxConfig | None:
+    if "inbox" not in doc:
+        return None
+    table = doc["inbox"]
+    if not isinstance(table, dict):
+        raise ConfigError(f"{path}: [inbox] must be a table")
+    where = f"{path} [inbox]"
+    r = _Reader(table, where, path.parent)
+    r.check_keys({"listen", "audience", "issuer"})
+    issuers = [
+        _issuer(_Reader(t, f"{where} [[inbox.issuer]] #{i}", path.parent))
+        for i, t in enumerate(r.tables("issuer"), start=1)
+    ]
+    if not issuers:
+        raise ConfigError(
+            f"{where}: name the identity provider that vouches for your duty officers with "
+            "[[inbox.issuer]] (the same keys as a gateway's [[issuer]])"
+        )
+    return InboxConfig(
+        listen=r.text("listen", "127.0.0.1:0"),
+        audience=r.text("audience", node_inbox_audience(node_id)),
+        issuers=tuple(issuers),
     )
 
 

@@ -14,6 +14,9 @@ from typing import Any
 from liaison.messages import AnswerStatus, QueryAnswer
 from liaison.query import Operation, Query
 
+# References kept of one answer: as many as one follow-up request may name.
+MAX_REFS = 16
+
 
 def reduce_to_query(answer: QueryAnswer, query: Query) -> QueryAnswer:
     """Keep only the parts of ``answer`` that ``query`` asked for."""
@@ -30,8 +33,15 @@ def reduce_to_query(answer: QueryAnswer, query: Query) -> QueryAnswer:
     if answer.status is not AnswerStatus.ANSWERED:
         return QueryAnswer(**common)
     op = query.operation
+    # What a follow-up request needs: the node's references to what matched
+    # (a few at most; a node issues one per answer), and whether it was told.
+    follow_up: dict[str, Any] = {}
+    if answer.record_refs:
+        follow_up["record_refs"] = answer.record_refs[:MAX_REFS]
+    if answer.holder_notified:
+        follow_up["holder_notified"] = True
     if op is Operation.MATCH:
-        return QueryAnswer(**common, hit=answer.hit)
+        return QueryAnswer(**common, hit=answer.hit, **follow_up)
     if op is Operation.COUNT:
         return QueryAnswer(**common, count=answer.count)
     if op is Operation.COUNT_BY:
@@ -54,4 +64,5 @@ def reduce_to_query(answer: QueryAnswer, query: Query) -> QueryAnswer:
         rows=rows,
         withheld_fields=tuple(f for f in answer.withheld_fields if f in asked),
         truncated=answer.truncated or len(answer.rows) > limit,
+        **follow_up,
     )

@@ -83,30 +83,50 @@ def envelope_from_proto(message: pb_envelope.Envelope) -> Envelope:
     )
 
 
+def ledger_proof_to_proto(proof: LedgerProof) -> pb_node.LedgerProof:
+    return pb_node.LedgerProof(
+        entry=proof.entry,
+        leaf_index=proof.leaf_index,
+        inclusion_path=list(proof.inclusion_path),
+        checkpoint=proof.checkpoint,
+    )
+
+
+def ledger_proof_from_proto(p: pb_node.LedgerProof) -> LedgerProof:
+    return LedgerProof(
+        entry=p.entry,
+        leaf_index=p.leaf_index,
+        inclusion_path=tuple(p.inclusion_path),
+        checkpoint=p.checkpoint,
+    )
+
+
 def signed_request_to_proto(signed: SignedRequest) -> pb_node.AnswerRequest:
     message = pb_node.AnswerRequest(request=envelope_to_proto(signed.envelope))
     if signed.proof is not None:
-        message.ledger_proof.CopyFrom(
-            pb_node.LedgerProof(
-                entry=signed.proof.entry,
-                leaf_index=signed.proof.leaf_index,
-                inclusion_path=list(signed.proof.inclusion_path),
-                checkpoint=signed.proof.checkpoint,
-            )
-        )
+        message.ledger_proof.CopyFrom(ledger_proof_to_proto(signed.proof))
     return message
 
 
 def signed_request_from_proto(message: pb_node.AnswerRequest) -> SignedRequest:
     proof = None
     if message.HasField("ledger_proof"):
-        p = message.ledger_proof
-        proof = LedgerProof(
-            entry=p.entry,
-            leaf_index=p.leaf_index,
-            inclusion_path=tuple(p.inclusion_path),
-            checkpoint=p.checkpoint,
-        )
+        proof = ledger_proof_from_proto(message.ledger_proof)
+    return SignedRequest(envelope_from_proto(message.request), proof)
+
+
+def delivery_to_proto(signed: SignedRequest) -> pb_node.DeliverRequest:
+    """A signed follow-up request and its proof of logging, for NodeService.Deliver."""
+    message = pb_node.DeliverRequest(request=envelope_to_proto(signed.envelope))
+    if signed.proof is not None:
+        message.ledger_proof.CopyFrom(ledger_proof_to_proto(signed.proof))
+    return message
+
+
+def delivery_from_proto(message: pb_node.DeliverRequest) -> SignedRequest:
+    proof = None
+    if message.HasField("ledger_proof"):
+        proof = ledger_proof_from_proto(message.ledger_proof)
     return SignedRequest(envelope_from_proto(message.request), proof)
 
 

@@ -44,6 +44,7 @@ from liaison.keys import KeyId, SigningKey
 from liaison.ledger.entries import ReceiptFacts, receipt_entry
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import LoggedRequest, SignedRequest, check_logged
+from liaison.ledger.store import SideRows
 from liaison.messages import AnswerStatus, Decision, PublishedPolicy, QueryAnswer
 from liaison.query import (
     Operation,
@@ -56,6 +57,8 @@ from liaison.wire import answer_from_bytes, answer_to_bytes, published_policy_to
 from node.database import MappedDataset
 from node.differencing import RecentAggregates
 from node.execute import Executor, Refusal
+from node.followup import FollowUpDesk
+from node.inbox import Inbox, new_ref
 from node.near import NearIndexes
 from node.near_guard import NearGuard
 from node.noise import load_or_create_key
@@ -135,6 +138,9 @@ class NodeCore:
             receipts, load_or_create_key(seal_key_path), legacy=state_dir / REPLAY_LEGACY_FILE
         )
         self.rates = RateLedger(receipts, legacy=state_dir / RATES_LEGACY_FILE)
+        # Record references, follow-up requests and hit notices: beside the
+        # receipts too, each committed with the receipt that accounts for it.
+        self.inbox = Inbox(receipts, load_or_create_key(seal_key_path))
         # How long an append may wait: past the ledger's own write timeout,
         # whose watchdog answers first.
         self._append_timeout_s = receipts.write_timeout_s + 30
@@ -148,6 +154,20 @@ class NodeCore:
             near=near,
         )
         self.near = near
+        self.followups = FollowUpDesk(
+            node_id=node_id,
+            signing_key=signing_key,
+            trusted=self.trusted,
+            policy=policy,
+            catalog=catalog,
+            schema=self.schema,
+            receipts=receipts,
+            inbox=self.inbox,
+            executor=self.executor,
+            max_request_age_s=limits.max_request_age_s,
+            clock_skew_s=limits.clock_skew_s,
+            append_timeout_s=self._append_timeout_s,
+        )
         self._answered = 0
         # The document ``policy`` was parsed from, signed once here: it is what
         # a gateway dry-runs queries against. Empty when the caller has no text.
@@ -247,11 +267,16 @@ class NodeCore:
             # This node's own signed bytes, committed with their receipt below.
             return SignedAnswer(cached, answer_from_bytes(cached.payload))
         charges: list[Charge] = []
+        issued: list[SideRows] = []
         doubtful = False
         try:
-            answer = self._decide_and_run(verified, charges)
+            answer = self._decide_and_run(verified, charges, issued, peer_id)
             sealed = seal(self.signing_key, ANSWER_TYPE, answer_to_bytes(answer))
-            side = [*self.replay.record(request.nonce, sealed), *self.rates.record(charges)]
+            side = [
+                *self.replay.record(request.nonce, sealed),
+                *self.rates.record(charges),
+                *issued,
+            ]
             receipt_started = time.perf_counter()
             try:
                 # One commit: the receipt, the stored answer and the rate usage.
@@ -336,10 +361,22 @@ class NodeCore:
             obligations=answer.decision.obligations,
             answer_digest=hashlib.sha256(sealed.payload).hexdigest(),
             answer_key_id=self.signing_key.key_id,
+            holder_notified=answer.holder_notified,
         )
 
-    def _decide_and_run(self, verified: VerifiedRequest, charges: list[Charge]) -> QueryAnswer:
-        """Decide and run ``verified``; append any rate charge made to ``charges``."""
+    def _decide_and_run(
+        self,
+        verified: VerifiedRequest,
+        charges: list[Charge],
+        issued: list[SideRows],
+        peer_id: str,
+    ) -> QueryAnswer:
+        """Decide and run ``verified``; append any rate charge made to ``charges``.
+
+        A hit gets a record reference (and, where the permit asks for it, a
+        notice in this agency's inbox): their rows go to ``issued``, to be
+        committed with the receipt.
+        """
         request = verified.request
         query = validate_query(request.query, self.catalog)
         validate_case_ref(request.case_ref)
@@ -419,6 +456,30 @@ class NodeCore:
         if not_held:
             reason = "; ".join(filter(None, [reason, f"not held here: {', '.join(not_held)}"]))
         verdict = Decision(True, decision.rules, reason, decision.obligations, decision.explanation)
+        if outcome.get("hit") or outcome.get("rows"):
+            ref = new_ref()
+            issued.append(
+                self.inbox.ref_rows(
+                    ref,
+                    query_id=request.query_id,
+                    agency=request.requester.agency,
+                    dataset=query.dataset,
+                    predicates=query.predicates,
+                    now_ms=now_ms(),
+                )
+            )
+            outcome = {**outcome, "record_refs": (ref,)}
+            if grant.notify and request.requester.agency != self.policy.agency:
+                issued.extend(
+                    self.followups.notice_rows(
+                        request=request,
+                        ref=ref,
+                        rules=decision.rules,
+                        gateway_id=peer_id or request.gateway_id,
+                        digest=verified.digest,
+                    )
+                )
+                outcome["holder_notified"] = True
         return answer(AnswerStatus.ANSWERED, verdict, **outcome)
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import gc
 import logging
+import threading
+import time
 from concurrent import futures
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -13,9 +15,10 @@ import grpc
 import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1, Catalog
-from liaison.config import NodeConfig, load_node_config
-from liaison.errors import ConfigError
+from liaison.config import InboxConfig, NodeConfig, load_node_config
+from liaison.errors import ConfigError, LiaisonError
 from liaison.grpc_errors import MalformedRequests
+from liaison.identity.verify import TokenVerifier
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import node_origin
@@ -38,17 +41,23 @@ from liaison.tls import TlsFiles
 from node.answering import NodeCore, NodeLimits, close_core
 from node.database import bind_schema, open_read_only
 from node.health import DatabaseProbe
+from node.inbox_service import InboxServicer
 from node.near import NearIndexes
 from node.replay import private_dir, private_file
 from node.service import NodeServicer
 from node.transform_key import read_transform_key, require_if_used
 from node.verify import GatewayIdentity, TrustedGateway
 from policies.load import load_policy_and_text
+from proto.liaison.v1 import followup_pb2 as pb_followup
+from proto.liaison.v1 import followup_pb2_grpc as pb_followup_grpc
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 
 log = logging.getLogger("liaison.node")
 SERVICE_NAME = pb_node.DESCRIPTOR.services_by_name["NodeService"].full_name
+INBOX_SERVICE_NAME = pb_followup.DESCRIPTOR.services_by_name["InboxService"].full_name
+# Where a node publishes its inbox's address, in its state folder.
+INBOX_ADDRESS_FILE = "inbox.addr"
 
 
 def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:
@@ -221,6 +230,61 @@ def serve_node(
     return ServedNode(server, port, servicer, health, metrics)
 
 
+def serve_inbox(
+    core: NodeCore, inbox: InboxConfig, tls: TlsFiles | None = None, workers: int = 4
+) -> tuple[grpc.Server, int]:
+    """Serve the duty officers' inbox on a port of its own.
+
+    With the node's TLS files it serves TLS with the node's certificate, but
+    asks no client certificate: officers prove who they are with a token from
+    the agency's identity provider, which every call must carry.
+    """
+    verifier = TokenVerifier(inbox.issuers, inbox.audience, logger=log)
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inbox"),
+        options=SERVER_OPTIONS,
+        interceptors=[MalformedRequests()],
+    )
+    pb_followup_grpc.add_InboxServiceServicer_to_server(
+        InboxServicer(core.followups, verifier), server
+    )
+    add_health_and_reflection(server, [INBOX_SERVICE_NAME])
+    server_tls = None if tls is None else TlsFiles(tls.certificate, tls.private_key, None)
+    try:
+        port = bind(server, inbox.listen, server_tls)
+    except BaseException:
+        server.stop(None)
+        raise
+    server.start()
+    return server, port
+
+
+# How often pending follow-up requests are looked at for reminders.
+REMINDER_INTERVAL_S = 30.0
+
+
+class Reminders(threading.Thread):
+    """Logs a warning when a pending follow-up request is nearly due, and when it is overdue."""
+
+    def __init__(self, core: NodeCore, interval_s: float) -> None:
+        super().__init__(name="follow-up-reminders", daemon=True)
+        self.core = core
+        self.interval_s = interval_s
+        self._stopping = threading.Event()
+
+    def run(self) -> None:
+        while not self._stopping.wait(self.interval_s):
+            try:
+                self.core.followups.remind(time.time_ns() // 1_000_000)
+            except LiaisonError as exc:
+                # The inbox cannot be read now; the next turn tries again.
+                log.warning("follow-up reminders skipped", extra={"error": str(exc)})
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self.join(timeout=5)
+
+
 def serve(
     config_path: Path, port_file: Path | None = None, metrics_port_file: Path | None = None
 ) -> None:
@@ -252,6 +316,18 @@ def serve(
         stack.callback(lambda: served.server.stop(grace=5).wait())
         served.servicer.on_database_error = probe.kick
         probe.start()
+        inbox_fields: dict[str, str] = {}
+        if config.inbox is not None:
+            inbox_server, inbox_port = serve_inbox(core, config.inbox, config.tls)
+            stack.callback(lambda: inbox_server.stop(grace=2).wait())
+            inbox_address = f"{host_of(config.inbox.listen)}:{inbox_port}"
+            write_port_file(
+                config.state_dir / INBOX_ADDRESS_FILE, host_of(config.inbox.listen), inbox_port
+            )
+            inbox_fields["inbox"] = inbox_address
+            reminders = Reminders(core, REMINDER_INTERVAL_S)
+            reminders.start()
+            stack.callback(reminders.stop)
         # Everything loaded so far lives as long as the process: leave it out
         # of the collector's full passes, which would otherwise walk it again
         # and again while queries are answered.
@@ -267,6 +343,7 @@ def serve(
                 "key_id": core.signing_key.key_id,
                 "policy_sha256": document_sha256(core.policy_document),
                 **metrics_fields,
+                **inbox_fields,
             },
         )
         shutdown.wait_requested()

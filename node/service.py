@@ -19,7 +19,7 @@ from liaison.errors import BackendError, ConfigError
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
 from liaison.metrics import NodeMetrics
 from liaison.tls import CertificateIdentity
-from liaison.wire import envelope_to_proto, signed_request_from_proto
+from liaison.wire import delivery_from_proto, envelope_to_proto, signed_request_from_proto
 from node.answering import NodeCore
 from node.verify import Peer
 from proto.liaison.v1 import node_pb2 as pb_node
@@ -107,6 +107,29 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
                 for name, m in sorted(self.core.schema.items())
             ],
             key_id=self.core.signing_key.key_id,
+        )
+
+    def Deliver(
+        self, request: pb_node.DeliverRequest, context: grpc.ServicerContext
+    ) -> pb_node.DeliverResponse:
+        try:
+            gateways = self.core.check_peer(peer_of(context))
+            ack = self.core.followups.deliver(delivery_from_proto(request), gateways)
+        except Exception as exc:
+            _abort(context, exc)
+        return pb_node.DeliverResponse(ack=envelope_to_proto(ack))
+
+    def Collect(
+        self, request: pb_node.CollectRequest, context: grpc.ServicerContext
+    ) -> pb_node.CollectResponse:
+        try:
+            gateways = self.core.check_peer(peer_of(context))
+            decisions, acks = self.core.followups.collect(list(request.followup_ids), gateways)
+        except Exception as exc:
+            _abort(context, exc)
+        return pb_node.CollectResponse(
+            decisions=[envelope_to_proto(e) for e in decisions],
+            acks=[envelope_to_proto(e) for e in acks],
         )
 
     def GetPolicy(

@@ -871,7 +871,16 @@ def test_reflection_lists_and_describes_the_gateway_service(federation: Federati
 
     assert "liaison.v1.GatewayService" in services
     assert "grpc.health.v1.Health" in services
-    assert methods == ["DryRun", "ListNodes", "Search", "SearchBatch", "SearchStream"]
+    assert methods == [
+        "DryRun",
+        "FileFollowUp",
+        "GetFollowUp",
+        "ListFollowUps",
+        "ListNodes",
+        "Search",
+        "SearchBatch",
+        "SearchStream",
+    ]
 
 
 # --- injection strings in every value ---------------------------------------------------

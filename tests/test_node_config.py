@@ -302,7 +302,7 @@ def test_unknown_keys_are_named_with_the_allowed_ones(
 ) -> None:
     # prepare
     path = site.write(*sections)
-    allowed_text = allowed or "datasets, ledger, node, tls, trusted_gateway"
+    allowed_text = allowed or "datasets, inbox, ledger, node, tls, trusted_gateway"
 
     # execute / assert
     with pytest.raises(

@@ -85,7 +85,7 @@ def _summary(result: NodeResult, op: Operation) -> str:
     if result.status is not NodeStatus.ANSWERED or a is None:
         return result.detail or result.status.value
     if op is Operation.MATCH:
-        return "HIT" if a.hit else "no hit"
+        return ("HIT" + _follow_up_note(a)) if a.hit else "no hit"
     if op is Operation.COUNT:
         return str(a.count) if a.count is not None else "?"
     if op is Operation.COUNT_BY:
@@ -95,7 +95,15 @@ def _summary(result: NodeResult, op: Operation) -> str:
     text = f"{len(a.rows)} record(s)" + (" (more held)" if a.truncated else "")
     if a.withheld_fields:
         text += f"; withheld: {', '.join(a.withheld_fields)}"
-    return text
+    return text + _follow_up_note(a)
+
+
+def _follow_up_note(answer: QueryAnswer) -> str:
+    """The reference a follow-up request names, and whether the holder was told."""
+    notes = [f"ref {ref}" for ref in answer.record_refs]
+    if answer.holder_notified:
+        notes.append("holder notified")
+    return f" ({'; '.join(notes)})" if notes else ""
 
 
 def _cell(bucket: Bucket) -> str:
@@ -164,6 +172,19 @@ def render_result(
                 f"{r.node_id}:",
                 table([result.query.group_by or "", "count"], cells, indent="  "),
             ]
+    referring = [
+        r for r in result.results if r.answer and r.answer.record_refs and r.node_id not in failed
+    ]
+    if referring:
+        first = referring[0]
+        assert first.answer is not None
+        parts += [
+            "",
+            "Ask a holding agency for more (its duty officer decides, field by field):",
+            f"  liaison followup request --query-id {result.query_id} --node {first.node_id} "
+            f"--ref {first.answer.record_refs[0]} --fields FIELD,... --purpose {purpose or 'P'} "
+            f"--case-ref {case_ref or 'C'} --urgency urgent",
+        ]
     if unverified:
         parts += [
             "",
@@ -290,6 +311,8 @@ def answer_to_dict(answer: QueryAnswer, operation: Operation) -> dict[str, Any]:
         "rows": [list(r) for r in answer.rows] if op is Operation.RECORDS else None,
         "withheld_fields": list(answer.withheld_fields) if op is Operation.RECORDS else None,
         "truncated": answer.truncated if op is Operation.RECORDS else None,
+        "record_refs": list(answer.record_refs),
+        "holder_notified": answer.holder_notified,
     }
 
 

@@ -46,6 +46,9 @@ class NodeLayout:
     mapping: Mapping[str, tuple[str, Mapping[str, str]]]
     policy_text: str
     listen: str = "127.0.0.1:0"
+    # Serve the duty officers' inbox, trusting a development identity
+    # provider of the agency's own (idp/<node id>.key, made if missing).
+    inbox: bool = True
 
     @property
     def config(self) -> Path:
@@ -140,6 +143,24 @@ def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = Fals
             f"[datasets.{dataset}.fields]",
         ]
         lines += [f"{field} = {_toml_str(column)}" for field, column in columns.items()]
+    if layout.inbox:
+        root = folder.parent.parent
+        if not (root / "idp" / f"{layout.node_id}.pub").exists():
+            write_dev_idp(root, layout.node_id)
+        lines += [
+            "",
+            "# Where the agency's duty officers decide follow-up requests (a port of its",
+            "# own, for the agency's network), and who vouches for them.",
+            "[inbox]",
+            'listen = "127.0.0.1:0"',
+            "",
+            "# Development identity provider: replace with the agency's real one.",
+            "[[inbox.issuer]]",
+            f"issuer = {_toml_str(dev_issuer(layout.node_id))}",
+            f"agencies = {_toml_list([layout.node_id])}",
+            f"public_keys = {_toml_list([f'../../idp/{layout.node_id}.pub'])}",
+            'algorithms = ["EdDSA"]',
+        ]
     if tls:
         pki = f"../../{PKI_DIR}"
         lines += [

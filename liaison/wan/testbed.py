@@ -158,6 +158,8 @@ def build_testbed(
                 database_url=f"sqlite:///{db.name}",
                 mapping=agency.mapping,
                 policy_text=policy,
+                # The test bed measures queries; a hundred inboxes would only cost ports.
+                inbox=False,
             ),
             gateway_pub,
             tls=options.tls,

@@ -1,0 +1,114 @@
+"""A duty officer's side: the node's inbox of follow-up requests and hit notices.
+
+The CLI (`liaison node inbox`, `liaison node decide`) and the web console call
+these, so neither has logic of its own about policies or signatures: the node
+decides what may be released and signs it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import grpc
+
+from liaison.envelope import Envelope
+from liaison.errors import (
+    AuthenticationError,
+    InvalidQuery,
+    LiaisonError,
+    NotFound,
+    PolicyDenied,
+    StateUnavailable,
+)
+from liaison.followup_wire import choices_to_proto, inbox_item_from_proto
+from liaison.followups import FieldChoice, InboxItem
+from liaison.serving import CHANNEL_OPTIONS
+from liaison.wire import envelope_from_proto
+from proto.liaison.v1 import followup_pb2 as pb_followup
+from proto.liaison.v1 import followup_pb2_grpc as pb_followup_grpc
+
+TIMEOUT_S = 10.0
+
+
+def _channel(address: str, tls_ca: Path | None) -> grpc.Channel:
+    if tls_ca is None:
+        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
+    from liaison.client import read_ca  # deferred: the investigator's client is not needed here
+
+    return grpc.secure_channel(
+        address,
+        grpc.ssl_channel_credentials(root_certificates=read_ca(tls_ca)),
+        options=CHANNEL_OPTIONS,
+    )
+
+
+def _refused(exc: grpc.RpcError, address: str) -> LiaisonError:
+    code = exc.code()
+    detail = exc.details() or ""
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return AuthenticationError(detail)
+    if code == grpc.StatusCode.PERMISSION_DENIED:
+        return PolicyDenied(detail, ())
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(detail)
+    if code in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION):
+        return InvalidQuery(detail)
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        why = detail or "is the node running?"
+        return StateUnavailable(
+            f"the node's inbox at {address} is not answering ({code.name}): {why}"
+        )
+    return LiaisonError(f"the node's inbox refused ({code.name}): {detail}")
+
+
+class Inbox:
+    """The inbox of one node, as one officer (``token``) sees it."""
+
+    def __init__(self, address: str, token: str, tls_ca: Path | None = None) -> None:
+        self.address = address
+        self._metadata = (("authorization", f"Bearer {token}"),)
+        self._channel = _channel(address, tls_ca)
+        self._stub = pb_followup_grpc.InboxServiceStub(self._channel)
+
+    def close(self) -> None:
+        self._channel.close()
+
+    def __enter__(self) -> Inbox:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    def items(self, *, overdue_only: bool = False, include_all: bool = False) -> list[InboxItem]:
+        try:
+            response = self._stub.ListInbox(
+                pb_followup.ListInboxRequest(overdue_only=overdue_only, include_all=include_all),
+                metadata=self._metadata,
+                timeout=TIMEOUT_S,
+            )
+        except grpc.RpcError as exc:
+            raise _refused(exc, self.address) from exc
+        return [inbox_item_from_proto(i) for i in response.items]
+
+    def item(self, item_id: str) -> InboxItem:
+        try:
+            response = self._stub.GetInboxItem(
+                pb_followup.GetInboxItemRequest(id=item_id),
+                metadata=self._metadata,
+                timeout=TIMEOUT_S,
+            )
+        except grpc.RpcError as exc:
+            raise _refused(exc, self.address) from exc
+        return inbox_item_from_proto(response.item)
+
+    def decide(self, item_id: str, choices: Sequence[FieldChoice], reason: str) -> Envelope:
+        try:
+            response = self._stub.Decide(
+                choices_to_proto(item_id, choices, reason),
+                metadata=self._metadata,
+                timeout=TIMEOUT_S,
+            )
+        except grpc.RpcError as exc:
+            raise _refused(exc, self.address) from exc
+        return envelope_from_proto(response.decision)
