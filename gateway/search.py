@@ -30,6 +30,7 @@ from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey, outcome_entry, request_entry
 from liaison.ledger.log import Appended, Ledger
 from liaison.ledger.logged import LedgerProof, SignedRequest
+from liaison.ledger.store import SideRows
 from liaison.messages import (
     AnswerStatus,
     NodeResult,
@@ -413,20 +414,31 @@ class GatewayCore:
                 },
             )
 
-    async def _log(self, entry: bytes, *, prove: bool = False) -> Appended:
+    async def _log(
+        self,
+        entry: bytes,
+        *,
+        prove: bool = False,
+        side: Sequence[SideRows] = (),
+        what: str = "query",
+    ) -> Appended:
+        """Append ``entry`` (with ``side`` rows, in its commit) and wait until it is durable.
+
+        ``what`` names what is held back while the ledger cannot be written.
+        """
         limit_s = self.ledger.write_timeout_s + LEDGER_TIMEOUT_MARGIN_S
         try:
-            return await _durable(self.ledger.submit(entry, prove=prove), limit_s)
+            return await _durable(self.ledger.submit(entry, prove=prove, side=side), limit_s)
         except TimeoutError as exc:
             raise LedgerUnavailable(
                 f"the gateway's ledger did not confirm a write within {limit_s:g} s; "
-                "no query is sent until it does"
+                f"no {what} is sent until it does"
             ) from exc
         except LedgerUnavailable as exc:
             # The ledger's location and the database's words are for the
             # operator's log (the writer logged them), not for investigators.
             raise LedgerUnavailable(
-                "the gateway cannot write its ledger; no query is sent until it can be "
+                f"the gateway cannot write its ledger; no {what} is sent until it can be "
                 "written (the operator sees why in the gateway's log)"
             ) from exc
 

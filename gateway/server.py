@@ -12,6 +12,7 @@ import grpc
 
 from gateway.dryrun import DryRunner
 from gateway.fanout import FanOut, NodeLink
+from gateway.followups import FollowUps
 from gateway.search import GatewayCore
 from gateway.service import GatewayServicer
 from liaison.catalog import CATALOG_V1, Catalog
@@ -94,10 +95,11 @@ async def start_gateway_server(
     *,
     dry_runner: DryRunner | None = None,
     metrics: GatewayMetrics | None = None,
+    followups: FollowUps | None = None,
 ) -> tuple[grpc.aio.Server, int]:
     """As :func:`serve_gateway`, returning only the server and its port."""
     served = await serve_gateway(
-        core, verifier, listen, tls, dry_runner=dry_runner, metrics=metrics
+        core, verifier, listen, tls, dry_runner=dry_runner, metrics=metrics, followups=followups
     )
     return served.server, served.port
 
@@ -110,12 +112,18 @@ async def serve_gateway(
     *,
     dry_runner: DryRunner | None = None,
     metrics: GatewayMetrics | None = None,
+    followups: FollowUps | None = None,
 ) -> ServedGateway:
-    """Serve ``core``; ``dry_runner`` defaults to one caching policies for a minute."""
+    """Serve ``core``; ``dry_runner`` defaults to one caching policies for a minute.
+
+    ``followups`` defaults to follow-ups kept beside ``core``'s ledger, in its database.
+    """
     metrics = metrics or GatewayMetrics()
     metrics.known_nodes(core.fanout.links)
     server = grpc.aio.server(options=SERVER_OPTIONS, interceptors=[MalformedRequestsAio()])
-    servicer = GatewayServicer(core, verifier, dry_runner, metrics=metrics)
+    servicer = GatewayServicer(
+        core, verifier, dry_runner, metrics=metrics, followups=followups or FollowUps(core)
+    )
     pb_gateway_grpc.add_GatewayServiceServicer_to_server(servicer, server)
     health = serving_health_aio(
         await add_health_and_reflection_aio(server, [SERVICE_NAME]),

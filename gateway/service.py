@@ -11,7 +11,9 @@ import grpc
 
 from gateway.batch import run_batch
 from gateway.dryrun import DryRunner
+from gateway.followups import FollowUps
 from gateway.search import GatewayCore
+from liaison.followup_wire import filing_from_proto, view_to_proto
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
 from liaison.identity.verify import TokenVerifier
 from liaison.messages import BatchHeader, NodeResult, SearchResult, SearchSummary
@@ -54,11 +56,13 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
         dry_runner: DryRunner | None = None,
         *,
         metrics: GatewayMetrics | None = None,
+        followups: FollowUps | None = None,
     ) -> None:
         self.core = core
         self.verifier = verifier
         self.dry_runner = dry_runner or DryRunner(core)
         self.metrics = metrics or GatewayMetrics()
+        self.followups = followups or FollowUps(core)
 
     async def Search(
         self,
@@ -155,3 +159,39 @@ class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[m
         except Exception as exc:
             await _abort(context, exc)
         return dry_run_result_to_proto(result)
+
+    async def FileFollowUp(
+        self,
+        request: pb_gateway.FileFollowUpRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb_gateway.FileFollowUpResponse:
+        try:
+            requester = await self.verifier.verify_async(bearer_token(context))
+            view = await self.followups.file(requester, filing_from_proto(request))
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb_gateway.FileFollowUpResponse(followup=view_to_proto(view))
+
+    async def ListFollowUps(
+        self,
+        request: pb_gateway.ListFollowUpsRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb_gateway.ListFollowUpsResponse:
+        try:
+            requester = await self.verifier.verify_async(bearer_token(context))
+            views = await self.followups.list_for(requester, overdue_only=request.overdue_only)
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb_gateway.ListFollowUpsResponse(followups=[view_to_proto(v) for v in views])
+
+    async def GetFollowUp(
+        self,
+        request: pb_gateway.GetFollowUpRequest,
+        context: grpc.aio.ServicerContext[object, object],
+    ) -> pb_gateway.GetFollowUpResponse:
+        try:
+            requester = await self.verifier.verify_async(bearer_token(context))
+            view = await self.followups.get(requester, request.followup_id)
+        except Exception as exc:
+            await _abort(context, exc)
+        return pb_gateway.GetFollowUpResponse(followup=view_to_proto(view))

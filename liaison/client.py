@@ -1,4 +1,8 @@
-"""The investigator's side: one federated search, or its dry run, through a gateway."""
+"""The investigator's side: one federated search, or its dry run, through a gateway.
+
+And follow-up requests: file one with the agency whose answer named the
+records, list yours, and read one with the holding agency's signed decision.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +19,10 @@ from liaison.errors import (
     InvalidQuery,
     LedgerUnavailable,
     LiaisonError,
+    NotFound,
 )
+from liaison.followup_wire import filing_to_proto, view_from_proto
+from liaison.followups import FollowUpFiling, FollowUpView
 from liaison.grpc_errors import kind_name, kind_of
 from liaison.messages import (
     BatchChunkResult,
@@ -85,6 +92,8 @@ def _refused(exc: grpc.RpcError, address: str, what: str) -> LiaisonError:
         return AuthenticationError(detail)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return InvalidQuery(detail)
+    if code == grpc.StatusCode.NOT_FOUND:
+        return NotFound(detail)
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         if kind_of(exc) == kind_name(LedgerUnavailable):
             # The gateway runs, but refuses to ask anyone it cannot log.
@@ -250,3 +259,70 @@ def dry_run(
         lambda stub, metadata: (stub.DryRun(request, metadata=metadata, timeout=timeout_s),),
     )
     return dry_run_result_from_proto(response, search_input.query)
+
+
+def file_followup(
+    address: str,
+    token: str,
+    filing: FollowUpFiling,
+    timeout_s: float = 30,
+    tls_ca: Path | None = None,
+) -> FollowUpView:
+    """File ``filing`` through the gateway: signed, logged, and delivered before it returns.
+
+    The view says what the holding node said on delivery ("pending" once it
+    took the request in, "refused" or "not delivered" otherwise), with the
+    node's signed acknowledgement. A replica passed over files nothing; the
+    one that takes it gives the request a new id. Errors are those of
+    :func:`search`.
+    """
+    request = filing_to_proto(filing)
+    (response,) = _through_replicas(
+        address,
+        token,
+        tls_ca,
+        "follow-up request",
+        lambda stub, metadata: (stub.FileFollowUp(request, metadata=metadata, timeout=timeout_s),),
+    )
+    return view_from_proto(response.followup)
+
+
+def list_followups(
+    address: str,
+    token: str,
+    *,
+    overdue_only: bool = False,
+    timeout_s: float = 30,
+    tls_ca: Path | None = None,
+) -> list[FollowUpView]:
+    """Your follow-up requests, newest first (only those past their answer-by time and
+    still pending, with ``overdue_only``); decisions made since are collected first."""
+    request = pb_gateway.ListFollowUpsRequest(overdue_only=overdue_only)
+    (response,) = _through_replicas(
+        address,
+        token,
+        tls_ca,
+        "follow-up listing",
+        lambda stub, metadata: (stub.ListFollowUps(request, metadata=metadata, timeout=timeout_s),),
+    )
+    return [view_from_proto(m) for m in response.followups]
+
+
+def get_followup(
+    address: str,
+    token: str,
+    followup_id: str,
+    timeout_s: float = 30,
+    tls_ca: Path | None = None,
+) -> FollowUpView:
+    """Your follow-up request ``followup_id``, with the holding agency's signed decision
+    once there is one. NotFound when there is no such request of yours."""
+    request = pb_gateway.GetFollowUpRequest(followup_id=followup_id)
+    (response,) = _through_replicas(
+        address,
+        token,
+        tls_ca,
+        "follow-up",
+        lambda stub, metadata: (stub.GetFollowUp(request, metadata=metadata, timeout=timeout_s),),
+    )
+    return view_from_proto(response.followup)

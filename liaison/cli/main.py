@@ -17,7 +17,9 @@ from typing import TYPE_CHECKING
 from liaison import __version__
 from liaison.cli.audit import add_audit, cmd_audit
 from liaison.cli.exits import ExitCode
+from liaison.cli.followup import add_followup, cmd_followup, cmd_followups
 from liaison.cli.hashes import add_hash, cmd_hash
+from liaison.cli.inbox import add_inbox_actions, cmd_inbox
 from liaison.cli.inputs import check_output_file, read_text
 from liaison.cli.query_args import add_query_shape, query_from_args
 from liaison.cli.query_cmd import add_query, cmd_query
@@ -51,6 +53,8 @@ def _add_serve(sub: argparse._SubParsersAction[argparse.ArgumentParser], role: s
     )
     c.add_argument("--config", type=Path, required=True, help=f"{role} config file (TOML)")
     c.add_argument("--json", action="store_true", help="print JSON")
+    if role == "node":
+        add_inbox_actions(inner)
 
 
 def _add_policy(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -181,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     add_query(sub)
+    add_followup(sub)
     _add_policy(sub)
     add_audit(sub)
     add_hash(sub)
@@ -453,6 +458,8 @@ def _cmd_serve(args: argparse.Namespace) -> int:
 
     if args.action == "check":
         return _cmd_check(args)
+    if args.action in ("inbox", "decide"):
+        return cmd_inbox(args)
     # Said now, in one line, rather than by a traceback once serving has begun.
     read_text(args.config, "--config")
     if args.port_file is not None:
@@ -478,6 +485,8 @@ COMMANDS = {
     "gateway": _cmd_serve,
     "token": _cmd_token,
     "query": cmd_query,
+    "followup": cmd_followup,
+    "followups": cmd_followups,
     "policy": _cmd_policy,
     "demo": _cmd_demo,
     "audit": cmd_audit,
