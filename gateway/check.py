@@ -9,11 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from liaison.checks import Attention, CheckResult, Checks, check_ledger, check_tls
+from liaison.checks import Attention, CheckResult, Checks, check_issuers, check_ledger, check_tls
 from liaison.config import GatewayConfig, load_gateway_config
 from liaison.errors import ConfigError
-from liaison.identity.jwks import shown as shown_url
-from liaison.identity.verify import TokenVerifier
 from liaison.keys import SigningKey, VerifyingKey
 from liaison.ledger.entries import AuditKey
 from liaison.tls import CertRole
@@ -85,29 +83,4 @@ def _node_keys(config: GatewayConfig) -> tuple[None, str]:
 
 
 def _issuers(config: GatewayConfig) -> tuple[None, str | Attention]:
-    """Each issuer's usable keys, a failed JWKS fetch and skipped kids, all on the line.
-
-    An issuer with no usable key fails (the verifier refuses to start). One
-    whose URL failed while a file or PEM key supplied keys, or with kids
-    skipped, passes with a warning: the gateway starts, but tokens under the
-    missing keys will be refused, which the log alone would hide from a check.
-    """
-    # Whatever the verifier loads at start (key files, JWKS), it loads here.
-    verifier = TokenVerifier(config.issuers, config.audience)
-    parts = []
-    attention = False
-    for keys in verifier.issuer_keys():
-        current = keys.current
-        found = [f"{keys.issuer}: {len(current.keys)} usable key(s)"]
-        if keys.fetch_error is not None:
-            attention = True
-            found.append(
-                f"jwks_url {shown_url(keys.jwks_url or '')} failed ({keys.fetch_error}); "
-                "only the keys of its other sources are in use"
-            )
-        for kid, reason in sorted(current.unusable.items()):
-            attention = True
-            found.append(f"kid {kid!r} skipped: {reason}")
-        parts.append("; ".join(found))
-    detail = " | ".join(parts)
-    return None, Attention(detail) if attention else detail
+    return None, check_issuers(config.issuers, config.audience)

@@ -26,8 +26,10 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from sqlalchemy.exc import SQLAlchemyError
 
+from liaison.config import Issuer
 from liaison.databases import classify_connection_error, masked
 from liaison.errors import ConfigError, LedgerError, LedgerUnavailable, LiaisonError
+from liaison.identity.jwks import shown as _shown_url
 from liaison.ledger.store import LedgerStore, entries_table, ledger_url
 from liaison.tls import CertRole, TlsFiles
 
@@ -257,3 +259,40 @@ def _check_server_ledger(url: sa.URL) -> None:
                 )
     finally:
         engine.dispose()
+
+
+def check_issuers(issuers: tuple[Issuer, ...], audience: str) -> str | Attention:
+    """Each issuer's usable keys, a failed JWKS fetch and skipped kids, all on the line.
+
+    For a gateway's issuers and a node inbox's alike. An issuer with no usable
+    key fails (the verifier refuses to start). One whose URL failed while a
+    file or PEM key supplied keys, or with kids skipped, passes with a
+    warning: the server starts, but tokens under the missing keys will be
+    refused, which the log alone would hide from a check.
+    """
+    # Whatever the verifier loads at start (key files, JWKS), it loads here.
+    verifier = _verifier(issuers, audience)
+    parts = []
+    attention = False
+    for keys in verifier.issuer_keys():
+        current = keys.current
+        found = [f"{keys.issuer}: {len(current.keys)} usable key(s)"]
+        if keys.fetch_error is not None:
+            attention = True
+            found.append(
+                f"jwks_url {_shown_url(keys.jwks_url or '')} failed ({keys.fetch_error}); "
+                "only the keys of its other sources are in use"
+            )
+        for kid, reason in sorted(current.unusable.items()):
+            attention = True
+            found.append(f"kid {kid!r} skipped: {reason}")
+        parts.append("; ".join(found))
+    detail = " | ".join(parts)
+    return Attention(detail) if attention else detail
+
+
+def _verifier(issuers: tuple[Issuer, ...], audience: str) -> Any:
+    # Deferred: the verifier pulls in JWT and HTTP code that other checks do not need.
+    from liaison.identity.verify import TokenVerifier
+
+    return TokenVerifier(issuers, audience)

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Engine
 
 from liaison.catalog import CATALOG_V1, Catalog
-from liaison.checks import CheckResult, Checks, check_ledger, check_tls
+from liaison.checks import Attention, CheckResult, Checks, check_issuers, check_ledger, check_tls
 from liaison.config import NodeConfig, load_node_config
 from liaison.databases import masked
 from liaison.errors import BackendError, ConfigError
@@ -25,7 +25,7 @@ from liaison.tls import CertRole
 from node.database import MappedDataset, bind_schema, connect, open_read_only
 from node.transform_key import read_transform_key, require_if_used
 from policies.load import load_policy_and_text
-from policies.model import Policy
+from policies.model import Effect, Policy
 
 # A check must finish: a host that drops packets fails after this, not never.
 CONNECT_TIMEOUT_S = 10
@@ -46,6 +46,7 @@ def check_node(path: Path, catalog: Catalog = CATALOG_V1) -> list[CheckResult]:
             "mapping",
             "state folder",
             "receipts ledger",
+            "inbox",
         ):
             checks.skip(name, "the config does not load")
         return checks.results
@@ -68,7 +69,36 @@ def check_node(path: Path, catalog: Catalog = CATALOG_V1) -> list[CheckResult]:
             engine.dispose()
     checks.run("state folder", lambda: (None, _writable_folder(config.state_dir)))
     checks.run("receipts ledger", lambda: (None, check_ledger(config.receipts)))
+    checks.run("inbox", lambda: (None, _inbox(config, policy)))
     return checks.results
+
+
+def _inbox(config: NodeConfig, policy: Policy | None) -> str | Attention:
+    """Who can decide follow-up requests here: the inbox's issuers, and the policy's officers."""
+    inbox = config.inbox
+    officers = sorted(
+        {
+            r
+            for rule in (policy.rules if policy else ())
+            if rule.effect is Effect.APPROVE
+            for r in rule.officers
+        }
+    )
+    if inbox is None:
+        if officers:
+            return Attention(
+                "not configured, but the policy has approve rules: follow-up requests are "
+                "taken in and nobody can decide them; add [inbox] with [[inbox.issuer]]"
+            )
+        return "not configured: follow-up requests are refused by the policy (no approve rule)"
+    checked = check_issuers(inbox.issuers, inbox.audience)
+    issuers = checked.detail if isinstance(checked, Attention) else checked
+    if not officers:
+        return Attention(
+            f"{inbox.listen}: {issuers}; but no approve rule names officers, so nobody can open it"
+        )
+    line = f"{inbox.listen}, audience {inbox.audience!r}, officers {', '.join(officers)}: {issuers}"
+    return Attention(line) if isinstance(checked, Attention) else line
 
 
 def _config(path: Path, catalog: Catalog) -> tuple[NodeConfig, str]:

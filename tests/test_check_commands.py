@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives.asymmetric import ed25519, rsa
 
 from liaison.demo.data import INVESTIGATOR_AGENCY
 from liaison.demo.federation import write_dev_idp, write_gateway_config, write_gateway_keys
+from liaison.demo.run import build_federation
 from liaison.tls import CertRole, certificate_identity, write_dev_pki
 from liaison.tokens import dev_issuer
 from tests.support import REPO, Run
@@ -39,6 +40,7 @@ NODE_CHECKS = [
     "mapping",
     "state folder",
     "receipts ledger",
+    "inbox",
 ]
 GATEWAY_CHECKS = [
     "config",
@@ -101,6 +103,8 @@ def test_a_sound_node_passes_every_check(database_url: str, tmp_path: Path) -> N
     assert {name: status for name, (status, _) in found.items()} == dict.fromkeys(NODE_CHECKS, "ok")
     assert found["database"][1].endswith(": reachable, session read-only")
     assert found["mapping"][1] == "media -> seized_files (table, 2 column(s))"
+    # Its starter policy has no approve rule: nobody decides follow-ups here.
+    assert found["inbox"][1].startswith("not configured: follow-up requests are refused")
 
 
 def test_every_broken_part_is_reported_at_once(tmp_path: Path) -> None:
@@ -363,3 +367,29 @@ def test_a_failed_jwks_fetch_and_skipped_kids_are_a_warning_with_reasons(
     assert table.stdout.splitlines()[-1] == (
         f"all {len(GATEWAY_CHECKS)} checks passed, 1 with a warning"
     )
+
+
+def test_the_inbox_check_names_its_officers_and_warns_when_nobody_can_decide(
+    tmp_path: Path,
+) -> None:
+    # prepare: Freedonia's demo node (an approve rule, an inbox), then one
+    # whose policy lost its approve rule
+    root = tmp_path / "federation"
+    with open(os.devnull, "w") as quiet:
+        build_federation(root, media=50, accounts=20, progress=quiet)
+    config = root / "nodes" / "freedonia" / "node.toml"
+    sound = check("node", config, "--json")
+    policy = root / "nodes" / "freedonia" / "policy.toml"
+    rules = policy.read_text().split("[[rule]]")
+    policy.write_text("[[rule]]".join(r for r in rules if 'effect = "approve"' not in r))
+    orphaned = check("node", config, "--json")
+
+    # assert
+    status, detail = statuses(sound)["inbox"]
+    assert status == "ok"
+    assert "audience 'liaison-node/freedonia', officers duty-officer" in detail
+    assert f"{dev_issuer('freedonia')}: 1 usable key(s)" in detail
+    assert statuses(orphaned)["policy"][0] == "ok", statuses(orphaned)["policy"]
+    status, detail = statuses(orphaned)["inbox"]
+    assert status == "warning", detail
+    assert detail.endswith("no approve rule names officers, so nobody can open it")

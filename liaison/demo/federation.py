@@ -48,7 +48,16 @@ class NodeLayout:
     listen: str = "127.0.0.1:0"
     # Serve the duty officers' inbox, trusting a development identity
     # provider of the agency's own (idp/<node id>.key, made if missing).
-    inbox: bool = True
+    # None: when the policy has an approve rule, i.e. someone can decide there.
+    inbox: bool | None = None
+
+    @property
+    def serves_inbox(self) -> bool:
+        if self.inbox is not None:
+            return self.inbox
+        return any(
+            line.replace(" ", "") == 'effect="approve"' for line in self.policy_text.splitlines()
+        )
 
     @property
     def config(self) -> Path:
@@ -143,7 +152,7 @@ def write_node(layout: NodeLayout, gateway_public_key: Path, *, tls: bool = Fals
             f"[datasets.{dataset}.fields]",
         ]
         lines += [f"{field} = {_toml_str(column)}" for field, column in columns.items()]
-    if layout.inbox:
+    if layout.serves_inbox:
         root = folder.parent.parent
         if not (root / "idp" / f"{layout.node_id}.pub").exists():
             write_dev_idp(root, layout.node_id)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import shutil
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,10 +42,17 @@ from liaison.demo.federation import (
     write_pki,
     write_private_text,
 )
+from liaison.demo.followup import (
+    FollowUpRun,
+    follow_up_to_dict,
+    officer_token,
+    render_follow_up,
+    run_follow_up,
+)
 from liaison.demo.processes import Service, running_in, start_service, stop_service
 from liaison.keys import SigningKey
 from liaison.ledger.reconcile import ReconcileReport, federation_ledgers, reconcile_files
-from liaison.messages import SearchInput
+from liaison.messages import SearchInput, SearchResult
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
 
@@ -333,15 +341,19 @@ def run_demo(
         print(f"reusing the federation in {root}", file=progress)
     else:
         print(
-            f"[1/4] building a federation of three agencies in {root} (mutual TLS between "
+            f"[1/5] building a federation of three agencies in {root} (mutual TLS between "
             "gateway and nodes)",
             file=progress,
         )
         build_federation(root, tls=True, progress=progress)
-    print("[2/4] starting nodes and gateway on loopback", file=progress)
+    print("[2/5] starting nodes and gateway on loopback", file=progress)
     token = investigator_token(root)
     # A bearer token: whoever reads it can ask as the investigator.
     write_private_text(root / "investigator.jwt", token + "\n")
+    # And one for Freedonia's duty officer, who decides follow-up requests.
+    write_private_text(root / "officer-freedonia.jwt", officer_token(root) + "\n")
+    tls_ca = root / PKI_DIR / "ca.pem"
+    follow_up: FollowUpRun | None = None
     results = []
     # The investigator checks every answer against the agencies' own public
     # keys (nodes/<id>/node.pub here), never trusting the gateway's word.
@@ -349,10 +361,14 @@ def run_demo(
     checks: list[AnswerCheck] = []
     try:
         with running_federation(root, detach=keep_running, progress=progress) as address:
-            print(f"[3/4] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
+            print(f"[3/5] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
+            first_hit: tuple[SearchResult, float] | None = None
             for dq in demo_queries(probes()):
                 sent = now_ms()
                 result = client.search(address, token, dq.search)
+                if first_hit is None:
+                    # The hit the follow-up comes back to, and when it was known.
+                    first_hit = (result, time.perf_counter())
                 # The window the search was asked in: a result from before it is stale.
                 window = SearchWindow(sent, now_ms())
                 check = check_answers(result, dq.search, node_keys, window=window)
@@ -367,9 +383,27 @@ def run_demo(
                     )
             if not as_json:
                 print(f"\n{render_verification(checks)}", file=out)
+            assert first_hit is not None
+            print(
+                "[4/5] following up the first hit: Freedonia's duty officer decides",
+                file=progress,
+            )
+            follow_up = run_follow_up(
+                root,
+                address,
+                token,
+                first_hit[0],
+                first_hit[1],
+                purpose="victim-identification",
+                case_ref=CASE_REF,
+                inbox_ca=tls_ca if tls_ca.exists() else None,
+                progress=progress,
+            )
+            if not as_json:
+                print(f"\n{render_follow_up(follow_up)}", file=out)
         # After a clean stop every ledger ends on a signed checkpoint; a live
         # federation signs its next one within the interval.
-        print("[4/4] auditing: verifying every ledger and reconciling them", file=progress)
+        print("[5/5] auditing: verifying every ledger and reconciling them", file=progress)
         audit = audit_federation(root, live=keep_running)
         if not as_json:
             print(f"\n{render_audit(audit)}", file=out)
@@ -382,6 +416,7 @@ def run_demo(
                 {
                     "workdir": str(root) if workdir or keep_running else None,
                     "queries": results,
+                    "follow_up": follow_up_to_dict(follow_up) if follow_up else None,
                     "audit": audit_to_dict(audit),
                 }
             ),
