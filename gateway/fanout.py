@@ -181,6 +181,10 @@ class FanOut:
         self._hedge_tokens = self.hedge_settings.burst
         self.hedges_sent = 0
 
+    def stub(self, node_id: str) -> Any:
+        """The node's stub over the fan-out's long-lived channel (its TLS identity and all)."""
+        return self._stubs[node_id]
+
     def usual_latency_s(self, node_id: str) -> float:
         """``node_id``'s usual answer latency, as the hedging sees it."""
         return self._usual[node_id].latency_s

@@ -560,7 +560,7 @@ class FollowUps:
     def _stub(self, node_id: str) -> Any:
         # The fan-out's long-lived channel to the node: one connection per node
         # for queries and follow-ups alike (with its TLS identity).
-        return self.core.fanout._stubs[node_id]
+        return self.core.fanout.stub(node_id)
 
     def _lock(self, followup_id: str) -> asyncio.Lock:
         lock = self._locks.get(followup_id)

@@ -240,11 +240,11 @@ def cmd_followup(args: argparse.Namespace) -> int:
 
 
 def _connect(args: argparse.Namespace) -> tuple[str, str, Verification]:
-    from liaison.cli.query_cmd import _gateway_and_token
+    from liaison.cli.query_cmd import gateway_and_token
 
     # The keys are loaded before anything is sent: a bad folder is said first.
     verification = verification_from_args(args)
-    gateway, token = _gateway_and_token(args)
+    gateway, token = gateway_and_token(args)
     return gateway, token, verification
 
 

@@ -188,7 +188,7 @@ def check_locally(search: SearchInput, *batch: Predicate) -> SearchInput:
     return replace(search, query=query, case_ref=case_ref, legal_basis=legal_basis)
 
 
-def _gateway_and_token(args: argparse.Namespace) -> tuple[str, str]:
+def gateway_and_token(args: argparse.Namespace) -> tuple[str, str]:
     gateway, token = args.gateway, args.token
     if args.token_file is not None:
         token = read_token(args.token_file, "--token-file")
@@ -251,7 +251,7 @@ def cmd_query(args: argparse.Namespace) -> int:
     if args.image:
         return _query_images(args, template, verification)
     search = check_locally(template)
-    gateway, token = _gateway_and_token(args)
+    gateway, token = gateway_and_token(args)
     return _ask(args, gateway, token, search, verification)
 
 
@@ -324,7 +324,7 @@ def _query_hashes(
         name: check_locally(with_field(template, name), replace(p, values=p.values[:1]))
         for name, p in predicates.items()
     }
-    gateway, token = _gateway_and_token(args)
+    gateway, token = gateway_and_token(args)
     show = wanted(args.progress)
     batches = {
         name: ask_batch(
@@ -370,7 +370,7 @@ def _query_images(
         Predicate("sha256", Comparator.IN, ("0" * 64,)),
         Predicate("pdq", Comparator.NEAR, ("0" * 64,), distance),
     )
-    gateway, token = _gateway_and_token(args)
+    gateway, token = gateway_and_token(args)
     triage = run_image_query(
         gateway,
         token,
