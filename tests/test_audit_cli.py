@@ -28,10 +28,22 @@ from tests.support import Run, assert_one_line_error, liaison, tampering
 
 NODES = ("freedonia", "ruritania", "sylvania")
 QUERIES = 7
-# The demo's gateway ledger: `opened`, then request and outcome of each query.
-GATEWAY_SIZE = 1 + 2 * QUERIES
-# Each node's receipts: `opened`, then one receipt per query.
-NODE_SIZE = 1 + QUERIES
+# The demo ends with one follow-up to Freedonia: the gateway logs the request,
+# its delivery and the decision; Freedonia receipts the request and the decision.
+HOLDER = "freedonia"
+# The demo's gateway ledger: `opened`, then request and outcome of each query,
+# then the follow-up's three entries.
+GATEWAY_SIZE = 1 + 2 * QUERIES + 3
+# Where the last query's request entry stands: cutting the gateway's log there
+# removes that query and the follow-up after it.
+LAST_REQUEST = 2 * QUERIES - 1
+
+
+def node_size(node: str) -> int:
+    """Each node's receipts: `opened`, one receipt per query, the follow-up's two at the holder."""
+    return 1 + QUERIES + (2 if node == HOLDER else 0)
+
+
 GATEWAY = Path("gateway") / "ledger.sqlite3"
 GATEWAY_PUB = Path("gateway") / "gateway.pub"
 AUDIT_KEY = Path("audit") / "audit.key"
@@ -143,7 +155,7 @@ def roll_back_as_insider(demo: Demo, keep: int) -> None:
 
 LEDGERS = [
     pytest.param(GATEWAY, GATEWAY_PUB, GATEWAY_SIZE, id="gateway"),
-    *(pytest.param(receipts(n), node_pub(n), NODE_SIZE, id=n) for n in NODES),
+    *(pytest.param(receipts(n), node_pub(n), node_size(n), id=n) for n in NODES),
 ]
 
 
@@ -168,7 +180,14 @@ def test_verify_json_describes_the_ledger(demo: Demo) -> None:
     doc = json.loads(run.stdout)
     assert doc["ok"] is True
     assert doc["entries"] == GATEWAY_SIZE
-    assert doc["kinds"] == {"opened": 1, "request": QUERIES, "outcome": QUERIES}
+    assert doc["kinds"] == {
+        "opened": 1,
+        "request": QUERIES,
+        "outcome": QUERIES,
+        "followup": 1,
+        "followup-delivery": 1,
+        "followup-outcome": 1,
+    }
     assert doc["checkpoints"] == 2  # one when the gateway opened the ledger, one when it closed
     assert doc["latest_checkpoint"]["size"] == GATEWAY_SIZE
     assert doc["root"] == doc["latest_checkpoint"]["root"]
@@ -337,12 +356,14 @@ def test_the_real_nodes_receipts_witness_a_rollback_of_the_gateways_copy(demo: D
     witnesses = [a for node in NODES for a in ("--witness", str(receipts(node)))]
     run = audit(demo, "verify", GATEWAY, "--key", GATEWAY_PUB, *witnesses, "--json")
 
-    # assert: each node saw each query's request logged past the cut
+    # assert: each node saw each query's request logged past the cut, and the
+    # holder the follow-up request too (its receipt holds that checkpoint)
     assert_failed_cleanly(run)
     doc = json.loads(run.stdout)
-    assert len(doc["problems"]) == len(NODES) * QUERIES
+    assert len(doc["problems"]) == len(NODES) * QUERIES + 1
     assert {p["message"].split(",")[0] for p in doc["problems"]} == {
-        f"the witness saw {1 + 2 * q + 1} entries" for q in range(QUERIES)
+        *(f"the witness saw {1 + 2 * q + 1} entries" for q in range(QUERIES)),
+        f"the witness saw {1 + 2 * QUERIES + 1} entries",
     }
     assert [w["checkpoints_verified"] for w in doc["witnesses"]] == [0] * len(NODES)
     assert doc["warnings"] == []
@@ -499,7 +520,7 @@ def test_reconcile_the_demo_federation(demo: Demo) -> None:
     rows = {line.split()[0]: line.split()[1:] for line in run.stdout.splitlines() if line}
     assert rows["gateway"] == [str(GATEWAY_SIZE), "verified"]
     for node in NODES:
-        assert rows[node] == [str(NODE_SIZE), str(QUERIES), "verified"]
+        assert rows[node] == [str(node_size(node)), str(QUERIES), "verified"]
 
 
 def test_reconcile_json(demo: Demo) -> None:
@@ -563,8 +584,9 @@ def test_reconcile_finds_a_receipt_the_node_lost(demo: Demo) -> None:
 
 
 def test_reconcile_names_every_node_that_saw_the_gateways_lost_entries(demo: Demo) -> None:
-    # prepare: the last query's request and outcome are deleted from the gateway
-    delete_entries(demo.root / GATEWAY, GATEWAY_SIZE - 2)
+    # prepare: the last query's request and outcome (and the follow-up after
+    # them) are deleted from the gateway
+    delete_entries(demo.root / GATEWAY, LAST_REQUEST)
 
     # execute
     run = audit(demo, "reconcile", "--federation", ".")
@@ -576,7 +598,7 @@ def test_reconcile_names_every_node_that_saw_the_gateways_lost_entries(demo: Dem
     for node in NODES:
         assert (
             f"PROBLEM {node} {last} the gateway showed this node a ledger of "
-            f"{GATEWAY_SIZE - 1} entries; it now holds {GATEWAY_SIZE - 2}: entries were removed"
+            f"{LAST_REQUEST + 1} entries; it now holds {LAST_REQUEST}: entries were removed"
         ) in lines
     assert last_line(run).startswith("NOT RECONCILED: ")
     assert last_line(run).endswith("; a ledger fails verification")
@@ -585,9 +607,10 @@ def test_reconcile_names_every_node_that_saw_the_gateways_lost_entries(demo: Dem
 def test_reconcile_catches_a_gateway_that_rewrote_its_history_with_its_own_key(
     demo: Demo,
 ) -> None:
-    # prepare: the last query is cut and the log re-signed, so the gateway
-    # ledger verifies on its own; only the checkpoints nodes kept show it
-    roll_back_as_insider(demo, keep=GATEWAY_SIZE - 2)
+    # prepare: the last query (and the follow-up after it) is cut and the log
+    # re-signed, so the gateway ledger verifies on its own; only the
+    # checkpoints nodes kept show it
+    roll_back_as_insider(demo, keep=LAST_REQUEST)
 
     # execute
     run = audit(demo, "reconcile", "--federation", ".", "--json")
@@ -709,11 +732,18 @@ def shown(demo: Demo, ledger: Path, *filters: str) -> list[dict[str, Any]]:
 
 
 def test_show_by_agency(demo: Demo) -> None:
-    requests = shown(demo, GATEWAY, "--agency", "genovia")
+    requests = shown(demo, GATEWAY, "--agency", "genovia", "--kind", "request")
+    asked = shown(demo, GATEWAY, "--agency", "genovia")
     held = shown(demo, receipts("sylvania"), "--agency", "genovia")
 
     assert [(r["kind"], r["query_id"]) for r in requests] == [
         ("request", q) for q in demo.query_ids
+    ]
+    # And the follow-up Genovia filed: its request, delivery and decision.
+    assert [r["kind"] for r in asked if r["kind"] != "request"] == [
+        "followup",
+        "followup-delivery",
+        "followup-outcome",
     ]
     assert [(r["kind"], r["query_id"]) for r in held] == [("receipt", q) for q in demo.query_ids]
     assert shown(demo, GATEWAY, "--agency", "ruritania") == []
@@ -731,8 +761,9 @@ def test_show_by_node_kind_and_case(demo: Demo) -> None:
     outcomes = shown(demo, GATEWAY, "--kind", "outcome")
     cases = shown(demo, GATEWAY, "--case-ref", "GEN-STATS-*", "--kind", "request")
 
-    # Every query asked sylvania: its request and its outcome both name it.
-    assert [r["index"] for r in asked] == list(range(1, GATEWAY_SIZE))
+    # Every query asked sylvania: its request and its outcome both name it
+    # (the follow-up went to Freedonia alone).
+    assert [r["index"] for r in asked] == list(range(1, 1 + 2 * QUERIES))
     assert [r["query_id"] for r in outcomes] == list(demo.query_ids)
     assert {r["kind"] for r in outcomes} == {"outcome"}
     assert [r["query_id"] for r in cases] == list(demo.query_ids[3:5])

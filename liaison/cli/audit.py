@@ -23,10 +23,22 @@ if TYPE_CHECKING:
     from liaison.ledger.reconcile import ReconcileReport
     from liaison.ledger.store import LedgerStore
     from liaison.ledger.verify import Finding, VerifyReport, Witness
-    from liaison.ledger.views import Filters
+    from liaison.ledger.views import Filters, Row, Summary
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+# Entry kinds, as liaison.ledger.entries.EntryKind spells them (not imported: see above).
+KINDS = (
+    "request",
+    "outcome",
+    "receipt",
+    "opened",
+    "followup",
+    "followup-delivery",
+    "followup-outcome",
+    "followup-receipt",
+    "followup-decision",
+)
 
 
 def _add_ledger(p: argparse.ArgumentParser, *, key: bool = True) -> None:
@@ -120,8 +132,9 @@ def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     s = inner.add_parser("show", help="entries as a table or JSON, filtered")
     _add_ledger(s, key=False)
     _add_filters(s)
-    s.add_argument("--kind", default="", choices=["", "request", "outcome", "receipt", "opened"])
-    s.add_argument("--query-id", default="", help="one query")
+    s.add_argument("--kind", default="", choices=["", *KINDS])
+    s.add_argument("--query-id", default="", help="one query (and the follow-ups about it)")
+    s.add_argument("--followup-id", default="", help="one follow-up: every step of it")
     s.add_argument("--selector", default="", help="a selector value asked for (needs --audit-key)")
     s.add_argument("--field", default="", help="the catalog field of --selector, to canonicalise")
     s.add_argument("--audit-key", type=Path, metavar="FILE", help="the federation's audit key")
@@ -155,8 +168,11 @@ def add_audit(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     r = inner.add_parser(
         "reconcile",
         help="the gateway's ledger against every node's receipts",
-        description="Exit status: 0 when every answered request is on both sides with the "
-        "same digests; 1 when a difference shows that a ledger lies or lost entries.",
+        description="Exit status: 0 when every answered request, and every step of every "
+        "follow-up (filed, taken in, acknowledged, decided, collected), is on both sides with "
+        "the same digests; 1 when a difference shows that a ledger lies or lost entries. "
+        "Follow-ups still waiting for a decision, and decisions the gateway has not collected "
+        "yet, are notes.",
     )
     r.add_argument(
         "--federation",
@@ -410,6 +426,7 @@ def _filters(args: argparse.Namespace, selector_hash: str = "") -> Filters:
         dataset=args.dataset,
         kind=getattr(args, "kind", ""),
         query_id=getattr(args, "query_id", ""),
+        followup_id=getattr(args, "followup_id", ""),
         selector_hash=selector_hash,
         since_ms=parse_time(args.since) if args.since else None,
         until_ms=parse_time(args.until) if args.until else None,
@@ -455,8 +472,10 @@ def _cmd_show(args: argparse.Namespace) -> int:
             f"{r.agency}/{r.subject}" if r.agency else "",
             r.purpose,
             r.case_ref,
-            f"{r.dataset} {r.operation}".strip(),
-            r.outcome or ",".join(r.nodes),
+            _followup_asked(r) if r.followup_id else f"{r.dataset} {r.operation}".strip(),
+            f"{','.join(r.nodes)} {r.outcome}".strip()
+            if r.followup_id
+            else r.outcome or ",".join(r.nodes),
         ]
         for r in found
     ]
@@ -464,6 +483,14 @@ def _cmd_show(args: argparse.Namespace) -> int:
     print(table(headers, rows))
     print(f"{len(found)} entr{'y' if len(found) == 1 else 'ies'}")
     return EXIT_OK
+
+
+def _followup_asked(row: Row) -> str:
+    """A follow-up row's "asked" cell: its id, fields (as decided, with codes), and a word more."""
+    text = f"follow-up {row.followup_id[:8]}"
+    if row.fields:
+        text += ": " + ", ".join(row.fields)
+    return f"{text} ({row.detail})" if row.detail else text
 
 
 def _cmd_prove(args: argparse.Namespace) -> int:
@@ -528,30 +555,41 @@ def _cmd_reconcile(args: argparse.Namespace) -> int:
         raise InvalidQuery("name at least one node: --node ID LEDGER PUB")
     report = reconcile_files(gateway, nodes, allow_unsigned_tail=args.allow_unsigned_tail)
     if args.json:
-        _print_json(
-            {
-                "ok": report.ok,
-                "gateway": _report_json(report.gateway),
-                "nodes": {n: _report_json(r) for n, r in report.nodes.items()},
-                "receipts": report.receipts,
-                "differences": [
-                    {
-                        "node_id": d.node_id,
-                        "query_id": d.query_id,
-                        "message": d.message,
-                        "problem": d.problem,
-                    }
-                    for d in report.differences
-                ],
-            }
-        )
+        _print_json(reconcile_json(report))
     else:
         print(_render_reconcile(report))
     return EXIT_OK if report.ok else EXIT_FAILED
 
 
+def reconcile_json(report: ReconcileReport) -> dict[str, Any]:
+    """`audit reconcile --json`; follow-up keys only where there are follow-ups.
+
+    A federation without follow-ups prints what it always has.
+    """
+    doc: dict[str, Any] = {
+        "ok": report.ok,
+        "gateway": _report_json(report.gateway),
+        "nodes": {n: _report_json(r) for n, r in report.nodes.items()},
+        "receipts": report.receipts,
+        "differences": [
+            {
+                "node_id": d.node_id,
+                "query_id": d.query_id,
+                "message": d.message,
+                "problem": d.problem,
+                **({"followup_id": d.followup_id} if d.followup_id else {}),
+            }
+            for d in report.differences
+        ],
+    }
+    if report.followups.any:
+        doc["followups"] = report.followups.as_json()
+    return doc
+
+
 def _render_reconcile(report: ReconcileReport) -> str:
     from liaison.cli.render import table
+    from liaison.ledger.reconcile import describe_followups
 
     def state(r: VerifyReport) -> str:
         return "verified" if r.ok else f"FAILED at {r.problems[0].where}: {r.problems[0].message}"
@@ -569,12 +607,22 @@ def _render_reconcile(report: ReconcileReport) -> str:
             table(
                 ["", "node", "query", "difference"],
                 [
-                    ["PROBLEM" if d.problem else "note", d.node_id, d.query_id[:8], d.message]
+                    [
+                        "PROBLEM" if d.problem else "note",
+                        d.node_id,
+                        d.query_id[:8],
+                        f"follow-up {d.followup_id[:8]}: {d.message}"
+                        if d.followup_id
+                        else d.message,
+                    ]
                     for d in [*problems, *notes]
                 ],
             )
         )
         out.append("")
+    followups = describe_followups(report)
+    if followups:
+        out += [followups, ""]
     out.append(
         "RECONCILED: every answered request is on both sides with the same digests"
         if report.ok
@@ -634,6 +682,8 @@ def _cmd_report(args: argparse.Namespace) -> int:
             [[n, *(f"{summary.by_node_outcome[(n, s)]:,}" for s in statuses)] for n in nodes],
         )
     )
+    if summary.followups:
+        out += ["", *_followup_report(summary)]
     out += [
         "",
         "ledger verified"
@@ -642,6 +692,45 @@ def _cmd_report(args: argparse.Namespace) -> int:
     ]
     print("\n".join(out))
     return EXIT_OK if report.ok else EXIT_FAILED
+
+
+def _followup_report(summary: Summary) -> list[str]:
+    """The report's follow-up part: how many, from whom, what became of them, under which codes."""
+    from liaison.cli.render import table
+    from liaison.handling import describe
+
+    statuses = sorted({s for _, s in summary.followups_by_node_status})
+    nodes = sorted({n for n, _ in summary.followups_by_node_status})
+    released = sum(summary.released_by_handling.values())
+    out = [
+        f"Follow-ups: {summary.followups:,}; fields released {released:,}, "
+        f"withheld {summary.withheld:,}",
+        "",
+        table(
+            ["agency", "follow-ups"],
+            [[a, f"{n:,}"] for a, n in sorted(summary.followups_by_agency.items())],
+        ),
+        "",
+        table(
+            ["node", *statuses],
+            [
+                [n, *(f"{summary.followups_by_node_status[(n, s)]:,}" for s in statuses)]
+                for n in nodes
+            ],
+        ),
+    ]
+    if summary.released_by_handling:
+        out += [
+            "",
+            table(
+                ["handling", "fields released"],
+                [
+                    [describe(code) if code else "(no code)", f"{n:,}"]
+                    for code, n in sorted(summary.released_by_handling.items())
+                ],
+            ),
+        ]
+    return out
 
 
 ACTIONS: dict[str, Callable[[argparse.Namespace], int]] = {

@@ -51,7 +51,12 @@ from liaison.demo.followup import (
 )
 from liaison.demo.processes import Service, running_in, start_service, stop_service
 from liaison.keys import SigningKey
-from liaison.ledger.reconcile import ReconcileReport, federation_ledgers, reconcile_files
+from liaison.ledger.reconcile import (
+    ReconcileReport,
+    describe_followups,
+    federation_ledgers,
+    reconcile_files,
+)
 from liaison.messages import SearchInput, SearchResult
 from liaison.query import DEFAULT_NEAR_DISTANCE, Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
@@ -257,6 +262,9 @@ def render_audit(report: ReconcileReport) -> str:
         if not problems
         else f"  NOT reconciled: {len(problems)} difference(s)"
     )
+    followups = describe_followups(report)
+    if followups:
+        lines.append(f"  {followups}")
     return "\n".join(lines)
 
 
@@ -286,6 +294,7 @@ def audit_to_dict(report: ReconcileReport) -> dict[str, Any]:
             for name, r in [("gateway", report.gateway), *report.nodes.items()]
         },
         "receipts": dict(report.receipts),
+        "followups": report.followups.as_json() if report.followups.any else None,
         "differences": [
             {
                 "node_id": d.node_id,

@@ -254,7 +254,7 @@ def receipts_witness(store: LedgerStore, name: str) -> Witness:
             scanned = scan_entries(list(map(_SECOND, rows)))
             if scanned is not None:
                 for (index, _raw), entry in zip(rows, scanned, strict=True):
-                    if type(entry) is _SCANNED_RECEIPT:
+                    if type(entry) in _SCANNED_RECEIPTS:
                         found.setdefault(entry.gateway_checkpoint, f"{name} entry {index}")
                 continue
             for index, raw in rows:
@@ -262,7 +262,7 @@ def receipts_witness(store: LedgerStore, name: str) -> Witness:
                     parsed = parse_entry(_bytes_of(raw))
                 except EntryError:
                     continue  # that ledger's own verification reports it
-                if parsed.kind is EntryKind.RECEIPT:
+                if parsed.kind in _RECEIPT_KINDS:
                     found.setdefault(parsed.text("gateway_checkpoint"), f"{name} entry {index}")
     return Witness(name, tuple((where, note) for note, where in found.items()))
 
@@ -484,10 +484,20 @@ def _bytes_of(value: object) -> bytes:
 _sha256 = hashlib.sha256
 _LEAF_PREFIX = b"\x00"
 _REQUEST, _OUTCOME, _RECEIPT = EntryKind.REQUEST, EntryKind.OUTCOME, EntryKind.RECEIPT
+_FOLLOWUP, _DELIVERY, _FOLLOWUP_OUTCOME = (
+    EntryKind.FOLLOWUP,
+    EntryKind.FOLLOWUP_DELIVERY,
+    EntryKind.FOLLOWUP_OUTCOME,
+)
+_FOLLOWUP_RECEIPT, _DECISION = EntryKind.FOLLOWUP_RECEIPT, EntryKind.FOLLOWUP_DECISION
+# Only the follow-up kinds' scanned structs have this field (ScannedEntry does not declare it).
+_followup_id: Callable[[object], str] = operator.attrgetter("followup_id")
 _KIND_OF_TYPE = {scanned: kind for kind, scanned in SCANNED.items()}
 # Columns of a row by position: (index, leaf, entry), or (index, entry) for a witness.
 _SECOND, _THIRD = operator.itemgetter(1), operator.itemgetter(2)
-_SCANNED_RECEIPT = SCANNED[EntryKind.RECEIPT]
+# Both kinds of a node's receipt hold the gateway checkpoint that proved its entry logged.
+_RECEIPT_KINDS = (EntryKind.RECEIPT, EntryKind.FOLLOWUP_RECEIPT)
+_SCANNED_RECEIPTS = tuple(SCANNED[kind] for kind in _RECEIPT_KINDS)
 
 
 class _Rebuilder:
@@ -522,6 +532,12 @@ class _Rebuilder:
         self.orphans: set[str] = set()
         # A node's receipts by query id: the first receipt's index and request digest.
         self.receipts: dict[str, tuple[int, str]] = {}
+        # Follow-ups: the gateway's first FOLLOWUP entry of each id; the ids a
+        # node took in (FOLLOWUP_RECEIPT); a node's first decision of each id.
+        # Rare beside queries (a person decides each one), so a plain dict each.
+        self.followups: dict[str, int] = {}
+        self.followup_receipts: set[str] = set()
+        self.decisions: dict[str, int] = {}
         # With a second process: levels 0..depth of the subtrees over the leaves
         # before self.leaves, a run of leaves (a chunk) at a time.
         self.parts: list[list[bytes]] = []
@@ -577,13 +593,17 @@ class _Rebuilder:
         except EntryError as exc:
             report.problems.append(Finding(f"entry {index}", f"unreadable ({exc})", index))
             return
-        read = _Read(entry.query_id, entry.text("request_digest"))
+        read = _Read(entry.query_id, entry.text("request_digest"), entry.text("followup_id"))
         self.check(index, [entry.kind], [read])
 
     def check(
         self, start: int, kinds: Sequence[EntryKind], entries: Sequence[ScannedEntry | _Read]
     ) -> None:
-        """The checks across entries: one request and one receipt per query id, outcomes last."""
+        """The checks across entries: one request and one receipt per query id, outcomes last.
+
+        And of follow-ups: one FOLLOWUP entry per follow-up id, its delivery and
+        outcome after it; on a node, one decision per id, after its receipt.
+        """
         self.kinds.update(kinds)
         requests, still_open, orphans = self.requests, self.open, self.orphans
         for index, kind, entry in zip(count(start), kinds, entries):
@@ -605,6 +625,24 @@ class _Rebuilder:
                 _check_receipt_id(
                     index, entry.query_id, entry.request_digest, self.receipts, self.report
                 )
+            elif kind is _FOLLOWUP:
+                followup_id = _followup_id(entry)
+                first = self.followups.setdefault(followup_id, index)
+                if first != index:
+                    self._second_followup(index, followup_id, first)
+            elif kind is _DELIVERY or kind is _FOLLOWUP_OUTCOME:
+                followup_id = _followup_id(entry)
+                if followup_id not in self.followups:
+                    self._orphan_followup_step(index, kind, followup_id)
+            elif kind is _FOLLOWUP_RECEIPT:
+                self.followup_receipts.add(_followup_id(entry))
+            elif kind is _DECISION:
+                followup_id = _followup_id(entry)
+                if followup_id not in self.followup_receipts:
+                    self._decision_without_receipt(index, followup_id)
+                first = self.decisions.setdefault(followup_id, index)
+                if first != index:
+                    self._second_decision(index, followup_id, first)
 
     def _second_request(self, index: int, query_id: str) -> None:
         self.report.problems.append(
@@ -629,6 +667,52 @@ class _Rebuilder:
             )
         )
 
+    def _second_followup(self, index: int, followup_id: str, first: int) -> None:
+        self.report.problems.append(
+            Finding(
+                f"entry {index}",
+                f"a second follow-up entry for follow-up {followup_id} (the first is entry "
+                f"{first}): copied or replayed, or two follow-up requests sent under one id; "
+                "expected one entry per follow-up id. Reconcile with the holding node's "
+                "receipts (`liaison audit reconcile`) to see which one it took in",
+                index,
+            )
+        )
+
+    def _orphan_followup_step(self, index: int, kind: EntryKind, followup_id: str) -> None:
+        what = "delivery" if kind is _DELIVERY else "outcome"
+        self.report.problems.append(
+            Finding(
+                f"entry {index}",
+                f"{what} of follow-up {followup_id}, whose follow-up entry is not logged "
+                "before it: entries were reordered, or the follow-up entry was removed (a "
+                "gateway logs each follow-up before it delivers it)",
+                index,
+            )
+        )
+
+    def _decision_without_receipt(self, index: int, followup_id: str) -> None:
+        self.report.problems.append(
+            Finding(
+                f"entry {index}",
+                f"decision on follow-up {followup_id}, whose receipt is not logged before it: "
+                "the node decided a follow-up it has no record of taking in; entries were "
+                "reordered, or the receipt was removed",
+                index,
+            )
+        )
+
+    def _second_decision(self, index: int, followup_id: str, first: int) -> None:
+        self.report.problems.append(
+            Finding(
+                f"entry {index}",
+                f"a second decision on follow-up {followup_id} (the first is entry {first}): "
+                "a follow-up has one decision; copied, or decided twice. Ask the node's "
+                "operator which decision was signed and released",
+                index,
+            )
+        )
+
     def seal(self) -> None:
         """Hash the leaves read so far into subtrees, which the rest of the tree builds on."""
         self.parts.append(subtree_levels(self.leaves, self.depth))
@@ -642,12 +726,19 @@ class _Rebuilder:
         if not summary.clean or self.expected != start:
             return False
         requests, receipts = self.requests, self.receipts
+        followups, decisions = self.followups, self.decisions
         # As check() would find: a query id requested before, an outcome whose
-        # request is not before it, a query id receipted before.
+        # request is not before it, a query id receipted before; a follow-up id
+        # logged before, a delivery or outcome whose follow-up is not before it,
+        # a follow-up decided before, a decision whose receipt is not before it.
         if (
             not requests.keys().isdisjoint(summary.requests)
             or not all(map(requests.__contains__, summary.outside))
             or not receipts.keys().isdisjoint(summary.receipts)
+            or not followups.keys().isdisjoint(summary.followups)
+            or not all(map(followups.__contains__, summary.followups_outside))
+            or not decisions.keys().isdisjoint(summary.decisions)
+            or not all(map(self.followup_receipts.__contains__, summary.decisions_outside))
         ):
             return False
         requests.update(zip(summary.requests, array("q", summary.request_at), strict=True))
@@ -662,6 +753,11 @@ class _Rebuilder:
                 strict=True,
             )
         )
+        if summary.followups:
+            followups.update(zip(summary.followups, array("q", summary.followup_at), strict=True))
+        self.followup_receipts.update(summary.followup_receipts)
+        if summary.decisions:
+            decisions.update(zip(summary.decisions, array("q", summary.decision_at), strict=True))
         self.kinds.update({EntryKind(k): n for k, n in summary.kinds.items()})
         self.parts.append(summary.levels)
         self.expected = start + summary.entries
@@ -705,6 +801,8 @@ class _Read:
 
     query_id: str
     request_digest: str
+    # "" for kinds that have none; read only for the follow-up kinds.
+    followup_id: str = ""
 
 
 @contextmanager

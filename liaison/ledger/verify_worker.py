@@ -12,11 +12,13 @@ the verifier keeps its own.
 
 A summary says what no check can decide inside the chunk alone: the query
 ids it requests, answers without a request before them, leaves open, and
-receipts, with the chunk's Merkle subtrees. The verifier folds it into its
-state only when checking the chunk row by row would have found nothing;
-otherwise, and for every chunk this process did not deliver, it reads the
-chunk itself. So findings never come from here, and they read as they would
-have in one process.
+receipts; the follow-up ids it logs, deliveries and outcomes without their
+follow-up before them, the follow-ups a node took in, and its decisions,
+those without a receipt before them; with the chunk's Merkle subtrees. The
+verifier folds it into its state only when checking the chunk row by row
+would have found nothing; otherwise, and for every chunk this process did
+not deliver, it reads the chunk itself. So findings never come from here,
+and they read as they would have in one process.
 
 Run as ``python -m liaison.ledger.verify_worker``: a :class:`Job` in msgpack on
 standard input, summaries in msgpack to the job's result file.
@@ -71,8 +73,8 @@ class ChunkSummary(msgspec.Struct, array_like=True):
 
     ``clean`` is False if anything would be a finding inside the chunk (an
     index missing, a leaf that differs, an entry the fast reader refuses, a
-    query id requested or receipted twice): the verifier reads that chunk
-    itself. The rest is set only for a clean chunk.
+    query id requested or receipted twice, a follow-up logged or decided
+    twice): the verifier reads that chunk itself. The rest is set only for a clean chunk.
     """
 
     chunk: int
@@ -92,6 +94,18 @@ class ChunkSummary(msgspec.Struct, array_like=True):
     receipts: list[str] = []
     receipt_at: bytes = b""
     digests: list[str] = []
+    # Follow-up entries: ids in order, and their indices (array "q" bytes).
+    followups: list[str] = []
+    followup_at: bytes = b""
+    # Follow-up deliveries and outcomes whose follow-up entry is not before them in the chunk.
+    followups_outside: list[str] = []
+    # Follow-up ids a node took in (its follow-up receipts), each once.
+    followup_receipts: list[str] = []
+    # Decisions: follow-up ids, their indices (array "q" bytes), and those
+    # whose receipt is not before them in the chunk.
+    decisions: list[str] = []
+    decision_at: bytes = b""
+    decisions_outside: list[str] = []
 
 
 class Claims:
@@ -229,6 +243,15 @@ _REQUEST, _OUTCOME, _RECEIPT = (
     SCANNED[EntryKind.OUTCOME],
     SCANNED[EntryKind.RECEIPT],
 )
+_FOLLOWUP, _DELIVERY, _FOLLOWUP_OUTCOME, _FOLLOWUP_RECEIPT, _DECISION = (
+    SCANNED[EntryKind.FOLLOWUP],
+    SCANNED[EntryKind.FOLLOWUP_DELIVERY],
+    SCANNED[EntryKind.FOLLOWUP_OUTCOME],
+    SCANNED[EntryKind.FOLLOWUP_RECEIPT],
+    SCANNED[EntryKind.FOLLOWUP_DECISION],
+)
+# Only the follow-up kinds' structs have this field.
+_followup_id = operator.attrgetter("followup_id")
 _KIND_NAME = {scanned: kind.value for kind, scanned in SCANNED.items()}
 
 
@@ -243,6 +266,11 @@ def summarize(chunk: int, start: int, batches: Iterator[Sequence[Any]], depth: i
     outside: list[str] = []
     receipts: dict[str, int] = {}
     digests: list[str] = []
+    followups: dict[str, int] = {}
+    followups_outside: list[str] = []
+    followup_receipts: dict[str, None] = {}
+    decisions: dict[str, int] = {}
+    decisions_outside: list[str] = []
     for rows in batches:
         if rows[0][0] != expected or rows[-1][0] != expected + len(rows) - 1:
             return dirty
@@ -277,6 +305,24 @@ def summarize(chunk: int, start: int, batches: Iterator[Sequence[Any]], depth: i
                     return dirty
                 receipts[query_id] = index
                 digests.append(entry.request_digest)
+            elif kind is _FOLLOWUP:
+                followup_id = _followup_id(entry)
+                if followup_id in followups:
+                    return dirty
+                followups[followup_id] = index
+            elif kind is _DELIVERY or kind is _FOLLOWUP_OUTCOME:
+                followup_id = _followup_id(entry)
+                if followup_id not in followups:
+                    followups_outside.append(followup_id)
+            elif kind is _FOLLOWUP_RECEIPT:
+                followup_receipts[_followup_id(entry)] = None
+            elif kind is _DECISION:
+                followup_id = _followup_id(entry)
+                if followup_id in decisions:
+                    return dirty
+                decisions[followup_id] = index
+                if followup_id not in followup_receipts:
+                    decisions_outside.append(followup_id)
         expected += len(rows)
     return ChunkSummary(
         chunk,
@@ -291,6 +337,13 @@ def summarize(chunk: int, start: int, batches: Iterator[Sequence[Any]], depth: i
         receipts=list(receipts),
         receipt_at=array("q", receipts.values()).tobytes(),
         digests=digests,
+        followups=list(followups),
+        followup_at=array("q", followups.values()).tobytes(),
+        followups_outside=followups_outside,
+        followup_receipts=list(followup_receipts),
+        decisions=list(decisions),
+        decision_at=array("q", decisions.values()).tobytes(),
+        decisions_outside=decisions_outside,
     )
 
 
