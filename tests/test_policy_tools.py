@@ -101,7 +101,7 @@ def test_check_human_report_names_the_policy_and_counts_its_rules() -> None:
 
     assert run.returncode == 0, run
     first = run.stdout.splitlines()[0]
-    assert "policy of sylvania, 5 rules (3 permits, 2 forbids)" in first
+    assert "policy of sylvania, 6 rules (3 permits, 2 forbids, 1 approve rule)" in first
 
 
 def test_check_lists_every_catalog_error_not_only_the_first(tmp_path: Path) -> None:
@@ -152,7 +152,8 @@ def test_policy_errors_agree_with_the_loader() -> None:
 
     unnamed = {**good, "rule": [*good["rule"], {"effect": "permit"}, "not a table"]}
     messages = [f.message for f in policy_errors(unnamed, CATALOG_V1)]
-    assert messages == ["rule #6 needs an `id`", "rule #7 is not a table"]
+    n = len(good["rule"])
+    assert messages == [f"rule #{n + 1} needs an `id`", f"rule #{n + 2} is not a table"]
 
 
 @pytest.mark.parametrize(
@@ -561,8 +562,12 @@ def test_explain_permit_shows_rule_obligations_and_fields() -> None:
     assert "released: category, first_seen" in out
     assert "withheld: shareable" in out
     # Every other rule is accounted for, with why it is out of scope.
-    assert "partner-hash-match      permit  covers match, not records" in out
-    assert "no-account-statistics   forbid  about accounts, not media" in out
+    assert "partner-hash-match      permit   covers match, not records" in out
+    assert "no-account-statistics   forbid   about accounts, not media" in out
+    assert (
+        "partner-follow-up       approve  an approve rule: it bounds follow-up releases and "
+        "decides no query"
+    ) in out
 
 
 def test_explain_denial_names_the_forbid_and_the_permits_it_overrides() -> None:

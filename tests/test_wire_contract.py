@@ -118,6 +118,7 @@ def test_a_typescript_client_generates_and_compiles(ts_work: Path) -> None:
     )
     assert sorted(p.name for p in (gen / "liaison" / "v1").iterdir()) == [
         "envelope.ts",
+        "followup.ts",
         "gateway.ts",
         "node.ts",
         "query.ts",

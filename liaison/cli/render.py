@@ -427,9 +427,13 @@ def render_findings(path: Path, policy: Policy | None, findings: Sequence[Findin
         head = f"{path}: the node would refuse to load this policy"
     else:
         permits, forbids = len(policy.permits), len(policy.forbids)
+        approves = len(policy.rules) - permits - forbids
+        kinds = [_plural(permits, "permit"), _plural(forbids, "forbid")]
+        if approves:
+            kinds.append(_plural(approves, "approve rule"))
         head = (
             f"{path}: policy of {policy.agency}, {_plural(len(policy.rules), 'rule')} "
-            f"({_plural(permits, 'permit')}, {_plural(forbids, 'forbid')})"
+            f"({', '.join(kinds)})"
         )
     lines = [head, f"  {findings_summary(findings)}"]
     if findings:
@@ -580,11 +584,28 @@ def explanation_to_dict(
     }
 
 
+def _case_outcome(result: CaseResult) -> str:
+    """A query case's decision; for a follow-up case, what a duty officer may release."""
+    bounds = result.bounds
+    if bounds is None:
+        return headline(result.decision).lower()
+    if not bounds.decidable:
+        if bounds.forbidden_by:
+            why = f"forbidden by {', '.join(bounds.forbidden_by)}"
+        else:
+            why = "no approve rule applies" if not bounds.rules else "every field refused"
+        return f"follow-up: nothing may be released ({why})"
+    return (
+        f"follow-up: an officer may release {', '.join(bounds.decidable)} "
+        f"under {', '.join(bounds.rules)}"
+    )
+
+
 def render_case_results(policy_path: Path, cases_path: Path, results: Sequence[CaseResult]) -> str:
     """The report of `liaison policy test`: one row per case, then what differed."""
     rows = []
     for r in results:
-        rows.append(["pass" if r.passed else "FAIL", r.case.name, headline(r.decision).lower()])
+        rows.append(["pass" if r.passed else "FAIL", r.case.name, _case_outcome(r)])
     lines = [f"{cases_path} against {policy_path}", "", table(["result", "case", "decision"], rows)]
     failed = [r for r in results if not r.passed]
     for r in failed:
