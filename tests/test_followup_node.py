@@ -594,3 +594,52 @@ def test_an_inbox_without_an_identity_provider_is_refused_at_load(federation_dir
     config.write_text(text.replace("[inbox]\n", "[inbox]\nport = 1\n"))
     with pytest.raises(ConfigError, match="unknown keys port"):
         load_node_config(config, CATALOG_V1)
+
+
+def test_an_officer_releases_only_what_a_rule_naming_their_role_allows(
+    federation_dir: Path,
+) -> None:
+    # prepare: category moves to a rule of its own, for supervisors only
+    policy = federation_dir / "nodes" / HOLDER / "policy.toml"
+    text = policy.read_text()
+    policy.write_text(
+        text.replace(
+            'release = ["case_ref", "first_seen", "category"]',
+            'release = ["case_ref", "first_seen"]',
+        )
+        + """
+[[rule]]
+id = "supervised-category"
+effect = "approve"
+description = "The category of a matched file, on a supervisor's decision."
+agencies = ["genovia"]
+roles = ["investigator"]
+purposes = ["csam-investigation", "victim-identification"]
+datasets = ["media"]
+release = ["category"]
+officers = ["supervisor"]
+"""
+    )
+    with holder(federation_dir) as h:
+        key = gateway_signing_key(h.root)
+        query_id, ref = hit(h)
+        request = followup(query_id, (ref,), fields=("first_seen", "category"))
+        ack = ack_from_bytes(deliver(h.address, signed(key, request)).payload)
+        assert set(ack.decidable_fields) == {"first_seen", "category"}
+
+        # execute: the duty officer may decide, but not release the supervisors' field
+        duty = Inbox(h.inbox_address, officer_token(h.root))
+        with duty, pytest.raises(PolicyDenied, match="releasing 'category' takes one of the roles"):
+            duty.decide(request.followup_id, [FieldChoice("category", True)], "")
+        supervisor = officer_token(h.root, subject="sup.ann", roles=("supervisor",))
+        with Inbox(h.inbox_address, supervisor) as inbox:
+            envelope = inbox.decide(
+                request.followup_id,
+                [FieldChoice("category", True, "H0"), FieldChoice("first_seen", False)],
+                "",
+            )
+
+    # assert
+    decision = decision_from_bytes(envelope.payload)
+    assert decision.fields == ("category",)
+    assert decision.officer == "sup.ann"
