@@ -53,7 +53,7 @@ from policies.engine import DEFAULT_DENY
 from policies.model import ANY, Rule, case_ref_matches
 
 DEMO_DIR = Path(__file__).resolve().parent.parent / "policies" / "demo"
-POLICIES_PER_RUN = 400
+POLICIES_PER_RUN = 300
 RAW_POLICIES_PER_RUN = 100
 REQUESTS_PER_POLICY = 40
 DEMO_REQUESTS_PER_POLICY = 4000

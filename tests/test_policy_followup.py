@@ -643,7 +643,7 @@ def _holds(
     )
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=200, deadline=None)
 @given(
     policy=policies(),
     agency=st.sampled_from(AGENCIES),
