@@ -250,6 +250,12 @@ def serve_inbox(
     )
     add_health_and_reflection(server, [INBOX_SERVICE_NAME])
     server_tls = None if tls is None else TlsFiles(tls.certificate, tls.private_key, None)
+    if server_tls is None:
+        log.warning(
+            "inbox serving WITHOUT TLS: duty officers' tokens and the requests they read cross "
+            "the network in clear; use only on loopback for development",
+            extra={"node_id": core.node_id, "listen": inbox.listen},
+        )
     try:
         port = bind(server, inbox.listen, server_tls)
     except BaseException:
