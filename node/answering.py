@@ -465,6 +465,7 @@ class NodeCore:
                     agency=request.requester.agency,
                     dataset=query.dataset,
                     predicates=query.predicates,
+                    row_filters=grant.row_filters,
                     now_ms=now_ms(),
                 )
             )

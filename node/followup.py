@@ -17,7 +17,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from liaison.catalog import Catalog
@@ -72,7 +72,7 @@ from node.database import MappedDataset
 from node.execute import Executor, Refusal
 from node.inbox import FOLLOW_UP, HIT, NOTICE, PENDING, Inbox, StoredItem
 from node.verify import MIN_NONCE_BYTES, TrustedGateway
-from policies import Effect, Grant, Policy, decide_followup
+from policies import Effect, FollowUpBounds, Grant, Policy, decide_followup
 
 log = logging.getLogger("liaison.node")
 
@@ -131,6 +131,8 @@ class FollowUpDesk:
         self.append_timeout_s = append_timeout_s
         # (item id, stage) of the reminders already given.
         self._reminded: set[tuple[str, str]] = set()
+        # Items whose last write overran the ledger's timeout and may still land.
+        self._doubtful: set[str] = set()
         # Every role any approve rule names: who may open the inbox at all.
         self.officer_roles = frozenset(
             role for r in policy.rules if r.effect is Effect.APPROVE for role in r.officers
@@ -153,7 +155,7 @@ class FollowUpDesk:
             request_key_id=envelope.key_id,
             gateway_key=self.trusted[envelope.key_id].key,
         )
-        with self.inbox.lock:
+        with self.inbox.lock(request.followup_id):
             existing = self.inbox.get(request.followup_id)
             if existing is not None:
                 if existing.request_digest != digest or existing.kind != FOLLOW_UP:
@@ -184,6 +186,7 @@ class FollowUpDesk:
             body = self._body(request, assessed)
             status = PENDING if assessed.accepted else FollowUpStatus.REFUSED.value
             self._append(
+                request.followup_id,
                 followup_receipt_entry(self._receipt(request, envelope, logged, ack, sealed)),
                 self.inbox.item_rows(
                     item_id=request.followup_id,
@@ -428,12 +431,14 @@ class FollowUpDesk:
     ) -> list[InboxItem]:
         self.check_officer(officer)
         now = now_ms()
-        items = [self._view(s, preview=False) for s in self.inbox.items(now)]
+        pending = [self._view(s, preview=False) for s in self.inbox.pending()]
         if overdue_only:
-            return [i for i in items if i.overdue(now)]
-        if include_all:
-            return items
-        return [i for i in items if i.status == PENDING]
+            return [i for i in pending if i.overdue(now)]
+        if not include_all:
+            return pending
+        listed = {i.id for i in pending}
+        recent = [self._view(s, preview=False) for s in self.inbox.recent(now)]
+        return pending + [i for i in recent if i.id not in listed]
 
     def get_item(self, officer: Requester, item_id: str) -> InboxItem:
         self.check_officer(officer)
@@ -450,13 +455,23 @@ class FollowUpDesk:
         """Record ``officer``'s decision on a pending follow-up request; return it signed."""
         self.check_officer(officer)
         reason = validate_reason(reason)
-        with self.inbox.lock:
+        with self.inbox.lock(item_id):
+            if item_id in self._doubtful:
+                if self.receipts.stalled:
+                    raise LedgerUnavailable(
+                        f"the last decision on {item_id} is still being written (the receipts "
+                        "database is not answering); look again with `liaison node inbox --show` "
+                        "once it is back"
+                    )
+                # Settled: the status read below says whether that write landed.
+                self._doubtful.discard(item_id)
             stored = self.inbox.get(item_id)
             if stored is None or stored.kind != FOLLOW_UP:
                 raise NotFound(f"this inbox holds no follow-up request {item_id!r}")
             if stored.status != PENDING:
                 raise InvalidQuery(
-                    f"follow-up request {item_id} is {stored.status} already; a decision is final"
+                    f"follow-up request {item_id} is {stored.status} already and a decision is "
+                    f"final; see it with `liaison node inbox --show {item_id}`"
                 )
             body = stored.body
             allowed_roles = set(body["officer_roles"])
@@ -469,6 +484,13 @@ class FollowUpDesk:
             decisions = self._field_decisions(body, choices, officer.roles)
             released = tuple(d.field for d in decisions if d.released)
             rows = self._released_rows(stored, released) if released else ()
+            if released and not rows:
+                # Signing "approved" over nothing would read as a release that is not one.
+                raise InvalidQuery(
+                    f"none of the records follow-up request {item_id} names can be read now "
+                    "(deleted or changed since the answer); nothing was released: refuse the "
+                    "fields, saying so"
+                )
             decision = FollowUpDecision(
                 followup_id=stored.id,
                 node_id=self.node_id,
@@ -485,6 +507,7 @@ class FollowUpDesk:
             )
             sealed = seal(self.signing_key, FOLLOWUP_DECISION_TYPE, decision_to_bytes(decision))
             self._append(
+                item_id,
                 followup_decision_entry(
                     decision,
                     officer_roles=officer.roles,
@@ -512,11 +535,16 @@ class FollowUpDesk:
         self, body: Mapping[str, Any], choices: Sequence[FieldChoice], roles: Sequence[str]
     ) -> tuple[FieldDecision, ...]:
         asked: list[str] = list(body["fields"])
-        decidable = set(body["decidable"])
+        # The policy as it is now: one made stricter since the request came in
+        # bounds its decision, never the looser one it was received under.
+        now = self._bounds(body)
+        decidable = set(body["decidable"]) & set(now.decidable)
+        refused: Mapping[str, str] = {**dict(now.refused), **body["refused"]}
         # Per field: the roles whose approve rule releases it (one rule's
         # officers never release what only another rule allows).
-        releasers: Mapping[str, list[str]] = body.get("field_officers", {})
-        refused: Mapping[str, str] = body["refused"]
+        releasers: Mapping[str, list[str]] = {
+            name: sorted(roles) for name, roles in now.field_officers.items()
+        }
         defaults: Mapping[str, str] = body["handling"]
         by_field: dict[str, FieldChoice] = {}
         for choice in choices:
@@ -533,7 +561,7 @@ class FollowUpDesk:
                     "policy bounds every decision",
                     tuple(body["rules"]),
                 )
-            allowed = releasers.get(choice.field, body["officer_roles"])
+            allowed = releasers.get(choice.field, [])
             if choice.release and not set(allowed) & set(roles):
                 raise PolicyDenied(
                     f"releasing {choice.field!r} takes one of the roles "
@@ -547,7 +575,9 @@ class FollowUpDesk:
             if name in refused:
                 decisions.append(FieldDecision(name, False, "", refused[name]))
             elif chosen is not None and chosen.release:
-                code = handling_code(chosen.handling or defaults.get(name, ""), where=name)
+                code = handling_code(
+                    chosen.handling or defaults.get(name, ""), where=f"the handling code of {name}"
+                )
                 decisions.append(
                     FieldDecision(name, True, code.value, validate_reason(chosen.reason))
                 )
@@ -558,13 +588,29 @@ class FollowUpDesk:
                 )
         return tuple(decisions)
 
+    def _bounds(self, body: Mapping[str, Any]) -> FollowUpBounds:
+        requester = _requester(body)
+        return decide_followup(
+            self.policy,
+            requester,
+            body["purpose"],
+            body["dataset"],
+            body["fields"],
+            case_ref=body["case_ref"],
+            legal_basis=body["legal_basis"],
+        )
+
     def _released_rows(
         self, stored: StoredItem, fields: Sequence[str]
     ) -> tuple[tuple[str | None, ...], ...]:
-        """The asked fields of the referenced records, read now from the agency's database."""
+        """The asked fields of the referenced records, read now from the agency's database.
+
+        Only rows the answering permit's row filters let through: a follow-up
+        is about what the answer was about.
+        """
         body = stored.body
         mapped = self.schema[body["dataset"]]
-        requester = Requester(**{**body["requester"], "roles": tuple(body["requester"]["roles"])})
+        requester = _requester(body)
         grant = Grant(
             rule_id=(body["rules"] or ["approve"])[0],
             fields=tuple(fields),
@@ -598,7 +644,8 @@ class FollowUpDesk:
                 query=query,
                 legal_basis=body["legal_basis"],
             )
-            outcome = self.executor.run(mapped, query, grant, request, now_ms(), None)
+            narrowed = replace(grant, row_filters=resolved.row_filters)
+            outcome = self.executor.run(mapped, query, narrowed, request, now_ms(), None)
             if isinstance(outcome, Refusal):
                 continue
             for row in outcome.get("rows", ()):
@@ -608,10 +655,7 @@ class FollowUpDesk:
 
     def _view(self, stored: StoredItem, *, preview: bool) -> InboxItem:
         body = stored.body
-        r = body["requester"]
-        requester = Requester(
-            r["agency"], r["subject"], tuple(r["roles"]), r["issuer"], r["attributes"]
-        )
+        requester = _requester(body)
         preview_fields: tuple[str, ...] = ()
         preview_rows: tuple[tuple[str | None, ...], ...] = ()
         if preview and stored.status == PENDING and body.get("decidable"):
@@ -653,9 +697,7 @@ class FollowUpDesk:
         agency's monitoring to page whoever is on duty.
         """
         told: list[tuple[InboxItem, str]] = []
-        for stored in self.inbox.items(now):
-            if stored.kind != FOLLOW_UP or stored.status != PENDING:
-                continue
+        for stored in self.inbox.pending():
             window = stored.answer_by_ms - stored.received_ms
             soon_at = stored.answer_by_ms - min(window // 5, 3_600_000)
             stage = "overdue" if now > stored.answer_by_ms else "due soon" if now >= soon_at else ""
@@ -719,11 +761,25 @@ class FollowUpDesk:
 
     # --- plumbing ------------------------------------------------------------------------
 
-    def _append(self, entry: bytes, *side: Any) -> None:
+    def _append(self, item_id: str, entry: bytes, *side: Any) -> None:
         try:
             self.receipts.append(entry, side=side, timeout_s=self.append_timeout_s)
         except (LedgerError, TimeoutError) as exc:
+            if self.receipts.stalled or isinstance(exc, TimeoutError):
+                # The write may still land: nothing more on this item until it is settled.
+                self._doubtful.add(item_id)
+                raise LedgerUnavailable(
+                    "this node's receipts database did not confirm the write in time; it may "
+                    "still be recorded: look again with `liaison node inbox` once the node is "
+                    "serving again (the node's operator sees why in its log)"
+                ) from exc
             raise LedgerUnavailable(
                 "this node cannot write its receipts ledger, so it records nothing now; "
                 "try again later (the node's operator sees why in its log)"
             ) from exc
+
+
+def _requester(body: Mapping[str, Any]) -> Requester:
+    """The investigator of a stored item, as the gateway authenticated them."""
+    r = body["requester"]
+    return Requester(r["agency"], r["subject"], tuple(r["roles"]), r["issuer"], r["attributes"])

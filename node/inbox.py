@@ -15,6 +15,7 @@ with the node's state key, as stored answers are.
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import threading
@@ -33,6 +34,7 @@ from liaison.ledger.store import SideRows
 from liaison.query import Comparator, Predicate
 from liaison.wire import envelope_from_proto, envelope_to_proto
 from node.replay import stored_text
+from policies.model import RowFilter
 from proto.liaison.v1 import envelope_pb2 as pb_envelope
 
 inbox_tables = sa.MetaData()
@@ -74,8 +76,9 @@ HIT = "hit"
 PENDING = "pending"
 NOTICE = "notice"
 _SEAL_NONCE_BYTES = 12
-# An officer's list shows this many items at most (newest first), of the
-# pending ones and those of the last RECENT_DAYS days.
+_LOCK_STRIPES = 64
+# Besides every pending request, an officer's full list shows this many items
+# at most (newest first) of the last RECENT_DAYS days.
 MAX_LISTED = 500
 RECENT_DAYS = 30
 
@@ -92,6 +95,9 @@ class ResolvedRef:
     agency: str
     dataset: str
     predicates: tuple[Predicate, ...]
+    # The answering permit's row filters: a follow-up is about the rows the
+    # answer was about, never rows that permit kept out of it.
+    row_filters: tuple[RowFilter, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,13 +158,25 @@ class Inbox:
             sa.select(*columns).where(i.id == sa.bindparam("id")), ("id",)
         )
         # Pending requests however old, and everything of the recent past.
-        self._list = store.prepare(
+        # Pending requests, however many and however old: they must never
+        # drop out of sight behind a flood of hit notices.
+        self._pending = store.prepare(
             sa.select(*columns)
-            .where(
-                sa.or_(i.status == sa.bindparam("pending"), i.received_ms >= sa.bindparam("since"))
-            )
-            .order_by(i.received_ms.desc()),
-            ("pending", "since"),
+            .where(i.kind == sa.bindparam("kind"))
+            .where(i.status == sa.bindparam("pending"))
+            .order_by(i.answer_by_ms),
+            ("kind", "pending"),
+        )
+        # Everything recent, newest first, at most MAX_LISTED. Text, because a
+        # LIMIT built by SQLAlchemy is a bound parameter of its own naming.
+        names = ", ".join(c.name for c in columns)
+        self._recent = store.prepare(
+            sa.text(
+                # Our own table's and columns' names and a constant: nothing a caller gives.
+                f"SELECT {names} FROM {inbox_item.name} WHERE received_ms >= :since "  # noqa: S608
+                f"ORDER BY received_ms DESC LIMIT {MAX_LISTED}"
+            ),
+            ("since",),
         )
         self._decide = store.prepare(
             inbox_item.update()
@@ -172,8 +190,14 @@ class Inbox:
             ("new_status", "new_decision", "when", "item_id", "old_status"),
         )
         # One decision or delivery of an item at a time: the status read and
-        # the write that changes it must not interleave with another's.
-        self.lock = threading.Lock()
+        # the write that changes it must not interleave with another's. Striped
+        # by id, so a slow decision holds up only the items sharing its stripe.
+        self._locks = tuple(threading.Lock() for _ in range(_LOCK_STRIPES))
+
+    def lock(self, item_id: str) -> threading.Lock:
+        """The lock under which ``item_id`` is read and changed."""
+        digest = hashlib.sha256(item_id.encode("utf-8")).digest()
+        return self._locks[digest[0] % _LOCK_STRIPES]
 
     # --- references -----------------------------------------------------------
 
@@ -185,18 +209,25 @@ class Inbox:
         agency: str,
         dataset: str,
         predicates: Sequence[Predicate],
+        row_filters: Sequence[RowFilter],
         now_ms: int,
     ) -> SideRows:
         document = json.dumps(
-            [
-                {
-                    "field": p.field,
-                    "comparator": p.comparator.value,
-                    "values": list(p.values),
-                    "max_distance": p.max_distance,
-                }
-                for p in predicates
-            ]
+            {
+                "predicates": [
+                    {
+                        "field": p.field,
+                        "comparator": p.comparator.value,
+                        "values": list(p.values),
+                        "max_distance": p.max_distance,
+                    }
+                    for p in predicates
+                ],
+                "row_filters": [
+                    {"field": f.field, "comparator": f.comparator.value, "values": list(f.values)}
+                    for f in row_filters
+                ],
+            }
         ).encode("utf-8")
         sealed = self._seal(document, ref.encode("ascii"))
         return SideRows(
@@ -215,10 +246,19 @@ class Inbox:
             Predicate(
                 p["field"], Comparator(p["comparator"]), tuple(p["values"]), p.get("max_distance")
             )
-            for p in document
+            for p in document["predicates"]
+        )
+        row_filters = tuple(
+            RowFilter(f["field"], Comparator(f["comparator"]), tuple(f["values"]))
+            for f in document["row_filters"]
         )
         return ResolvedRef(
-            ref, bytes(query_id).decode("utf-8"), str(agency), str(dataset), predicates
+            ref,
+            bytes(query_id).decode("utf-8"),
+            str(agency),
+            str(dataset),
+            predicates,
+            row_filters,
         )
 
     # --- items ----------------------------------------------------------------
@@ -264,13 +304,14 @@ class Inbox:
         rows = self._fetch(self._select_item, (item_id,))
         return _item(rows[0]) if rows else None
 
-    def items(self, now_ms: int) -> list[StoredItem]:
-        """Pending requests and the items of the last :data:`RECENT_DAYS` days, newest first.
+    def pending(self) -> list[StoredItem]:
+        """Every follow-up request waiting for a decision, the soonest due first."""
+        return [_item(row) for row in self._fetch(self._pending, (FOLLOW_UP, PENDING))]
 
-        At most :data:`MAX_LISTED` of them.
-        """
+    def recent(self, now_ms: int) -> list[StoredItem]:
+        """Items of the last :data:`RECENT_DAYS` days, newest first, at most :data:`MAX_LISTED`."""
         since = now_ms - RECENT_DAYS * 86_400_000
-        return [_item(row) for row in self._fetch(self._list, (PENDING, since))[:MAX_LISTED]]
+        return [_item(row) for row in self._fetch(self._recent, (since,))]
 
     # --- plumbing ---------------------------------------------------------------
 

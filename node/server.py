@@ -239,7 +239,9 @@ def serve_inbox(
     asks no client certificate: officers prove who they are with a token from
     the agency's identity provider, which every call must carry.
     """
-    verifier = TokenVerifier(inbox.issuers, inbox.audience, logger=log)
+    verifier = TokenVerifier(
+        inbox.issuers, inbox.audience, logger=log, party=f"node {core.node_id}'s inbox"
+    )
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="inbox"),
         options=SERVER_OPTIONS,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -48,12 +49,14 @@ from liaison.keys import KeyId, SigningKey, VerifyingKey
 from liaison.ledger.entries import EntryKind, followup_entry, parse_entry
 from liaison.ledger.logged import LedgerProof, SignedRequest
 from liaison.messages import Requester
+from liaison.query import Comparator, Operation, Predicate, Query
 from liaison.tokens import dev_issuer, issue_dev_token
 from liaison.wire import (
     answer_from_bytes,
     delivery_to_proto,
     envelope_from_proto,
 )
+from node.inbox import MAX_LISTED
 from node.server import serve_inbox
 from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
@@ -643,3 +646,133 @@ officers = ["supervisor"]
     decision = decision_from_bytes(envelope.payload)
     assert decision.fields == ("category",)
     assert decision.officer == "sup.ann"
+
+
+def records_hit(h: Holder) -> tuple[str, str]:
+    """Ask Freedonia for the shared file's records (its partner permit: shareable rows only)."""
+    query = Query(
+        "media",
+        Operation.RECORDS,
+        (Predicate("sha256", Comparator.EQ, (h.shared_sha256,)),),
+        fields=("category", "first_seen"),
+    )
+    request = make_request(query, audience=(HOLDER,), case_ref="GEN-2026-0142")
+    response = call_node(h.address, sign_request(gateway_signing_key(h.root), request))
+    answer = answer_from_bytes(response.answer.payload)
+    assert answer.rows and len(answer.record_refs) == 1, answer
+    return request.query_id, answer.record_refs[0]
+
+
+def set_shareable(h: Holder, shareable: bool) -> None:
+    """Flip the shared file's shareable flag in Freedonia's own database."""
+    mapped = h.node.core.schema["media"]
+    sha = mapped.columns["sha256"]
+    engine = sa.create_engine(h.node.core.engine.url.set(query={}))
+    try:
+        with engine.begin() as conn:
+            conn.execute(
+                mapped.table.update()
+                .where(sa.func.lower(sha) == h.shared_sha256)
+                .values({mapped.columns["shareable"].name: shareable})
+            )
+    finally:
+        engine.dispose()
+
+
+def test_a_follow_up_releases_only_rows_the_answering_permit_let_through(fred: Holder) -> None:
+    # prepare: the same file hit twice, by a match (no row filter) and by a
+    # records query (its permit keeps only shareable rows); then the record
+    # stops being shareable
+    key = gateway_signing_key(fred.root)
+    match_query, match_ref = hit(fred)
+    records_query, records_ref = records_hit(fred)
+    set_shareable(fred, False)
+    by_match = followup(match_query, (match_ref,), fields=("first_seen",))
+    by_records = followup(records_query, (records_ref,), fields=("first_seen",))
+    deliver(fred.address, signed(key, by_match))
+    deliver(fred.address, signed(key, by_records))
+
+    # execute
+    with Inbox(fred.inbox_address, officer_token(fred.root)) as inbox:
+        released = decision_from_bytes(
+            inbox.decide(by_match.followup_id, [FieldChoice("first_seen", True)], "").payload
+        )
+        with pytest.raises(InvalidQuery, match=r"can be read now.*nothing was released"):
+            inbox.decide(by_records.followup_id, [FieldChoice("first_seen", True)], "")
+        still = inbox.item(by_records.followup_id)
+
+    # assert: the match was about every row; the records answer only about shareable ones
+    assert len(released.rows) == 1
+    assert still.status == "pending" and still.preview_rows == ()
+
+
+def test_pending_requests_stay_listed_and_reminded_behind_a_flood_of_hit_notices(
+    fred: Holder,
+) -> None:
+    # prepare: a pending request, then more hit notices than a list shows
+    key = gateway_signing_key(fred.root)
+    query_id, ref = hit(fred)
+    request = followup(query_id, (ref,))
+    deliver(fred.address, signed(key, request))
+    inbox_rows = fred.node.core.inbox
+    notices = [
+        inbox_rows.item_rows(
+            item_id=f"hit-flood-{i}",
+            kind="hit",
+            received_ms=now_ms() + 1 + i,
+            answer_by_ms=0,
+            status="notice",
+            gateway_id=GATEWAY_ID,
+            request_digest=b"\0" * 32,
+            body={
+                "requester": {
+                    "agency": "genovia",
+                    "subject": "s",
+                    "roles": [],
+                    "issuer": "i",
+                    "attributes": {},
+                }
+            },
+        )
+        for i in range(MAX_LISTED + 20)
+    ]
+    fred.node.core.receipts.apply(notices)
+
+    # execute
+    with Inbox(fred.inbox_address, officer_token(fred.root)) as inbox:
+        pending = inbox.items()
+        everything = inbox.items(include_all=True)
+    told = fred.node.core.followups.remind(request.answer_by_ms + 1)
+
+    # assert
+    assert [i.id for i in pending] == [request.followup_id]
+    assert everything[0].id == request.followup_id
+    assert len(everything) == 1 + MAX_LISTED
+    assert [(i.id, stage) for i, stage in told] == [(request.followup_id, "overdue")]
+
+
+def test_a_policy_made_stricter_since_the_request_came_in_bounds_the_decision(
+    federation_dir: Path,
+) -> None:
+    # prepare: a request received while case_ref could be released
+    with holder(federation_dir) as h:
+        key = gateway_signing_key(h.root)
+        query_id, ref = hit(h)
+        request = followup(query_id, (ref,))
+        ack = ack_from_bytes(deliver(h.address, signed(key, request)).payload)
+    assert "case_ref" in ack.decidable_fields
+    policy = federation_dir / "nodes" / HOLDER / "policy.toml"
+    policy.write_text(
+        policy.read_text().replace(
+            'release = ["case_ref", "first_seen", "category"]', 'release = ["first_seen"]'
+        )
+    )
+
+    # execute: the node restarts under the new policy; the officer tries the old bounds
+    with holder(federation_dir) as h, Inbox(h.inbox_address, officer_token(h.root)) as inbox:
+        with pytest.raises(PolicyDenied, match="'case_ref' may not be released"):
+            inbox.decide(request.followup_id, [FieldChoice("case_ref", True)], "")
+        envelope = inbox.decide(request.followup_id, [FieldChoice("first_seen", True)], "")
+
+    # assert
+    assert decision_from_bytes(envelope.payload).fields == ("first_seen",)

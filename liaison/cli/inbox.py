@@ -130,7 +130,10 @@ def _decide(args: argparse.Namespace, inbox: Inbox) -> int:
         print(to_json(decision_to_dict(decision)))
         return 0
     released = [d for d in decision.field_decisions if d.released]
-    print(f"follow-up {decision.followup_id}: {decision.outcome.value}, signed by this node")
+    print(
+        f"follow-up {decision.followup_id}: {decision.outcome.value}; the node signed the "
+        "decision and holds its receipt, and the gateway hands it to the investigator"
+    )
     for d in decision.field_decisions:
         if d.released:
             print(f"  released {d.field} [{describe(d.handling)}]")

@@ -123,9 +123,12 @@ class TokenVerifier:
         jwks_timeout_s: float = JWKS_TIMEOUT_S,
         max_jwks_bytes: int = MAX_JWKS_BYTES,
         logger: logging.Logger = log,
+        party: str = "this gateway",
     ) -> None:
         self.audience = audience
         self._log = logger
+        # Who refuses, in refusals' words ("this gateway", "this node's inbox").
+        self._party = party
         self._cache: OrderedDict[bytes, _Verified] = OrderedDict()
         self._inflight: dict[str, asyncio.Task[None]] = {}
         self._issuers: dict[str, _TrustedIssuer] = {}
@@ -257,7 +260,7 @@ class TokenVerifier:
         if issuer is None:
             raise Refused(
                 "untrusted_issuer",
-                f"token issuer {issuer_name!r} is not trusted by this gateway; trusted: "
+                f"token issuer {issuer_name!r} is not trusted by {self._party}; trusted: "
                 f"{', '.join(sorted(self._issuers))}",
             )
         if not isinstance(alg, str) or alg not in issuer.algorithms:
@@ -288,7 +291,7 @@ class TokenVerifier:
         except jwt.InvalidAudienceError as exc:
             raise Refused(
                 "wrong_audience",
-                f"token is for another audience; this gateway accepts {self.audience!r}",
+                f"token is for another audience; {self._party} accepts {self.audience!r}",
             ) from exc
         except jwt.InvalidSignatureError as exc:
             raise Refused("bad_signature", f"token rejected: {exc}") from exc
@@ -319,8 +322,8 @@ class TokenVerifier:
         if isinstance(kid, str) and kid in keyset.unusable:
             raise Refused(
                 "unusable_key",
-                f"token key id {kid!r} names a key of issuer {issuer.issuer!r} that this "
-                f"gateway cannot use: {keyset.unusable[kid]}",
+                f"token key id {kid!r} names a key of issuer {issuer.issuer!r} that "
+                f"{self._party} cannot use: {keyset.unusable[kid]}",
             )
         if may_refresh and not known and issuer.issuer in self._inflight:
             raise _KeysNeeded(issuer, claimed=False)
