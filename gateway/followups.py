@@ -270,8 +270,12 @@ class FollowUps:
                     await asyncio.sleep(min(0.05 * 2**attempt, max(0.0, until - time.monotonic())))
                     continue
                 if code == grpc.StatusCode.UNAVAILABLE:
+                    # Not "not delivered": a node whose ledger or database is
+                    # down says UNAVAILABLE too, and a reply lost after the
+                    # node committed looks the same. Collect, or the window's
+                    # end, settles it.
                     return _Delivery(
-                        failed=_short(f"node {node_id} could not be reached ({details})")
+                        unknown=_short(f"node {node_id} could not be reached ({details})")
                     )
                 if code in _REFUSALS:
                     return _Delivery(

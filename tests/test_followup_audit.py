@@ -458,8 +458,11 @@ def test_a_follow_up_the_node_refused_to_take_in_reconciles(party: Parties) -> N
     assert (report.followups.refused, report.followups.pending) == (1, 0)
 
 
-def test_an_acknowledgement_lost_on_the_way_back_is_a_note(party: Parties) -> None:
-    # prepare: the node took it in; the gateway timed out and recorded "not delivered"
+def test_a_request_the_node_took_in_but_the_gateway_calls_not_delivered_is_a_problem(
+    party: Parties,
+) -> None:
+    # prepare: the node took it in; the gateway recorded "not delivered" (which it
+    # does only when the node refused the call or said it holds no such request)
     with party.session() as run:
         filed = file_followup(run, run.ask())
         take_in(run, filed)
@@ -469,12 +472,12 @@ def test_an_acknowledgement_lost_on_the_way_back_is_a_note(party: Parties) -> No
     report = reconciled(party)
 
     # assert
-    assert report.ok
+    assert not report.ok
     assert (
         filed.request.followup_id,
-        "the node took this follow-up in, but the gateway recorded it as not delivered (the "
-        "acknowledgement did not come back in time)",
-        False,
+        "the node took this follow-up in, but the gateway recorded it as not delivered: a "
+        "decision on it would never reach the investigator",
+        True,
     ) in differences(report)
 
 

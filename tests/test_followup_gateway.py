@@ -462,22 +462,25 @@ def test_replicas_sharing_a_postgresql_ledger_share_every_followup(
     assert kinds(logged) == ["followup", "followup-delivery", "followup-outcome"]
 
 
-def test_an_unreachable_node_is_not_delivered_and_says_why(held: Holding) -> None:
+def test_an_unreachable_node_leaves_the_request_pending_and_says_why(held: Holding) -> None:
+    # A node that says UNAVAILABLE may have taken the request in (its reply lost)
+    # or be unable to write its ledger. Only the node can say it never arrived
+    # (Collect, once its delivery window is over); until it answers, pending.
     h = held
     tok = token(h)
     query_id, ref = hit(h, tok)
     with own_gateway(h.root, {HOLDER: "127.0.0.1:1"}) as gateway:
         view = client.file_followup(gateway.address, tok, filing(query_id, ref))
-        shown = client.get_followup(gateway.address, tok, view.followup_id)
-        ledger = gateway.core.ledger.store.url
+        location = _ledger_of(gateway.core)
+        _expire(location, view.followup_id)
+        later = client.get_followup(gateway.address, tok, view.followup_id)
+        logged = of_followup(ledger_entries(location), view.followup_id)
 
-    assert view.status is FollowUpStatus.NOT_DELIVERED
-    assert view.ack is None
-    assert view.detail.startswith("not delivered: node freedonia could not be reached")
-    assert shown.status is FollowUpStatus.NOT_DELIVERED and shown.detail == view.detail
-    location = Path(ledger.removeprefix("sqlite:///"))
-    logged = of_followup(ledger_entries(location), view.followup_id)
-    assert [e.fields.get("status") for _, e in logged] == [None, "not delivered"]
+    assert view.status is FollowUpStatus.PENDING and view.ack is None
+    assert "node freedonia could not be reached" in view.detail
+    assert later.status is FollowUpStatus.PENDING
+    assert "node freedonia could not be asked" in later.detail
+    assert kinds(logged) == ["followup"]
 
 
 # --- forgeries: a fake node in Freedonia's place ------------------------------------------

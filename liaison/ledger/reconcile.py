@@ -717,13 +717,16 @@ class _NodeFollowUps:
                     )
                 )
             elif taken_in and all(d.text("status") not in ACKNOWLEDGED for d in deliveries):
+                # A gateway records "not delivered" only when the node refused the call,
+                # or said (after the delivery window) that it holds no such request: a
+                # receipt contradicts that, and the node's decision would never reach
+                # the investigator.
                 found.append(
                     self._difference(
                         followup_id,
                         "the node took this follow-up in, but the gateway recorded it as "
-                        f"{deliveries[-1].text('status')} (the acknowledgement did not come "
-                        "back in time)",
-                        problem=False,
+                        f"{deliveries[-1].text('status')}: a decision on it would never reach "
+                        "the investigator",
                     )
                 )
         collected = {
