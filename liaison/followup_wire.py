@@ -22,7 +22,7 @@ from liaison.followups import (
     Urgency,
 )
 from liaison.messages import Requester
-from liaison.wire import envelope_from_proto, envelope_to_proto
+from liaison.wire import envelope_from_proto, envelope_to_proto, rows_from_proto, rows_to_proto
 from proto.liaison.v1 import followup_pb2 as pb_followup
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
 from proto.liaison.v1 import query_pb2 as pb_query
@@ -62,17 +62,6 @@ def _requester_to_proto(r: Requester) -> pb_query.Requester:
 
 def _requester_from_proto(r: pb_query.Requester) -> Requester:
     return Requester(r.agency, r.subject, tuple(r.roles), r.issuer, dict(r.attributes))
-
-
-def _rows_to_proto(rows: Sequence[Sequence[str | None]]) -> list[pb_query.Row]:
-    return [
-        pb_query.Row(cells=[pb_query.Cell(present=c is not None, value=c or "") for c in row])
-        for row in rows
-    ]
-
-
-def _rows_from_proto(rows: Sequence[pb_query.Row]) -> tuple[tuple[str | None, ...], ...]:
-    return tuple(tuple(c.value if c.present else None for c in row.cells) for row in rows)
 
 
 _M = TypeVar("_M", bound=Message)
@@ -180,7 +169,7 @@ def decision_to_bytes(d: FollowUpDecision) -> bytes:
         officer_issuer=d.officer_issuer,
         rules=list(d.rules),
         fields=list(d.fields),
-        rows=_rows_to_proto(d.rows),
+        rows=rows_to_proto(d.rows),
     ).SerializeToString(deterministic=True)
 
 
@@ -203,7 +192,7 @@ def decision_from_bytes(payload: bytes) -> FollowUpDecision:
         officer_issuer=m.officer_issuer,
         rules=tuple(m.rules),
         fields=tuple(m.fields),
-        rows=_rows_from_proto(m.rows),
+        rows=rows_from_proto(m.rows),
     )
 
 
@@ -232,7 +221,7 @@ def inbox_item_to_proto(i: InboxItem) -> pb_followup.InboxItem:
         record_refs=list(i.record_refs),
         record_keys=list(i.record_keys),
         preview_fields=list(i.preview_fields),
-        preview_rows=_rows_to_proto(i.preview_rows),
+        preview_rows=rows_to_proto(i.preview_rows),
         officer_roles=list(i.officer_roles),
     )
     if i.decision is not None:
@@ -262,7 +251,7 @@ def inbox_item_from_proto(m: pb_followup.InboxItem) -> InboxItem:
         record_refs=tuple(m.record_refs),
         record_keys=tuple(m.record_keys),
         preview_fields=tuple(m.preview_fields),
-        preview_rows=_rows_from_proto(m.preview_rows),
+        preview_rows=rows_from_proto(m.preview_rows),
         decision=envelope_from_proto(m.decision) if m.HasField("decision") else None,
         officer_roles=tuple(m.officer_roles),
     )

@@ -251,10 +251,7 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
     if answer.fields:
         fields["fields"] = answer.fields
     if answer.rows:
-        fields["rows"] = [
-            pb_query.Row(cells=[pb_query.Cell(present=c is not None, value=c or "") for c in row])
-            for row in answer.rows
-        ]
+        fields["rows"] = rows_to_proto(answer.rows)
     if answer.withheld_fields:
         fields["withheld_fields"] = answer.withheld_fields
     if answer.record_refs:
@@ -274,6 +271,18 @@ def answer_to_proto(answer: QueryAnswer) -> pb_query.QueryAnswer:
         truncated=answer.truncated,
         **fields,
     )
+
+
+def rows_to_proto(rows: Sequence[Sequence[str | None]]) -> list[pb_query.Row]:
+    """Released rows; a cell that is SQL NULL is not present."""
+    return [
+        pb_query.Row(cells=[pb_query.Cell(present=c is not None, value=c or "") for c in row])
+        for row in rows
+    ]
+
+
+def rows_from_proto(rows: Sequence[pb_query.Row]) -> tuple[tuple[str | None, ...], ...]:
+    return tuple(tuple(c.value if c.present else None for c in row.cells) for row in rows)
 
 
 def decision_to_proto(decision: Decision) -> pb_query.Decision:
@@ -330,11 +339,7 @@ def answer_from_proto(message: pb_query.QueryAnswer) -> QueryAnswer:
         buckets_suppressed=message.buckets_suppressed,
         bucket_minimum=message.bucket_minimum,
         fields=tuple(message.fields),
-        rows=(
-            tuple(tuple(c.value if c.present else None for c in row.cells) for row in message.rows)
-            if message.rows
-            else ()
-        ),
+        rows=rows_from_proto(message.rows) if message.rows else (),
         withheld_fields=tuple(message.withheld_fields),
         truncated=message.truncated,
         record_refs=tuple(message.record_refs),
