@@ -177,4 +177,6 @@ def test_a_fifth_of_the_agencies_restart_during_a_burst(bed: WanTestbed) -> None
         if at > back and all(s[n] is NodeStatus.ANSWERED for n in restarted)
     ]
     assert again, "the restarted agencies never answered again"
-    assert min(again) - back < 2.0, f"asked again only {min(again) - back:.1f} s after return"
+    # The breaker probes every 0.25 s; the rest is searches queued on two busy
+    # cores (2 s was at the edge at the end of a full parallel suite).
+    assert min(again) - back < 3.0, f"asked again only {min(again) - back:.1f} s after return"
