@@ -38,6 +38,7 @@ from liaison.ledger import verify as verify_module
 from liaison.ledger.checkpoint import Checkpoint, sign_checkpoint
 from liaison.ledger.entries import (
     MAX_ENTRY_BYTES,
+    SCANNED,
     EntryKind,
     ReceiptFacts,
     canonical_json,
@@ -567,8 +568,12 @@ def _verdict(raw: bytes) -> tuple[EntryKind, str, str] | None:
         entry = parse_entry(raw)
     except EntryError:
         return None
-    digest = entry.text("request_digest")
-    return entry.kind, entry.query_id if entry.kind is not EntryKind.OPENED else "", digest
+    # What a kind carries is read; a key a kind does not carry is read as "" (an
+    # `opened` or `followup` entry with a stray "query_id" has no query id).
+    carried = SCANNED[entry.kind].__struct_fields__
+    query_id = entry.query_id if "query_id" in carried else ""
+    digest = entry.text("request_digest") if "request_digest" in carried else ""
+    return entry.kind, query_id, digest
 
 
 @settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
