@@ -47,6 +47,8 @@ from liaison.envelope import Envelope, open_envelope, seal
 from liaison.errors import BadSignature, EnvelopeError, InvalidQuery, NotFound
 from liaison.followup_wire import (
     ack_from_bytes,
+    collect_to_proto,
+    collected_from_proto,
     decision_from_bytes,
     followup_request_from_bytes,
     followup_request_to_bytes,
@@ -76,7 +78,6 @@ from liaison.ledger.logged import LedgerProof, SignedRequest
 from liaison.ledger.store import SideRows
 from liaison.messages import DEFAULT_CLOCK_SKEW_S, Requester
 from liaison.wire import delivery_to_proto, envelope_from_proto
-from proto.liaison.v1 import node_pb2 as pb_node
 
 log = logging.getLogger("liaison.gateway")
 
@@ -409,7 +410,7 @@ class FollowUps:
             }
         try:
             response = await self._stub(node_id).Collect(
-                pb_node.CollectRequest(followup_ids=[r.followup_id for r in rows]),
+                collect_to_proto([r.followup_id for r in rows]),
                 timeout=self.collect_timeout_s,
             )
         except grpc.aio.AioRpcError as exc:
@@ -422,16 +423,15 @@ class FollowUps:
         acks: dict[str, tuple[Envelope, FollowUpAck]] = {}
         decisions: dict[str, tuple[Envelope, FollowUpDecision]] = {}
         discarded: dict[str, str] = {}
-        for message in response.acks:
-            envelope = envelope_from_proto(message)
+        signed_acks, signed_decisions = collected_from_proto(response)
+        for envelope in signed_acks:
             try:
                 ack = self._ack_for(node_id, envelope, by_id)
             except EnvelopeError as exc:
                 self._discarded(node_id, "acknowledgement", exc)
                 continue
             acks[ack.followup_id] = (envelope, ack)
-        for message in response.decisions:
-            envelope = envelope_from_proto(message)
+        for envelope in signed_decisions:
             try:
                 decision = self._decision_for(node_id, envelope, by_id)
             except _Discarded as exc:

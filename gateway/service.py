@@ -16,6 +16,7 @@ from gateway.search import GatewayCore
 from liaison.followup_wire import filing_from_proto, view_to_proto
 from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
 from liaison.identity.verify import TokenVerifier
+from liaison.identity.verify import bearer_token as token_of
 from liaison.messages import BatchHeader, NodeResult, SearchResult, SearchSummary
 from liaison.metrics import GatewayMetrics
 from liaison.wire import (
@@ -40,12 +41,7 @@ async def _abort(context: grpc.aio.ServicerContext[object, object], exc: BaseExc
 
 
 def bearer_token(context: grpc.aio.ServicerContext[object, object]) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip() or None
-    return None
+    return token_of(context.invocation_metadata())
 
 
 class GatewayServicer(pb_gateway_grpc.GatewayServiceServicer):  # type: ignore[misc]  # generated base is untyped

@@ -54,7 +54,8 @@ class GatewayUnavailable(LiaisonError):
     """The gateway could not be reached or did not answer in time."""
 
 
-def _channel(address: str, tls_ca: Path | None) -> grpc.Channel:
+def channel(address: str, tls_ca: Path | None) -> grpc.Channel:
+    """A channel to ``address``: TLS verified against ``tls_ca``, or plaintext without one."""
     if tls_ca is None:
         return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
     return grpc.secure_channel(
@@ -134,9 +135,9 @@ def _through_replicas(
     metadata = (("authorization", f"Bearer {token}"),)
     for i, one in enumerate(addresses):
         sent_any = False
-        with _channel(one, tls_ca) as channel:
+        with channel(one, tls_ca) as opened:
             try:
-                for message in call(pb_gateway_grpc.GatewayServiceStub(channel), metadata):
+                for message in call(pb_gateway_grpc.GatewayServiceStub(opened), metadata):
                     sent_any = True
                     yield message
             except grpc.RpcError as exc:

@@ -412,6 +412,10 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
     )
 
 
+# Where a running node publishes its inbox's address, in its state folder.
+INBOX_ADDRESS_FILE = "inbox.addr"
+
+
 def node_inbox_audience(node_id: str) -> str:
     """The audience a duty officer's token names for ``node_id``'s inbox, by default."""
     return f"liaison-node/{node_id}"

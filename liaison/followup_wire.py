@@ -7,6 +7,7 @@ from typing import TypeVar
 
 from google.protobuf.message import DecodeError, Message
 
+from liaison.envelope import Envelope
 from liaison.errors import MalformedMessage
 from liaison.followups import (
     DecisionOutcome,
@@ -25,6 +26,7 @@ from liaison.messages import Requester
 from liaison.wire import envelope_from_proto, envelope_to_proto, rows_from_proto, rows_to_proto
 from proto.liaison.v1 import followup_pb2 as pb_followup
 from proto.liaison.v1 import gateway_pb2 as pb_gateway
+from proto.liaison.v1 import node_pb2 as pb_node
 from proto.liaison.v1 import query_pb2 as pb_query
 
 _URGENCY = {
@@ -345,4 +347,18 @@ def view_from_proto(m: pb_gateway.FollowUp) -> FollowUpView:
         decision=envelope_from_proto(m.decision) if m.HasField("decision") else None,
         detail=m.detail,
         decided_at_ms=m.decided_at_ms,
+    )
+
+
+def collect_to_proto(followup_ids: Sequence[str]) -> pb_node.CollectRequest:
+    return pb_node.CollectRequest(followup_ids=list(followup_ids))
+
+
+def collected_from_proto(
+    message: pb_node.CollectResponse,
+) -> tuple[tuple[Envelope, ...], tuple[Envelope, ...]]:
+    """A node's signed acknowledgements and decisions, as it sent them (not yet verified)."""
+    return (
+        tuple(envelope_from_proto(m) for m in message.acks),
+        tuple(envelope_from_proto(m) for m in message.decisions),
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import grpc
 
+from liaison.client import channel
 from liaison.envelope import Envelope
 from liaison.errors import (
     AuthenticationError,
@@ -23,24 +24,11 @@ from liaison.errors import (
 )
 from liaison.followup_wire import choices_to_proto, inbox_item_from_proto
 from liaison.followups import FieldChoice, InboxItem
-from liaison.serving import CHANNEL_OPTIONS
 from liaison.wire import envelope_from_proto
 from proto.liaison.v1 import followup_pb2 as pb_followup
 from proto.liaison.v1 import followup_pb2_grpc as pb_followup_grpc
 
 TIMEOUT_S = 10.0
-
-
-def _channel(address: str, tls_ca: Path | None) -> grpc.Channel:
-    if tls_ca is None:
-        return grpc.insecure_channel(address, options=CHANNEL_OPTIONS)
-    from liaison.client import read_ca  # deferred: the investigator's client is not needed here
-
-    return grpc.secure_channel(
-        address,
-        grpc.ssl_channel_credentials(root_certificates=read_ca(tls_ca)),
-        options=CHANNEL_OPTIONS,
-    )
 
 
 def _refused(exc: grpc.RpcError, address: str) -> LiaisonError:
@@ -68,7 +56,7 @@ class Inbox:
     def __init__(self, address: str, token: str, tls_ca: Path | None = None) -> None:
         self.address = address
         self._metadata = (("authorization", f"Bearer {token}"),)
-        self._channel = _channel(address, tls_ca)
+        self._channel = channel(address, tls_ca)
         self._stub = pb_followup_grpc.InboxServiceStub(self._channel)
 
     def close(self) -> None:

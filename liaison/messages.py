@@ -20,6 +20,16 @@ class Requester:
     # From the token's `attributes` claim, e.g. {"clearance": "secret"}.
     attributes: Mapping[str, str] = field(default_factory=dict)
 
+    def as_json(self) -> dict[str, object]:
+        """Who asked, as ledger entries and a node's inbox keep it."""
+        return {
+            "agency": self.agency,
+            "subject": self.subject,
+            "roles": list(self.roles),
+            "issuer": self.issuer,
+            "attributes": dict(self.attributes),
+        }
+
 
 # How long a node accepts a request after its issue, and how far apart the
 # parties' clocks may be: node config defaults, and what an investigator's

@@ -74,6 +74,18 @@ def envelope_to_proto(envelope: Envelope) -> pb_envelope.Envelope:
     )
 
 
+def envelope_to_bytes(envelope: Envelope) -> bytes:
+    """An envelope as stored bytes (a serialised protobuf Envelope)."""
+    return envelope_to_proto(envelope).SerializeToString()
+
+
+def envelope_from_bytes(data: bytes) -> Envelope:
+    try:
+        return envelope_from_proto(pb_envelope.Envelope.FromString(data))
+    except DecodeError as exc:
+        raise MalformedMessage(f"the bytes are not an Envelope: {exc}") from None
+
+
 def envelope_from_proto(message: pb_envelope.Envelope) -> Envelope:
     return Envelope(
         payload=message.payload,

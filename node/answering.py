@@ -134,13 +134,12 @@ class NodeCore:
         # Replay records and rate usage live beside the receipts and are
         # committed with them; files of an earlier release are taken in.
         seal_key_path = state_dir / SEAL_KEY_FILE
-        self.replay = ReplayGuard(
-            receipts, load_or_create_key(seal_key_path), legacy=state_dir / REPLAY_LEGACY_FILE
-        )
+        seal_key = load_or_create_key(seal_key_path)
+        self.replay = ReplayGuard(receipts, seal_key, legacy=state_dir / REPLAY_LEGACY_FILE)
         self.rates = RateLedger(receipts, legacy=state_dir / RATES_LEGACY_FILE)
         # Record references, follow-up requests and hit notices: beside the
         # receipts too, each committed with the receipt that accounts for it.
-        self.inbox = Inbox(receipts, load_or_create_key(seal_key_path))
+        self.inbox = Inbox(receipts, seal_key)
         # How long an append may wait: past the ledger's own write timeout,
         # whose watchdog answers first.
         self._append_timeout_s = receipts.write_timeout_s + 30

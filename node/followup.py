@@ -71,7 +71,7 @@ from liaison.query import (
 from node.database import MappedDataset
 from node.execute import Executor, Refusal
 from node.inbox import FOLLOW_UP, HIT, NOTICE, PENDING, Inbox, StoredItem
-from node.verify import MIN_NONCE_BYTES, TrustedGateway
+from node.verify import Freshness, TrustedGateway, check_fresh
 from policies import Effect, FollowUpBounds, Grant, Policy, decide_followup
 
 log = logging.getLogger("liaison.node")
@@ -255,26 +255,16 @@ class FollowUpDesk:
             raise RequestRejected(
                 f"follow-up request is for node {request.node_id!r}, not this node ({self.node_id})"
             )
-        now = now_ms()
-        skew = self.clock_skew_s * 1000
-        if request.issued_at_ms > now + skew:
-            raise RequestRejected("follow-up request is issued in the future; check the clocks")
-        if request.expires_at_ms <= request.issued_at_ms:
-            raise RequestRejected("follow-up request expires before it is issued; it is malformed")
-        if now > request.expires_at_ms + skew:
-            raise RequestRejected("follow-up request has expired; file it again")
-        if request.expires_at_ms - request.issued_at_ms > self.max_request_age_s * 1000:
-            raise RequestRejected(
-                f"follow-up request is valid for longer than this node accepts "
-                f"({self.max_request_age_s} s)"
-            )
-        if len(request.nonce) < MIN_NONCE_BYTES:
-            raise RequestRejected(f"request nonce must be at least {MIN_NONCE_BYTES} random bytes")
-        if request.catalog_version != self.catalog.version:
-            raise RequestRejected(
-                f"follow-up request speaks catalog {request.catalog_version!r}; this node speaks "
-                f"{self.catalog.version!r}"
-            )
+        check_fresh(
+            Freshness(
+                request.issued_at_ms, request.expires_at_ms, request.nonce, request.catalog_version
+            ),
+            now_ms=now_ms(),
+            max_age_s=self.max_request_age_s,
+            clock_skew_s=self.clock_skew_s,
+            what="follow-up request",
+            again="file it again",
+        )
         fid = request.followup_id
         if not fid or len(fid) > 64 or not fid.isascii() or not fid.isprintable():
             raise RequestRejected("follow-up request has no usable id")
@@ -356,15 +346,8 @@ class FollowUpDesk:
 
     @staticmethod
     def _body(request: FollowUpRequest, assessed: _Assessment) -> dict[str, Any]:
-        r = request.requester
         return {
-            "requester": {
-                "agency": r.agency,
-                "subject": r.subject,
-                "roles": list(r.roles),
-                "issuer": r.issuer,
-                "attributes": dict(r.attributes),
-            },
+            "requester": request.requester.as_json(),
             "purpose": request.purpose,
             "case_ref": request.case_ref,
             "legal_basis": request.legal_basis,
@@ -730,7 +713,6 @@ class FollowUpDesk:
         digest: bytes,
     ) -> list[Any]:
         """The inbox notice of a hit on this agency's records, for its officers."""
-        r = request.requester
         return [
             self.inbox.item_rows(
                 item_id=f"hit-{request.query_id}",
@@ -741,13 +723,7 @@ class FollowUpDesk:
                 gateway_id=gateway_id,
                 request_digest=digest,
                 body={
-                    "requester": {
-                        "agency": r.agency,
-                        "subject": r.subject,
-                        "roles": list(r.roles),
-                        "issuer": r.issuer,
-                        "attributes": dict(r.attributes),
-                    },
+                    "requester": request.requester.as_json(),
                     "purpose": request.purpose,
                     "case_ref": request.case_ref,
                     "legal_basis": request.legal_basis,

@@ -32,10 +32,9 @@ from liaison.errors import LedgerUnavailable, StateUnavailable
 from liaison.ledger.log import Ledger
 from liaison.ledger.store import SideRows
 from liaison.query import Comparator, Predicate
-from liaison.wire import envelope_from_proto, envelope_to_proto
+from liaison.wire import envelope_from_bytes, envelope_to_bytes
 from node.replay import stored_text
 from policies.model import RowFilter
-from proto.liaison.v1 import envelope_pb2 as pb_envelope
 
 inbox_tables = sa.MetaData()
 
@@ -116,12 +115,12 @@ class StoredItem:
 
 
 def envelope_bytes(envelope: Envelope | None) -> bytes:
-    return b"" if envelope is None else envelope_to_proto(envelope).SerializeToString()
+    return b"" if envelope is None else envelope_to_bytes(envelope)
 
 
 def _envelope(raw: object) -> Envelope | None:
     data = bytes(raw) if isinstance(raw, bytes | bytearray | memoryview) else b""
-    return envelope_from_proto(pb_envelope.Envelope.FromString(data)) if data else None
+    return envelope_from_bytes(data) if data else None
 
 
 class Inbox:

@@ -7,37 +7,16 @@ identity provider, not gateway certificates.
 
 from __future__ import annotations
 
-import logging
-from typing import NoReturn
-
 import grpc
 
 from liaison.followup_wire import choices_from_proto, inbox_item_to_proto
-from liaison.grpc_errors import ERROR_KIND_KEY, error_kind, status_for
-from liaison.identity.verify import TokenVerifier
+from liaison.identity.verify import TokenVerifier, bearer_token
 from liaison.messages import Requester
 from liaison.wire import envelope_to_proto
 from node.followup import FollowUpDesk
+from node.service import abort
 from proto.liaison.v1 import followup_pb2 as pb_followup
 from proto.liaison.v1 import followup_pb2_grpc as pb_followup_grpc
-
-log = logging.getLogger("liaison.node")
-
-
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
-    code, message = status_for(exc, log)
-    context.set_trailing_metadata(((ERROR_KIND_KEY, error_kind(exc)),))
-    context.abort(code, message)
-    raise AssertionError("context.abort returned")  # pragma: no cover - abort always raises
-
-
-def _bearer(context: grpc.ServicerContext) -> str | None:
-    for key, value in context.invocation_metadata() or ():
-        if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            if scheme.lower() == "bearer":
-                return token.strip() or None
-    return None
 
 
 class InboxServicer(pb_followup_grpc.InboxServiceServicer):  # type: ignore[misc]  # generated base is untyped
@@ -46,7 +25,7 @@ class InboxServicer(pb_followup_grpc.InboxServiceServicer):  # type: ignore[misc
         self.verifier = verifier
 
     def _officer(self, context: grpc.ServicerContext) -> Requester:
-        return self.verifier.verify(_bearer(context))
+        return self.verifier.verify(bearer_token(context.invocation_metadata()))
 
     def ListInbox(
         self, request: pb_followup.ListInboxRequest, context: grpc.ServicerContext
@@ -58,7 +37,7 @@ class InboxServicer(pb_followup_grpc.InboxServiceServicer):  # type: ignore[misc
                 include_all=request.include_all,
             )
         except Exception as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb_followup.ListInboxResponse(items=[inbox_item_to_proto(i) for i in items])
 
     def GetInboxItem(
@@ -67,7 +46,7 @@ class InboxServicer(pb_followup_grpc.InboxServiceServicer):  # type: ignore[misc
         try:
             item = self.desk.get_item(self._officer(context), request.id)
         except Exception as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb_followup.GetInboxItemResponse(item=inbox_item_to_proto(item))
 
     def Decide(
@@ -78,5 +57,5 @@ class InboxServicer(pb_followup_grpc.InboxServiceServicer):  # type: ignore[misc
             item_id, choices, reason = choices_from_proto(request)
             decision = self.desk.decide(officer, item_id, choices, reason)
         except Exception as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb_followup.DecideResponse(decision=envelope_to_proto(decision))

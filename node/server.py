@@ -15,7 +15,7 @@ import grpc
 import sqlalchemy as sa
 
 from liaison.catalog import CATALOG_V1, Catalog
-from liaison.config import InboxConfig, NodeConfig, load_node_config
+from liaison.config import INBOX_ADDRESS_FILE, InboxConfig, NodeConfig, load_node_config
 from liaison.errors import ConfigError, LiaisonError
 from liaison.grpc_errors import MalformedRequests
 from liaison.identity.verify import TokenVerifier
@@ -56,8 +56,6 @@ from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 log = logging.getLogger("liaison.node")
 SERVICE_NAME = pb_node.DESCRIPTOR.services_by_name["NodeService"].full_name
 INBOX_SERVICE_NAME = pb_followup.DESCRIPTOR.services_by_name["InboxService"].full_name
-# Where a node publishes its inbox's address, in its state folder.
-INBOX_ADDRESS_FILE = "inbox.addr"
 
 
 def build_node(config: NodeConfig, catalog: Catalog = CATALOG_V1) -> NodeCore:

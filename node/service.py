@@ -28,7 +28,8 @@ from proto.liaison.v1 import node_pb2_grpc as pb_node_grpc
 log = logging.getLogger("liaison.node")
 
 
-def _abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+def abort(context: grpc.ServicerContext, exc: BaseException) -> NoReturn:
+    """End the call with the status ``exc`` maps to (and its kind in the trailers)."""
     code, message = status_for(exc, log)
     context.set_trailing_metadata(((ERROR_KIND_KEY, error_kind(exc)),))
     context.abort(code, message)
@@ -87,7 +88,7 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
             self.metrics.refused(error_kind(exc), time.perf_counter() - started)
             if isinstance(exc, BackendError) and self.on_database_error is not None:
                 self.on_database_error()
-            _abort(context, exc)
+            abort(context, exc)
         # The answer the core signed: what was decided, by which rules.
         self.metrics.answered(signed.answer, time.perf_counter() - started)
         return pb_node.AnswerResponse(answer=envelope_to_proto(signed.envelope))
@@ -98,7 +99,7 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
         try:
             self.core.check_peer(peer_of(context))
         except Exception as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb_node.DescribeResponse(
             node_id=self.core.node_id,
             catalog_version=CATALOG_VERSION,
@@ -116,7 +117,7 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
             gateways = self.core.check_peer(peer_of(context))
             ack = self.core.followups.deliver(delivery_from_proto(request), gateways)
         except Exception as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb_node.DeliverResponse(ack=envelope_to_proto(ack))
 
     def Collect(
@@ -126,7 +127,7 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
             gateways = self.core.check_peer(peer_of(context))
             decisions, acks = self.core.followups.collect(list(request.followup_ids), gateways)
         except Exception as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb_node.CollectResponse(
             decisions=[envelope_to_proto(e) for e in decisions],
             acks=[envelope_to_proto(e) for e in acks],
@@ -139,5 +140,5 @@ class NodeServicer(pb_node_grpc.NodeServiceServicer):  # type: ignore[misc]  # g
             self.core.check_peer(peer_of(context))
             envelope = self.core.policy_envelope()
         except Exception as exc:
-            _abort(context, exc)
+            abort(context, exc)
         return pb_node.GetPolicyResponse(policy=envelope_to_proto(envelope))

@@ -89,6 +89,45 @@ def peer_gateways(peer: Peer, trusted: Mapping[KeyId, TrustedGateway]) -> frozen
 
 
 @dataclass(frozen=True, slots=True)
+class Freshness:
+    """What every signed request (a query, a follow-up) says of its own validity."""
+
+    issued_at_ms: int
+    expires_at_ms: int
+    nonce: bytes
+    catalog_version: str
+
+
+def check_fresh(
+    fresh: Freshness,
+    *,
+    now_ms: int,
+    max_age_s: int,
+    clock_skew_s: int,
+    what: str = "request",
+    again: str = "send a new one",
+) -> None:
+    """Raise RequestRejected unless a ``what`` is valid now, for no longer than this node allows."""
+    skew_ms = clock_skew_s * 1000
+    if fresh.issued_at_ms > now_ms + skew_ms:
+        raise RequestRejected(
+            f"{what} is issued in the future; check the gateway's and this node's clocks"
+        )
+    if fresh.expires_at_ms <= fresh.issued_at_ms:
+        raise RequestRejected(f"{what} expires before it is issued; it is malformed")
+    if now_ms > fresh.expires_at_ms + skew_ms:
+        raise RequestRejected(f"{what} has expired; {again}")
+    if fresh.expires_at_ms - fresh.issued_at_ms > max_age_s * 1000:
+        raise RequestRejected(f"{what} is valid for longer than this node accepts ({max_age_s} s)")
+    if len(fresh.nonce) < MIN_NONCE_BYTES:
+        raise RequestRejected(f"request nonce must be at least {MIN_NONCE_BYTES} random bytes")
+    if fresh.catalog_version != CATALOG_VERSION:
+        raise RequestRejected(
+            f"{what} speaks catalog {fresh.catalog_version!r}; this node speaks {CATALOG_VERSION!r}"
+        )
+
+
+@dataclass(frozen=True, slots=True)
 class VerifiedRequest:
     request: QueryRequest
     digest: bytes  # SHA-256 of the signed payload
@@ -120,24 +159,14 @@ def verify_request(
             f"request is addressed to {', '.join(request.audience) or 'no node'}, "
             f"not to this node ({node_id})"
         )
-    skew_ms = clock_skew_s * 1000
-    if request.issued_at_ms > now_ms + skew_ms:
-        raise RequestRejected(
-            "request is issued in the future; check the gateway's and this node's clocks"
-        )
-    if request.expires_at_ms <= request.issued_at_ms:
-        raise RequestRejected("request expires before it is issued; it is malformed")
-    if now_ms > request.expires_at_ms + skew_ms:
-        raise RequestRejected("request has expired; send a new one")
-    if request.expires_at_ms - request.issued_at_ms > max_age_s * 1000:
-        raise RequestRejected(f"request is valid for longer than this node accepts ({max_age_s} s)")
-    if len(request.nonce) < MIN_NONCE_BYTES:
-        raise RequestRejected(f"request nonce must be at least {MIN_NONCE_BYTES} random bytes")
-    if request.catalog_version != CATALOG_VERSION:
-        raise RequestRejected(
-            f"request speaks catalog {request.catalog_version!r}; this node speaks "
-            f"{CATALOG_VERSION!r}"
-        )
+    check_fresh(
+        Freshness(
+            request.issued_at_ms, request.expires_at_ms, request.nonce, request.catalog_version
+        ),
+        now_ms=now_ms,
+        max_age_s=max_age_s,
+        clock_skew_s=clock_skew_s,
+    )
     if not request.query_id:
         raise RequestRejected("request has no query id; the gateway must give each request one")
     if not request.requester.agency or not request.requester.subject:

@@ -14,14 +14,12 @@ from typing import Any
 from liaison.catalog import CATALOG_V1
 from liaison.cli.inputs import read_token
 from liaison.cli.render import table, to_json
-from liaison.config import load_node_config
+from liaison.config import INBOX_ADDRESS_FILE, load_node_config
 from liaison.errors import LiaisonError, UsageError
 from liaison.followup_wire import decision_from_bytes
 from liaison.followups import FieldChoice, InboxItem
 from liaison.handling import MEANINGS, describe
 from liaison.inbox_client import Inbox
-
-INBOX_ADDRESS_FILE = "inbox.addr"
 
 
 def add_inbox_actions(inner: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -21,7 +21,7 @@ import hashlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import jwt
@@ -96,6 +96,16 @@ def _loggable(value: object) -> str | None:
     if isinstance(value, str):
         return value[:MAX_LOGGED_CHARS]
     return f"<{type(value).__name__}>"
+
+
+def bearer_token(metadata: Iterable[tuple[str, object]] | None) -> str | None:
+    """The token of an "authorization: Bearer <JWT>" call metadata entry; None if there is none."""
+    for key, value in metadata or ():
+        if key == "authorization" and isinstance(value, str):
+            scheme, _, token = value.partition(" ")
+            if scheme.lower() == "bearer":
+                return token.strip() or None
+    return None
 
 
 class TokenVerifier:

@@ -146,13 +146,7 @@ def request_entry(
             "gateway_id": request.gateway_id,
             "request_digest": request_digest.hex(),
             "request_key_id": key_id,
-            "requester": {
-                "agency": requester.agency,
-                "subject": requester.subject,
-                "roles": list(requester.roles),
-                "issuer": requester.issuer,
-                "attributes": dict(requester.attributes),
-            },
+            "requester": requester.as_json(),
             "purpose": request.purpose,
             "case_ref": request.case_ref,
             "legal_basis": request.legal_basis,
@@ -256,16 +250,6 @@ def receipt_entry(facts: ReceiptFacts) -> bytes:
     )
 
 
-def _requester(requester: Any) -> dict[str, Any]:
-    return {
-        "agency": requester.agency,
-        "subject": requester.subject,
-        "roles": list(requester.roles),
-        "issuer": requester.issuer,
-        "attributes": dict(requester.attributes),
-    }
-
-
 def followup_entry(
     request: FollowUpRequest, *, request_digest: bytes, key_id: str, audit_key: AuditKey
 ) -> bytes:
@@ -279,7 +263,7 @@ def followup_entry(
             "gateway_id": request.gateway_id,
             "request_digest": request_digest.hex(),
             "request_key_id": key_id,
-            "requester": _requester(request.requester),
+            "requester": request.requester.as_json(),
             "node_id": request.node_id,
             "about_query_id": request.query_id,
             "record_refs": list(request.record_refs),
