@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from liaison import __version__
 from liaison.cli.audit import add_audit, cmd_audit
+from liaison.cli.console import add_console, cmd_console
+from liaison.cli.dev_idp import add_dev_idp, cmd_dev_idp
 from liaison.cli.exits import ExitCode
 from liaison.cli.followup import add_followup, cmd_followup, cmd_followups
 from liaison.cli.hashes import add_hash, cmd_hash
@@ -155,6 +157,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_serve(sub, "node")
     _add_serve(sub, "gateway")
+    add_console(sub)
+    add_dev_idp(sub)
 
     p = sub.add_parser("token", help="development identity provider (demos and tests only)")
     inner = p.add_subparsers(dest="action", required=True)
@@ -199,6 +203,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--stop", action="store_true", help="stop a federation left running in --workdir"
+    )
+    p.add_argument(
+        "--no-wait",
+        action="store_true",
+        help="in a terminal, do not pause for the web consoles before stopping",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
     return parser
@@ -434,7 +443,9 @@ def _cmd_demo(args: argparse.Namespace) -> int:
         return 0
     if args.keep_running and args.workdir is None:
         raise LiaisonError("--keep-running needs --workdir, so you can find the federation")
-    return run_demo(args.workdir, keep_running=args.keep_running, as_json=args.json)
+    # In a terminal, the demo waits so that a person can try the consoles.
+    pause = sys.stdin.isatty() and not (args.no_wait or args.json or args.keep_running)
+    return run_demo(args.workdir, keep_running=args.keep_running, as_json=args.json, pause=pause)
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
@@ -491,6 +502,8 @@ COMMANDS = {
     "demo": _cmd_demo,
     "audit": cmd_audit,
     "hash": cmd_hash,
+    "console": cmd_console,
+    "dev-idp": cmd_dev_idp,
 }
 
 
