@@ -69,6 +69,7 @@ class NodeLayout:
 
 
 PKI_DIR = "pki"
+WEB_CERTS = ("console", "dev-idp")
 AUDIT_KEY = "audit/audit.key"
 
 
@@ -94,6 +95,8 @@ def write_pki(root: Path, node_ids: Sequence[str]) -> None:
     from liaison.tls import CertRole, write_dev_pki
 
     roles = {GATEWAY_ID: [CertRole.CLIENT], **{n: [CertRole.SERVER] for n in node_ids}}
+    # The web consoles and the development identity provider serve HTTPS.
+    roles.update({name: [CertRole.SERVER] for name in WEB_CERTS})
     write_dev_pki(root / PKI_DIR, roles)
 
 

@@ -30,6 +30,7 @@ from liaison.answer_check import (
 )
 from liaison.cli import render
 from liaison.cli.exits import ExitCode
+from liaison.demo.consoles import GATEWAY_CONSOLE, NODE_CONSOLE, console_urls, start_consoles
 from liaison.demo.data import INVESTIGATOR_AGENCY, Probes, demo_agencies, populate, probes
 from liaison.demo.federation import (
     AUDIENCE,
@@ -43,6 +44,8 @@ from liaison.demo.federation import (
     write_private_text,
 )
 from liaison.demo.followup import (
+    HOLDER,
+    OFFICER,
     FollowUpRun,
     follow_up_to_dict,
     officer_token,
@@ -238,6 +241,30 @@ def running_federation(
                 stop_service(svc)
 
 
+@contextmanager
+def running_consoles(
+    root: Path, gateway: str, *, detach: bool = False, progress: TextIO = sys.stderr
+) -> Iterator[dict[str, str]]:
+    """The development sign-in provider and both web consoles; yield their addresses."""
+    services = start_consoles(root, gateway, root / "run", detach=detach)
+    try:
+        urls = console_urls(services)
+        print(
+            f"  console for investigators and auditors: {urls[GATEWAY_CONSOLE]} "
+            "(sign in as inv.alice or aud.ann)\n"
+            f"  console for {HOLDER}'s duty officers: {urls[NODE_CONSOLE]} "
+            f"(sign in as {OFFICER})\n"
+            f"  (the browser will not know the demo's development CA, {root / PKI_DIR}/ca.pem: "
+            "trust it, or accept the warning)",
+            file=progress,
+        )
+        yield urls
+    finally:
+        if not detach:
+            for svc in reversed(services):
+                stop_service(svc)
+
+
 DEMO_ATTRIBUTES = {"clearance": "secret", "unit": "victim-identification"}
 
 
@@ -328,9 +355,11 @@ def run_demo(
     *,
     keep_running: bool = False,
     as_json: bool = False,
+    pause: bool = False,
     out: TextIO = sys.stdout,
     progress: TextIO = sys.stderr,
 ) -> int:
+    """The demo; with ``pause``, wait for Enter before stopping, so the consoles can be tried."""
     root = workdir or Path(tempfile.mkdtemp(prefix="liaison-demo-"))
     if root.exists() and any(root.iterdir()):
         if not (root / "gateway" / "gateway.toml").exists():
@@ -369,7 +398,10 @@ def run_demo(
     node_keys = load_node_keys(root)
     checks: list[AnswerCheck] = []
     try:
-        with running_federation(root, detach=keep_running, progress=progress) as address:
+        with (
+            running_federation(root, detach=keep_running, progress=progress) as address,
+            running_consoles(root, address, detach=keep_running, progress=progress),
+        ):
             print(f"[3/5] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
             first_hit: tuple[SearchResult, float] | None = None
             for dq in demo_queries(probes()):
@@ -410,6 +442,11 @@ def run_demo(
             )
             if not as_json:
                 print(f"\n{render_follow_up(follow_up)}", file=out)
+            if pause:
+                input(
+                    "\nExplore the consoles above; press Enter to stop the federation and "
+                    "audit it. "
+                )
         # After a clean stop every ledger ends on a signed checkpoint; a live
         # federation signs its next one within the interval.
         print("[5/5] auditing: verifying every ledger and reconciling them", file=progress)

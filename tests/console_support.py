@@ -1,0 +1,164 @@
+"""The web consoles' test bed: a demo federation, the development provider, both consoles,
+and a headless Debian Chromium driven by Selenium.
+
+Everything is real: node, gateway, provider and console processes on loopback
+over TLS, and a real browser that signs in by clicking through the provider.
+Screenshots of each page land in ``test-screenshots/`` for a person to look at.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from selenium.webdriver.remote.webdriver import WebDriver
+from selenium.webdriver.remote.webelement import WebElement
+
+from liaison.demo.consoles import GATEWAY_CONSOLE, NODE_CONSOLE, console_urls, start_consoles
+from liaison.demo.processes import stop_service
+from liaison.demo.run import build_federation, running_federation
+
+IN_CI = os.environ.get("CI", "").lower() == "true"
+CHROMIUM = Path(os.environ.get("LIAISON_CHROMIUM", "/usr/bin/chromium"))
+CHROMEDRIVER = Path(os.environ.get("LIAISON_CHROMEDRIVER", "/usr/bin/chromedriver"))
+SCREENSHOTS = Path(__file__).resolve().parents[1] / "test-screenshots"
+WAIT_S = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class ConsoleBed:
+    root: Path
+    gateway: str
+    gateway_console: str
+    node_console: str
+    idp: str
+
+
+@pytest.fixture(scope="module")
+def console_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleBed]:
+    """The demo federation over TLS, with the provider and both consoles, for one module."""
+    root = tmp_path_factory.mktemp("console-bed") / "federation"
+    root.mkdir()
+    quiet = io.StringIO()
+    build_federation(root, media=600, accounts=300, tls=True, progress=quiet)
+    with running_federation(root, progress=quiet) as gateway:
+        services = start_consoles(root, gateway, root / "run")
+        try:
+            urls = console_urls(services)
+            yield ConsoleBed(
+                root=root,
+                gateway=gateway,
+                gateway_console=urls[GATEWAY_CONSOLE],
+                node_console=urls[NODE_CONSOLE],
+                idp=urls["dev-idp"],
+            )
+        finally:
+            for service in reversed(services):
+                stop_service(service)
+
+
+def _require_browser() -> None:
+    missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
+    if missing:
+        reason = (
+            f"{' and '.join(missing)} not installed (Debian packages chromium and "
+            "chromium-driver; `make test` installs them where it can)"
+        )
+        if IN_CI:
+            pytest.fail(f"{reason}; under CI=true the browser tests must run")
+        pytest.skip(reason)
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
+    """Headless Chromium at a laptop's window size, trusting the demo's development CA."""
+    _require_browser()
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    profile = tmp_path_factory.mktemp("chromium-profile")
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--window-size=1366,900",
+        f"--user-data-dir={profile}",
+    ):
+        options.add_argument(flag)
+    # The demo's certificates come from a throw-away development CA.
+    options.accept_insecure_certs = True
+    driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    driver.implicitly_wait(0)
+    try:
+        yield driver
+    finally:
+        driver.quit()
+
+
+def wait_for(driver: WebDriver, css: str, timeout_s: float = WAIT_S) -> WebElement:
+    """The first element matching ``css``, once it is there."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, timeout_s).until(
+        ec.presence_of_element_located((By.CSS_SELECTOR, css))
+    )
+
+
+def sign_in(driver: WebDriver, console: str, subject: str) -> None:
+    """Sign ``subject`` in at ``console`` by clicking through the development provider."""
+    from selenium.webdriver.common.by import By
+
+    driver.delete_all_cookies()
+    driver.get(f"{console}/")
+    driver.delete_all_cookies()
+    driver.get(f"{console}/signin")
+    button = wait_for(driver, f'button[name="subject"][value="{subject}"]')
+    button.click()
+    deadline = time.monotonic() + WAIT_S
+    while time.monotonic() < deadline:
+        url: str = driver.current_url
+        if url.startswith(console) and "/signin" not in url:
+            break
+        time.sleep(0.05)
+    else:
+        raise AssertionError(f"sign-in of {subject} did not come back to {console}")
+    who = driver.find_element(By.CSS_SELECTOR, "header .who")
+    assert "Sign out" in who.text, who.text
+
+
+def screenshot(driver: WebDriver, name: str) -> Path:
+    """A full-window PNG of the current page in ``test-screenshots/<name>.png``."""
+    SCREENSHOTS.mkdir(exist_ok=True)
+    path = SCREENSHOTS / f"{name}.png"
+    driver.save_screenshot(str(path))
+    return path
+
+
+def session_cookie(driver: WebDriver) -> str:
+    """The console's session cookie, to time pages outside the browser."""
+    from liaison.console.sessions import COOKIE
+
+    cookie = driver.get_cookie(COOKIE)
+    assert cookie is not None, "not signed in"
+    value: str = cookie["value"]
+    return value
+
+
+def clear_screenshots() -> None:
+    shutil.rmtree(SCREENSHOTS, ignore_errors=True)
