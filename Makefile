@@ -15,7 +15,7 @@ WIRE_TS := .tools/wire-ts
 WIRE_TS_STAMP := $(WIRE_TS)/.installed-stamp
 WIRE_TS_PACKAGES := ts-proto@2.7.7 typescript@5.9.3 @grpc/grpc-js@1.14.0 @types/node@26.6.11
 
-.PHONY: help setup proto proto-check wire-tools lint typecheck check test test-fast demo bench bench-wan wan clean
+.PHONY: help setup proto proto-check wire-tools browser-tools lint typecheck check test test-fast demo bench bench-wan bench-console wan clean
 
 help:
 	@echo "make demo    run the whole federation demo (SQLite, loopback)"
@@ -23,6 +23,7 @@ help:
 	@echo "make bench   benchmarks (federated vs direct call, policy engine, ledger, PDQ index,"
 	@echo "             gateway replicas, 100 agencies over an emulated WAN)"
 	@echo "make wan     start 100 agencies over an emulated WAN, ask them, stop everything"
+	@echo "make bench-console  time every console page against a static file"
 	@echo "make proto   regenerate proto/liaison/v1/*_pb2*.py after editing .proto files"
 
 $(STAMP): pyproject.toml
@@ -46,6 +47,21 @@ $(WIRE_TS_STAMP): Makefile
 
 wire-tools: $(WIRE_TS_STAMP)
 
+# The web consoles' tests drive Debian's chromium through chromedriver. Installed
+# here where this is Debian and we are root; elsewhere the tests say what is
+# missing and skip (under CI=true they fail instead).
+BROWSER_PACKAGES := chromium chromium-driver
+browser-tools:
+	@if ! command -v chromium >/dev/null || ! command -v chromedriver >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    echo "installing Debian's $(BROWSER_PACKAGES) for the console tests"; \
+	    apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null 2>&1 || \
+	      { apt-get update -qq && apt-get install -y -qq $(BROWSER_PACKAGES) >/dev/null; }; \
+	  else \
+	    echo "note: install $(BROWSER_PACKAGES) (Debian) to run the console tests"; \
+	  fi; \
+	fi
+
 proto: $(STAMP)
 	$(PY) -m liaison.protogen
 
@@ -62,7 +78,7 @@ typecheck: $(STAMP)
 
 check: lint typecheck proto-check
 
-test: check wire-tools
+test: check wire-tools browser-tools
 	$(VENV)/bin/pytest -n 2 --dist loadfile
 
 test-fast: $(STAMP)
@@ -78,6 +94,10 @@ bench: $(STAMP)
 	$(PY) -m liaison.bench.pdq
 	$(PY) -m liaison.bench.replicas
 	$(PY) -m liaison.bench.wan
+	$(PY) -m liaison.bench.console
+
+bench-console: $(STAMP)
+	$(PY) -m liaison.bench.console
 
 bench-wan: $(STAMP)
 	$(PY) -m liaison.bench.wan

@@ -162,3 +162,65 @@ def session_cookie(driver: WebDriver) -> str:
 
 def clear_screenshots() -> None:
     shutil.rmtree(SCREENSHOTS, ignore_errors=True)
+
+
+# What a page must get right for a keyboard and screen-reader user, and for
+# eyes that need contrast (WCAG AA: 4.5:1 for body text). Run in the page.
+_A11Y_SCRIPT = r"""
+const problems = [];
+if (!document.documentElement.lang) problems.push("html has no lang");
+if (document.querySelectorAll("h1").length !== 1) problems.push("not exactly one h1");
+if (!document.querySelector("main")) problems.push("no main landmark");
+for (const el of document.querySelectorAll("input:not([type=hidden]), select, textarea")) {
+  const named = (el.labels && el.labels.length) || el.getAttribute("aria-label")
+    || el.getAttribute("aria-labelledby");
+  if (!named) problems.push(`unlabelled ${el.tagName.toLowerCase()} #${el.id || el.name}`);
+}
+for (const img of document.querySelectorAll("img")) {
+  if (!img.getAttribute("alt")) problems.push(`image without alt: ${img.src}`);
+}
+for (const b of document.querySelectorAll("button, a")) {
+  if (!b.textContent.trim() && !b.getAttribute("aria-label")) problems.push("nameless control");
+}
+function rgb(text) {
+  const m = text.match(/rgba?\(([^)]+)\)/);
+  if (!m) return null;
+  const p = m[1].split(",").map(Number);
+  return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 };
+}
+function lum(c) {
+  const f = (v) => {
+    v /= 255;
+    return v <= 0.03928 ? v / 12.92 : Math.pow((v + 0.055) / 1.055, 2.4);
+  };
+  return 0.2126 * f(c.r) + 0.7152 * f(c.g) + 0.0722 * f(c.b);
+}
+function background(el) {
+  for (let e = el; e; e = e.parentElement) {
+    const c = rgb(getComputedStyle(e).backgroundColor);
+    if (c && c.a > 0.5) return c;
+  }
+  return { r: 255, g: 255, b: 255, a: 1 };
+}
+const seen = new Set();
+for (const el of document.querySelectorAll("main *, header *")) {
+  const own = Array.from(el.childNodes).some((n) => n.nodeType === 3 && n.textContent.trim());
+  if (!own || el.offsetParent === null) continue;
+  const fg = rgb(getComputedStyle(el).color), bg = background(el);
+  const [hi, lo] = [lum(fg), lum(bg)].sort((a, b) => b - a);
+  const ratio = (hi + 0.05) / (lo + 0.05);
+  const key = `${el.tagName}.${el.className}`;
+  if (ratio < 4.5 && !seen.has(key)) {
+    seen.add(key);
+    const text = el.textContent.trim().slice(0, 30);
+    problems.push(`contrast ${ratio.toFixed(2)} for ${key}: "${text}"`);
+  }
+}
+return problems;
+"""
+
+
+def accessibility_problems(driver: WebDriver) -> list[str]:
+    """What keeps the current page from a keyboard or screen-reader user, or low vision."""
+    problems: list[str] = driver.execute_script(_A11Y_SCRIPT)
+    return problems

@@ -39,6 +39,9 @@ class OidcSettings:
     client_id: str
     client_secret: str | None
     ca: Path | None
+    # Where the provider puts agency and roles (dotted paths, e.g. realm_access.roles).
+    agency_claim: str = "agency"
+    roles_claim: str = "roles"
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +93,7 @@ def load_console_config(path: Path) -> ConsoleConfig:
             "agency's OpenID Connect provider)"
         )
     o = reader(oidc_table, f"{path} [console.oidc]", base)
-    o.check_keys({"issuer", "client_id", "client_secret_file", "ca"})
+    o.check_keys({"issuer", "client_id", "client_secret_file", "ca", "agency_claim", "roles_claim"})
     issuer = o.text("issuer").rstrip("/")
     if not issuer.startswith("https://") and not any(
         issuer.startswith(f"http://{h}") for h in LOOPBACK_HOSTS
@@ -128,6 +131,8 @@ def load_console_config(path: Path) -> ConsoleConfig:
             client_id=o.text("client_id"),
             client_secret=secret,
             ca=o.path("ca") if "ca" in oidc_table else None,
+            agency_claim=o.text("agency_claim", "agency"),
+            roles_claim=o.text("roles_claim", "roles"),
         ),
         sides=sides,
     )

@@ -117,6 +117,8 @@ class Console:
                 self.redirect_uri(),
                 ca=o.ca,
                 client_secret=o.client_secret,
+                agency_claim=o.agency_claim,
+                roles_claim=o.roles_claim,
             )
         return self.oidc
 
