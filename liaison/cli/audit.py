@@ -434,18 +434,13 @@ def _filters(args: argparse.Namespace, selector_hash: str = "") -> Filters:
 
 
 def _selector_hash(value: str, field: str, audit_key: Path | None) -> str:
-    from liaison.catalog import CATALOG_V1
     from liaison.ledger.entries import AuditKey
+    from liaison.ledger.views import selector_hash
 
     if audit_key is None:
         raise InvalidQuery("searching for a selector needs the audit key (--audit-key FILE)")
-    if field:
-        matches = [d.field(field) for d in CATALOG_V1.datasets if field in d.field_names]
-        if not matches:
-            raise InvalidQuery(f"no catalog dataset has a field {field!r}")
-        value = matches[0].canonical(value)
     read_text(audit_key, "--audit-key")  # missing, a folder, binary: said in one line
-    return AuditKey.from_file(audit_key).hash(value)
+    return selector_hash(value, field, AuditKey.from_file(audit_key))
 
 
 def _cmd_show(args: argparse.Namespace) -> int:

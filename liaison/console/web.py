@@ -102,6 +102,14 @@ class Console:
         self.oidc = oidc
         self.sides: list[Side] = []
         self.public_url = config.public_url
+        # Paths (by prefix) that take bigger bodies than a form: uploads of ledger copies.
+        self.body_limits: dict[str, int] = {}
+
+    def body_limit(self, path: str) -> int:
+        for prefix, limit in self.body_limits.items():
+            if path.startswith(prefix):
+                return limit
+        return MAX_BODY_BYTES
 
     def redirect_uri(self) -> str:
         if self.public_url is None:
@@ -234,8 +242,9 @@ class _Guard:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
+        limit = self.console.body_limit(str(scope.get("path", "")))
         length = headers.get(b"content-length")
-        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+        if length is not None and (not length.isdigit() or int(length) > limit):
             await _plain(send, 413, b"request too large")
             return
         received = 0
@@ -245,7 +254,7 @@ class _Guard:
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
-                if received > MAX_BODY_BYTES:
+                if received > limit:
                     raise HTTPException(413, "request too large")
             return message
 

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from liaison.errors import EntryError, InvalidQuery
-from liaison.ledger.entries import Entry, EntryKind, parse_entry
+from liaison.ledger.entries import AuditKey, Entry, EntryKind, parse_entry
 from liaison.ledger.store import LedgerStore
 
 
@@ -455,3 +455,20 @@ class _FollowUpTally:
 
 def entry_text(row: Row) -> str:
     return json.dumps(dict(row.entry), indent=2, sort_keys=True, ensure_ascii=False)
+
+
+def selector_hash(value: str, field_name: str, key: AuditKey) -> str:
+    """The keyed hash a ledger holds for selector ``value``, to search for it.
+
+    With ``field_name``, the value is first written as the catalog writes that
+    field (hex in lower case, an e-mail address trimmed), as the gateway
+    logged it.
+    """
+    from liaison.catalog import CATALOG_V1
+
+    if field_name:
+        matches = [d.field(field_name) for d in CATALOG_V1.datasets if field_name in d.field_names]
+        if not matches:
+            raise InvalidQuery(f"no catalog dataset has a field {field_name!r}")
+        value = matches[0].canonical(value)
+    return key.hash(value)
