@@ -31,6 +31,7 @@ from liaison.demo.data import probes
 from liaison.demo.run import investigator_token
 from liaison.ledger.store import LedgerStore
 from liaison.ledger.views import rows
+from liaison.web_serving import listening_socket
 from tests.console_support import (
     ConsoleBed,
     browser,
@@ -227,7 +228,7 @@ def recorded_console(console_bed: ConsoleBed) -> Iterator[tuple[str, _Recorder]]
     """The gateway's console served from this process, recording what it receives."""
     config = load_console_config(console_bed.root / "console" / "gateway-console.toml")
     console = build_console(config, sides=["gateway"])
-    sock = __import__("socket").create_server(("127.0.0.1", 0))
+    sock = listening_socket("127.0.0.1", 0)
     port = sock.getsockname()[1]
     console.public_url = f"https://127.0.0.1:{port}"
     recorder = _Recorder(asgi_app(console))

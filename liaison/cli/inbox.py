@@ -142,24 +142,26 @@ def _decide(args: argparse.Namespace, inbox: Inbox) -> int:
     return 0
 
 
-def _when(ms: int) -> str:
+def when(ms: int) -> str:
+    """A time in UTC, to the second ("-" for none)."""
     if ms <= 0:
         return "-"
     return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + "Z"
 
 
-def _due(item: InboxItem, now_ms: int) -> str:
+def due(item: InboxItem, now_ms: int) -> str:
+    """When a request must be answered ("in 3.0 h", "OVERDUE by 20 min"), or its time."""
     if item.kind != "follow-up" or item.answer_by_ms <= 0:
         return "-"
     left = (item.answer_by_ms - now_ms) / 1000
     if item.status != "pending":
-        return _when(item.answer_by_ms)
+        return when(item.answer_by_ms)
     if left < 0:
-        return f"OVERDUE by {_span(-left)}"
-    return f"in {_span(left)}"
+        return f"OVERDUE by {span(-left)}"
+    return f"in {span(left)}"
 
 
-def _span(seconds: float) -> str:
+def span(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     if seconds < 7200:
@@ -180,7 +182,7 @@ def render_items(items: list[InboxItem]) -> str:
             i.status,
             f"{i.requester.agency}/{i.requester.subject}",
             i.urgency.value if i.urgency else "-",
-            _due(i, now),
+            due(i, now),
             i.purpose,
             i.case_ref,
             ", ".join(i.fields) or ", ".join(i.record_refs),
@@ -199,7 +201,7 @@ def render_item(item: InboxItem) -> str:
         f"  from        {r.agency} / {r.subject} (roles {', '.join(r.roles) or '-'})",
         f"  purpose     {item.purpose}, case {item.case_ref}"
         + (f", legal basis {item.legal_basis}" if item.legal_basis else ""),
-        f"  received    {_when(item.received_at_ms)}",
+        f"  received    {when(item.received_at_ms)}",
     ]
     if item.kind == "hit":
         lines.append(
@@ -209,7 +211,7 @@ def render_item(item: InboxItem) -> str:
         return "\n".join(lines)
     lines += [
         f"  urgency     {item.urgency.value if item.urgency else '-'}; answer by "
-        f"{_when(item.answer_by_ms)} ({_due(item, now)})",
+        f"{when(item.answer_by_ms)} ({due(item, now)})",
         f"  asks for    {', '.join(item.fields)} of {', '.join(item.record_refs)} "
         f"(query {item.query_id}, {item.dataset})",
         f"  may release {', '.join(item.decidable_fields) or 'nothing (the policy refuses all)'}"
@@ -232,7 +234,7 @@ def render_item(item: InboxItem) -> str:
         decision = decision_from_bytes(item.decision.payload)
         lines.append(
             f"  decided     {decision.outcome.value} by {decision.officer} at "
-            f"{_when(decision.decided_at_ms)}"
+            f"{when(decision.decided_at_ms)}"
         )
         for d in decision.field_decisions:
             state = f"released [{d.handling}]" if d.released else f"refused: {d.reason}"

@@ -205,6 +205,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--stop", action="store_true", help="stop a federation left running in --workdir"
     )
     p.add_argument(
+        "--no-consoles",
+        action="store_true",
+        help="do not start the web consoles and their development sign-in provider",
+    )
+    p.add_argument(
         "--no-wait",
         action="store_true",
         help="in a terminal, do not pause for the web consoles before stopping",
@@ -444,8 +449,15 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     if args.keep_running and args.workdir is None:
         raise LiaisonError("--keep-running needs --workdir, so you can find the federation")
     # In a terminal, the demo waits so that a person can try the consoles.
-    pause = sys.stdin.isatty() and not (args.no_wait or args.json or args.keep_running)
-    return run_demo(args.workdir, keep_running=args.keep_running, as_json=args.json, pause=pause)
+    consoles = not args.no_consoles
+    pause = consoles and sys.stdin.isatty() and not (args.no_wait or args.json or args.keep_running)
+    return run_demo(
+        args.workdir,
+        keep_running=args.keep_running,
+        as_json=args.json,
+        consoles=consoles,
+        pause=pause,
+    )
 
 
 def _cmd_check(args: argparse.Namespace) -> int:

@@ -497,7 +497,7 @@ def _pairs(pairs: Sequence[tuple[str, str]], indent: str = "  ") -> str:
     return "\n".join(f"{indent}{k.ljust(width)}  {v}".rstrip() for k, v in pairs)
 
 
-def _requester_text(agency: str, roles: Sequence[str], attributes: dict[str, str]) -> str:
+def requester_text(agency: str, roles: Sequence[str], attributes: dict[str, str]) -> str:
     text = f"{agency} (roles {', '.join(roles) or 'none'}"
     if attributes:
         text += "; attributes " + ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))
@@ -525,7 +525,7 @@ def render_explanation(
         "request",
         _pairs(
             [
-                ("requester", _requester_text(agency, roles, attributes)),
+                ("requester", requester_text(agency, roles, attributes)),
                 ("purpose", purpose),
                 ("case", case_ref),
                 ("legal basis", legal_basis or "none cited"),

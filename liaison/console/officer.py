@@ -36,8 +36,9 @@ from starlette.responses import Response
 
 from liaison.catalog import CATALOG_V1
 from liaison.checks import CheckResult
+from liaison.cli.inbox import due, when
 from liaison.cli.query_args import parse_predicates
-from liaison.cli.render import describe_query, headline
+from liaison.cli.render import describe_query, headline, requester_text
 from liaison.client import channel
 from liaison.config import INBOX_ADDRESS_FILE, NodeConfig, _Reader, load_node_config
 from liaison.console.oidc import SignedIn
@@ -373,7 +374,7 @@ def explain_from_form(policy: Policy, form: FormData) -> dict[str, Any]:
         "withheld": d.grant.withheld if d.grant is not None else (),
         "records": operation is Operation.RECORDS,
         "request": [
-            ("requester", _requester_text(agency, roles, attributes)),
+            ("requester", requester_text(agency, roles, attributes)),
             ("purpose", purpose),
             ("case", case_ref),
             ("legal basis", legal_basis or "none cited"),
@@ -382,45 +383,11 @@ def explain_from_form(policy: Policy, form: FormData) -> dict[str, Any]:
     }
 
 
-def _requester_text(agency: str, roles: Sequence[str], attributes: dict[str, str]) -> str:
-    text = f"{agency} (roles {', '.join(roles)}"
-    if attributes:
-        text += "; attributes " + ", ".join(f"{k}={v}" for k, v in sorted(attributes.items()))
-    return text + ")"
-
-
 # -- readable forms ----------------------------------------------------------------
 
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-def when(ms: int) -> str:
-    if ms <= 0:
-        return "-"
-    return time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(ms / 1000)) + " UTC"
-
-
-def span(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    if seconds < 172_800:
-        return f"{seconds / 3600:.1f} h"
-    return f"{seconds / 86_400:.0f} days"
-
-
-def due(item: InboxItem, now_ms: int) -> str:
-    if item.kind != "follow-up" or item.answer_by_ms <= 0:
-        return "-"
-    if item.status != "pending":
-        return when(item.answer_by_ms)
-    left = (item.answer_by_ms - now_ms) / 1000
-    if left < 0:
-        return f"OVERDUE by {span(-left)}"
-    return f"in {span(left)}"
 
 
 def _names(names: frozenset[str] | Sequence[str]) -> str:

@@ -12,7 +12,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -355,6 +355,7 @@ def run_demo(
     *,
     keep_running: bool = False,
     as_json: bool = False,
+    consoles: bool = True,
     pause: bool = False,
     out: TextIO = sys.stdout,
     progress: TextIO = sys.stderr,
@@ -400,8 +401,12 @@ def run_demo(
     try:
         with (
             running_federation(root, detach=keep_running, progress=progress) as address,
-            running_consoles(root, address, detach=keep_running, progress=progress),
+            ExitStack() as web,
         ):
+            if consoles:
+                web.enter_context(
+                    running_consoles(root, address, detach=keep_running, progress=progress)
+                )
             print(f"[3/5] querying as an investigator of {INVESTIGATOR_AGENCY}", file=progress)
             first_hit: tuple[SearchResult, float] | None = None
             for dq in demo_queries(probes()):
