@@ -365,7 +365,7 @@ def test_an_investigator_is_refused_every_auditor_page(driver: WebDriver, bed: C
 
 def test_explicit_ledgers_in_the_config_are_audited_like_a_federation(bed: ConsoleBed) -> None:
     from liaison.config import _Reader
-    from liaison.console.auditor import Ledgers, audit_live, read_settings
+    from liaison.console.audit_ledgers import Ledgers, audit_live, read_settings
 
     table = {
         "gateway_ledger": "gateway/ledger.sqlite3",
@@ -395,7 +395,7 @@ def test_explicit_ledgers_in_the_config_are_audited_like_a_federation(bed: Conso
 )
 def test_config_mistakes_are_named(tmp_path: Path, table: dict[str, object], message: str) -> None:
     from liaison.config import _Reader
-    from liaison.console.auditor import read_settings
+    from liaison.console.audit_ledgers import read_settings
     from liaison.errors import ConfigError
 
     with pytest.raises(ConfigError, match=message):
