@@ -780,3 +780,15 @@ def _metrics_listen(reader: _Reader) -> str | None:
             f"(port 0 for any free port), got {listen!r}"
         )
     return listen
+
+
+def split_listen(listen: str, where: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:0`` for IPv6) as (host, port); ConfigError if malformed."""
+    host, sep, port_text = listen.rpartition(":")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise ConfigError(
+            f"{where}: `listen` must be HOST:PORT (port 0 for any free port), got {listen!r}"
+        )
+    return host, int(port_text)

@@ -40,9 +40,13 @@ class ConsoleBed:
     idp: str
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def console_bed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConsoleBed]:
-    """The demo federation over TLS, with the provider and both consoles, for one module."""
+    """The demo federation over TLS, with the provider and both consoles.
+
+    One per test session (per xdist worker): starting it costs seconds, and
+    the console tests only ever add to it (no test may count on it being fresh).
+    """
     root = tmp_path_factory.mktemp("console-bed") / "federation"
     root.mkdir()
     quiet = io.StringIO()
@@ -75,7 +79,7 @@ def _require_browser() -> None:
         pytest.skip(reason)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
     """Headless Chromium at a laptop's window size, trusting the demo's development CA."""
     _require_browser()
@@ -118,6 +122,17 @@ def wait_for(driver: WebDriver, css: str, timeout_s: float = WAIT_S) -> WebEleme
     return WebDriverWait(driver, timeout_s).until(
         ec.presence_of_element_located((By.CSS_SELECTOR, css))
     )
+
+
+def submit(driver: WebDriver, button: WebElement, timeout_s: float = WAIT_S) -> None:
+    """Click ``button`` and wait until the next page has replaced this one."""
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    page = driver.find_element("tag name", "html")
+    button.click()
+    WebDriverWait(driver, timeout_s).until(ec.staleness_of(page))
+    wait_for(driver, "main h1")
 
 
 def sign_in(driver: WebDriver, console: str, subject: str) -> None:

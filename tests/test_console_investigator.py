@@ -39,6 +39,7 @@ from tests.console_support import (
     screenshot,
     session_cookie,
     sign_in,
+    submit,
     wait_for,
 )
 
@@ -100,9 +101,12 @@ def test_an_investigator_sees_hits_with_verified_signatures(
     assert "HIT" in answers["freedonia"] and "verified" in answers["freedonia"]
     assert "HIT" in answers["ruritania"]
     assert "no hit" in answers["sylvania"] and "answered" in answers["sylvania"]
-    # The selector is in no address the browser visited, and in no line the console logged.
+    # The selector is in no address the browser visited, and in no line the console
+    # logged, though it logged the request itself.
     assert sha not in browser.current_url
-    assert sha not in _log(console_bed)
+    log = _log(console_bed)
+    assert "POST /investigate" in log and "/investigate/result/" in log
+    assert sha not in log
 
 
 def test_an_investigator_sees_a_denial_with_its_rule_and_reason(
@@ -242,7 +246,9 @@ def recorded_console(console_bed: ConsoleBed) -> Iterator[tuple[str, _Recorder]]
     )
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
+    deadline = time.monotonic() + 20
     while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "the console did not start"
         time.sleep(0.02)
     try:
         yield console.public_url, recorder
@@ -400,3 +406,33 @@ def test_signing_out_ends_the_session_on_the_server(
     wait_for(browser, 'a[href="/signin"]')
     status, headers, _ = _call(f"{console}/investigate", cookie)
     assert status == 303 and headers["location"] == "/signin"
+
+
+INJECTIONS = (
+    '<script>window.__pwned = "script"</script>',
+    '"><img src=x onerror="window.__pwned=\'img\'">',
+    "javascript:window.__pwned='link'",
+    "' OR 1=1 --",
+    "{{ 7*7 }}{% raw %}",
+)
+
+
+@pytest.mark.parametrize("payload", INJECTIONS)
+def test_injected_values_are_shown_as_text_and_never_run(
+    console_bed: ConsoleBed, browser: WebDriver, payload: str
+) -> None:
+    sign_in(browser, console_bed.gateway_console, "inv.alice")
+    _compose(
+        browser, console_bed.gateway_console, dataset="accounts", field="email", values=payload
+    )
+    browser.find_element(By.ID, "legal_basis").send_keys(payload)
+    submit(browser, browser.find_element(By.CSS_SELECTOR, 'button[value="run"]'))
+    main = browser.find_element(By.CSS_SELECTOR, "main h1")
+    assert browser.execute_script("return window.__pwned === undefined")
+    # Refused with the gateway's or the console's word, the value shown as typed.
+    text = browser.find_element(By.TAG_NAME, "main").text
+    assert main.text in ("Refused", "Answers"), text
+    assert "49" not in text  # a template expression is not evaluated
+    # The gateway's word on the value, and the value itself, as text: never as markup.
+    assert "is not an e-mail address" in text
+    assert payload[:12] in text

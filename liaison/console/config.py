@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liaison.config import LOOPBACK_HOSTS, _read_toml, _Reader
+from liaison.config import LOOPBACK_HOSTS, _read_toml, _Reader, split_listen
 from liaison.errors import ConfigError
 
 SIDES = ("gateway", "audit", "node")
@@ -64,14 +64,6 @@ def reader(table: Mapping[str, Any], where: str, base: Path) -> _Reader:
     return _Reader(table, where, base)
 
 
-def _listen(text: str, where: str) -> tuple[str, int]:
-    host, sep, port = text.rpartition(":")
-    host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ConfigError(f"{where}: `listen` must be HOST:PORT (port 0 picks a free one)")
-    return host, int(port)
-
-
 def load_console_config(path: Path) -> ConsoleConfig:
     doc = _read_toml(path)
     base = path.parent
@@ -82,7 +74,7 @@ def load_console_config(path: Path) -> ConsoleConfig:
         raise ConfigError(f"{path}: a [console] table is required")
     r = reader(table, f"{path} [console]", base)
     r.check_keys({"listen", "tls_cert", "tls_key", "public_url", "session_ttl_s", "oidc", *SIDES})
-    host, port = _listen(r.text("listen", "127.0.0.1:0"), r.where)
+    host, port = split_listen(r.text("listen", "127.0.0.1:0"), r.where)
     public_url = r.text("public_url") if "public_url" in table else None
     if public_url is not None and not public_url.startswith("https://"):
         raise ConfigError(f"{r.where}: `public_url` must start with https://")

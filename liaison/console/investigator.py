@@ -33,6 +33,7 @@ from liaison.console.web import (
     Side,
     action,
     form_text,
+    keep,
     kept_or_404,
     see_other,
     session_of,
@@ -94,9 +95,9 @@ def side(console: Console, table: _Reader) -> Side:
     s.routes.extend(
         [
             view("/investigate", s, pages.compose),
-            action("/investigate", s, pages.submit),
+            action("/investigate", s, pages.submit, max_files=1),
             view("/investigate/result/{key}", s, pages.result),
-            action("/followups/new", s, pages.file_followup),
+            action("/followups/new", s, pages.file_followup, max_files=0),
             view("/followups", s, pages.followups),
             view("/followups/{followup_id}", s, pages.followup),
         ]
@@ -143,7 +144,12 @@ async def search_from(form: FormData) -> SearchInput:
         if not field:
             raise UsageError("choose the field the values are (sha256, pdq, email, ...)")
         if form_text(form, "comparator") == "near":
-            distance = int(form_text(form, "distance") or DEFAULT_NEAR_DISTANCE)
+            text = form_text(form, "distance") or str(DEFAULT_NEAR_DISTANCE)
+            if not text.isdigit():
+                raise UsageError(
+                    f"the distance must be a whole number of bits, e.g. {DEFAULT_NEAR_DISTANCE}"
+                )
+            distance = int(text)
             predicates = (Predicate(field, Comparator.NEAR, tuple(values), distance),)
         elif len(values) == 1:
             predicates = (Predicate(field, Comparator.EQ, (values[0],)),)
@@ -169,7 +175,7 @@ async def search_from(form: FormData) -> SearchInput:
         raise InvalidQuery(str(exc).replace("--purpose: ", "purpose: ")) from exc
 
 
-def _catalog() -> dict[str, Any]:
+def catalog_choices() -> dict[str, Any]:
     return {
         "datasets": [
             {
@@ -196,7 +202,7 @@ class _Pages:
             request,
             "inv_compose.html",
             title="New query",
-            catalog=_catalog(),
+            catalog=catalog_choices(),
             form={},
             default_distance=DEFAULT_NEAR_DISTANCE,
         )
@@ -224,7 +230,7 @@ class _Pages:
         session = session_of(request)
         assert session is not None
         # Redirect-after-post: the result is kept here, its selectors never in a URL.
-        return see_other(f"/investigate/result/{session.keep(shown)}")
+        return see_other(f"/investigate/result/{keep(request, shown)}")
 
     async def result(self, request: Request, user: SignedIn) -> Response:
         shown = kept_or_404(request, request.path_params["key"])
@@ -235,7 +241,7 @@ class _Pages:
             title="Dry run" if shown["kind"] == "dry-run" else "Answers",
             shown=shown,
             search=search,
-            catalog=_catalog(),
+            catalog=catalog_choices(),
         )
 
     async def file_followup(self, request: Request, user: SignedIn, form: FormData) -> Response:
@@ -268,7 +274,10 @@ class _Pages:
             lambda: client.list_followups(g.address, user.access_token, tls_ca=g.ca)
         )
         now = int(time.time() * 1000)
-        rows = [to_dict(examine(v, g.verification), g.verification, now) for v in views]
+        # Checking each decision's signature is CPU work: off the event loop.
+        rows = await run_in_threadpool(
+            lambda: [to_dict(examine(v, g.verification), g.verification, now) for v in views]
+        )
         return self.console.render(request, "inv_followups.html", title="Follow-ups", rows=rows)
 
     async def followup(self, request: Request, user: SignedIn) -> Response:
@@ -278,7 +287,9 @@ class _Pages:
             client.get_followup, g.address, user.access_token, followup_id, 30, g.ca
         )
         now = int(time.time() * 1000)
-        shown = to_dict(examine(one, g.verification), g.verification, now)
+        shown = await run_in_threadpool(
+            lambda: to_dict(examine(one, g.verification), g.verification, now)
+        )
         return self.console.render(
             request, "inv_followup.html", title=f"Follow-up {followup_id}", f=shown
         )

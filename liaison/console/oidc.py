@@ -22,8 +22,6 @@ when the provider cannot be used as configured (an operator must act).
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import json
 import secrets
@@ -44,6 +42,7 @@ from liaison.config import LOOPBACK_HOSTS
 from liaison.errors import AuthenticationError, ConfigError
 from liaison.identity.claims import claim
 from liaison.identity.jwks import JwksError, KeySet, parse_jwks, shown
+from liaison.identity.pkce import s256
 
 SIGN_IN_TTL_S = 600
 LEEWAY_S = 60
@@ -93,10 +92,6 @@ class _Provider:
 
 class _UnknownKid(Exception):
     """The id token names a key the cached JWKS lacks; refetch once, then refuse."""
-
-
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
 def url_problem(url: str) -> str | None:
@@ -353,7 +348,7 @@ class OidcClient:
             code_verifier=secrets.token_urlsafe(64),  # 86 characters: within RFC 7636's 43..128
             started_at=time.time(),
         )
-        challenge = _b64url(hashlib.sha256(pending.code_verifier.encode("ascii")).digest())
+        challenge = s256(pending.code_verifier)
         query = urlencode(
             {
                 "response_type": "code",

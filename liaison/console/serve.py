@@ -24,12 +24,13 @@ def serve_console(config_path: Path, port_file: Path | None) -> None:
         host, port = url_host(sock)
         console.public_url = f"https://{host}:{port}"
     log.info("console (%s) at %s", ", ".join(s.name for s in console.sides), console.public_url)
-    # The access log has paths only, never bodies: no selector is ever in a path.
+    # The console logs each request itself (paths only); uvicorn's log would add
+    # query strings, such as a sign-in's code and state.
     serve(
         asgi_app(console),
         sock,
         tls=(config.tls_cert, config.tls_key),
         port_file=port_file,
-        access_log=True,
+        access_log=False,
         where=str(config_path),
     )

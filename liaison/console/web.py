@@ -12,10 +12,12 @@ from __future__ import annotations
 import hmac
 import importlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import jinja2
 from starlette.applications import Starlette
@@ -42,6 +44,7 @@ from liaison.errors import (
 )
 
 log = logging.getLogger("liaison.console")
+access = logging.getLogger("liaison.console.access")
 
 HERE = Path(__file__).resolve().parent
 # Anything bigger is not a form a person filled in (a hash list of 100,000
@@ -111,6 +114,13 @@ class Console:
                 return limit
         return MAX_BODY_BYTES
 
+    def origin(self, request: Request) -> str:
+        """This console's origin, as a browser names it in the Origin header."""
+        if self.public_url is not None:
+            parts = urlsplit(self.public_url)
+            return f"{parts.scheme}://{parts.netloc}"
+        return f"https://{request.headers.get('host', '')}"
+
     def redirect_uri(self) -> str:
         if self.public_url is None:
             raise ConfigError("the console's public URL is not known yet")
@@ -179,28 +189,38 @@ def view(path: str, side: Side | str, handler: ViewHandler) -> Route:
     return Route(path, endpoint, methods=["GET"])
 
 
-async def checked_form(request: Request) -> FormData:
+# Files one form may carry: a hash list, or a gateway ledger and nodes' receipts.
+MAX_FILES = 16
+
+
+async def checked_form(request: Request, max_files: int = MAX_FILES) -> FormData:
     """The posted form, once its CSRF token and origin match this session."""
     session = session_of(request)
     if session is None:
         raise HTTPException(403, "no session: sign in again")
     origin = request.headers.get("origin")
-    if origin is not None and origin != f"https://{request.headers.get('host', '')}":
+    if origin is not None and origin != console_of(request).origin(request):
         raise HTTPException(403, "a form from another site was refused")
-    form = await request.form(max_files=10_000, max_fields=1_000, max_part_size=MAX_BODY_BYTES)
+    form = await request.form(max_files=max_files, max_fields=1_000, max_part_size=MAX_BODY_BYTES)
     token = form.get("csrf")
     if not isinstance(token, str) or not hmac.compare_digest(token, session.csrf):
+        await form.close()
         raise HTTPException(403, "the form's security token does not match; reload the page")
     return form
 
 
-def action(path: str, side: Side | str, handler: ActionHandler) -> Route:
-    """A POST action for the side's role only; the CSRF token is checked first."""
+def action(
+    path: str, side: Side | str, handler: ActionHandler, *, max_files: int = MAX_FILES
+) -> Route:
+    """A POST action for the side's role only; the CSRF token is checked first.
+
+    ``max_files``: how many uploaded files the form may carry.
+    """
 
     async def endpoint(request: Request) -> Response:
         s = side if isinstance(side, Side) else None
         user = _signed_in(request, s.role if s else str(side), s)
-        form = await checked_form(request)
+        form = await checked_form(request, max_files)
         try:
             return await handler(request, user, form)
         finally:
@@ -214,12 +234,28 @@ def see_other(path: str) -> RedirectResponse:
     return RedirectResponse(path, status_code=303)
 
 
+def _section(request: Request) -> str:
+    return request.url.path.strip("/").split("/", 1)[0]
+
+
+def keep(request: Request, value: Any) -> str:
+    """Keep ``value`` in the session for a redirect-after-post; return its opaque key.
+
+    It is kept for this section of the console (``/investigate``, ``/audit``...)
+    only, so a key cannot be replayed at another section's page.
+    """
+    session = session_of(request)
+    if session is None:
+        raise HTTPException(401, "sign in first")
+    return session.keep((_section(request), value))
+
+
 def kept_or_404(request: Request, key: str) -> Any:
     session = session_of(request)
-    value = session.kept(key) if session else None
-    if value is None:
+    kept = session.kept(key) if session else None
+    if kept is None or kept[0] != _section(request):
         raise HTTPException(404, "that result is no longer kept; run it again")
-    return value
+    return kept[1]
 
 
 def form_text(form: FormData, name: str, default: str = "") -> str:
@@ -258,10 +294,14 @@ class _Guard:
                     raise HTTPException(413, "request too large")
             return message
 
-        static = str(scope.get("path", "")).startswith("/static/")
+        path = str(scope.get("path", ""))
+        static = path.startswith("/static/")
+        status = 0
 
         async def with_headers(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 extra = list(SECURITY_HEADERS)
                 if not static:
                     extra.append((b"cache-control", b"no-store"))
@@ -271,7 +311,19 @@ class _Guard:
         # The session is looked up once, here, for every page.
         cookie = _cookie(headers.get(b"cookie", b""))
         scope.setdefault("state", {})["session"] = self.console.sessions.get(cookie)
-        await self.app(scope, capped, with_headers)
+        started = time.perf_counter()
+        try:
+            await self.app(scope, capped, with_headers)
+        finally:
+            # The path only, never the query string (a sign-in's code and state)
+            # nor a body: no selector is ever in a path.
+            access.info(
+                "%s %s %d %.1f ms",
+                scope.get("method", ""),
+                path,
+                status,
+                (time.perf_counter() - started) * 1000,
+            )
 
 
 async def _plain(send: Send, status: int, body: bytes) -> None:
@@ -368,12 +420,15 @@ async def _home(request: Request) -> Response:
 
 async def _signin(request: Request) -> Response:
     console = console_of(request)
+    session = session_of(request)
+    if session is not None and session.user is not None:
+        # Signed in already: a link to /signin from elsewhere must not sign one out.
+        return see_other("/")
     provider = console.identity_provider()
     url, pending = await run_in_threadpool(provider.begin)
-    session = console.sessions.new()
-    session.pending = pending
+    starting = console.sessions.starting(pending)
     response = RedirectResponse(url, status_code=303)
-    _set_cookie(response, session, console.config.session_ttl_s)
+    _set_cookie(response, starting, console.config.session_ttl_s)
     return response
 
 
@@ -385,12 +440,10 @@ async def _callback(request: Request) -> Response:
             "this sign-in was not started here (or took too long); sign in again"
         )
     pending, session.pending = session.pending, None
+    console.sessions.drop(session.id)
     params = dict(request.query_params.items())
     user = await run_in_threadpool(console.identity_provider().finish, pending, params)
-    # A new session id once signed in: an id planted before sign-in is worthless.
-    console.sessions.drop(session.id)
-    fresh = console.sessions.new()
-    fresh.user = user
+    fresh = console.sessions.signed_in(user)
     log.info("signed in: %s of %s (%s)", user.subject, user.agency, ", ".join(user.roles))
     response = see_other("/")
     _set_cookie(response, fresh, console.config.session_ttl_s)

@@ -27,8 +27,6 @@ sign anyone in.
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 import html
 import secrets
@@ -46,6 +44,7 @@ from starlette.routing import Route
 
 from liaison.config import LOOPBACK_HOSTS
 from liaison.identity.dev_oidc_config import DevAgency, DevClient, DevIdpConfig, DevUser
+from liaison.identity.pkce import b64url, s256
 from liaison.tokens import issue_dev_token
 
 CODE_TTL_S = 60
@@ -114,12 +113,6 @@ class _Grant:
     expires: float
 
 
-def s256(verifier: str) -> str:
-    """The PKCE S256 challenge of ``verifier`` (RFC 7636 section 4.2)."""
-    digest = hashlib.sha256(verifier.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
 def redirect_uri_problem(uri: str) -> str | None:
     """Why ``uri`` may not be redirected to (None if it may); the dev-only rule."""
     parts = urlsplit(uri)
@@ -141,16 +134,12 @@ def _origin(uri: str) -> str:
     return f"{parts.scheme}://{parts.netloc}"
 
 
-def _b64url(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
-
-
 def jwk_of(agency: DevAgency) -> dict[str, str]:
     """The agency's public key as an OKP/Ed25519 JWK, named by Liaison's key id."""
     return {
         "kty": "OKP",
         "crv": "Ed25519",
-        "x": _b64url(agency.key.verifying_key.raw),
+        "x": b64url(agency.key.verifying_key.raw),
         "kid": agency.key.key_id,
         "use": "sig",
         "alg": "EdDSA",

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liaison.config import LOOPBACK_HOSTS, _read_toml, _Reader
+from liaison.config import LOOPBACK_HOSTS, _read_toml, _Reader, split_listen
 from liaison.errors import ConfigError
 from liaison.keys import SigningKey
 from liaison.tokens import dev_issuer
@@ -65,18 +65,6 @@ class DevIdpConfig:
     @property
     def tls(self) -> bool:
         return self.tls_cert is not None
-
-
-def split_listen(listen: str, where: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[::1]:0`` for IPv6) as (host, port); ConfigError if malformed."""
-    host, sep, port_text = listen.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    if not sep or not host or not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
-        raise ConfigError(
-            f"{where}: `listen` must be HOST:PORT (port 0 for any free port), got {listen!r}"
-        )
-    return host, int(port_text)
 
 
 def load_dev_idp_config(path: Path) -> DevIdpConfig:
