@@ -5,13 +5,18 @@ files a follow-up through the gateway (as `liaison followup file` does); the
 duty officer, signed in through the development provider, reads it in the
 browser, releases one field under H1 and refuses the other; the investigator
 then collects the node's signed decision from the gateway. Also: someone of
-Freedonia without the duty-officer role is refused by the server, the policy
-page shows the approve rule and explains hypothetical requests, and the
-health page runs the node's checks.
+Freedonia without the duty-officer role, or of another agency, is refused by
+the server; "release everything" releases only what this officer may release;
+the policy page shows the approve rule, the policy file's digest, and explains
+hypothetical requests; and the health page says what it can learn without the
+node's secrets (and needs none of them, and writes nothing).
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
+import socket
 import ssl
 import time
 import urllib.error
@@ -23,17 +28,31 @@ import pytest
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
+from starlette.datastructures import FormData
 
 from liaison import client
+from liaison.catalog import CATALOG_V1
+from liaison.console.config import load_console_config
+from liaison.console.officer import (
+    NodeSettings,
+    NodeSide,
+    _health,
+    read_policy_file,
+)
+from liaison.console.officer_views import choices_from_form, field_rows, releasable_fields
+from liaison.console.oidc import SignedIn
 from liaison.console.sessions import COOKIE
+from liaison.console.web import build_console
 from liaison.demo.data import probes
 from liaison.demo.followup import officer_token
 from liaison.demo.run import CASE_REF, investigator_token
+from liaison.errors import InvalidQuery
 from liaison.followup_wire import decision_from_bytes
-from liaison.followups import FieldChoice, FollowUpFiling, FollowUpStatus, Urgency
+from liaison.followups import FieldChoice, FollowUpFiling, FollowUpStatus, InboxItem, Urgency
 from liaison.inbox_client import Inbox
-from liaison.messages import SearchInput
+from liaison.messages import Requester, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
+from policies import load_policy
 from tests.console_support import (  # noqa: F401 (the shared fixtures)
     ConsoleBed,
     browser,
@@ -289,29 +308,271 @@ def test_policy_page_and_explain(bed: ConsoleBed, driver: WebDriver) -> None:
     assert "Decision: DENY by no-account-data-abroad" in denied
 
 
-def test_health_page_and_page_times(bed: ConsoleBed, driver: WebDriver) -> None:
+def _policy_path(bed: ConsoleBed) -> Path:
+    return bed.root / "nodes" / HOLDER / "policy.toml"
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_health_page_says_what_it_cannot_check(bed: ConsoleBed, driver: WebDriver) -> None:
     sign_in(driver, bed.node_console, "duty.fred")
     driver.get(f"{bed.node_console}/health")
     wait_for(driver, "#checks")
     page = main_text(driver)
-    assert "All checks pass." in page
+    assert "Everything this console can check is ok." in page
     assert "Reachable ok: SERVING" in page
     assert "Pending requests" in page and "Overdue" in page
-    for check in ("signing key", "policy", "database", "receipts ledger", "inbox"):
-        assert f"{check} ok" in page
+    assert "node config ok" in page and "policy file ok" in page
+    assert _sha256(_policy_path(bed)) in page
+    # Checks that need the node's secrets or write access are not run here...
+    for secret in ("signing key", "database", "receipts ledger", "transform key"):
+        assert f"{secret} ok" not in page, secret
+    # ...and the page says so, and how to run them.
+    assert "Not checked from this console" in page
+    node_toml = bed.root / "nodes" / HOLDER / "node.toml"
+    assert f"liaison node check --config {node_toml.resolve()}" in page
     screenshot(driver, "officer-health")
 
-    # Each page loads, and not pathologically slowly: the 300 ms aim is measured
-    # by `make bench-console` (a shared machine's timing is no test verdict).
-    context = _context(bed)
-    for path in ("/inbox", "/policy", "/health"):
-        times = []
-        for _ in range(3):
-            started = time.perf_counter()
-            with urllib.request.urlopen(  # noqa: S310 (an https URL of the bed)
-                _as(driver, bed, "GET", path), context=context, timeout=10
-            ) as page:
-                assert page.status == 200
-                page.read()
-            times.append(time.perf_counter() - started)
-        assert min(times) < 3.0, (path, times)
+
+def _officer(bed: ConsoleBed, token: str | None = None) -> SignedIn:
+    return SignedIn(
+        subject="duty.fred",
+        name="Fred",
+        agency=HOLDER,
+        roles=("duty-officer",),
+        issuer=f"https://dev-idp.invalid/{HOLDER}",
+        access_token=token if token is not None else officer_token(bed.root),
+        expires_at=time.time() + 300,
+    )
+
+
+def _inbox_address(bed: ConsoleBed) -> str:
+    return (bed.root / "nodes" / HOLDER / "state" / "inbox.addr").read_text().strip()
+
+
+def _secretless_node_config(bed: ConsoleBed, folder: Path) -> Path:
+    """The bed's node config with its key, database password and state out of reach.
+
+    The signing and transform keys and the password file do not exist; the state
+    folder and receipts ledger are in ``folder``. A console that needed any of
+    them fails; one that wrote the ledger leaves a file there.
+    """
+    node_dir = (bed.root / "nodes" / HOLDER).resolve()
+    text = (node_dir / "node.toml").read_text()
+    for old, new in (
+        ('signing_key = "node.key"', 'signing_key = "/nonexistent/node.key"'),
+        ('transform_key = "transform.key"', 'transform_key = "/nonexistent/transform.key"'),
+        ('state_dir = "state"', f'state_dir = "{folder / "state"}"'),
+        ('location = "state/receipts.sqlite3"', f'location = "{folder / "receipts.sqlite3"}"'),
+        ('policy = "policy.toml"', f'policy = "{node_dir / "policy.toml"}"'),
+        ('client_ca = "../../pki/ca.pem"', f'client_ca = "{bed.root.resolve() / "pki/ca.pem"}"'),
+        (
+            "[node]\n",
+            '[node]\ndatabase_password_file = "/nonexistent/db-password"\n',
+        ),
+    ):
+        assert old in text, f"the demo's node.toml changed: {old!r} not in it"
+        text = text.replace(old, new, 1)
+    path = folder / "config" / "node.toml"
+    path.parent.mkdir()
+    path.write_text(text)
+    return path
+
+
+def test_health_needs_no_secret_and_writes_nothing(bed: ConsoleBed, tmp_path: Path) -> None:
+    config = _secretless_node_config(bed, tmp_path)
+    node = NodeSide(NodeSettings(config, _inbox_address(bed), None))
+    before = sorted(tmp_path.rglob("*"))
+
+    health = _health(node, _officer(bed))
+
+    lines = {line["name"]: line for line in health["lines"]}
+    assert set(lines) == {"node config", "policy file"}, lines
+    assert all(line["word"] == "ok" for line in lines.values()), lines
+    assert health["inbox"]["serving"] and health["counts"] is not None
+    # Nothing was written: no state folder, no receipts ledger.
+    assert sorted(tmp_path.rglob("*")) == before
+
+
+def test_health_shows_inbox_failures_as_lines(bed: ConsoleBed, tmp_path: Path) -> None:
+    config = _secretless_node_config(bed, tmp_path)
+    # Refused: the node's inbox answers, but not to a token it cannot verify.
+    node = NodeSide(NodeSettings(config, _inbox_address(bed), None))
+    refused = _health(node, _officer(bed, token="not-a-token"))
+    assert refused["inbox"]["serving"] and refused["counts"] is None
+    (listing,) = [line for line in refused["lines"] if line["name"] == "inbox listing"]
+    assert listing["word"] == "problem" and listing["detail"]
+
+    # Unreachable: nothing listens there (a port just closed).
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        closed = f"127.0.0.1:{s.getsockname()[1]}"
+    gone = _health(NodeSide(NodeSettings(config, closed, None)), _officer(bed))
+    assert not gone["inbox"]["serving"] and "not answering" in gone["inbox"]["detail"]
+
+    # Not published: a node that never started.
+    unpublished = _health(NodeSide(NodeSettings(config, None, None)), _officer(bed))
+    assert not unpublished["inbox"]["serving"]
+    assert "has not published its inbox address" in unpublished["inbox"]["detail"]
+
+
+TWO_APPROVE_RULES = """\
+version = 1
+agency = "freedonia"
+
+[[rule]]
+id = "dates-by-duty-officers"
+effect = "approve"
+agencies = ["genovia"]
+roles = ["investigator"]
+purposes = ["victim-identification"]
+datasets = ["media"]
+release = ["first_seen"]
+officers = ["duty-officer"]
+handling = "H1"
+
+[[rule]]
+id = "case-files-by-senior-officers"
+effect = "approve"
+agencies = ["genovia"]
+roles = ["investigator"]
+purposes = ["victim-identification"]
+datasets = ["media"]
+release = ["case_ref"]
+officers = ["senior-officer"]
+handling = "H2"
+"""
+
+
+def _two_role_item() -> InboxItem:
+    return InboxItem(
+        id="fu-1",
+        kind="follow-up",
+        received_at_ms=1,
+        answer_by_ms=0,
+        status="pending",
+        requester=Requester("genovia", "inv.alice", ("investigator",), "https://idp/genovia"),
+        purpose="victim-identification",
+        case_ref="GEN-2026-1",
+        fields=("first_seen", "case_ref"),
+        # The node says both are decidable: by *some* officer.
+        decidable_fields=("first_seen", "case_ref"),
+        dataset="media",
+        rules=("case-files-by-senior-officers", "dates-by-duty-officers"),
+        officer_roles=("duty-officer", "senior-officer"),
+    )
+
+
+def test_release_everything_releases_only_what_this_officer_may(
+    bed: ConsoleBed, tmp_path: Path
+) -> None:
+    (tmp_path / "policy.toml").write_text(TWO_APPROVE_RULES)
+    policy = load_policy(tmp_path / "policy.toml", CATALOG_V1)
+    item = _two_role_item()
+    assert releasable_fields(item, policy, ("duty-officer",)) == {"first_seen"}
+
+    form = FormData([("all", "release"), ("reason", "the date now")])
+    choices, _ = choices_from_form(item, form, releasable_fields(item, policy, ("duty-officer",)))
+    assert [(c.field, c.release) for c in choices] == [("first_seen", True), ("case_ref", False)]
+    # With nothing of its own to release, "release everything" signs no refusal.
+    with pytest.raises(InvalidQuery, match="none of the asked fields is yours"):
+        choices_from_form(item, form, releasable_fields(item, policy, ("night-clerk",)))
+
+    # The item page offers no release of the field another role must release.
+    console = build_console(
+        load_console_config(bed.root / "console" / f"{HOLDER}-console.toml"), sides=["node"]
+    )
+    html = console.templates.get_template("officer_item.html").render(
+        user=_officer(bed, token=""),
+        csrf="x",
+        sides=[],
+        path="/inbox/item/fu-1",
+        title="Follow-up request",
+        item=item,
+        rows=field_rows(item, policy, ("duty-officer",)),
+        may_decide=True,
+        overdue=False,
+        due="-",
+        when=lambda ms: str(ms),
+        decision=None,
+        codes=[("H1", "not for use in court")],
+        describe=lambda code: code,
+        policy_file=read_policy_file(tmp_path / "policy.toml"),
+    )
+    assert re.search(r'<input type="radio" id="release-0"[^>]*value="release">', html)
+    assert re.search(r'<input type="radio" id="release-1"[^>]*value="release" disabled>', html)
+    assert re.search(r'<select id="code-1" name="code-1" disabled>', html)
+    assert "only senior-officer may release it" in html
+
+
+def test_release_everything_in_the_browser(bed: ConsoleBed, driver: WebDriver) -> None:
+    # Freedonia's approve rule lets a duty officer release first_seen; nothing
+    # lets anyone release victim_identified.
+    followup_id = file_followup(bed, ("first_seen", "victim_identified"))
+    sign_in(driver, bed.node_console, "duty.fred")
+    open_item(driver, bed, followup_id)
+    assert driver.find_element(By.ID, "release-0").is_enabled()
+    assert not driver.find_element(By.ID, "release-1").is_enabled()
+    assert not driver.find_element(By.ID, "code-1").is_enabled()
+    driver.find_element(By.CSS_SELECTOR, 'button[name="all"][value="release"]').click()
+    decided = decided_page(driver)
+    assert f"{followup_id} is decided: partial" in decided
+    view = client.get_followup(
+        bed.gateway, investigator_token(bed.root), followup_id, tls_ca=_gateway_ca(bed)
+    )
+    assert view.decision is not None
+    decision = decision_from_bytes(view.decision.payload)
+    assert decision.fields == ("first_seen",)
+    assert [f.field for f in decision.field_decisions if f.released] == ["first_seen"]
+
+
+def test_pages_show_the_policy_file_they_read(bed: ConsoleBed, driver: WebDriver) -> None:
+    policy = _policy_path(bed)
+    followup_id = file_followup(bed, ("first_seen",))
+    sign_in(driver, bed.node_console, "duty.fred")
+    driver.get(f"{bed.node_console}/policy")
+    wait_for(driver, "#rules")
+    page = main_text(driver)
+    assert _sha256(policy) in page and "Modified" in page
+    assert "restart the node" in page
+    open_item(driver, bed, followup_id)
+    page = main_text(driver)
+    assert _sha256(policy) in page and "restart the node" in page
+
+    # The file changes on disk (the node does not reload it): the pages show the new
+    # digest; and a file that no longer loads is said so on the item page.
+    original = policy.read_bytes()
+    try:
+        policy.write_bytes(original + b"\n# edited, node not restarted\n")
+        open_item(driver, bed, followup_id)
+        assert _sha256(policy) in main_text(driver)
+        policy.write_text("version = [not a policy\n")
+        open_item(driver, bed, followup_id)
+        page = main_text(driver)
+        assert "The policy file does not load" in page and "first_seen" in page
+        screenshot(driver, "officer-item-policy-broken")
+        driver.get(f"{bed.node_console}/policy")
+        wait_for(driver, "p.error")
+        assert "The policy file does not load" in main_text(driver)
+    finally:
+        policy.write_bytes(original)
+
+
+def test_another_agencys_officer_is_refused(bed: ConsoleBed) -> None:
+    console = build_console(
+        load_console_config(bed.root / "console" / f"{HOLDER}-console.toml"), sides=["node"]
+    )
+    (node_side,) = console.sides
+    assert node_side.agencies == frozenset({HOLDER})
+
+    def person(agency: str, roles: tuple[str, ...]) -> SignedIn:
+        issuer = f"https://dev-idp.invalid/{agency}"
+        return SignedIn("someone", "Someone", agency, roles, issuer, "", time.time() + 60)
+
+    assert node_side.admits(person(HOLDER, ("duty-officer",)))
+    # A duty officer of another agency opens nothing at Freedonia's console...
+    assert not node_side.admits(person("genovia", ("duty-officer",)))
+    # ...nor does someone of Freedonia without the role.
+    assert not node_side.admits(person(HOLDER, ("investigator",)))

@@ -7,14 +7,13 @@ from __future__ import annotations
 import hashlib
 import re
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from starlette.datastructures import FormData
 
 from liaison.catalog import CATALOG_V1
-from liaison.checks import CheckResult
 from liaison.cli.inbox import when
 from liaison.cli.query_args import parse_predicates
 from liaison.cli.render import describe_query, headline, requester_text
@@ -64,20 +63,29 @@ ITEM_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 # -- forms -------------------------------------------------------------------------
 
 
-def choices_from_form(item: InboxItem, form: FormData) -> tuple[list[FieldChoice], str]:
+def choices_from_form(
+    item: InboxItem, form: FormData, releasable: Collection[str]
+) -> tuple[list[FieldChoice], str]:
     """The officer's choice for every asked field (``choice-N``, ``code-N``, ``why-N``).
 
     A field neither released nor refused on the form is refused, as the CLI
-    does; the node refuses it anyway.
+    does; the node refuses it anyway. "Release everything" releases the
+    ``releasable`` fields (those this officer may release) and refuses the rest.
     """
     everything = form_text(form, "all")
     reason = form_text(form, "reason")
+    if everything == "release" and not set(releasable) & set(item.fields):
+        # A decision is final: never sign a refusal for a click that said release.
+        raise InvalidQuery(
+            "none of the asked fields is yours to release on this request; refuse it, or "
+            "ask a colleague who holds a role that may release them"
+        )
     choices = []
     for n, name in enumerate(item.fields):
         choice = form_text(form, f"choice-{n}", "refuse")
-        # "Release all the policy allows" / "Refuse everything": one click for either.
+        # "Release all you may" / "Refuse everything": one click for either.
         if everything == "release":
-            choice = "release" if name in item.decidable_fields else "refuse"
+            choice = "release" if name in releasable else "refuse"
         elif everything == "refuse":
             choice = "refuse"
         if choice == "release":
@@ -138,6 +146,13 @@ def field_rows(item: InboxItem, policy: Policy | None, roles: Sequence[str]) -> 
             FieldRow(n, name, decidable, refused, releasers, allowed, defaults.get(name, "H1"))
         )
     return rows
+
+
+def releasable_fields(
+    item: InboxItem, policy: Policy | None, roles: Sequence[str]
+) -> frozenset[str]:
+    """The asked fields an officer holding ``roles`` may release (``may_release``)."""
+    return frozenset(r.name for r in field_rows(item, policy, roles) if r.may_release)
 
 
 def _lines(text: str) -> list[str]:
@@ -336,16 +351,3 @@ def checked_id(item_id: str) -> str:
     if not ITEM_ID.fullmatch(item_id):
         raise NotFound("no such item in this inbox; pick one from the inbox")
     return item_id
-
-
-def check_rows(results: list[CheckResult]) -> list[dict[str, str]]:
-    return [
-        {
-            "name": r.name,
-            "status": r.status.value,
-            "word": "ok" if r.status.value == "ok" else "problem" if not r.ok else r.status.value,
-            "detail": r.detail,
-            "ok": "yes" if r.ok else "no",
-        }
-        for r in results
-    ]
