@@ -4,7 +4,8 @@ One `liaison demo --workdir` run per module writes a federation whose gateway
 has logged five queries and whose three nodes hold their receipts. Each test
 works on its own copy of that folder, so it may edit the SQLite files as
 someone with write access to them could, and then runs `python -m liaison
-audit ...` in a subprocess and reads what it printed.
+audit ...` in a process of its own and reads what it printed (forked from an
+interpreter that imported the command line once: ``tests.conftest.warm_liaison``).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from liaison.keys import SigningKey
 from liaison.ledger.entries import AuditKey
 from liaison.ledger.log import Ledger
 from liaison.ledger.logged import gateway_origin
+from tests.conftest import warm_liaison
 from tests.support import Run, assert_one_line_error, liaison, tampering
 
 NODES = ("freedonia", "ruritania", "sylvania")
@@ -92,7 +94,7 @@ def demo(demo_template: Demo, tmp_path: Path) -> Demo:
 
 def audit(demo: Demo, *args: str | Path) -> Run:
     """`liaison audit ARGS`, run in the federation folder (paths are relative to it)."""
-    return liaison("audit", *args, cwd=demo.root)
+    return warm_liaison("audit", *args, cwd=demo.root)
 
 
 def last_line(run: Run) -> str:

@@ -1,6 +1,9 @@
 """The `liaison` command line, run as a user runs it: real processes, real files.
 
-Every command runs in its own ``python -m liaison`` subprocess with a timeout.
+Every command runs in a process of its own with a timeout: the demo, the first `init`,
+``--version`` and a bare ``liaison`` as a plain ``python -m liaison``, from a
+fresh interpreter; the rest forked from one that imported the command line
+already (``tests.conftest.warm_liaison``), which saves most of a second each.
 One federation started with ``demo --keep-running`` serves all the query
 tests of this module, and is always stopped with ``demo --stop`` afterwards.
 """
@@ -24,15 +27,20 @@ import pytest
 
 from liaison.catalog import CATALOG_V1
 from liaison.config import load_gateway_config, load_node_config
+from liaison.demo.consoles import GATEWAY_CONSOLE, IDP, NODE_CONSOLE
 from liaison.demo.data import probes
 from liaison.identity.verify import TokenVerifier
 from liaison.tokens import dev_issuer
+from tests.conftest import warm_liaison
 from tests.support import Run, assert_one_line_error, liaison
 
 COMMAND_TIMEOUT_S = 60
 START_TIMEOUT_S = 20
 STOP_TIMEOUT_S = 10
 DEMO_AGENCIES = ("freedonia", "ruritania", "sylvania")
+# What `demo --keep-running` leaves running: the nodes, the gateway, the
+# development sign-in provider and the two web consoles.
+DEMO_PROCESSES = (*DEMO_AGENCIES, "gateway", IDP, GATEWAY_CONSOLE, NODE_CONSOLE)
 AGENCY_NAMES = (
     "Ruritania National Police",
     "Freedonia National Central Bureau",
@@ -103,7 +111,7 @@ def kept(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeptFederation]:
         seen |= set(pids.values())
         assert started.returncode == 0, started.stderr
         assert "Traceback" not in started.stderr
-        assert sorted(pids) == sorted([*DEMO_AGENCIES, "gateway"])
+        assert sorted(pids) == sorted(DEMO_PROCESSES)
         assert not any(pid_gone(p) for p in pids.values()), "a process exited right away"
         yield KeptFederation(root, pids, probes().shared_sha256, started, seen)
     finally:
@@ -266,7 +274,7 @@ def test_keep_running_twice_then_stop_leaves_nothing_running(
     kept.seen.update(pids.values())
 
     assert "Traceback" not in again.stderr
-    assert sorted(pids) == sorted([*DEMO_AGENCIES, "gateway"])
+    assert sorted(pids) == sorted(DEMO_PROCESSES)
 
 
 # ---------------------------------------------------------------------------
@@ -283,7 +291,7 @@ def test_kept_federation_writes_its_run_files(kept: KeptFederation) -> None:
 
 
 def test_query_prints_a_table(kept: KeptFederation, tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--federation",
         kept.root,
@@ -312,7 +320,7 @@ def test_query_prints_a_table(kept: KeptFederation, tmp_path: Path) -> None:
 
 
 def test_query_no_verify_prints_the_table_alone(kept: KeptFederation, tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--federation",
         kept.root,
@@ -335,7 +343,7 @@ def test_query_no_verify_prints_the_table_alone(kept: KeptFederation, tmp_path: 
 
 
 def test_query_json(kept: KeptFederation, tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--federation",
         kept.root,
@@ -371,7 +379,7 @@ def test_query_json(kept: KeptFederation, tmp_path: Path) -> None:
 def test_query_with_explicit_gateway_and_token_file(kept: KeptFederation, tmp_path: Path) -> None:
     gateway = (kept.root / "run" / "gateway.addr").read_text().strip()
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         gateway,
@@ -412,7 +420,7 @@ def test_query_with_explicit_gateway_and_token_file(kept: KeptFederation, tmp_pa
 def test_query_rejects_bad_input_in_one_line(
     kept: KeptFederation, tmp_path: Path, args: list[str], fragments: tuple[str, ...]
 ) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--federation",
         kept.root,
@@ -440,7 +448,7 @@ def test_query_rejects_bad_input_in_one_line(
 def test_query_rejects_out_of_range_numbers(
     kept: KeptFederation, tmp_path: Path, option: list[str]
 ) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--federation",
         kept.root,
@@ -464,7 +472,7 @@ def test_query_rejects_out_of_range_numbers(
 def test_query_with_a_forged_token_is_refused(kept: KeptFederation, tmp_path: Path) -> None:
     gateway = (kept.root / "run" / "gateway.addr").read_text().strip()
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         gateway,
@@ -485,7 +493,7 @@ def test_query_with_a_forged_token_is_refused(kept: KeptFederation, tmp_path: Pa
 
 
 def test_query_without_case_ref_is_a_usage_error(tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         "127.0.0.1:9",
@@ -508,7 +516,7 @@ def test_query_without_case_ref_is_a_usage_error(tmp_path: Path) -> None:
 
 
 def test_query_to_a_gateway_that_is_not_running(unused_address: str, tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         unused_address,
@@ -530,7 +538,7 @@ def test_query_to_a_gateway_that_is_not_running(unused_address: str, tmp_path: P
 
 
 def test_query_without_a_gateway_says_how_to_name_one(tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--federation",
         tmp_path,  # no run/gateway.addr, no investigator.jwt
@@ -590,20 +598,22 @@ def test_init_writes_configs_that_load(initialised: Path) -> None:
 def test_init_refuses_a_non_empty_folder(initialised: Path, tmp_path: Path) -> None:
     before = sorted(p.relative_to(initialised) for p in initialised.rglob("*"))
 
-    run = liaison("init", initialised, "--node", "c", cwd=tmp_path)
+    run = warm_liaison("init", initialised, "--node", "c", cwd=tmp_path)
 
     assert_one_line_error(run, str(initialised), "not empty")
     assert sorted(p.relative_to(initialised) for p in initialised.rglob("*")) == before
 
 
 def test_init_needs_a_node(tmp_path: Path) -> None:
-    assert_one_line_error(liaison("init", tmp_path / "empty", cwd=tmp_path), "--node")
+    assert_one_line_error(warm_liaison("init", tmp_path / "empty", cwd=tmp_path), "--node")
 
 
 @pytest.mark.parametrize("base_port", ["65535", "70000", "-5"])
 def test_init_rejects_ports_that_cannot_exist(tmp_path: Path, base_port: str) -> None:
     # Nodes take the ports after the gateway's; none may fall outside 1..65535.
-    run = liaison("init", tmp_path / "fed", "--node", "a", f"--base-port={base_port}", cwd=tmp_path)
+    run = warm_liaison(
+        "init", tmp_path / "fed", "--node", "a", f"--base-port={base_port}", cwd=tmp_path
+    )
 
     assert run.returncode != 0, "init wrote configs with impossible ports"
     assert "Traceback" not in run.stderr
@@ -693,7 +703,7 @@ def test_node_serve_names_a_missing_table(initialised: Path, tmp_path: Path) -> 
         ('table = "media"', 'table = "no_such_table"'),
     )
 
-    run = liaison("node", "serve", "--config", config, cwd=tmp_path)
+    run = warm_liaison("node", "serve", "--config", config, cwd=tmp_path)
 
     assert_one_line_error(run, "'no_such_table'", "does not exist", "media")
 
@@ -701,13 +711,13 @@ def test_node_serve_names_a_missing_table(initialised: Path, tmp_path: Path) -> 
 def test_node_serve_names_a_missing_config(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere.toml"
 
-    run = liaison("node", "serve", "--config", missing, cwd=tmp_path)
+    run = warm_liaison("node", "serve", "--config", missing, cwd=tmp_path)
 
     assert_one_line_error(run, str(missing), "does not exist")
 
 
 def test_token_issue_prints_a_jwt_the_gateway_accepts(initialised: Path, tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "token",
         "issue",
         "--key",
@@ -750,7 +760,7 @@ def test_token_issue_prints_a_jwt_the_gateway_accepts(initialised: Path, tmp_pat
 def test_token_issue_rejects_bad_options(
     initialised: Path, tmp_path: Path, args: list[str], fragment: str
 ) -> None:
-    run = liaison(
+    run = warm_liaison(
         "token",
         "issue",
         "--key",
@@ -769,7 +779,7 @@ def test_token_issue_rejects_bad_options(
 def test_token_issue_with_a_missing_key(tmp_path: Path) -> None:
     missing = tmp_path / "nokey.pem"
 
-    run = liaison(
+    run = warm_liaison(
         "token", "issue", "--key", missing, "--agency", "inv", "--subject", "s", cwd=tmp_path
     )
 
@@ -797,7 +807,7 @@ def test_token_issue_with_a_missing_key(tmp_path: Path) -> None:
     ids=lambda c: " ".join(c) or "liaison",
 )
 def test_help(command: list[str], tmp_path: Path) -> None:
-    run = liaison(*command, "--help", cwd=tmp_path)
+    run = warm_liaison(*command, "--help", cwd=tmp_path)
 
     assert run.returncode == 0, run.stderr
     assert run.stderr == ""

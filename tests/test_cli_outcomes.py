@@ -1,6 +1,8 @@
 """`liaison query` as scripts use it: exit codes, the --json schema, --hashes, token attributes.
 
-The command runs as a real subprocess against a real federation on loopback:
+The command runs as a real process of its own (forked from an interpreter that
+imported the command line once: ``tests.conftest.warm_liaison``) against a
+real federation on loopback:
 a gateway and three nodes serving SQLite databases written here, each with a
 policy of its own, plus two addresses where no node answers:
 
@@ -32,13 +34,13 @@ from liaison.cli.exits import ExitCode
 from liaison.demo.data import INVESTIGATOR_AGENCY
 from liaison.demo.federation import write_dev_idp
 from liaison.patterns import write_series
+from tests.conftest import warm_liaison
 from tests.support import (
     REPO,
     Run,
     assert_one_line_error,
     gateway_over,
     investigator_token,
-    liaison,
     start_local_node,
     write_local_node,
 )
@@ -264,7 +266,7 @@ class Fed:
     closed: str  # a loopback address where nothing listens
 
     def query(self, *args: str | Path, nodes: str, json_out: bool = True) -> Run:
-        return liaison(
+        return warm_liaison(
             "query",
             "--gateway",
             self.gateway,
@@ -432,7 +434,7 @@ def test_a_refused_token_exits_1(fed: Fed) -> None:
     bad = fed.root / "forged.jwt"
     bad.write_text("not-a-jwt\n")
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         fed.gateway,
@@ -463,7 +465,7 @@ def test_dry_run_exits_3_when_a_policy_cannot_be_had(fed: Fed, schema: dict[str,
 
 
 def test_help_lists_every_exit_code(tmp_path: Path) -> None:
-    run = liaison("query", "--help", cwd=tmp_path)
+    run = warm_liaison("query", "--help", cwd=tmp_path)
 
     assert run.returncode == 0
     epilog = run.stdout.split("exit status:", 1)[1]
@@ -583,7 +585,7 @@ def test_the_validator_is_strict(schema: dict[str, Any]) -> None:
 
 
 def test_schema_option_prints_the_published_schema(tmp_path: Path) -> None:
-    run = liaison("query", "--schema", cwd=tmp_path)
+    run = warm_liaison("query", "--schema", cwd=tmp_path)
 
     assert run.returncode == 0, run.stderr
     printed = json.loads(run.stdout)
@@ -622,7 +624,7 @@ def test_bad_values_are_refused_here_before_any_connection(
 ) -> None:
     closed = closed_address()
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         closed,
@@ -642,7 +644,7 @@ def test_bad_values_are_refused_here_before_any_connection(
 
 
 def test_an_unknown_purpose_is_refused_here(tmp_path: Path) -> None:
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         closed_address(),
@@ -755,7 +757,7 @@ def test_hashes_from_liaison_hash_json(fed: Fed, tmp_path: Path) -> None:
     files.mkdir()
     (files / "a.bin").write_bytes(b"cli file 7")  # alpha holds its SHA-256: sha_of(7)
     (files / "b.bin").write_bytes(b"something else")
-    hashed = liaison("hash", "--json", files, cwd=tmp_path)
+    hashed = warm_liaison("hash", "--json", files, cwd=tmp_path)
     listing = tmp_path / "hashes.json"
     listing.write_text(hashed.stdout)
 
@@ -812,7 +814,7 @@ def test_a_bad_hash_list_is_refused_before_any_connection(
     listing.write_text(content)
     closed = closed_address()
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         closed,
@@ -839,7 +841,7 @@ def test_more_than_100000_hashes_are_refused(tmp_path: Path) -> None:
     listing = tmp_path / "huge.txt"
     listing.write_text("".join(f"{i:064x}\n" for i in range(100_001)))
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         closed_address(),
@@ -864,7 +866,7 @@ def test_more_than_100000_hashes_are_refused(tmp_path: Path) -> None:
 
 
 def issue(fed: Fed, *attributes: str) -> Run:
-    return liaison(
+    return warm_liaison(
         "token",
         "issue",
         "--key",
@@ -893,7 +895,7 @@ def test_an_attribute_reaches_the_node_policy(
     token = tmp_path / "carol.jwt"
     token.write_text(issued.stdout)
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         fed.gateway,
@@ -931,7 +933,7 @@ def test_sixteen_attributes_of_64_characters_are_accepted(fed: Fed, tmp_path: Pa
     token = tmp_path / "wide.jwt"
     token.write_text(issued.stdout)
 
-    run = liaison(
+    run = warm_liaison(
         "query",
         "--gateway",
         fed.gateway,
