@@ -33,6 +33,10 @@ from hypothesis import settings
 from liaison.demo.data import INVESTIGATOR_AGENCY, demo_agencies
 from liaison.demo.federation import write_gateway_config
 from liaison.demo.run import build_federation
+
+# The web consoles' test bed and browser: one each per test session (per xdist
+# worker), shared by every console test module, since starting them costs seconds.
+from tests.console_support import browser, console_bed  # noqa: F401 (fixtures)
 from tests.support import (
     COMMAND_TIMEOUT_S,
     REPO,

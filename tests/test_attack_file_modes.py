@@ -107,5 +107,8 @@ def test_demo_token_and_node_state_are_owner_only(tmp_path: Path) -> None:
 
     assert run.returncode == 0, run.stderr[-2000:]
     assert mode(root / "investigator.jwt") == 0o600
+    # The web consoles' and the sign-in provider's TLS keys too.
+    for key in ("console.key", "dev-idp.key"):
+        assert mode(root / "pki" / key) == 0o600, key
     for node_id in ("freedonia", "ruritania", "sylvania"):
         assert_private_state(root / "nodes" / node_id / "state")

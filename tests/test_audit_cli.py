@@ -71,7 +71,7 @@ class Demo:
 def demo_template(tmp_path_factory: pytest.TempPathFactory) -> Demo:
     """`liaison demo --workdir DIR --json`: five queries logged, once per module."""
     base = tmp_path_factory.mktemp("audit-demo")
-    run = liaison("demo", "--workdir", base / "federation", "--json", cwd=base)
+    run = liaison("demo", "--workdir", base / "federation", "--json", "--no-consoles", cwd=base)
     assert run.returncode == 0, run.stderr
     queries = json.loads(run.stdout)["queries"]
     assert len(queries) == QUERIES

@@ -34,16 +34,12 @@ from liaison.ledger.views import rows
 from liaison.web_serving import listening_socket
 from tests.console_support import (
     ConsoleBed,
-    browser,
-    console_bed,
     screenshot,
     session_cookie,
     sign_in,
     submit,
     wait_for,
 )
-
-__all__ = ["browser", "console_bed"]  # fixtures, used by name
 
 CASE = "GEN-CONSOLE-7"
 
@@ -253,7 +249,8 @@ def recorded_console(console_bed: ConsoleBed) -> Iterator[tuple[str, _Recorder]]
     try:
         yield console.public_url, recorder
     finally:
-        server.should_exit = True
+        # The browser keeps its connection open: do not wait for it to go.
+        server.should_exit = server.force_exit = True
         thread.join(10)
 
 

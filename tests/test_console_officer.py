@@ -53,10 +53,8 @@ from liaison.inbox_client import Inbox
 from liaison.messages import Requester, SearchInput
 from liaison.query import Comparator, Operation, Predicate, Query
 from policies import load_policy
-from tests.console_support import (  # noqa: F401 (the shared fixtures)
+from tests.console_support import (
     ConsoleBed,
-    browser,
-    console_bed,
     screenshot,
     session_cookie,
     sign_in,
@@ -67,12 +65,12 @@ HOLDER = "freedonia"
 
 
 @pytest.fixture
-def bed(console_bed: ConsoleBed) -> ConsoleBed:  # noqa: F811 (the imported fixture)
+def bed(console_bed: ConsoleBed) -> ConsoleBed:
     return console_bed
 
 
 @pytest.fixture
-def driver(browser: WebDriver) -> WebDriver:  # noqa: F811 (the imported fixture)
+def driver(browser: WebDriver) -> WebDriver:
     return browser
 
 

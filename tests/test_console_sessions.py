@@ -12,14 +12,10 @@ from liaison.console.oidc import PendingSignIn, SignedIn
 from liaison.console.sessions import COOKIE, MAX_STARTING, SessionStore
 from tests.console_support import (
     ConsoleBed,
-    browser,
-    console_bed,
     session_cookie,
     sign_in,
     wait_for,
 )
-
-__all__ = ["browser", "console_bed"]  # fixtures, used by name
 
 
 def _user() -> SignedIn:
