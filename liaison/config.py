@@ -190,7 +190,7 @@ class GatewayConfig:
 ALLOWED_JWT_ALGORITHMS = ("EdDSA", "ES256", "RS256", "PS256")
 
 
-class _Reader:
+class TableReader:
     """Typed access to a TOML table that names the file and key in every error."""
 
     def __init__(self, table: Mapping[str, Any], where: str, base: Path) -> None:
@@ -260,13 +260,13 @@ def _tls(
     table = doc[key]
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [{key}] must be a table")
-    r = _Reader(table, f"{path} [{key}]", path.parent)
+    r = TableReader(table, f"{path} [{key}]", path.parent)
     r.check_keys({"certificate", "private_key", ca_key})
     ca = r.path(ca_key) if ca_required or ca_key in table else None
     return TlsFiles(r.path("certificate"), r.path("private_key"), ca)
 
 
-def _read_toml(path: Path) -> dict[str, Any]:
+def read_toml(path: Path) -> dict[str, Any]:
     try:
         return tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
@@ -299,7 +299,7 @@ def resolve_database_url(
     return parsed.render_as_string(hide_password=False)
 
 
-def _node_database_url(node: _Reader) -> str:
+def _node_database_url(node: TableReader) -> str:
     """``[node] database_url``, its password from database_password_env/_file if given."""
     password = password_from(
         node.table, node.where, node.base, "database_password_env", "database_password_file"
@@ -309,11 +309,11 @@ def _node_database_url(node: _Reader) -> str:
 
 def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
     path = path.resolve()
-    doc = _read_toml(path)
+    doc = read_toml(path)
     base = path.parent
-    top = _Reader(doc, str(path), base)
+    top = TableReader(doc, str(path), base)
     top.check_keys({"node", "trusted_gateway", "datasets", "tls", "ledger", "inbox"})
-    node = _Reader(doc.get("node", {}), f"{path} [node]", base)
+    node = TableReader(doc.get("node", {}), f"{path} [node]", base)
     node.check_keys(
         {
             "id",
@@ -335,7 +335,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
     )
     trusted = []
     for i, t in enumerate(top.tables("trusted_gateway"), start=1):
-        r = _Reader(t, f"{path} [[trusted_gateway]] #{i}", base)
+        r = TableReader(t, f"{path} [[trusted_gateway]] #{i}", base)
         r.check_keys({"id", "public_key", "tls_spki_sha256", "tls_san"})
         trusted.append(
             TrustedKey(
@@ -363,7 +363,7 @@ def load_node_config(path: Path, catalog: Catalog) -> NodeConfig:
                 f'{where}: must be a table with `table = "..."` and a [datasets.{name}.fields] '
                 "mapping"
             )
-        r = _Reader(table, where, base)
+        r = TableReader(table, where, base)
         r.check_keys({"table", "fields", "hex_case", "key"})
         fields = table.get("fields", {})
         if not isinstance(fields, dict) or not fields:
@@ -428,10 +428,10 @@ def _inbox(doc: Mapping[str, Any], path: Path, node_id: str) -> InboxConfig | No
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [inbox] must be a table")
     where = f"{path} [inbox]"
-    r = _Reader(table, where, path.parent)
+    r = TableReader(table, where, path.parent)
     r.check_keys({"listen", "audience", "issuer"})
     issuers = [
-        _issuer(_Reader(t, f"{where} [[inbox.issuer]] #{i}", path.parent))
+        _issuer(TableReader(t, f"{where} [[inbox.issuer]] #{i}", path.parent))
         for i, t in enumerate(r.tables("issuer"), start=1)
     ]
     if not issuers:
@@ -473,7 +473,7 @@ def _hex_case(
     return cases
 
 
-def _spki_pins(r: _Reader) -> tuple[str, ...]:
+def _spki_pins(r: TableReader) -> tuple[str, ...]:
     pins = tuple(p.lower().replace(":", "") for p in r.str_list("tls_spki_sha256"))
     for pin in pins:
         if len(pin) != 64 or any(c not in "0123456789abcdef" for c in pin):
@@ -503,11 +503,11 @@ def _check_gateway_identities(path: Path, trusted: list[TrustedKey], *, tls: boo
             )
 
 
-def _ledger_reader(doc: Mapping[str, Any], path: Path, allowed: set[str]) -> _Reader:
+def _ledger_reader(doc: Mapping[str, Any], path: Path, allowed: set[str]) -> TableReader:
     table = doc.get("ledger", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: [ledger] must be a table")
-    reader = _Reader(table, f"{path} [ledger]", path.parent)
+    reader = TableReader(table, f"{path} [ledger]", path.parent)
     reader.check_keys({*allowed, "checkpoint_interval_s", "password_env", "password_file"})
     return reader
 
@@ -531,7 +531,7 @@ def _ledger_location(doc: Mapping[str, Any], path: Path, default: str, allowed: 
 
 
 def _checkpoint_interval(doc: Mapping[str, Any], path: Path) -> int:
-    reader = _Reader(doc.get("ledger", {}), f"{path} [ledger]", path.parent)
+    reader = TableReader(doc.get("ledger", {}), f"{path} [ledger]", path.parent)
     return reader.integer("checkpoint_interval_s", DEFAULT_CHECKPOINT_INTERVAL_S, 1, 3600)
 
 
@@ -565,7 +565,7 @@ def jwks_url_problem(url: str) -> str | None:
     return None
 
 
-def _issuer(r: _Reader) -> Issuer:
+def _issuer(r: TableReader) -> Issuer:
     """One ``[[issuer]]`` table: who may vouch for which agencies, with which keys."""
     r.check_keys(_ISSUER_KEYS)
     algorithms = r.str_list("algorithms")
@@ -612,12 +612,12 @@ def _issuer(r: _Reader) -> Issuer:
 MAX_MAPPED_ATTRIBUTES = 16
 
 
-def _claim_mapping(issuer: _Reader, agencies: frozenset[str]) -> ClaimMapping:
+def _claim_mapping(issuer: TableReader, agencies: frozenset[str]) -> ClaimMapping:
     """The optional ``[issuer.claims]`` table; what it leaves out keeps Liaison's names."""
     table = issuer.table.get("claims", {})
     if not isinstance(table, dict):
         raise ConfigError(f"{issuer.where}: `claims` must be a table ([issuer.claims])")
-    r = _Reader(table, f"{issuer.where} [issuer.claims]", issuer.base)
+    r = TableReader(table, f"{issuer.where} [issuer.claims]", issuer.base)
     r.check_keys({"agency", "agency_value", "roles", "subject", "attributes"})
     default = ClaimMapping()
     if "agency" in table and "agency_value" in table:
@@ -658,11 +658,11 @@ def _claim_mapping(issuer: _Reader, agencies: frozenset[str]) -> ClaimMapping:
 
 def load_gateway_config(path: Path) -> GatewayConfig:
     path = path.resolve()
-    doc = _read_toml(path)
+    doc = read_toml(path)
     base = path.parent
-    top = _Reader(doc, str(path), base)
+    top = TableReader(doc, str(path), base)
     top.check_keys({"gateway", "issuer", "node", "tls", "node_tls", "ledger"})
-    gw = _Reader(doc.get("gateway", {}), f"{path} [gateway]", base)
+    gw = TableReader(doc.get("gateway", {}), f"{path} [gateway]", base)
     gw.check_keys(
         {
             "id",
@@ -676,7 +676,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         }
     )
     issuers = [
-        _issuer(_Reader(t, f"{path} [[issuer]] #{i}", base))
+        _issuer(TableReader(t, f"{path} [[issuer]] #{i}", base))
         for i, t in enumerate(top.tables("issuer"), start=1)
     ]
     if not issuers:
@@ -688,7 +688,7 @@ def load_gateway_config(path: Path) -> GatewayConfig:
         raise ConfigError(f"{path}: issuers {twice} appear in more than one [[issuer]]; merge them")
     nodes = []
     for i, t in enumerate(top.tables("node"), start=1):
-        r = _Reader(t, f"{path} [[node]] #{i}", base)
+        r = TableReader(t, f"{path} [[node]] #{i}", base)
         r.check_keys({"id", "address", "public_key"})
         nodes.append(NodeEndpoint(r.text("id"), r.text("address"), r.path("public_key")))
     ids = [n.id for n in nodes]
@@ -768,7 +768,7 @@ def _audit_key(doc: Mapping[str, Any], path: Path) -> Path:
     return reader.path("audit_key")
 
 
-def _metrics_listen(reader: _Reader) -> str | None:
+def _metrics_listen(reader: TableReader) -> str | None:
     """The optional ``metrics_listen = "HOST:PORT"`` (port 0: any free port)."""
     if "metrics_listen" not in reader.table:
         return None
@@ -792,3 +792,8 @@ def split_listen(listen: str, where: str) -> tuple[str, int]:
             f"{where}: `listen` must be HOST:PORT (port 0 for any free port), got {listen!r}"
         )
     return host, int(port_text)
+
+
+# Older names, while the auditors' console moves to the public ones.
+_Reader = TableReader
+_read_toml = read_toml

@@ -8,6 +8,7 @@ Screenshots of each page land in ``test-screenshots/`` for a person to look at.
 
 from __future__ import annotations
 
+import base64
 import io
 import os
 import shutil
@@ -79,9 +80,26 @@ def _require_browser() -> None:
         pytest.skip(reason)
 
 
+def _pins(bed: ConsoleBed) -> str:
+    """The bed's web certificates' key pins, as Chromium's SPKI list takes them."""
+    from liaison.tls import certificate_identity
+
+    pins = []
+    for name in ("console", "dev-idp"):
+        spki = certificate_identity(bed.root / "pki" / f"{name}.crt").spki_sha256
+        pins.append(base64.b64encode(bytes.fromhex(spki)).decode())
+    return ",".join(pins)
+
+
 @pytest.fixture(scope="session")
-def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
-    """Headless Chromium at a laptop's window size, trusting the demo's development CA."""
+def browser(
+    tmp_path_factory: pytest.TempPathFactory, console_bed: ConsoleBed
+) -> Iterator[WebDriver]:
+    """Headless Chromium at a laptop's window size.
+
+    It accepts the bed's two web certificates by their keys (pinned), and no
+    other: a certificate error anywhere else is still an error.
+    """
     _require_browser()
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
@@ -101,10 +119,11 @@ def browser(tmp_path_factory: pytest.TempPathFactory) -> Iterator[WebDriver]:
         "--disable-sync",
         "--window-size=1366,900",
         f"--user-data-dir={profile}",
+        # The demo's certificates come from a throw-away development CA that no
+        # browser knows: trust exactly these keys.
+        f"--ignore-certificate-errors-spki-list={_pins(console_bed)}",
     ):
         options.add_argument(flag)
-    # The demo's certificates come from a throw-away development CA.
-    options.accept_insecure_certs = True
     driver = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     driver.implicitly_wait(0)
     try:

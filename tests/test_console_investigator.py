@@ -9,7 +9,6 @@ import json
 import ssl
 import subprocess
 import sys
-import threading
 import time
 import urllib.error
 import urllib.parse
@@ -18,20 +17,15 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import uvicorn
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support.ui import Select
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from liaison.console.config import load_console_config
 from liaison.console.sessions import COOKIE
-from liaison.console.web import asgi_app, build_console
 from liaison.demo.data import probes
 from liaison.demo.run import investigator_token
 from liaison.ledger.store import LedgerStore
 from liaison.ledger.views import rows
-from liaison.web_serving import listening_socket
 from tests.console_support import (
     ConsoleBed,
     screenshot,
@@ -206,58 +200,33 @@ def test_a_console_query_is_the_same_ledger_entry_as_a_cli_query(
 # -- images are hashed in the browser ------------------------------------------
 
 
-class _Recorder:
-    """Every request body the console receives, kept for the test to read."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-        self.bodies: list[bytes] = []
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        async def recorded() -> Message:
-            message = await receive()
-            if message["type"] == "http.request":
-                self.bodies.append(message.get("body", b""))
-            return message
-
-        await self.app(scope, recorded, send)
-
-
 @pytest.fixture
-def recorded_console(console_bed: ConsoleBed) -> Iterator[tuple[str, _Recorder]]:
-    """The gateway's console served from this process, recording what it receives."""
-    config = load_console_config(console_bed.root / "console" / "gateway-console.toml")
-    console = build_console(config, sides=["gateway"])
-    sock = listening_socket("127.0.0.1", 0)
-    port = sock.getsockname()[1]
-    console.public_url = f"https://127.0.0.1:{port}"
-    recorder = _Recorder(asgi_app(console))
-    server = uvicorn.Server(
-        uvicorn.Config(
-            recorder,
-            ssl_certfile=str(config.tls_cert),
-            ssl_keyfile=str(config.tls_key),
-            log_level="warning",
-        )
+def recorded_console(console_bed: ConsoleBed, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """The gateway's console in a process of its own that records every body it receives."""
+    bodies = tmp_path / "bodies.bin"
+    bodies.touch()
+    port_file = tmp_path / "console.addr"
+    config = console_bed.root / "console" / "gateway-console.toml"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "tests.recording_console", str(config), str(bodies), str(port_file)],
+        cwd=Path(__file__).resolve().parents[1],
     )
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the console did not start"
-        time.sleep(0.02)
     try:
-        yield console.public_url, recorder
+        deadline = time.monotonic() + 30
+        while not port_file.exists():
+            assert process.poll() is None, "the recording console exited"
+            assert time.monotonic() < deadline, "the recording console did not start"
+            time.sleep(0.05)
+        yield f"https://{port_file.read_text().strip()}", bodies
     finally:
-        # The browser keeps its connection open: do not wait for it to go.
-        server.should_exit = server.force_exit = True
-        thread.join(10)
+        process.terminate()
+        process.wait(10)
 
 
 def test_images_are_hashed_in_the_browser_and_only_hashes_reach_the_server(
-    recorded_console: tuple[str, _Recorder], browser: WebDriver, tmp_path: Path
+    recorded_console: tuple[str, Path], browser: WebDriver, tmp_path: Path
 ) -> None:
-    url, recorder = recorded_console
+    url, bodies = recorded_console
     folder = tmp_path / "seized"
     folder.mkdir()
     images = []
@@ -280,7 +249,7 @@ def test_images_are_hashed_in_the_browser_and_only_hashes_reach_the_server(
     assert digests <= typed
     browser.find_element(By.CSS_SELECTOR, 'button[value="run"]').click()
     _answers(browser)
-    received = b"".join(recorder.bodies)
+    received = bodies.read_bytes()
     assert b"IMAGE-BYTES" not in received
     assert b"\x89PNG" not in received
     for digest in digests:

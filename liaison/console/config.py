@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liaison.config import LOOPBACK_HOSTS, _read_toml, _Reader, split_listen
+from liaison.config import LOOPBACK_HOSTS, TableReader, read_toml, split_listen
 from liaison.errors import ConfigError
 
 SIDES = ("gateway", "audit", "node")
@@ -56,16 +56,16 @@ class ConsoleConfig:
     session_ttl_s: int
     oidc: OidcSettings
     # Each side's raw table, read by the side's own module; None when not served.
-    sides: Mapping[str, _Reader] = field(default_factory=dict)
+    sides: Mapping[str, TableReader] = field(default_factory=dict)
 
 
-def reader(table: Mapping[str, Any], where: str, base: Path) -> _Reader:
+def reader(table: Mapping[str, Any], where: str, base: Path) -> TableReader:
     """A strict reader of one table of a console config (errors name the file and key)."""
-    return _Reader(table, where, base)
+    return TableReader(table, where, base)
 
 
 def load_console_config(path: Path) -> ConsoleConfig:
-    doc = _read_toml(path)
+    doc = read_toml(path)
     base = path.parent
     top = reader(doc, str(path), base)
     top.check_keys({"console"})

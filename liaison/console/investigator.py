@@ -26,7 +26,7 @@ from liaison.cli.followup import examine, to_dict
 from liaison.cli.query_cmd import check_locally
 from liaison.cli.render import dry_run_to_dict, result_to_dict
 from liaison.cli.verify_answers import Verification
-from liaison.config import _Reader
+from liaison.config import TableReader
 from liaison.console.oidc import SignedIn
 from liaison.console.web import (
     Console,
@@ -67,7 +67,7 @@ class GatewaySettings:
     verification: Verification
 
 
-def _settings(table: _Reader) -> GatewaySettings:
+def _settings(table: TableReader) -> GatewaySettings:
     table.check_keys({"address", "ca", "node_keys", "role"})
     keys_path = table.path("node_keys", "") if "node_keys" in table.table else None
     if keys_path is not None:
@@ -81,7 +81,7 @@ def _settings(table: _Reader) -> GatewaySettings:
     )
 
 
-def side(console: Console, table: _Reader) -> Side:
+def side(console: Console, table: TableReader) -> Side:
     settings = _settings(table)
     s = Side(
         name="gateway",

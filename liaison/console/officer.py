@@ -40,7 +40,7 @@ from starlette.responses import Response
 from liaison.catalog import CATALOG_V1
 from liaison.cli.inbox import due, when
 from liaison.client import channel
-from liaison.config import INBOX_ADDRESS_FILE, _read_toml, _Reader
+from liaison.config import INBOX_ADDRESS_FILE, TableReader, read_toml
 from liaison.console.officer_views import (
     OPERATIONS,
     checked_id,
@@ -100,7 +100,7 @@ class NodeSettings:
     ca: Path | None
 
 
-def settings(table: _Reader) -> tuple[NodeSettings, str]:
+def settings(table: TableReader) -> tuple[NodeSettings, str]:
     """``[console.node]``, checked: the settings and the role that opens the pages."""
     table.check_keys({"node_config", "inbox", "ca", "role"})
     inbox = table.text("inbox") if "inbox" in table.table else None
@@ -141,15 +141,15 @@ def read_node_facts(path: Path) -> NodeFacts:
     or the environment), which the console has no business holding.
     """
     path = path.resolve()
-    doc = _read_toml(path)
+    doc = read_toml(path)
     node = _table(doc, "node", path)
     if node is None:
         raise ConfigError(f"{path}: no [node] table; is this the node's config file?")
-    r = _Reader(node, f"{path} [node]", path.parent)
+    r = TableReader(node, f"{path} [node]", path.parent)
     tls = _table(doc, "tls", path)
     client_ca = None
     if tls is not None and "client_ca" in tls:
-        client_ca = _Reader(tls, f"{path} [tls]", path.parent).path("client_ca")
+        client_ca = TableReader(tls, f"{path} [tls]", path.parent).path("client_ca")
     return NodeFacts(
         path=path,
         node_id=r.text("id"),
@@ -326,7 +326,7 @@ def _inbox_health(address: str, ca: Path | None) -> tuple[bool, str]:
 # -- the side ----------------------------------------------------------------------
 
 
-def side(console: Console, table: _Reader) -> Side:
+def side(console: Console, table: TableReader) -> Side:
     """The duty officers' pages of the node that ``[console.node]`` names."""
     s, role = settings(table)
     node = NodeSide(s)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from liaison.config import LOOPBACK_HOSTS, _read_toml, _Reader, split_listen
+from liaison.config import LOOPBACK_HOSTS, TableReader, read_toml, split_listen
 from liaison.errors import ConfigError
 from liaison.keys import SigningKey
 from liaison.tokens import dev_issuer
@@ -69,14 +69,14 @@ class DevIdpConfig:
 
 def load_dev_idp_config(path: Path) -> DevIdpConfig:
     """Read and check ``path``; every error names the file, the table and the key."""
-    doc = _read_toml(path)
+    doc = read_toml(path)
     base = path.parent
-    _Reader(doc, str(path), base).check_keys({"dev_idp"})
+    TableReader(doc, str(path), base).check_keys({"dev_idp"})
     table = doc.get("dev_idp")
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: a [dev_idp] table is required")
     where = f"{path} [dev_idp]"
-    top = _Reader(table, where, base)
+    top = TableReader(table, where, base)
     top.check_keys({"listen", "tls_cert", "tls_key", "agency", "client", "user"})
     host, port = split_listen(top.text("listen", "127.0.0.1:0"), where)
     has_cert, has_key = "tls_cert" in table, "tls_key" in table
@@ -96,10 +96,10 @@ def load_dev_idp_config(path: Path) -> DevIdpConfig:
     return DevIdpConfig(host, port, tls_cert, tls_key, agencies, clients, users)
 
 
-def _agencies(top: _Reader, where: str) -> dict[str, DevAgency]:
+def _agencies(top: TableReader, where: str) -> dict[str, DevAgency]:
     agencies: dict[str, DevAgency] = {}
     for i, t in enumerate(top.tables("agency")):
-        r = _Reader(t, f"{where} [[dev_idp.agency]] #{i}", top.base)
+        r = TableReader(t, f"{where} [[dev_idp.agency]] #{i}", top.base)
         r.check_keys({"id", "key", "token_issuer"})
         agency_id = r.text("id")
         if not _AGENCY_ID.fullmatch(agency_id):
@@ -117,10 +117,10 @@ def _agencies(top: _Reader, where: str) -> dict[str, DevAgency]:
     return agencies
 
 
-def _clients(top: _Reader, where: str) -> dict[str, DevClient]:
+def _clients(top: TableReader, where: str) -> dict[str, DevClient]:
     clients: dict[str, DevClient] = {}
     for i, t in enumerate(top.tables("client")):
-        r = _Reader(t, f"{where} [[dev_idp.client]] #{i}", top.base)
+        r = TableReader(t, f"{where} [[dev_idp.client]] #{i}", top.base)
         r.check_keys({"client_id", "audience", "client_secret"})
         client_id = r.text("client_id")
         if client_id in clients:
@@ -132,14 +132,14 @@ def _clients(top: _Reader, where: str) -> dict[str, DevClient]:
     return clients
 
 
-def _users(top: _Reader, where: str, agencies: Mapping[str, DevAgency]) -> tuple[DevUser, ...]:
+def _users(top: TableReader, where: str, agencies: Mapping[str, DevAgency]) -> tuple[DevUser, ...]:
     users: list[DevUser] = []
     seen: set[tuple[str, str]] = set()
     tables = top.tables("user")
     if len(tables) > MAX_USERS:
         raise ConfigError(f"{where}: {len(tables)} users; at most {MAX_USERS}")
     for i, t in enumerate(tables):
-        r = _Reader(t, f"{where} [[dev_idp.user]] #{i}", top.base)
+        r = TableReader(t, f"{where} [[dev_idp.user]] #{i}", top.base)
         r.check_keys({"agency", "subject", "name", "roles", "attributes"})
         agency = r.text("agency")
         if agency not in agencies:
