@@ -792,8 +792,3 @@ def split_listen(listen: str, where: str) -> tuple[str, int]:
             f"{where}: `listen` must be HOST:PORT (port 0 for any free port), got {listen!r}"
         )
     return host, int(port_text)
-
-
-# Older names, while the auditors' console moves to the public ones.
-_Reader = TableReader
-_read_toml = read_toml

@@ -31,18 +31,20 @@ from typing import Any
 
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import Response
 
-from liaison.config import _Reader
+from liaison.config import TableReader
 from liaison.console import plots
 from liaison.console.audit_ledgers import (
     KINDS,
     MAX_ROWS,
     PLOTS,
+    AuditResult,
     CheckpointLine,
+    CopiesBusy,
     EntryQuery,
-    Found,
     Ledgers,
     Upload,
     audit_live,
@@ -63,9 +65,9 @@ from liaison.console.web import (
     Side,
     action,
     form_text,
+    keep,
     kept_or_404,
     see_other,
-    session_of,
     view,
 )
 from liaison.errors import (
@@ -100,7 +102,9 @@ class PlotCache:
         finally:
             store.close()
         with self.lock:
-            self.size, self.data, self.images = size, data, {}
+            # Another request may have drawn a newer ledger meanwhile: keep the newest.
+            if size > self.size:
+                self.size, self.data, self.images = size, data, {}
         return data
 
     def image(self, files: LedgerFiles, name: str) -> bytes:
@@ -130,9 +134,11 @@ def _draw(data: plots.PlotData, name: str) -> bytes:
 
 
 MAX_COPIES_BYTES = 256 * 1024 * 1024
+# A copy per ledger: the gateway's and each node's receipts.
+MAX_COPIES = 256
 
 
-def side(console: Console, table: _Reader) -> Side:
+def side(console: Console, table: TableReader) -> Side:
     settings = read_settings(table)
     ledgers = Ledgers(settings)
     cache = PlotCache()
@@ -162,12 +168,10 @@ def side(console: Console, table: _Reader) -> Side:
 
     async def verify(request: Request, user: SignedIn, form: FormData) -> Response:
         result = await run_in_threadpool(audit_live, ledgers)
-        session = session_of(request)
-        assert session is not None  # action() checked it
-        return see_other(f"/audit/result/{session.keep(result)}#result")
+        return see_other(f"/audit/result/{keep(request, result)}#result")
 
     async def verified(request: Request, user: SignedIn) -> Response:
-        result = kept_or_404(request, request.path_params["key"])
+        result = kept_result(request)
         gateway, nodes = await run_in_threadpool(ledgers.all)
         return page(
             request,
@@ -187,46 +191,56 @@ def side(console: Console, table: _Reader) -> Side:
         for name in names:
             part = form.get(f"copy-{name}")
             if isinstance(part, UploadFile) and (part.filename or part.size):
-                uploads.append(Upload(name, part.filename or "", await part.read()))
+                # The parser spooled the part to a file; it is streamed on from there.
+                uploads.append(Upload(name, part.filename or "", part.file))
         if not uploads:
             raise InvalidQuery("choose at least one ledger copy to check")
         tail = form.get("unsigned_tail") == "warn"
-        result = await run_in_threadpool(
-            lambda: check_copies(uploads, ledgers, allow_unsigned_tail=tail)
-        )
-        session = session_of(request)
-        assert session is not None
-        return see_other(f"/audit/copies/result/{session.keep(result)}#result")
+        try:
+            result = await run_in_threadpool(
+                lambda: check_copies(uploads, ledgers, allow_unsigned_tail=tail)
+            )
+        except CopiesBusy as exc:
+            raise HTTPException(503, str(exc)) from exc
+        return see_other(f"/audit/copies/result/{keep(request, result)}#result")
 
     async def checked(request: Request, user: SignedIn) -> Response:
-        result = kept_or_404(request, request.path_params["key"])
+        result = kept_result(request)
         names = await run_in_threadpool(ledgers.names)
         return page(request, "audit_copies.html", "Check ledger copies", names=names, result=result)
 
-    def entries_page(
-        request: Request, query: EntryQuery, found: Found | None, selector: str = ""
-    ) -> Response:
+    async def entries_page(request: Request, query: EntryQuery, keyed: str = "") -> Response:
+        names = await run_in_threadpool(ledgers.names)
+        files = await run_in_threadpool(ledgers.named, query.ledger)
+        found = await run_in_threadpool(find_entries, files, query, keyed)
         return page(
             request,
             "audit_entries.html",
             "Ledger entries",
-            names=ledgers.names(),
+            names=names,
             q=query,
             kinds=KINDS,
             found=found,
             max_rows=MAX_ROWS,
-            selector=selector,
+            selector=keyed,
             searchable=settings.audit_key is not None,
             fields=catalog_fields(),
         )
 
     async def entries(request: Request, user: SignedIn) -> Response:
-        params = request.query_params
-        query = EntryQuery.of(lambda name: params.get(name, ""))
-        query = _default_ledger(query)
-        files = await run_in_threadpool(ledgers.named, query.ledger)
-        found = await run_in_threadpool(find_entries, files, query)
-        return entries_page(request, query, found)
+        # No filters here: they are posted, never put in an address (see filtered).
+        return await entries_page(request, EntryQuery())
+
+    async def filter_entries(request: Request, user: SignedIn, form: FormData) -> Response:
+        query = _default_ledger(EntryQuery.of(lambda name: form_text(form, name)))
+        query.filters()  # a mistake is told now, not after the redirect
+        return see_other(f"/audit/entries/{keep(request, query)}#found")
+
+    async def filtered(request: Request, user: SignedIn) -> Response:
+        query = kept_or_404(request, request.path_params["key"])
+        if not isinstance(query, EntryQuery):
+            raise NotFound("that filter is no longer kept; filter the entries again")
+        return await entries_page(request, query)
 
     async def search(request: Request, user: SignedIn, form: FormData) -> Response:
         # Rendered here, not redirected: the selector's hash is not for a URL either.
@@ -241,9 +255,7 @@ def side(console: Console, table: _Reader) -> Side:
         keyed = await run_in_threadpool(
             selector_hash, value, form_text(form, "field"), settings.audit_key
         )
-        files = await run_in_threadpool(ledgers.named, query.ledger)
-        found = await run_in_threadpool(find_entries, files, query, keyed)
-        return entries_page(request, query, found, selector=keyed)
+        return await entries_page(request, query, keyed)
 
     async def proofs(request: Request, user: SignedIn) -> Response:
         def read() -> list[tuple[str, list[CheckpointLine]]]:
@@ -287,13 +299,15 @@ def side(console: Console, table: _Reader) -> Side:
     s.routes.extend(
         [
             view("/audit", s, home),
-            action("/audit/verify", s, verify),
+            action("/audit/verify", s, verify, max_files=0),
             view("/audit/result/{key}", s, verified),
             view("/audit/copies", s, copies),
-            action("/audit/copies", s, upload),
+            action("/audit/copies", s, upload, max_files=MAX_COPIES),
             view("/audit/copies/result/{key}", s, checked),
             view("/audit/entries", s, entries),
-            action("/audit/entries/selector", s, search),
+            action("/audit/entries", s, filter_entries, max_files=0),
+            view("/audit/entries/{key}", s, filtered),
+            action("/audit/entries/selector", s, search, max_files=0),
             view("/audit/proofs", s, proofs),
             view("/audit/proofs/inclusion", s, inclusion),
             view("/audit/proofs/consistency", s, consistency),
@@ -302,6 +316,14 @@ def side(console: Console, table: _Reader) -> Side:
         ]
     )
     return s
+
+
+def kept_result(request: Request) -> AuditResult:
+    # Filters are kept in this section too: a filter's key is not a result's.
+    result = kept_or_404(request, request.path_params["key"])
+    if not isinstance(result, AuditResult):
+        raise NotFound("that result is no longer kept; run the check again")
+    return result
 
 
 def _default_ledger(query: EntryQuery) -> EntryQuery:

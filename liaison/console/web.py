@@ -189,11 +189,7 @@ def view(path: str, side: Side | str, handler: ViewHandler) -> Route:
     return Route(path, endpoint, methods=["GET"])
 
 
-# Files one form may carry: a hash list, or a gateway ledger and nodes' receipts.
-MAX_FILES = 16
-
-
-async def checked_form(request: Request, max_files: int = MAX_FILES) -> FormData:
+async def checked_form(request: Request, max_files: int = 0) -> FormData:
     """The posted form, once its CSRF token and origin match this session."""
     session = session_of(request)
     if session is None:
@@ -209,12 +205,10 @@ async def checked_form(request: Request, max_files: int = MAX_FILES) -> FormData
     return form
 
 
-def action(
-    path: str, side: Side | str, handler: ActionHandler, *, max_files: int = MAX_FILES
-) -> Route:
+def action(path: str, side: Side | str, handler: ActionHandler, *, max_files: int = 0) -> Route:
     """A POST action for the side's role only; the CSRF token is checked first.
 
-    ``max_files``: how many uploaded files the form may carry.
+    ``max_files``: how many uploaded files the form may carry (none unless said).
     """
 
     async def endpoint(request: Request) -> Response:
