@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from selenium.common.exceptions import WebDriverException
 from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.remote.webelement import WebElement
 
@@ -144,14 +145,25 @@ def wait_for(driver: WebDriver, css: str, timeout_s: float = WAIT_S) -> WebEleme
 
 
 def submit(driver: WebDriver, button: WebElement, timeout_s: float = WAIT_S) -> None:
-    """Click ``button`` and wait until the next page has replaced this one."""
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
+    """Click ``button`` and wait until the next page has replaced this one and loaded.
 
-    page = driver.find_element("tag name", "html")
+    A new document has a new time origin; asking for it needs no element
+    handle, which Chromium may refuse mid-navigation.
+    """
+    before = driver.execute_script("return performance.timeOrigin")
     button.click()
-    WebDriverWait(driver, timeout_s).until(ec.staleness_of(page))
-    wait_for(driver, "main h1")
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            now, state = driver.execute_script(
+                "return [performance.timeOrigin, document.readyState]"
+            )
+        except WebDriverException:  # mid-navigation: ask again
+            now, state = before, ""
+        if now != before and state == "complete":
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no new page within {timeout_s} s of the click")
 
 
 def sign_in(driver: WebDriver, console: str, subject: str) -> None:

@@ -35,13 +35,10 @@ from selenium.webdriver.support.ui import Select
 
 from liaison import client
 from liaison.config import TableReader
+from liaison.console.audit_copies import CopiesBusy, Upload, check_copies, check_schema
 from liaison.console.audit_ledgers import (
     AuditResult,
-    CopiesBusy,
     Ledgers,
-    Upload,
-    check_copies,
-    check_schema,
     read_settings,
 )
 from liaison.demo.consoles import GATEWAY_CONSOLE

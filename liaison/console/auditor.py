@@ -37,19 +37,17 @@ from starlette.responses import Response
 
 from liaison.config import TableReader
 from liaison.console import plots
+from liaison.console.audit_copies import CopiesBusy, Upload, check_copies
 from liaison.console.audit_ledgers import (
     KINDS,
     MAX_ROWS,
     PLOTS,
     AuditResult,
     CheckpointLine,
-    CopiesBusy,
     EntryQuery,
     Ledgers,
-    Upload,
     audit_live,
     catalog_fields,
-    check_copies,
     checkpoint_lines,
     find_entries,
     make_consistency,
