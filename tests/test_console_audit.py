@@ -39,6 +39,7 @@ from liaison.console.audit_copies import CopiesBusy, Upload, check_copies, check
 from liaison.console.audit_ledgers import (
     AuditResult,
     Ledgers,
+    audit_live,
     read_settings,
 )
 from liaison.demo.consoles import GATEWAY_CONSOLE
@@ -362,6 +363,32 @@ def test_a_copy_older_than_the_live_ledger_is_refused(bed: ConsoleBed, tmp_path:
         assert gateway.entries == size
         assert "the live gateway ledger's newest checkpoint" in gateway.problem, gateway.problem
         assert "were removed (truncated)" in gateway.problem, gateway.problem
+
+
+def test_a_live_ledger_rolled_back_since_the_console_saw_it_fails(
+    bed: ConsoleBed, tmp_path: Path
+) -> None:
+    """Whoever can write the ledger's file cannot take back what the console has seen."""
+    true_copy = signed_copy(bed, tmp_path / "true.sqlite3")
+    live = tmp_path / "live.sqlite3"
+    copy_ledger(true_copy, live)
+    ledgers = Ledgers(
+        read_settings(
+            TableReader(
+                {"gateway_ledger": str(live), "gateway_key": "gateway/gateway.pub"},
+                "[console.audit]",
+                bed.root,
+            )
+        )
+    )
+    assert audit_live(ledgers).ok
+    # A genuine older state of the same ledger, as a restore from backup would leave it.
+    size = cut_short(true_copy, live)
+    rolled = audit_live(ledgers)
+    (gateway,) = rolled.ledgers
+    assert not rolled.ok and not gateway.ok
+    assert gateway.entries == size
+    assert "were removed (truncated)" in gateway.problem, gateway.problem
 
 
 def test_the_verdict_counts_entries_no_signature_covers(bed: ConsoleBed, tmp_path: Path) -> None:

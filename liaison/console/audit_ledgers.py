@@ -290,7 +290,14 @@ def audit_live(ledgers: Ledgers) -> AuditResult:
     """`liaison audit reconcile` on the live ledgers (a live tail is a warning)."""
     started = time.monotonic()
     gateway, nodes = ledgers.all()
-    report = reconcile_files(gateway, list(nodes), allow_unsigned_tail=True)
+    # Each ledger is held to the newest checkpoint this console has seen of it:
+    # one rolled back or rewritten since then fails.
+    seen = {}
+    for files in (gateway, *nodes):
+        witness = ledgers.newest_checkpoint(files.name)
+        if witness is not None:
+            seen[files.name] = [witness]
+    report = reconcile_files(gateway, list(nodes), allow_unsigned_tail=True, witnesses=seen)
     for verified in (report.gateway, *report.nodes.values()):
         require_signed(verified, covered=False)
     return reconcile_result("the live ledgers", report, started)

@@ -19,7 +19,7 @@ one, are notes: people take time.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,7 @@ from liaison.ledger.checkpoint import open_checkpoint
 from liaison.ledger.entries import Entry, EntryKind, parse_entry
 from liaison.ledger.merkle import MerkleTree, leaf_hash
 from liaison.ledger.store import LedgerStore
-from liaison.ledger.verify import VerifyReport, verify_ledger
+from liaison.ledger.verify import VerifyReport, Witness, verify_ledger
 
 ANSWERING = ("answered", "denied")
 # A node's compensating receipt: the answer of its earlier receipt for the same
@@ -145,8 +145,13 @@ def reconcile(
     *,
     allow_unsigned_tail: bool = False,
     now_ms: int | None = None,
+    witnesses: Mapping[str, Sequence[Witness]] | None = None,
 ) -> ReconcileReport:
     """Compare every receipt of every node with the gateway's ledger, and back.
+
+    ``witnesses`` holds, per ledger ("gateway" or a node id), checkpoints seen
+    before (kept by an auditor, or by a console that watched the ledger): a
+    ledger rolled back or rewritten since fails.
 
     Nothing is keyed by query id alone: an id may have been used twice (a
     gateway that sent an unlogged request, then a logged one, under the same
@@ -156,8 +161,12 @@ def reconcile(
     decision by follow-up id, request digest and its own digest. ``now_ms``
     (default: now) tells which pending follow-ups are overdue.
     """
+    seen = witnesses or {}
     gateway_report, tree = verify_ledger(
-        gateway, gateway_key, allow_unsigned_tail=allow_unsigned_tail
+        gateway,
+        gateway_key,
+        allow_unsigned_tail=allow_unsigned_tail,
+        witnesses=seen.get("gateway", ()),
     )
     report = ReconcileReport(gateway_report)
     logged_at: dict[int, Entry] = {}
@@ -182,7 +191,10 @@ def reconcile(
     origin = gateway.get_meta("origin") or ""
     for node in nodes:
         node_report, _ = verify_ledger(
-            node.store, node.key, allow_unsigned_tail=allow_unsigned_tail
+            node.store,
+            node.key,
+            allow_unsigned_tail=allow_unsigned_tail,
+            witnesses=seen.get(node.node_id, ()),
         )
         report.nodes[node.node_id] = node_report
         node_entries = [e for _, e in _entries(node.store)]
@@ -836,7 +848,11 @@ def federation_ledgers(folder: Path) -> tuple[LedgerFiles, list[LedgerFiles]]:
 
 
 def reconcile_files(
-    gateway: LedgerFiles, nodes: Sequence[LedgerFiles], *, allow_unsigned_tail: bool = False
+    gateway: LedgerFiles,
+    nodes: Sequence[LedgerFiles],
+    *,
+    allow_unsigned_tail: bool = False,
+    witnesses: Mapping[str, Sequence[Witness]] | None = None,
 ) -> ReconcileReport:
     """Open every ledger read-only, reconcile them, and close them again."""
     stores: list[LedgerStore] = []
@@ -853,6 +869,7 @@ def reconcile_files(
             VerifyingKey.from_pem_file(gateway.key),
             opened,
             allow_unsigned_tail=allow_unsigned_tail,
+            witnesses=witnesses,
         )
     finally:
         for store in stores:
