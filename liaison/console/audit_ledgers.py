@@ -28,6 +28,7 @@ from liaison.errors import (
 )
 from liaison.keys import VerifyingKey
 from liaison.ledger.checkpoint import open_checkpoint
+from liaison.ledger.entries import EntryKind
 from liaison.ledger.proofs import consistency_proof, inclusion_proof
 from liaison.ledger.reconcile import (
     LedgerFiles,
@@ -43,17 +44,7 @@ from liaison.ledger.views import Filters, Row, format_time, parse_time, rows
 # The entries page shows at most this many (the newest), to stay quick.
 MAX_ROWS = 200
 SQLITE_MAGIC = b"SQLite format 3\x00"
-KINDS = (
-    "request",
-    "outcome",
-    "receipt",
-    "opened",
-    "followup",
-    "followup-delivery",
-    "followup-outcome",
-    "followup-receipt",
-    "followup-decision",
-)
+KINDS = tuple(kind.value for kind in EntryKind)
 PLOTS = {
     "queries-by-agency": "Queries per agency over time",
     "queries-by-purpose": "Queries per purpose over time",
