@@ -27,7 +27,7 @@ from liaison.errors import (
     ProofError,
 )
 from liaison.keys import VerifyingKey
-from liaison.ledger.checkpoint import open_checkpoint
+from liaison.ledger.checkpoint import Checkpoint, open_checkpoint
 from liaison.ledger.entries import EntryKind
 from liaison.ledger.proofs import consistency_proof, inclusion_proof
 from liaison.ledger.reconcile import (
@@ -141,12 +141,8 @@ class Ledgers:
         gateway, nodes = self.all()
         return [gateway.name, *(n.name for n in nodes)]
 
-    def newest_checkpoint(self, name: str) -> Witness | None:
-        """The live ledger's newest checkpoint its key signed, as a witness for a copy of it.
-
-        The newest this console has seen is remembered, so a live ledger
-        rolled back since does not lower the bar. None when it has none yet.
-        """
+    def _signed_checkpoints(self, name: str) -> list[tuple[int, int, str]]:
+        """The live ledger's checkpoints its key signed: (size, time_ms, note), oldest first."""
         files = self.named(name)
         key = VerifyingKey.from_pem_file(files.key)
         store = LedgerStore(files.location, create=False)
@@ -155,23 +151,55 @@ class Ledgers:
             stored = store.checkpoints()
         finally:
             store.close()
-        found = None
-        # Newest first; only a signature is checked (the copy's tree is what it is held to).
-        for row in reversed(stored):
+        signed = []
+        for row in stored:
             try:
                 cp = open_checkpoint(row.note, key, origin=origin)
             except CheckpointError:
                 continue
-            found = (cp.size, cp.time_ms, row.note)
-            break
+            signed.append((cp.size, cp.time_ms, row.note))
+        return signed
+
+    def newest_checkpoint(self, name: str) -> Witness | None:
+        """A witness for a *copy* of ``name``: the newer of the live ledger's newest signed
+        checkpoint and the newest this console has verified the live ledger at.
+
+        Reading it changes nothing remembered: only a live check that passes does.
+        """
+        signed = self._signed_checkpoints(name)
+        live = max(signed, default=None)
         with self._lock:
             seen = self._seen.get(name)
-            if found is not None and (seen is None or found[:2] > seen[:2]):
-                self._seen[name] = seen = found
-        if seen is None:
+        notes = [n for n in (live, seen) if n is not None]
+        if not notes:
             return None
         where = f"the live {name} ledger's newest checkpoint"
-        return Witness(f"the live {name} ledger", ((where, seen[2]),), kept=True)
+        return Witness(f"the live {name} ledger", tuple((where, n[2]) for n in notes), kept=True)
+
+    def seen_checkpoint(self, name: str) -> Witness | None:
+        """The newest checkpoint this console verified the live ledger ``name`` at, if any."""
+        with self._lock:
+            seen = self._seen.get(name)
+        if seen is None:
+            return None
+        where = f"the {name} ledger's checkpoint this console verified before"
+        return Witness(f"the live {name} ledger, as seen before", ((where, seen[2]),), kept=True)
+
+    def remember(self, name: str, latest: Checkpoint | None) -> None:
+        """After a live check of ``name`` passed: hold the ledger to ``latest`` from now on.
+
+        Never lowered: a later check that fails (a rollback, a fork) leaves the
+        bar where it was, so the failure stays until the ledger is put right.
+        """
+        if latest is None:
+            return
+        for size, time_ms, note in self._signed_checkpoints(name):
+            if (size, time_ms) == (latest.size, latest.time_ms):
+                with self._lock:
+                    seen = self._seen.get(name)
+                    if seen is None or (size, time_ms) > seen[:2]:
+                        self._seen[name] = (size, time_ms, note)
+                return
 
 
 # -- results, as the pages show them -------------------------------------------
@@ -281,16 +309,19 @@ def audit_live(ledgers: Ledgers) -> AuditResult:
     """`liaison audit reconcile` on the live ledgers (a live tail is a warning)."""
     started = time.monotonic()
     gateway, nodes = ledgers.all()
-    # Each ledger is held to the newest checkpoint this console has seen of it:
-    # one rolled back or rewritten since then fails.
+    # Each ledger is held to the newest checkpoint this console verified it at
+    # before: one rolled back or rewritten since then fails, and keeps failing.
     seen = {}
     for files in (gateway, *nodes):
-        witness = ledgers.newest_checkpoint(files.name)
+        witness = ledgers.seen_checkpoint(files.name)
         if witness is not None:
             seen[files.name] = [witness]
     report = reconcile_files(gateway, list(nodes), allow_unsigned_tail=True, witnesses=seen)
-    for verified in (report.gateway, *report.nodes.values()):
-        require_signed(verified, covered=False)
+    checked = {gateway.name: report.gateway, **report.nodes}
+    for name, ledger in checked.items():
+        require_signed(ledger, covered=False)
+        if ledger.ok:
+            ledgers.remember(name, ledger.latest)
     return reconcile_result("the live ledgers", report, started)
 
 

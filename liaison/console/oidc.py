@@ -55,7 +55,7 @@ MAX_SHOWN_ERROR_CHARS = 200
 
 @dataclass(frozen=True, slots=True)
 class PendingSignIn:
-    """What the console keeps server-side (never in the browser) while the user signs in."""
+    """What the console needs back from a sign-in under way (sealed in a cookie meanwhile)."""
 
     state: str
     nonce: str

@@ -4,10 +4,19 @@ Tokens never reach the browser: the access token the console presents to the
 gateway or node stays here, keyed by a 256-bit id in a `__Host-` cookie
 (Secure, HttpOnly, SameSite=Lax, path /). Sessions live in memory: a restart
 of the console signs everyone out, which is the safe direction.
+
+A sign-in under way keeps nothing here: anyone can start one, so its state
+(state, nonce, PKCE verifier) travels sealed (AES-GCM, a key that never leaves
+this process) in a cookie of its own, and a flood of started sign-ins cannot
+push out anyone's session or anyone else's sign-in.
 """
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import json
+import os
 import secrets
 import threading
 import time
@@ -15,13 +24,20 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
 from liaison.console.oidc import PendingSignIn, SignedIn
+from liaison.identity.pkce import b64url
 
 COOKIE = "__Host-liaison-console"
 # Results kept per session for a redirect-after-post (so selectors never sit in a URL).
 MAX_STASHED = 32
 MAX_SESSIONS = 10_000
-MAX_STARTING = 10_000
+# One person signing in again and again pushes out only their own oldest sessions.
+MAX_PER_PERSON = 16
+SIGN_IN_COOKIE = "__Host-liaison-sign-in"
+_SEAL_CONTEXT = b"liaison-console sign-in"
 # A sign-in not finished in this time must be started again (the provider's pages, a
 # password, a second factor).
 SIGN_IN_TTL_S = 10 * 60
@@ -33,7 +49,6 @@ class Session:
     csrf: str
     expires_at: float
     user: SignedIn | None = None
-    pending: PendingSignIn | None = None
     stash: OrderedDict[str, Any] = field(default_factory=OrderedDict)
 
     def keep(self, value: Any) -> str:
@@ -49,44 +64,36 @@ class Session:
 
 
 class SessionStore:
-    """Signed-in sessions, and apart from them the sign-ins still under way.
-
-    Anyone can start a sign-in, so those are kept in a store of their own, with
-    a short life: a flood of started sign-ins can push out only other started
-    sign-ins, never a signed-in person's session.
-    """
+    """Signed-in sessions, at most a few per person and a bounded number in all."""
 
     def __init__(self, ttl_s: float) -> None:
         self._ttl_s = ttl_s
         self._sessions: OrderedDict[str, Session] = OrderedDict()
-        self._starting: OrderedDict[str, Session] = OrderedDict()
         self._lock = threading.Lock()
 
-    def _fresh(self, ttl_s: float) -> Session:
-        return Session(
+    def signed_in(self, user: SignedIn) -> Session:
+        """A new session (a new id: one planted before sign-in is worthless) for ``user``.
+
+        One person's many sign-ins push out only that person's oldest sessions.
+        """
+        session = Session(
             id=secrets.token_urlsafe(32),
             csrf=secrets.token_urlsafe(32),
-            expires_at=time.time() + ttl_s,
+            expires_at=time.time() + self._ttl_s,
+            user=user,
         )
-
-    def starting(self, pending: PendingSignIn) -> Session:
-        """A session for a sign-in under way: it lives until the sign-in must be done."""
-        session = self._fresh(SIGN_IN_TTL_S)
-        session.pending = pending
-        with self._lock:
-            self._starting[session.id] = session
-            while len(self._starting) > MAX_STARTING:
-                self._starting.popitem(last=False)
-        return session
-
-    def signed_in(self, user: SignedIn) -> Session:
-        """A new session (a new id: one planted before sign-in is worthless) for ``user``."""
-        session = self._fresh(self._ttl_s)
-        session.user = user
+        person = (user.issuer, user.subject)
         with self._lock:
             now = time.time()
             for stale in [k for k, v in self._sessions.items() if v.expires_at < now]:
                 del self._sessions[stale]
+            theirs = [
+                k
+                for k, v in self._sessions.items()
+                if v.user is not None and (v.user.issuer, v.user.subject) == person
+            ]
+            for old in theirs[: max(0, len(theirs) + 1 - MAX_PER_PERSON)]:
+                del self._sessions[old]
             self._sessions[session.id] = session
             while len(self._sessions) > MAX_SESSIONS:
                 self._sessions.popitem(last=False)
@@ -96,19 +103,44 @@ class SessionStore:
         if not session_id:
             return None
         with self._lock:
-            for store in (self._sessions, self._starting):
-                session = store.get(session_id)
-                if session is None:
-                    continue
-                if session.expires_at < time.time() or (
-                    session.user is not None and session.user.expires_at < time.time()
-                ):
-                    del store[session_id]
-                    return None
-                return session
-            return None
+            session = self._sessions.get(session_id)
+            if session is None:
+                return None
+            if session.expires_at < time.time() or (
+                session.user is not None and session.user.expires_at < time.time()
+            ):
+                del self._sessions[session_id]
+                return None
+            return session
 
     def drop(self, session_id: str) -> None:
         with self._lock:
             self._sessions.pop(session_id, None)
-            self._starting.pop(session_id, None)
+
+
+class SignInSeal:
+    """Seals a sign-in under way into a cookie value, and opens it on the way back."""
+
+    def __init__(self) -> None:
+        self._aead = AESGCM(AESGCM.generate_key(bit_length=256))
+
+    def seal(self, pending: PendingSignIn) -> str:
+        nonce = os.urandom(12)
+        data = json.dumps(dataclasses.asdict(pending)).encode()
+        return b64url(nonce + self._aead.encrypt(nonce, data, _SEAL_CONTEXT))
+
+    def open(self, sealed: str | None) -> PendingSignIn | None:
+        """The sign-in sealed here, or None for anything else (forged, altered, garbage)."""
+        if not sealed or len(sealed) > 4096:
+            return None
+        try:
+            raw = base64.urlsafe_b64decode(sealed + "=" * (-len(sealed) % 4))
+            data = json.loads(self._aead.decrypt(raw[:12], raw[12:], _SEAL_CONTEXT))
+            return PendingSignIn(
+                state=str(data["state"]),
+                nonce=str(data["nonce"]),
+                code_verifier=str(data["code_verifier"]),
+                started_at=float(data["started_at"]),
+            )
+        except (ValueError, KeyError, TypeError, InvalidTag):
+            return None

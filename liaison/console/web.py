@@ -32,7 +32,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from liaison.console.config import ConsoleConfig
 from liaison.console.oidc import OidcClient, SignedIn
-from liaison.console.sessions import COOKIE, Session, SessionStore
+from liaison.console.sessions import (
+    COOKIE,
+    SIGN_IN_COOKIE,
+    SIGN_IN_TTL_S,
+    Session,
+    SessionStore,
+    SignInSeal,
+)
 from liaison.errors import (
     AuthenticationError,
     ConfigError,
@@ -95,6 +102,7 @@ class Console:
     def __init__(self, config: ConsoleConfig, oidc: OidcClient | None = None) -> None:
         self.config = config
         self.sessions = SessionStore(config.session_ttl_s)
+        self.seal = SignInSeal()
         self.templates = jinja2.Environment(
             loader=jinja2.FileSystemLoader(HERE / "templates"),
             autoescape=True,
@@ -117,9 +125,8 @@ class Console:
     def origin(self, request: Request) -> str:
         """This console's origin, as a browser names it in the Origin header."""
         if self.public_url is not None:
-            parts = urlsplit(self.public_url)
-            return f"{parts.scheme}://{parts.netloc}"
-        return f"https://{request.headers.get('host', '')}"
+            return normal_origin(self.public_url)
+        return normal_origin(f"https://{request.headers.get('host', '')}")
 
     def redirect_uri(self) -> str:
         if self.public_url is None:
@@ -154,6 +161,20 @@ class Console:
             **context,
         )
         return HTMLResponse(html, status_code=status)
+
+
+def normal_origin(url: str) -> str:
+    """``url``'s origin as browsers write it: lower-case host, no default port."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if ":" in host:
+        host = f"[{host}]"
+    default = {"https": 443, "http": 80}.get(parts.scheme)
+    try:
+        port = parts.port
+    except ValueError:
+        port = None
+    return f"{parts.scheme}://{host}" + (f":{port}" if port and port != default else "")
 
 
 def session_of(request: Request) -> Session | None:
@@ -195,7 +216,7 @@ async def checked_form(request: Request, max_files: int = 0) -> FormData:
     if session is None:
         raise HTTPException(403, "no session: sign in again")
     origin = request.headers.get("origin")
-    if origin is not None and origin != console_of(request).origin(request):
+    if origin is not None and normal_origin(origin) != console_of(request).origin(request):
         raise HTTPException(403, "a form from another site was refused")
     form = await request.form(max_files=max_files, max_fields=1_000, max_part_size=MAX_BODY_BYTES)
     token = form.get("csrf")
@@ -420,26 +441,35 @@ async def _signin(request: Request) -> Response:
         return see_other("/")
     provider = console.identity_provider()
     url, pending = await run_in_threadpool(provider.begin)
-    starting = console.sessions.starting(pending)
     response = RedirectResponse(url, status_code=303)
-    _set_cookie(response, starting, console.config.session_ttl_s)
+    response.set_cookie(
+        SIGN_IN_COOKIE,
+        console.seal.seal(pending),
+        max_age=SIGN_IN_TTL_S,
+        path="/",
+        secure=True,
+        httponly=True,
+        samesite="lax",
+    )
     return response
 
 
 async def _callback(request: Request) -> Response:
     console = console_of(request)
-    session = session_of(request)
-    if session is None or session.pending is None:
+    pending = console.seal.open(request.cookies.get(SIGN_IN_COOKIE))
+    if pending is None:
         raise AuthenticationError(
             "this sign-in was not started here (or took too long); sign in again"
         )
-    pending, session.pending = session.pending, None
-    console.sessions.drop(session.id)
     params = dict(request.query_params.items())
     user = await run_in_threadpool(console.identity_provider().finish, pending, params)
+    old = session_of(request)
+    if old is not None:
+        console.sessions.drop(old.id)
     fresh = console.sessions.signed_in(user)
     log.info("signed in: %s of %s (%s)", user.subject, user.agency, ", ".join(user.roles))
     response = see_other("/")
+    response.delete_cookie(SIGN_IN_COOKIE, path="/", secure=True, httponly=True, samesite="lax")
     _set_cookie(response, fresh, console.config.session_ttl_s)
     return response
 
