@@ -220,7 +220,8 @@ async def checked_form(request: Request, max_files: int = 0) -> FormData:
         raise HTTPException(403, "a form from another site was refused")
     form = await request.form(max_files=max_files, max_fields=1_000, max_part_size=MAX_BODY_BYTES)
     token = form.get("csrf")
-    if not isinstance(token, str) or not hmac.compare_digest(token, session.csrf):
+    # Compared as bytes: compare_digest refuses str with non-ASCII characters (a 500).
+    if not isinstance(token, str) or not hmac.compare_digest(token.encode(), session.csrf.encode()):
         await form.close()
         raise HTTPException(403, "the form's security token does not match; reload the page")
     return form
