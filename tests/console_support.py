@@ -139,7 +139,9 @@ def wait_for(driver: WebDriver, css: str, timeout_s: float = WAIT_S) -> WebEleme
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    return WebDriverWait(driver, timeout_s).until(
+    # Mid-navigation, Chromium may answer with an error about a node of the old
+    # document: that is "not there yet", as a missing element is.
+    return WebDriverWait(driver, timeout_s, ignored_exceptions=[WebDriverException]).until(
         ec.presence_of_element_located((By.CSS_SELECTOR, css))
     )
 
@@ -184,6 +186,7 @@ def sign_in(driver: WebDriver, console: str, subject: str) -> None:
         time.sleep(0.05)
     else:
         raise AssertionError(f"sign-in of {subject} did not come back to {console}")
+    wait_for(driver, "header .who form")
     who = driver.find_element(By.CSS_SELECTOR, "header .who")
     assert "Sign out" in who.text, who.text
 

@@ -56,6 +56,7 @@ from tests.console_support import (
     screenshot,
     session_cookie,
     sign_in,
+    submit,
     wait_for,
 )
 from tests.support import liaison, tampering
@@ -96,12 +97,7 @@ def look(driver: WebDriver, name: str) -> None:
 
 def click_and_wait(driver: WebDriver, button_id: str) -> None:
     """Click a form's button and wait until the next page has replaced this one."""
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    page = driver.find_element(By.TAG_NAME, "html")
-    driver.find_element(By.ID, button_id).click()
-    WebDriverWait(driver, 15).until(ec.staleness_of(page))
+    submit(driver, driver.find_element(By.ID, button_id))
 
 
 def fetch(
