@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from liaison.client import channel
 from liaison.envelope import Envelope
@@ -29,6 +30,9 @@ from proto.liaison.v1 import followup_pb2 as pb_followup
 from proto.liaison.v1 import followup_pb2_grpc as pb_followup_grpc
 
 TIMEOUT_S = 10.0
+HEALTH_TIMEOUT_S = 3.0
+# As the node registers it with its health service.
+SERVICE_NAME = pb_followup.DESCRIPTOR.services_by_name["InboxService"].full_name
 
 
 def _refused(exc: grpc.RpcError, address: str) -> LiaisonError:
@@ -48,6 +52,24 @@ def _refused(exc: grpc.RpcError, address: str) -> LiaisonError:
             f"the node's inbox at {address} is not answering ({code.name}): {why}"
         )
     return LiaisonError(f"the node's inbox refused ({code.name}): {detail}")
+
+
+def health(address: str, tls_ca: Path | None = None) -> tuple[bool, str]:
+    """Whether the inbox at ``address`` serves, and its health status (or why it does not answer).
+
+    Needs no token: the gRPC health service says only whether the inbox serves.
+    """
+    opened = channel(address, tls_ca)
+    try:
+        reply = health_pb2_grpc.HealthStub(opened).Check(
+            health_pb2.HealthCheckRequest(service=SERVICE_NAME), timeout=HEALTH_TIMEOUT_S
+        )
+    except grpc.RpcError as exc:
+        return False, f"not answering ({exc.code().name}): is the node running?"
+    finally:
+        opened.close()
+    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    return reply.status == health_pb2.HealthCheckResponse.SERVING, status
 
 
 class Inbox:

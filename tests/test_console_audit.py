@@ -240,6 +240,19 @@ def federation_ledgers(bed: ConsoleBed) -> Ledgers:
     )
 
 
+def gateway_only(ledger: Path, key: str | Path, base: Path) -> Ledgers:
+    """The console's ledgers when ``[console.audit]`` names only a gateway ledger and key."""
+    return Ledgers(
+        read_settings(
+            TableReader(
+                {"gateway_ledger": str(ledger), "gateway_key": str(key)},
+                "[console.audit]",
+                base,
+            )
+        )
+    )
+
+
 def signed_copy(bed: ConsoleBed, target: Path) -> Path:
     """A copy of the live gateway ledger once a checkpoint covers every entry in it.
 
@@ -331,15 +344,7 @@ def test_a_forged_copy_without_checkpoints_is_never_verified(
     copy_ledger(true_copy, unsigned_live)
     with tampering(unsigned_live) as conn:
         conn.execute("DELETE FROM liaison_ledger_checkpoints")
-    bare = Ledgers(
-        read_settings(
-            TableReader(
-                {"gateway_ledger": str(unsigned_live), "gateway_key": "gateway/gateway.pub"},
-                "[console.audit]",
-                bed.root,
-            )
-        )
-    )
+    bare = gateway_only(unsigned_live, "gateway/gateway.pub", bed.root)
     result = checked(bare, {"gateway": forged}, tail=True)
     (gateway,) = result.ledgers
     assert not result.ok and not gateway.ok, gateway
@@ -369,15 +374,7 @@ def test_a_live_ledger_rolled_back_since_the_console_saw_it_fails(
     true_copy = signed_copy(bed, tmp_path / "true.sqlite3")
     live = tmp_path / "live.sqlite3"
     copy_ledger(true_copy, live)
-    ledgers = Ledgers(
-        read_settings(
-            TableReader(
-                {"gateway_ledger": str(live), "gateway_key": "gateway/gateway.pub"},
-                "[console.audit]",
-                bed.root,
-            )
-        )
-    )
+    ledgers = gateway_only(live, "gateway/gateway.pub", bed.root)
     assert audit_live(ledgers).ok
     # A genuine older state of the same ledger, as a restore from backup would leave it.
     size = cut_short(true_copy, live)
@@ -406,15 +403,7 @@ def test_a_rolled_back_live_ledger_stays_failed_when_it_grows_again(tmp_path: Pa
     write(2)
     shutil.copy(live, backup)
     write(3)
-    ledgers = Ledgers(
-        read_settings(
-            TableReader(
-                {"gateway_ledger": str(live), "gateway_key": str(tmp_path / "g.pub")},
-                "[console.audit]",
-                tmp_path,
-            )
-        )
-    )
+    ledgers = gateway_only(live, str(tmp_path / "g.pub"), tmp_path)
     assert audit_live(ledgers).ok
     live.unlink()
     shutil.copy(backup, live)
@@ -446,15 +435,7 @@ def test_the_verdict_counts_entries_no_signature_covers(bed: ConsoleBed, tmp_pat
         copy_ledger(true_copy, path)
         with tampering(path) as conn:
             conn.execute("DELETE FROM liaison_ledger_checkpoints WHERE size > ?", (covered,))
-    ledgers = Ledgers(
-        read_settings(
-            TableReader(
-                {"gateway_ledger": str(live), "gateway_key": "gateway/gateway.pub"},
-                "[console.audit]",
-                bed.root,
-            )
-        )
-    )
+    ledgers = gateway_only(live, "gateway/gateway.pub", bed.root)
     strict = checked(ledgers, {"gateway": between}, tail=False)
     assert not strict.ok, strict
     assert "not covered by any signed checkpoint" in strict.ledgers[0].problem

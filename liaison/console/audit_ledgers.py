@@ -27,7 +27,7 @@ from liaison.errors import (
     ProofError,
 )
 from liaison.keys import VerifyingKey
-from liaison.ledger.checkpoint import Checkpoint, open_checkpoint
+from liaison.ledger.checkpoint import Checkpoint, open_checkpoint, parse_unverified
 from liaison.ledger.entries import EntryKind
 from liaison.ledger.proofs import consistency_proof, inclusion_proof
 from liaison.ledger.reconcile import (
@@ -141,8 +141,13 @@ class Ledgers:
         gateway, nodes = self.all()
         return [gateway.name, *(n.name for n in nodes)]
 
-    def _signed_checkpoints(self, name: str) -> list[tuple[int, int, str]]:
-        """The live ledger's checkpoints its key signed: (size, time_ms, note), oldest first."""
+    def _newest_signed(
+        self, name: str, wanted: tuple[int, int] | None = None
+    ) -> tuple[int, int, str] | None:
+        """The live ledger's newest checkpoint its key signed (or the one of ``wanted``
+        size and time): (size, time_ms, note). Newest first, and only the one
+        returned has its signature checked: a ledger holds a checkpoint per interval.
+        """
         files = self.named(name)
         key = VerifyingKey.from_pem_file(files.key)
         store = LedgerStore(files.location, create=False)
@@ -151,14 +156,17 @@ class Ledgers:
             stored = store.checkpoints()
         finally:
             store.close()
-        signed = []
-        for row in stored:
+        for row in reversed(stored):
             try:
+                if wanted is not None:
+                    claimed = parse_unverified(row.note)
+                    if (claimed.size, claimed.time_ms) != wanted:
+                        continue
                 cp = open_checkpoint(row.note, key, origin=origin)
             except CheckpointError:
                 continue
-            signed.append((cp.size, cp.time_ms, row.note))
-        return signed
+            return cp.size, cp.time_ms, row.note
+        return None
 
     def newest_checkpoint(self, name: str) -> Witness | None:
         """A witness for a *copy* of ``name``: the newer of the live ledger's newest signed
@@ -166,8 +174,7 @@ class Ledgers:
 
         Reading it changes nothing remembered: only a live check that passes does.
         """
-        signed = self._signed_checkpoints(name)
-        live = max(signed, default=None)
+        live = self._newest_signed(name)
         with self._lock:
             seen = self._seen.get(name)
         notes = [n for n in (live, seen) if n is not None]
@@ -193,13 +200,13 @@ class Ledgers:
         """
         if latest is None:
             return
-        for size, time_ms, note in self._signed_checkpoints(name):
-            if (size, time_ms) == (latest.size, latest.time_ms):
-                with self._lock:
-                    seen = self._seen.get(name)
-                    if seen is None or (size, time_ms) > seen[:2]:
-                        self._seen[name] = (size, time_ms, note)
-                return
+        found = self._newest_signed(name, (latest.size, latest.time_ms))
+        if found is None:
+            return
+        with self._lock:
+            seen = self._seen.get(name)
+            if seen is None or found[:2] > seen[:2]:
+                self._seen[name] = found
 
 
 # -- results, as the pages show them -------------------------------------------

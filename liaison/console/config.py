@@ -24,7 +24,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from liaison.config import LOOPBACK_HOSTS, TableReader, read_toml, split_listen
 from liaison.errors import ConfigError
@@ -59,20 +58,15 @@ class ConsoleConfig:
     sides: Mapping[str, TableReader] = field(default_factory=dict)
 
 
-def reader(table: Mapping[str, Any], where: str, base: Path) -> TableReader:
-    """A strict reader of one table of a console config (errors name the file and key)."""
-    return TableReader(table, where, base)
-
-
 def load_console_config(path: Path) -> ConsoleConfig:
     doc = read_toml(path)
     base = path.parent
-    top = reader(doc, str(path), base)
+    top = TableReader(doc, str(path), base)
     top.check_keys({"console"})
     table = doc.get("console")
     if not isinstance(table, dict):
         raise ConfigError(f"{path}: a [console] table is required")
-    r = reader(table, f"{path} [console]", base)
+    r = TableReader(table, f"{path} [console]", base)
     r.check_keys({"listen", "tls_cert", "tls_key", "public_url", "session_ttl_s", "oidc", *SIDES})
     host, port = split_listen(r.text("listen", "127.0.0.1:0"), r.where)
     public_url = r.text("public_url") if "public_url" in table else None
@@ -84,7 +78,7 @@ def load_console_config(path: Path) -> ConsoleConfig:
             f"{path}: a [console.oidc] table is required (issuer and client_id of the "
             "agency's OpenID Connect provider)"
         )
-    o = reader(oidc_table, f"{path} [console.oidc]", base)
+    o = TableReader(oidc_table, f"{path} [console.oidc]", base)
     o.check_keys({"issuer", "client_id", "client_secret_file", "ca", "agency_claim", "roles_claim"})
     issuer = o.text("issuer").rstrip("/")
     if not issuer.startswith("https://") and not any(
@@ -104,7 +98,7 @@ def load_console_config(path: Path) -> ConsoleConfig:
             t = table[side]
             if not isinstance(t, dict):
                 raise ConfigError(f"{r.where}: `{side}` must be a table ([console.{side}])")
-            sides[side] = reader(t, f"{path} [console.{side}]", base)
+            sides[side] = TableReader(t, f"{path} [console.{side}]", base)
     if not sides:
         raise ConfigError(
             f"{path}: serve at least one side: [console.gateway] (investigators), "

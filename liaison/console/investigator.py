@@ -128,7 +128,7 @@ async def search_from(form: FormData) -> SearchInput:
     """The search a compose form describes, checked as the CLI checks it before sending."""
     op_name = form_text(form, "operation", "match")
     if op_name not in OPERATIONS:
-        raise UsageError(f"unknown operation {op_name!r}")
+        raise UsageError(f"unknown operation {op_name!r}; choose one of {', '.join(OPERATIONS)}")
     operation = OPERATIONS[op_name][1]
     field = form_text(form, "field")
     values = _values(form) + await _hash_file(form)
@@ -250,7 +250,8 @@ class _Pages:
         try:
             urgency_value = Urgency(urgency)
         except ValueError:
-            raise UsageError(f"unknown urgency {urgency!r}") from None
+            choices = ", ".join(u.value for u in Urgency)
+            raise UsageError(f"unknown urgency {urgency!r}; choose one of {choices}") from None
         filing = FollowUpFiling(
             query_id=form_text(form, "query_id"),
             node_id=form_text(form, "node_id"),

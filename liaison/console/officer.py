@@ -30,8 +30,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData
 from starlette.requests import Request
@@ -39,7 +37,6 @@ from starlette.responses import Response
 
 from liaison.catalog import CATALOG_V1
 from liaison.cli.inbox import due, when
-from liaison.client import channel
 from liaison.config import INBOX_ADDRESS_FILE, TableReader, read_toml
 from liaison.console.officer_views import (
     OPERATIONS,
@@ -67,14 +64,13 @@ from liaison.errors import ConfigError, LiaisonError, StateUnavailable
 from liaison.followups import InboxItem
 from liaison.handling import MEANINGS, describe
 from liaison.inbox_client import Inbox
+from liaison.inbox_client import health as inbox_health
 from liaison.messages import document_sha256
 from policies.load import load_policy_and_text
 from policies.model import Effect, Policy
 
 DEFAULT_ROLE = "duty-officer"
 # The inbox's gRPC service, as the node registers it with its health service.
-INBOX_SERVICE = "liaison.v1.InboxService"
-HEALTH_TIMEOUT_S = 3.0
 # Decided requests and hit notices shown on the inbox page (the newest).
 RECENT = 20
 # What `liaison node check` checks that this console cannot: each needs a secret
@@ -289,13 +285,13 @@ def _health(node: NodeSide, user: SignedIn) -> dict[str, Any]:
     counts: dict[str, int] | None = None
     try:
         inbox["address"] = node.inbox_address()
-        inbox["serving"], inbox["detail"] = _inbox_health(inbox["address"], node.ca)
+        inbox["serving"], inbox["detail"] = inbox_health(inbox["address"], node.ca)
     except (LiaisonError, OSError) as exc:
         inbox["detail"] = str(exc)
     if inbox["serving"]:
         try:
             items = _items(node, user)
-        except (LiaisonError, OSError, grpc.RpcError) as exc:
+        except (LiaisonError, OSError) as exc:
             lines.append(_line("inbox listing", False, f"{exc}"))
         else:
             now = now_ms()
@@ -306,21 +302,6 @@ def _health(node: NodeSide, user: SignedIn) -> dict[str, Any]:
                 "hits": sum(1 for i in items if i.kind == "hit"),
             }
     return {"lines": lines, "inbox": inbox, "counts": counts, "policy": policy}
-
-
-def _inbox_health(address: str, ca: Path | None) -> tuple[bool, str]:
-    ch = channel(address, ca)
-    try:
-        stub = health_pb2_grpc.HealthStub(ch)
-        reply = stub.Check(
-            health_pb2.HealthCheckRequest(service=INBOX_SERVICE), timeout=HEALTH_TIMEOUT_S
-        )
-    except grpc.RpcError as exc:
-        return False, f"not answering ({exc.code().name}): is the node running?"
-    finally:
-        ch.close()
-    status = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
-    return reply.status == health_pb2.HealthCheckResponse.SERVING, status
 
 
 # -- the side ----------------------------------------------------------------------
